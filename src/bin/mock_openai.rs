@@ -1,0 +1,25 @@
+//! `mock-openai`: the mock OpenAI-compatible provider (see `model_bridge::mock`).
+
+use clap::Parser;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(about = "Mock OpenAI-compatible provider for tests and benches")]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:18081")]
+    listen: String,
+    /// Worker threads.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    #[command(flatten)]
+    knobs: model_bridge::mock::Knobs,
+}
+
+fn main() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let args = Args::parse();
+    model_bridge::mock::run(&args.listen, args.threads, args.knobs);
+}

@@ -1,0 +1,351 @@
+//! Configuration: parse strictly (`raw`), expand `${VAR}` (`interpolate`), validate into the
+//! runtime form (`Config`). Every error names the file, the line, the key path and the reason.
+
+pub mod interpolate;
+pub mod raw;
+mod span;
+
+use crate::routing::{ModelRoute, Provider};
+use raw::{RawConfig, SinkKind};
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// One problem in a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: String,
+    pub line: Option<usize>,
+    /// Dotted key path, e.g. `providers.openai.base_url`.
+    pub path: String,
+    pub reason: String,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.line {
+            Some(l) => write!(f, "{}:{l}: ", self.file)?,
+            None => write!(f, "{}: ", self.file)?,
+        }
+        if self.path.is_empty() {
+            write!(f, "{}", self.reason)
+        } else {
+            write!(f, "{}: {}", self.path, self.reason)
+        }
+    }
+}
+
+/// All errors of one load, for printing one per line.
+#[derive(Debug)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl std::fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+#[derive(Debug, Clone)]
+pub struct TlsSettings {
+    pub cert_path: String,
+    pub key_path: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    pub listen: SocketAddr,
+    pub ops_listen: SocketAddr,
+    pub threads: usize,
+    pub max_body_bytes: usize,
+    pub h2c: bool,
+    pub keepalive_timeout_s: u64,
+    pub drain_timeout: Duration,
+    pub tls: Option<TlsSettings>,
+}
+
+#[derive(Debug, Clone)]
+pub struct UsageSettings {
+    pub sink: SinkKind,
+    pub path: PathBuf,
+    pub queue_capacity: usize,
+    pub flush_interval: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct ReloadSettings {
+    pub watch: bool,
+    pub poll_interval: Duration,
+}
+
+/// The validated, runtime form of one config file.
+#[derive(Debug)]
+pub struct Config {
+    pub path: PathBuf,
+    pub server: ServerSettings,
+    pub usage: UsageSettings,
+    pub reload: ReloadSettings,
+    pub providers: BTreeMap<String, Arc<Provider>>,
+    pub models: HashMap<String, ModelRoute>,
+    pub passthrough: Option<Arc<Provider>>,
+}
+
+impl Config {
+    /// Reads, parses and validates `path`, with the process environment for `${VAR}`.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                file: file.clone(),
+                line: None,
+                path: String::new(),
+                reason: format!("cannot read: {e}"),
+            }])
+        })?;
+        Self::parse(&text, path, &|n| std::env::var(n).ok())
+    }
+
+    /// Parses and validates config text; `path` is used for messages and relative paths.
+    pub fn parse(
+        text: &str,
+        path: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigErrors> {
+        let file = path.display().to_string();
+        let err = |key: &str, reason: String| ConfigError {
+            file: file.clone(),
+            line: span::line_of(text, key),
+            path: key.to_string(),
+            reason,
+        };
+        let mut tree: toml::Value = toml::from_str(text).map_err(|e| {
+            let line = e.span().map(|s| span::line_at(text, s.start));
+            ConfigErrors(vec![ConfigError {
+                file: file.clone(),
+                line,
+                path: String::new(),
+                reason: e.message().trim().to_string(),
+            }])
+        })?;
+        interpolate::expand_tree(&mut tree, &mut Vec::new(), env)
+            .map_err(|(p, reason)| ConfigErrors(vec![err(&p, reason)]))?;
+        let raw: RawConfig = serde_path_to_error::deserialize(tree).map_err(|e| {
+            let p = e.path().to_string();
+            let p = if p == "." { String::new() } else { p };
+            let reason = e.into_inner().message().trim().to_string();
+            ConfigErrors(vec![err(&p, reason)])
+        })?;
+        let mut errors = Vec::new();
+        let cfg = validate(raw, path, &mut |k: &str, r: String| errors.push(err(k, r)));
+        if errors.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(ConfigErrors(errors))
+        }
+    }
+}
+
+fn validate(raw: RawConfig, path: &Path, err: &mut dyn FnMut(&str, String)) -> Config {
+    let addr = |v: &str, key: &str, err: &mut dyn FnMut(&str, String)| {
+        v.parse::<SocketAddr>().unwrap_or_else(|e| {
+            err(key, format!("`{v}` is not an address (ip:port): {e}"));
+            SocketAddr::from(([0, 0, 0, 0], 0))
+        })
+    };
+    let s = &raw.server;
+    let listen = addr(&s.listen, "server.listen", err);
+    let ops_listen = addr(&s.ops_listen, "server.ops_listen", err);
+    if listen == ops_listen && listen.port() != 0 {
+        err("server.ops_listen", "must differ from server.listen".into());
+    }
+    if s.threads == 0 {
+        err("server.threads", "must be at least 1".into());
+    }
+    if s.max_body_bytes == 0 {
+        err("server.max_body_bytes", "must be greater than 0".into());
+    }
+    let base = path.parent().unwrap_or(Path::new("."));
+    let tls = s.tls.as_ref().map(|t| {
+        for (k, p) in [("server.tls.cert_path", &t.cert_path), ("server.tls.key_path", &t.key_path)]
+        {
+            if !base.join(p).is_file() {
+                err(k, format!("file `{p}` does not exist"));
+            }
+        }
+        TlsSettings {
+            cert_path: base.join(&t.cert_path).display().to_string(),
+            key_path: base.join(&t.key_path).display().to_string(),
+        }
+    });
+    if raw.usage.queue_capacity == 0 {
+        err("usage.queue_capacity", "must be greater than 0".into());
+    }
+    if raw.reload.poll_interval_ms == 0 {
+        err("reload.poll_interval_ms", "must be greater than 0".into());
+    }
+
+    let mut providers = BTreeMap::new();
+    for (name, p) in &raw.providers {
+        match Provider::from_raw(name, p) {
+            Ok(p) => {
+                providers.insert(name.clone(), Arc::new(p));
+            }
+            Err((key, reason)) => err(&format!("providers.{name}.{key}"), reason),
+        }
+    }
+    let mut models = HashMap::new();
+    for (alias, m) in &raw.models {
+        if alias.is_empty() {
+            err("models", "an alias must not be empty".into());
+            continue;
+        }
+        let Some(provider) = providers.get(&m.provider) else {
+            if !raw.providers.contains_key(&m.provider) {
+                err(
+                    &format!("models.{alias}.provider"),
+                    format!("unknown provider `{}`", m.provider),
+                );
+            }
+            continue;
+        };
+        let provider_model = m.model.clone().unwrap_or_else(|| alias.clone());
+        if provider_model.is_empty() {
+            err(&format!("models.{alias}.model"), "must not be empty".into());
+            continue;
+        }
+        models.insert(
+            alias.clone(),
+            ModelRoute::new(alias, provider.clone(), provider_model),
+        );
+    }
+    let passthrough = raw.passthrough.as_ref().and_then(|p| {
+        let found = providers.get(&p.provider).cloned();
+        if found.is_none() && !raw.providers.contains_key(&p.provider) {
+            err(
+                "passthrough.provider",
+                format!("unknown provider `{}`", p.provider),
+            );
+        }
+        found
+    });
+    Config {
+        path: path.to_path_buf(),
+        server: ServerSettings {
+            listen,
+            ops_listen,
+            threads: s.threads,
+            max_body_bytes: s.max_body_bytes,
+            h2c: s.h2c,
+            keepalive_timeout_s: s.keepalive_timeout_s,
+            drain_timeout: Duration::from_millis(s.drain_timeout_ms),
+            tls,
+        },
+        usage: UsageSettings {
+            sink: raw.usage.sink,
+            path: base.join(&raw.usage.path),
+            queue_capacity: raw.usage.queue_capacity,
+            flush_interval: Duration::from_millis(raw.usage.flush_interval_ms.max(1)),
+        },
+        reload: ReloadSettings {
+            watch: raw.reload.watch,
+            poll_interval: Duration::from_millis(raw.reload.poll_interval_ms.max(1)),
+        },
+        providers,
+        models,
+        passthrough,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigErrors> {
+        Config::parse(text, Path::new("gw.toml"), &|n| {
+            (n == "KEY").then(|| "sk-test".to_string())
+        })
+    }
+
+    const GOOD: &str = r#"
+[server]
+listen = "127.0.0.1:18080"
+
+[providers.mock]
+kind = "openai_compatible"
+base_url = "http://127.0.0.1:18081/v1"
+api_key = "${KEY}"
+
+[models."gpt-4o-mini"]
+provider = "mock"
+model = "mock-1"
+
+[passthrough]
+provider = "mock"
+"#;
+
+    #[test]
+    fn good_config_loads() {
+        let c = parse(GOOD).unwrap();
+        let r = &c.models["gpt-4o-mini"];
+        assert_eq!(r.provider_model, "mock-1");
+        assert_eq!(
+            r.provider.api_key.as_ref().unwrap().expose(),
+            "sk-test",
+            "interpolated from the environment"
+        );
+        assert!(c.passthrough.is_some());
+    }
+
+    #[test]
+    fn misspelled_key_is_rejected_with_path_and_line() {
+        let bad = GOOD.replace("base_url =", "base_ur1 =");
+        let e = parse(&bad).unwrap_err().to_string();
+        assert!(e.starts_with("gw.toml:"), "{e}");
+        assert!(e.contains("providers.mock"), "{e}");
+        assert!(e.contains("base_ur1"), "{e}");
+    }
+
+    #[test]
+    fn unknown_provider_names_path_and_line() {
+        let bad = GOOD.replace("provider = \"mock\"\nmodel", "provider = \"nope\"\nmodel");
+        let errs = parse(&bad).unwrap_err();
+        let e = &errs.0[0];
+        assert_eq!(e.path, "models.gpt-4o-mini.provider");
+        assert_eq!(e.line, Some(11));
+        assert!(e.reason.contains("unknown provider `nope`"));
+    }
+
+    #[test]
+    fn missing_env_var_is_an_error() {
+        let bad = GOOD.replace("${KEY}", "${NOT_SET_ANYWHERE}");
+        let e = parse(&bad).unwrap_err().to_string();
+        assert!(e.contains("providers.mock.api_key"), "{e}");
+        assert!(e.contains("NOT_SET_ANYWHERE"), "{e}");
+    }
+
+    #[test]
+    fn syntax_error_has_line() {
+        let e = parse("[server]\nlisten = \n").unwrap_err();
+        assert_eq!(e.0[0].line, Some(2));
+    }
+
+    #[test]
+    fn bad_address_and_url() {
+        let bad = GOOD
+            .replace("127.0.0.1:18080", "nowhere")
+            .replace("http://127.0.0.1:18081/v1", "gopher://x");
+        let errs = parse(&bad).unwrap_err();
+        let paths: Vec<_> = errs.0.iter().map(|e| e.path.as_str()).collect();
+        assert!(paths.contains(&"server.listen"), "{paths:?}");
+        assert!(paths.contains(&"providers.mock.base_url"), "{paths:?}");
+    }
+}

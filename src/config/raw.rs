@@ -1,0 +1,249 @@
+//! The TOML file as written: strict serde structs (`deny_unknown_fields`), defaults in named
+//! functions, one doc comment per knob. `validate` turns this into the runtime form.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+/// Top level of `gateway.toml`.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Listeners, body limits, shutdown.
+    #[serde(default)]
+    pub server: RawServer,
+    /// Where usage records go.
+    #[serde(default)]
+    pub usage: RawUsage,
+    /// Config file watching.
+    #[serde(default)]
+    pub reload: RawReload,
+    /// Upstream providers by name.
+    #[serde(default)]
+    pub providers: BTreeMap<String, RawProvider>,
+    /// Client-facing model aliases.
+    #[serde(default)]
+    pub models: BTreeMap<String, RawModel>,
+    /// Where `/v1/*` paths other than the LLM endpoints go.
+    #[serde(default)]
+    pub passthrough: Option<RawPassthrough>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    /// Data plane address (OpenAI API surface).
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Ops plane address (metrics, health, admin).
+    #[serde(default = "default_ops_listen")]
+    pub ops_listen: String,
+    /// Worker threads of the data plane.
+    #[serde(default = "default_threads")]
+    pub threads: usize,
+    /// Largest request body accepted, in bytes (413 above).
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// Accept HTTP/2 with prior knowledge on plaintext listeners.
+    #[serde(default = "default_true")]
+    pub h2c: bool,
+    /// Idle keep-alive of client connections, in seconds.
+    #[serde(default = "default_keepalive_s")]
+    pub keepalive_timeout_s: u64,
+    /// On SIGTERM, how long in-flight requests may take to finish before exit.
+    #[serde(default = "default_drain_timeout_ms")]
+    pub drain_timeout_ms: u64,
+    /// TLS for the data plane; plaintext when absent.
+    #[serde(default)]
+    pub tls: Option<RawTls>,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            ops_listen: default_ops_listen(),
+            threads: default_threads(),
+            max_body_bytes: default_max_body_bytes(),
+            h2c: true,
+            keepalive_timeout_s: default_keepalive_s(),
+            drain_timeout_ms: default_drain_timeout_ms(),
+            tls: None,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    /// PEM certificate chain.
+    pub cert_path: String,
+    /// PEM private key.
+    pub key_path: String,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SinkKind {
+    /// One JSON object per line, appended to `usage.path`.
+    Jsonl,
+    /// One JSON object per line on standard output.
+    Stdout,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUsage {
+    /// Sink kind.
+    #[serde(default = "default_sink")]
+    pub sink: SinkKind,
+    /// File for the `jsonl` sink.
+    #[serde(default = "default_usage_path")]
+    pub path: String,
+    /// Records buffered between the request path and the writer.
+    #[serde(default = "default_queue_capacity")]
+    pub queue_capacity: usize,
+    /// Largest delay before buffered records are written, in milliseconds.
+    #[serde(default = "default_flush_interval_ms")]
+    pub flush_interval_ms: u64,
+}
+
+impl Default for RawUsage {
+    fn default() -> Self {
+        Self {
+            sink: default_sink(),
+            path: default_usage_path(),
+            queue_capacity: default_queue_capacity(),
+            flush_interval_ms: default_flush_interval_ms(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawReload {
+    /// Reload when the config file changes on disk.
+    #[serde(default = "default_true")]
+    pub watch: bool,
+    /// How often the file is checked, in milliseconds.
+    #[serde(default = "default_poll_ms")]
+    pub poll_interval_ms: u64,
+}
+
+impl Default for RawReload {
+    fn default() -> Self {
+        Self {
+            watch: true,
+            poll_interval_ms: default_poll_ms(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderKind {
+    /// api.openai.com: `Authorization: Bearer`.
+    Openai,
+    /// Azure OpenAI: deployment in the path, `api-version` query, `api-key` header.
+    Azure,
+    /// Any OpenAI-compatible `/v1` endpoint (vLLM, Ollama, Groq, Together, …).
+    OpenaiCompatible,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProvider {
+    /// Provider protocol flavour.
+    pub kind: ProviderKind,
+    /// Base URL, e.g. `https://api.openai.com/v1` or `https://res.openai.azure.com`.
+    pub base_url: String,
+    /// Credential; use `${ENV_VAR}`. Never logged.
+    #[serde(default)]
+    pub api_key: Option<String>,
+    /// Azure `api-version` query parameter.
+    #[serde(default)]
+    pub api_version: Option<String>,
+    /// TCP (+TLS) connect timeout, in milliseconds.
+    #[serde(default = "default_connect_ms")]
+    pub connect_timeout_ms: u64,
+    /// Time from request sent to response header, in milliseconds.
+    #[serde(default = "default_first_byte_ms")]
+    pub first_byte_timeout_ms: u64,
+    /// Longest gap between two body chunks, in milliseconds.
+    #[serde(default = "default_idle_ms")]
+    pub idle_timeout_ms: u64,
+    /// Whole-request deadline, in milliseconds.
+    #[serde(default = "default_total_ms")]
+    pub total_timeout_ms: u64,
+    /// Extra headers sent to this provider (e.g. `OpenAI-Organization`).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Verify the provider's TLS certificate.
+    #[serde(default = "default_true")]
+    pub verify_tls: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawModel {
+    /// Provider name (a key of `[providers]`).
+    pub provider: String,
+    /// The provider's model name (Azure: the deployment). Defaults to the alias.
+    #[serde(default)]
+    pub model: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPassthrough {
+    /// Provider that receives other `/v1/*` paths.
+    pub provider: String,
+}
+
+fn default_listen() -> String {
+    "0.0.0.0:8080".into()
+}
+fn default_ops_listen() -> String {
+    "127.0.0.1:9090".into()
+}
+fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+fn default_max_body_bytes() -> usize {
+    32 * 1024 * 1024
+}
+fn default_true() -> bool {
+    true
+}
+fn default_keepalive_s() -> u64 {
+    60
+}
+fn default_drain_timeout_ms() -> u64 {
+    30_000
+}
+fn default_sink() -> SinkKind {
+    SinkKind::Jsonl
+}
+fn default_usage_path() -> String {
+    "usage.jsonl".into()
+}
+fn default_queue_capacity() -> usize {
+    65_536
+}
+fn default_flush_interval_ms() -> u64 {
+    200
+}
+fn default_poll_ms() -> u64 {
+    1_000
+}
+fn default_connect_ms() -> u64 {
+    5_000
+}
+fn default_first_byte_ms() -> u64 {
+    120_000
+}
+fn default_idle_ms() -> u64 {
+    60_000
+}
+fn default_total_ms() -> u64 {
+    600_000
+}

@@ -1,0 +1,17 @@
+//! Model Bridge: an OpenAI-compatible LLM gateway on pingora.
+//!
+//! A request passes `proxy` (pingora server, request loop, upstream client) which calls the
+//! domain modules in order: `routing` (alias → provider, body rewrite), then `usage` (tokens from
+//! JSON or SSE, one record per request to a `UsageSink`). `config` parses and validates the TOML,
+//! `state` holds the live generation behind an `ArcSwap`, `metrics` the Prometheus registry,
+//! `error` the one error type mapped to OpenAI-shaped bodies, `mock` the mock provider that tests
+//! and benches use.
+
+pub mod config;
+pub mod error;
+pub mod metrics;
+pub mod mock;
+pub mod proxy;
+pub mod routing;
+pub mod state;
+pub mod usage;

@@ -1,0 +1,190 @@
+//! Prometheus metrics, prefix `model_bridge_`. Every label value comes from a bounded set
+//! (configured aliases and providers, enum labels) — never from request data.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+use std::sync::LazyLock;
+
+pub struct Metrics {
+    pub registry: Registry,
+    /// {endpoint, model, provider, status_class}
+    pub requests: IntCounterVec,
+    /// {endpoint, model}
+    pub request_duration: HistogramVec,
+    /// {model}
+    pub ttft: HistogramVec,
+    /// {provider}
+    pub upstream_duration: HistogramVec,
+    /// {model, kind}
+    pub tokens: IntCounterVec,
+    /// {provider, reason}
+    pub upstream_errors: IntCounterVec,
+    /// {provider}
+    pub retries: IntCounterVec,
+    /// {reason}: refusals the gateway itself produced.
+    pub gateway_errors: IntCounterVec,
+    pub inflight: IntGauge,
+    pub usage_sink_queue_depth: IntGauge,
+    /// {outcome}
+    pub usage_rows: IntCounterVec,
+    /// {result}
+    pub config_reloads: IntCounterVec,
+    pub config_generation: IntGauge,
+    /// {model}: streams the client left early.
+    pub cancelled: IntCounterVec,
+    pub body_bytes: Histogram,
+}
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0, 120.0, 300.0,
+];
+
+fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(format!("model_bridge_{name}"), help), labels)
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    r.register(Box::new(c.clone()))
+        .unwrap_or_else(|e| panic!("register {name}: {e}"));
+    c
+}
+
+fn histogram(r: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+    let h = HistogramVec::new(
+        HistogramOpts::new(format!("model_bridge_{name}"), help).buckets(LATENCY_BUCKETS.to_vec()),
+        labels,
+    )
+    .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    r.register(Box::new(h.clone()))
+        .unwrap_or_else(|e| panic!("register {name}: {e}"));
+    h
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(format!("model_bridge_{name}"), help)
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    r.register(Box::new(g.clone()))
+        .unwrap_or_else(|e| panic!("register {name}: {e}"));
+    g
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let r = Registry::new();
+        let body_bytes = Histogram::with_opts(
+            HistogramOpts::new(
+                "model_bridge_request_body_bytes",
+                "Size of LLM request bodies.",
+            )
+            .buckets(prometheus::exponential_buckets(256.0, 4.0, 10).unwrap_or_default()),
+        )
+        .unwrap_or_else(|e| panic!("metric body_bytes: {e}"));
+        r.register(Box::new(body_bytes.clone()))
+            .unwrap_or_else(|e| panic!("register body_bytes: {e}"));
+        Self {
+            requests: counter(
+                &r,
+                "requests_total",
+                "Requests finished, by endpoint, model alias, provider and status class.",
+                &["endpoint", "model", "provider", "status_class"],
+            ),
+            request_duration: histogram(
+                &r,
+                "request_duration_seconds",
+                "Time from request start to the last response byte.",
+                &["endpoint", "model"],
+            ),
+            ttft: histogram(
+                &r,
+                "time_to_first_token_seconds",
+                "Time from request start to the first content chunk of a stream.",
+                &["model"],
+            ),
+            upstream_duration: histogram(
+                &r,
+                "upstream_duration_seconds",
+                "Time from sending upstream to the response header.",
+                &["provider"],
+            ),
+            tokens: counter(
+                &r,
+                "tokens_total",
+                "Tokens by model alias and kind (prompt, completion, cached).",
+                &["model", "kind"],
+            ),
+            upstream_errors: counter(
+                &r,
+                "upstream_errors_total",
+                "Upstream failures by provider and reason.",
+                &["provider", "reason"],
+            ),
+            retries: counter(
+                &r,
+                "retries_total",
+                "Extra upstream attempts by provider.",
+                &["provider"],
+            ),
+            gateway_errors: counter(
+                &r,
+                "gateway_errors_total",
+                "Errors the gateway produced itself, by reason.",
+                &["reason"],
+            ),
+            inflight: gauge(&r, "inflight_requests", "Requests in progress."),
+            usage_sink_queue_depth: gauge(
+                &r,
+                "usage_sink_queue_depth",
+                "Usage records waiting for the sink writer.",
+            ),
+            usage_rows: counter(
+                &r,
+                "usage_sink_rows_total",
+                "Usage records by outcome (inserted, spooled, replayed, lost).",
+                &["outcome"],
+            ),
+            config_reloads: counter(
+                &r,
+                "config_reloads_total",
+                "Config reload attempts by result.",
+                &["result"],
+            ),
+            config_generation: gauge(
+                &r,
+                "config_generation",
+                "Generation of the config now serving.",
+            ),
+            cancelled: counter(
+                &r,
+                "cancelled_requests_total",
+                "Requests whose client disconnected before the response ended.",
+                &["model"],
+            ),
+            body_bytes,
+            registry: r,
+        }
+    }
+
+    /// Text exposition of every metric.
+    pub fn render(&self) -> Vec<u8> {
+        let mut buf = Vec::with_capacity(16 * 1024);
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        buf
+    }
+}
+
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+/// `2xx`, `4xx`, … for a status code; `cancelled` when the client left first.
+pub fn status_class(status: u16, cancelled: bool) -> &'static str {
+    if cancelled {
+        return "cancelled";
+    }
+    match status / 100 {
+        1 => "1xx",
+        2 => "2xx",
+        3 => "3xx",
+        4 => "4xx",
+        _ => "5xx",
+    }
+}

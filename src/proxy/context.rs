@@ -1,0 +1,125 @@
+//! The per-request context, filled step by step, and the one place a request is finished:
+//! metrics recorded and exactly one usage record handed to the sink.
+
+use crate::metrics::{status_class, METRICS};
+use crate::routing::Endpoint;
+use crate::state::{Live, Shared};
+use crate::usage::{Usage, UsageRecord, UsageSource};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Label for a model the config does not know.
+const UNKNOWN: &str = "unknown";
+
+pub struct Ctx {
+    pub started: Instant,
+    pub live: Arc<Live>,
+    pub endpoint: Endpoint,
+    /// Configured alias (bounded label) once routing found one.
+    pub alias: Option<Arc<str>>,
+    pub ttft: Option<Duration>,
+    pub usage: Option<(Usage, UsageSource)>,
+    pub record: UsageRecord,
+}
+
+fn new_request_id() -> String {
+    let v: u128 = rand::random();
+    format!("req_{:024x}", v & ((1u128 << 96) - 1))
+}
+
+impl Ctx {
+    pub fn new(live: Arc<Live>, method: &str, path: &str, client_ip: Option<String>) -> Self {
+        let ts_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let generation = live.generation;
+        Self {
+            started: Instant::now(),
+            live,
+            endpoint: Endpoint::Passthrough,
+            alias: None,
+            ttft: None,
+            usage: None,
+            record: UsageRecord {
+                ts_ms,
+                request_id: new_request_id(),
+                endpoint: Endpoint::Passthrough.label(),
+                method: method.to_string(),
+                path: path.to_string(),
+                requested_model: None,
+                provider: None,
+                provider_model: None,
+                stream: false,
+                status: 0,
+                error_type: None,
+                cancelled: false,
+                prompt_tokens: 0,
+                cached_tokens: 0,
+                completion_tokens: 0,
+                usage_source: UsageSource::None,
+                latency_ms: 0.0,
+                ttft_ms: None,
+                upstream_latency_ms: None,
+                retries: 0,
+                request_bytes: 0,
+                response_bytes: 0,
+                client_ip,
+                user: None,
+                config_generation: generation,
+            },
+        }
+    }
+
+    pub fn set_endpoint(&mut self, e: Endpoint) {
+        self.endpoint = e;
+        self.record.endpoint = e.label();
+    }
+
+    pub fn id(&self) -> &str {
+        &self.record.request_id
+    }
+
+    /// Records metrics and hands the usage record to the sink. Called once per request.
+    pub fn finish(mut self, shared: &Shared) {
+        let elapsed = self.started.elapsed();
+        let r = &mut self.record;
+        r.latency_ms = elapsed.as_secs_f64() * 1e3;
+        r.ttft_ms = self.ttft.map(|t| t.as_secs_f64() * 1e3);
+        if let Some((u, source)) = self.usage {
+            r.prompt_tokens = u.prompt_tokens;
+            r.cached_tokens = u.cached_tokens;
+            r.completion_tokens = u.completion_tokens;
+            r.usage_source = source;
+        }
+        let model = self.alias.as_deref().unwrap_or(UNKNOWN);
+        let provider = r.provider.as_deref().unwrap_or("none");
+        let endpoint = r.endpoint;
+        METRICS
+            .requests
+            .with_label_values(&[endpoint, model, provider, status_class(r.status, r.cancelled)])
+            .inc();
+        METRICS
+            .request_duration
+            .with_label_values(&[endpoint, model])
+            .observe(elapsed.as_secs_f64());
+        if let Some(t) = self.ttft {
+            METRICS
+                .ttft
+                .with_label_values(&[model])
+                .observe(t.as_secs_f64());
+        }
+        if r.cancelled {
+            METRICS.cancelled.with_label_values(&[model]).inc();
+        }
+        for (kind, n) in [
+            ("prompt", r.prompt_tokens),
+            ("completion", r.completion_tokens),
+            ("cached", r.cached_tokens),
+        ] {
+            if n > 0 {
+                METRICS.tokens.with_label_values(&[model, kind]).inc_by(n);
+            }
+        }
+        shared.sink.submit(self.record);
+    }
+}

@@ -1,0 +1,348 @@
+//! The data plane: pingora's HTTP server hands each request to one loop of ours —
+//! accept → read body → route → rewrite → upstream → relay → finish.
+
+use super::body;
+use super::context::Ctx;
+use super::headers;
+use super::relay::{relay, Outcome, RelayMode};
+use super::upstream::Upstream;
+use crate::error::GatewayError;
+use crate::metrics::METRICS;
+use crate::routing::rewrite::RequestFields;
+use crate::routing::Endpoint;
+use crate::state::Shared;
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora_core::apps::{HttpPersistentSettings, HttpServerApp, HttpServerOptions, ReusedHttpStream};
+use pingora_core::protocols::http::ServerSession;
+use pingora_core::server::ShutdownWatch;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Passthrough bodies up to this size are buffered (so a dead pooled connection can be
+/// retried); larger ones stream to a fresh connection.
+const PASSTHROUGH_BUFFER: usize = 1 << 20;
+/// Longest wait for the next piece of a client's request.
+const CLIENT_READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a refused body is drained before the connection closes.
+const LINGER: Duration = Duration::from_secs(2);
+
+pub struct DataPlane {
+    shared: Arc<Shared>,
+    upstream: Upstream,
+    options: HttpServerOptions,
+    keepalive_s: u64,
+}
+
+impl DataPlane {
+    pub fn new(shared: Arc<Shared>, h2c: bool, keepalive_s: u64) -> Self {
+        let mut options = HttpServerOptions::default();
+        options.h2c = h2c;
+        Self {
+            shared,
+            upstream: Upstream::new(1024),
+            options,
+            keepalive_s,
+        }
+    }
+}
+
+/// Counts a request in flight for metrics and for draining on shutdown.
+struct Inflight<'a>(&'a Shared);
+
+impl<'a> Inflight<'a> {
+    fn enter(s: &'a Shared) -> Self {
+        s.inflight.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        METRICS.inflight.inc();
+        Self(s)
+    }
+}
+
+impl Drop for Inflight<'_> {
+    fn drop(&mut self) {
+        self.0.inflight.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        METRICS.inflight.dec();
+    }
+}
+
+#[async_trait]
+impl HttpServerApp for DataPlane {
+    async fn process_new_http(
+        self: &Arc<Self>,
+        mut s: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        match s.read_request().await {
+            Ok(true) => {}
+            Ok(false) => return None,
+            Err(e) => {
+                log::debug!("reading request header: {e}");
+                return None;
+            }
+        }
+        let _inflight = Inflight::enter(&self.shared);
+        let closing = *shutdown.borrow() || self.shared.is_draining();
+        s.set_keepalive((!closing).then_some(self.keepalive_s));
+        s.set_read_timeout(Some(CLIENT_READ_TIMEOUT));
+        s.set_abort_on_close(true);
+        let outcome = self.handle(&mut s).await;
+        if outcome == Outcome::Abort {
+            s.shutdown().await;
+            return None;
+        }
+        let settings = HttpPersistentSettings::for_session(&s);
+        match s.finish().await {
+            Ok(Some(stream)) => Some(ReusedHttpStream::from_reusable_stream(stream, settings)),
+            _ => None,
+        }
+    }
+
+    fn server_options(&self) -> Option<&HttpServerOptions> {
+        Some(&self.options)
+    }
+}
+
+impl DataPlane {
+    async fn handle(&self, s: &mut ServerSession) -> Outcome {
+        let live = self.shared.live();
+        let req = s.req_header();
+        let method = req.method.as_str().to_string();
+        let path = req.uri.path().to_string();
+        let client_ip = s.client_addr().map(|a| match a.as_inet() {
+            Some(i) => i.ip().to_string(),
+            None => a.to_string(),
+        });
+        let mut ctx = Ctx::new(live, &method, &path, client_ip);
+        let result = self.dispatch(s, &mut ctx, &method, &path).await;
+        let outcome = match result {
+            Ok(o) => o,
+            Err(e) => write_error(s, &mut ctx, &e).await,
+        };
+        ctx.finish(&self.shared);
+        outcome
+    }
+
+    async fn dispatch(
+        &self,
+        s: &mut ServerSession,
+        ctx: &mut Ctx,
+        method: &str,
+        path: &str,
+    ) -> Result<Outcome, GatewayError> {
+        if !path.starts_with("/v1/") {
+            return Err(GatewayError::NotFound);
+        }
+        match Endpoint::from_path(path) {
+            Some(Endpoint::Models) => {
+                ctx.set_endpoint(Endpoint::Models);
+                if method != "GET" {
+                    return Err(GatewayError::MethodNotAllowed);
+                }
+                let body = ctx.live.models_json.clone();
+                write_json(s, ctx, 200, body).await
+            }
+            Some(ep) => {
+                ctx.set_endpoint(ep);
+                if method != "POST" {
+                    return Err(GatewayError::MethodNotAllowed);
+                }
+                self.llm(s, ctx, ep).await
+            }
+            None => {
+                if let Some(id) = path.strip_prefix("/v1/models/") {
+                    if method == "GET" {
+                        ctx.set_endpoint(Endpoint::Models);
+                        return model_object(s, ctx, id).await;
+                    }
+                }
+                ctx.set_endpoint(Endpoint::Passthrough);
+                self.passthrough(s, ctx, method, path).await
+            }
+        }
+    }
+
+    async fn llm(
+        &self,
+        s: &mut ServerSession,
+        ctx: &mut Ctx,
+        ep: Endpoint,
+    ) -> Result<Outcome, GatewayError> {
+        let limit = ctx.live.config.server.max_body_bytes;
+        let body = body::read_bounded(s, limit).await?;
+        ctx.record.request_bytes = body.len() as u64;
+        METRICS.body_bytes.observe(body.len() as f64);
+        let fields = RequestFields::parse(&body)?;
+        ctx.record.stream = fields.stream;
+        ctx.record.user = fields.user.clone();
+        let Some(model) = fields.model.clone() else {
+            return Err(GatewayError::InvalidField {
+                param: "model",
+                message: "you must provide a model parameter".into(),
+            });
+        };
+        ctx.record.requested_model = Some(model.clone());
+        let live = ctx.live.clone();
+        let route = live
+            .config
+            .models
+            .get(&model)
+            .ok_or(GatewayError::ModelNotFound(model))?;
+        ctx.alias = Some(route.alias.clone());
+        ctx.record.provider = Some(route.provider.name.clone());
+        ctx.record.provider_model = Some(route.provider_model.clone());
+
+        let inject = fields.stream && ep.needs_include_usage();
+        let out = match fields.rewrite(&body, &route.provider_model_json, inject) {
+            Some(v) => Bytes::from(v),
+            None => body,
+        };
+        let provider = &route.provider;
+        let path = provider.endpoint_path(
+            ep.suffix(),
+            &route.provider_model,
+            s.req_header().uri.query(),
+        );
+        let header =
+            headers::upstream_request(s, provider, "POST", &path, Some(out.len()), ctx.id())?;
+        let resp = self.upstream.send(provider, header, out, ctx.started).await?;
+        let mode = RelayMode {
+            account: true,
+            strip_usage_chunk: inject && !fields.include_usage,
+        };
+        relay(s, ctx, &self.upstream, resp, mode).await
+    }
+
+    async fn passthrough(
+        &self,
+        s: &mut ServerSession,
+        ctx: &mut Ctx,
+        method: &str,
+        path: &str,
+    ) -> Result<Outcome, GatewayError> {
+        let live = ctx.live.clone();
+        let provider = live
+            .config
+            .passthrough
+            .as_ref()
+            .ok_or(GatewayError::NoPassthrough)?;
+        if path.split('/').any(|seg| seg == ".." || seg == ".") {
+            return Err(GatewayError::InvalidField {
+                param: "path",
+                message: "the request path must not contain dot segments".into(),
+            });
+        }
+        ctx.record.provider = Some(provider.name.clone());
+        let suffix = &path["/v1".len()..];
+        let up_path = provider.passthrough_path(suffix, s.req_header().uri.query());
+        let limit = live.config.server.max_body_bytes;
+        let declared = body::content_length(s);
+        let chunked = s
+            .get_header(http::header::TRANSFER_ENCODING)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"chunked"));
+        let small = declared.is_some_and(|n| n <= PASSTHROUGH_BUFFER)
+            || (declared.is_none() && !chunked && !s.is_http2());
+        let resp = if small {
+            let body = body::read_bounded(s, limit).await?;
+            ctx.record.request_bytes = body.len() as u64;
+            let header =
+                headers::upstream_request(s, provider, method, &up_path, Some(body.len()), ctx.id())?;
+            self.upstream.send(provider, header, body, ctx.started).await?
+        } else {
+            body::admit(s, limit).await?;
+            let header =
+                headers::upstream_request(s, provider, method, &up_path, declared, ctx.id())?;
+            let (resp, sent) = self
+                .upstream
+                .send_streaming(provider, header, s, limit, ctx.started)
+                .await?;
+            ctx.record.request_bytes = sent;
+            resp
+        };
+        let mode = RelayMode {
+            account: false,
+            strip_usage_chunk: false,
+        };
+        relay(s, ctx, &self.upstream, resp, mode).await
+    }
+}
+
+async fn write_json(
+    s: &mut ServerSession,
+    ctx: &mut Ctx,
+    status: u16,
+    body: Bytes,
+) -> Result<Outcome, GatewayError> {
+    let Some(h) = headers::local_response(status, body.len(), ctx.id(), false) else {
+        return Ok(Outcome::Abort);
+    };
+    ctx.record.status = status;
+    ctx.record.response_bytes = body.len() as u64;
+    if s.write_response_header(Box::new(h)).await.is_err()
+        || s.write_response_body(body, true).await.is_err()
+    {
+        ctx.record.cancelled = true;
+        return Ok(Outcome::Abort);
+    }
+    Ok(Outcome::Done)
+}
+
+async fn model_object(
+    s: &mut ServerSession,
+    ctx: &mut Ctx,
+    id: &str,
+) -> Result<Outcome, GatewayError> {
+    let live = ctx.live.clone();
+    let route = live
+        .config
+        .models
+        .get(id)
+        .ok_or_else(|| GatewayError::ModelNotFound(id.to_string()))?;
+    let v = serde_json::json!({
+        "id": route.alias.as_ref(),
+        "object": "model",
+        "created": 0,
+        "owned_by": route.provider.name.as_ref(),
+    });
+    write_json(s, ctx, 200, Bytes::from(v.to_string())).await
+}
+
+/// Writes the OpenAI-shaped error, unless a response already started (then the connection is
+/// cut, the only honest signal left).
+async fn write_error(s: &mut ServerSession, ctx: &mut Ctx, e: &GatewayError) -> Outcome {
+    ctx.record.error_type = Some(e.code());
+    METRICS.gateway_errors.with_label_values(&[e.code()]).inc();
+    if matches!(e, GatewayError::ClientClosed) {
+        ctx.record.cancelled = true;
+        return Outcome::Abort;
+    }
+    if s.response_written().is_some() {
+        return Outcome::Abort;
+    }
+    // After a refused or unread body the connection cannot be reused safely.
+    let close = matches!(
+        e,
+        GatewayError::BodyTooLarge { .. } | GatewayError::InvalidField { param: "body", .. }
+    ) || !s.is_body_done();
+    if close {
+        s.set_keepalive(None);
+    }
+    let body = Bytes::from(e.body());
+    let status = e.status();
+    ctx.record.status = status;
+    let Some(h) = headers::local_response(status, body.len(), ctx.id(), close) else {
+        return Outcome::Abort;
+    };
+    ctx.record.response_bytes = body.len() as u64;
+    if s.write_response_header(Box::new(h)).await.is_err()
+        || s.write_response_body(body, true).await.is_err()
+    {
+        ctx.record.cancelled = true;
+        return Outcome::Abort;
+    }
+    if close && !s.is_body_done() {
+        // Lingering close: read and discard what the client is still sending, for a bounded
+        // time, so its TCP stack does not reset the connection before it reads our answer.
+        let _ = tokio::time::timeout(LINGER, s.drain_request_body()).await;
+    }
+    Outcome::Done
+}

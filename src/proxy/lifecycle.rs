@@ -1,0 +1,124 @@
+//! Process lifecycle: signals (SIGTERM drains, SIGINT exits, SIGQUIT hands listeners to a new
+//! binary, SIGHUP reloads) and the config file watcher.
+
+use crate::state::Shared;
+use async_trait::async_trait;
+use pingora_core::server::{ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
+use pingora_core::services::background::BackgroundService;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+use tokio::signal::unix::{signal, SignalKind};
+
+/// How long usage records may take to reach the sink at exit.
+const SINK_FLUSH: Duration = Duration::from_secs(5);
+
+pub struct Signals {
+    pub shared: Arc<Shared>,
+    pub drain_timeout: Duration,
+}
+
+impl Signals {
+    /// Stops advertising readiness and waits until in-flight requests are done (bounded).
+    async fn drain(&self) {
+        self.shared.draining.store(true, Ordering::SeqCst);
+        let start = Instant::now();
+        while self.shared.inflight.load(Ordering::Acquire) > 0 && start.elapsed() < self.drain_timeout
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let left = self.shared.inflight.load(Ordering::Acquire);
+        if left > 0 {
+            log::warn!("drain timeout: {left} requests still in flight at exit");
+        } else {
+            log::info!("drained in {:?}", start.elapsed());
+        }
+        self.flush_sink().await;
+    }
+
+    async fn flush_sink(&self) {
+        let sink = self.shared.sink.clone();
+        let _ = tokio::task::spawn_blocking(move || sink.flush(SINK_FLUSH)).await;
+    }
+}
+
+#[async_trait]
+impl ShutdownSignalWatch for Signals {
+    async fn recv(&self) -> ShutdownSignal {
+        let (Ok(mut term), Ok(mut int), Ok(mut quit)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::quit()),
+        ) else {
+            log::error!("cannot install signal handlers; exiting");
+            return ShutdownSignal::FastShutdown;
+        };
+        tokio::select! {
+            _ = term.recv() => {
+                log::info!("SIGTERM: draining in-flight requests (up to {:?})", self.drain_timeout);
+                self.drain().await;
+                ShutdownSignal::GracefulTerminate
+            }
+            _ = int.recv() => {
+                log::info!("SIGINT: exiting");
+                self.flush_sink().await;
+                ShutdownSignal::FastShutdown
+            }
+            _ = quit.recv() => {
+                log::info!("SIGQUIT: handing listeners over for a graceful upgrade");
+                ShutdownSignal::GracefulUpgrade
+            }
+        }
+    }
+}
+
+/// Reloads on SIGHUP and when the config file's contents change.
+pub struct Reloader {
+    pub shared: Arc<Shared>,
+    pub path: std::path::PathBuf,
+    pub watch: bool,
+    pub poll: Duration,
+}
+
+/// What identifies one version of the file: size, mtime and a content hash (mtime alone misses
+/// same-second edits; ConfigMap symlink swaps change the target, which this follows).
+fn fingerprint(path: &std::path::Path) -> Option<(u64, SystemTime, u64)> {
+    let meta = std::fs::metadata(path).ok()?;
+    let bytes = std::fs::read(path).ok()?;
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in bytes {
+        h = (h ^ b as u64).wrapping_mul(0x100000001b3);
+    }
+    Some((meta.len(), meta.modified().ok()?, h))
+}
+
+#[async_trait]
+impl BackgroundService for Reloader {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            log::error!("cannot install SIGHUP handler; reload by file change only");
+            return;
+        };
+        let mut last = fingerprint(&self.path);
+        let mut tick = tokio::time::interval(self.poll);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = hup.recv() => {
+                    log::info!("SIGHUP: reloading {}", self.path.display());
+                    let _ = self.shared.reload();
+                    last = fingerprint(&self.path);
+                }
+                _ = tick.tick(), if self.watch => {
+                    let now = fingerprint(&self.path);
+                    if now.is_some() && now != last {
+                        log::info!("{} changed: reloading", self.path.display());
+                        let _ = self.shared.reload();
+                        last = now;
+                    }
+                }
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}

@@ -1,0 +1,108 @@
+//! The only pingora-facing code: the server, its two planes, the request loop and the upstream
+//! client. Domain modules below never see a pingora type.
+
+pub mod body;
+mod context;
+mod data_plane;
+mod headers;
+mod lifecycle;
+mod ops;
+mod relay;
+mod upstream;
+
+use crate::config::Config;
+use crate::state::Shared;
+use crate::usage::sink::{JsonLinesSink, Target};
+use crate::usage::UsageSink;
+use pingora_core::listeners::tls::TlsSettings;
+use pingora_core::listeners::TcpSocketOptions;
+use pingora_core::server::configuration::ServerConf;
+use pingora_core::server::{RunArgs, Server};
+use pingora_core::services::background::background_service;
+use pingora_core::services::listening::Service;
+use std::path::Path;
+use std::sync::Arc;
+
+/// Builds the server from a validated config and runs it until shutdown.
+pub fn serve(config: Config, config_path: &Path) -> Result<(), String> {
+    let sink: Arc<dyn UsageSink> = match config.usage.sink {
+        crate::config::raw::SinkKind::Jsonl => JsonLinesSink::start(
+            Target::File(config.usage.path.clone()),
+            config.usage.queue_capacity,
+            config.usage.flush_interval,
+        ),
+        crate::config::raw::SinkKind::Stdout => JsonLinesSink::start(
+            Target::Stdout,
+            config.usage.queue_capacity,
+            config.usage.flush_interval,
+        ),
+    }
+    .map_err(|e| format!("usage sink {}: {e}", config.usage.path.display()))?;
+
+    let server_cfg = config.server.clone();
+    let reload_cfg = config.reload.clone();
+    let shared = Shared::new(config, config_path, sink);
+
+    let mut conf = ServerConf::default();
+    conf.threads = server_cfg.threads;
+    // We drain ourselves (lifecycle::Signals) before pingora's shutdown starts.
+    conf.grace_period_seconds = Some(0);
+    conf.graceful_shutdown_timeout_seconds = Some(1);
+    conf.pid_file = std::env::temp_dir()
+        .join(format!("model-bridge-{}.pid", std::process::id()))
+        .display()
+        .to_string();
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+
+    let data = data_plane::DataPlane::new(
+        shared.clone(),
+        server_cfg.h2c,
+        server_cfg.keepalive_timeout_s,
+    );
+    let mut data_svc = Service::new("data plane".to_string(), data);
+    let listen = server_cfg.listen.to_string();
+    match &server_cfg.tls {
+        Some(tls) => {
+            let mut settings = TlsSettings::intermediate(&tls.cert_path, &tls.key_path)
+                .map_err(|e| format!("TLS: {e}"))?;
+            settings.enable_h2();
+            data_svc.add_tls_with_settings(&listen, None, settings);
+        }
+        None => {
+            let mut opts = TcpSocketOptions::default();
+            opts.so_reuseport = Some(false);
+            data_svc.add_tcp_with_settings(&listen, opts);
+        }
+    }
+    let mut ops_svc = Service::new(
+        "ops plane".to_string(),
+        ops::OpsPlane::new(shared.clone()),
+    );
+    ops_svc.add_tcp(&server_cfg.ops_listen.to_string());
+    ops_svc.threads = Some(1);
+    let reloader = background_service(
+        "config reload",
+        lifecycle::Reloader {
+            shared: shared.clone(),
+            path: config_path.to_path_buf(),
+            watch: reload_cfg.watch,
+            poll: reload_cfg.poll_interval,
+        },
+    );
+    server.add_service(data_svc);
+    server.add_service(ops_svc);
+    server.add_service(reloader);
+    log::info!(
+        "model-bridge serving data plane on {} ({}), ops plane on {}",
+        server_cfg.listen,
+        if server_cfg.tls.is_some() { "TLS" } else { "plaintext" },
+        server_cfg.ops_listen
+    );
+    server.run(RunArgs {
+        shutdown_signal: Box::new(lifecycle::Signals {
+            shared: shared.clone(),
+            drain_timeout: server_cfg.drain_timeout,
+        }),
+    });
+    Ok(())
+}

@@ -1,0 +1,193 @@
+//! Relays a provider's response to the client chunk by chunk, measuring TTFT and extracting
+//! usage on the way; notices a client that goes away and stops reading upstream.
+
+use super::context::Ctx;
+use super::headers;
+use super::upstream::{Response, Upstream};
+use crate::error::GatewayError;
+use crate::usage::sse::SseScanner;
+use crate::usage::{json, UsageSource};
+use bytes::Bytes;
+use pingora_core::protocols::http::ServerSession;
+
+/// How a request left the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Complete; the connection may serve another request.
+    Done,
+    /// The response is incomplete or the client is gone: close without finishing.
+    Abort,
+}
+
+/// What to do with the body.
+#[derive(Debug, Clone, Copy)]
+pub struct RelayMode {
+    /// Extract usage (LLM endpoints).
+    pub account: bool,
+    /// Drop the injected usage-only SSE chunk.
+    pub strip_usage_chunk: bool,
+}
+
+/// Keeps what is needed to find usage in a JSON body without holding a huge body whole.
+struct BodyTail {
+    buf: Vec<u8>,
+    whole: bool,
+}
+
+const KEEP_WHOLE: usize = 4 << 20;
+const TAIL: usize = 64 << 10;
+
+impl BodyTail {
+    fn push(&mut self, b: &[u8]) {
+        if self.whole && self.buf.len() + b.len() <= KEEP_WHOLE {
+            self.buf.extend_from_slice(b);
+            return;
+        }
+        self.whole = false;
+        self.buf.extend_from_slice(b);
+        if self.buf.len() > 2 * TAIL {
+            let cut = self.buf.len() - TAIL;
+            self.buf.drain(..cut);
+        }
+    }
+
+    fn usage(&self) -> Option<crate::usage::Usage> {
+        if self.whole {
+            json::from_body(&self.buf)
+        } else {
+            json::from_fragment(&self.buf)
+        }
+    }
+}
+
+fn is_event_stream(resp: &Response) -> bool {
+    resp.header()
+        .and_then(|h| h.headers.get(http::header::CONTENT_TYPE))
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"))
+}
+
+pub async fn relay(
+    s: &mut ServerSession,
+    ctx: &mut Ctx,
+    upstream: &Upstream,
+    mut resp: Response,
+    mode: RelayMode,
+) -> Result<Outcome, GatewayError> {
+    let Some(up) = resp.header() else {
+        return Err(GatewayError::UpstreamProtocol {
+            provider: resp.provider.to_string(),
+            detail: "no response header".into(),
+        });
+    };
+    let status = up.status.as_u16();
+    let sse = is_event_stream(&resp);
+    let ok = (200..300).contains(&status);
+    let mut scanner = (sse && mode.account && ok).then(|| SseScanner::new(mode.strip_usage_chunk));
+    let rewrites_body = scanner.is_some() && mode.strip_usage_chunk;
+    let header = headers::client_response(
+        up,
+        !rewrites_body,
+        !s.is_http2(),
+        ctx.id(),
+        &resp.provider,
+    )?;
+    ctx.record.upstream_latency_ms = Some(resp.header_latency.as_secs_f64() * 1e3);
+    ctx.record.retries = resp.retries;
+    if s.write_response_header(Box::new(header)).await.is_err() {
+        ctx.record.cancelled = true;
+        return Ok(Outcome::Abort);
+    }
+    ctx.record.status = status;
+    if !ok {
+        ctx.record.error_type = Some("provider_error");
+    }
+    let mut tail = (!sse && mode.account && ok).then(|| BodyTail {
+        buf: Vec::new(),
+        whole: true,
+    });
+    let mut watch_client = true;
+    let result: Outcome = loop {
+        let next = tokio::select! {
+            biased;
+            r = resp.chunk() => r,
+            r = s.read_body_or_idle(true), if watch_client => {
+                match r {
+                    Err(_) => {
+                        ctx.record.cancelled = true;
+                        break Outcome::Abort;
+                    }
+                    Ok(_) => {
+                        // Data after the request ended: nothing to watch for any more.
+                        watch_client = false;
+                        continue;
+                    }
+                }
+            }
+        };
+        let chunk = match next {
+            Ok(Some(c)) => c,
+            Ok(None) => break Outcome::Done,
+            Err(e) => {
+                ctx.record.error_type = Some(e.code());
+                break Outcome::Abort;
+            }
+        };
+        let out = match (&mut scanner, &mut tail) {
+            (Some(sc), _) => {
+                let fed = sc.feed(chunk);
+                if fed.first_content && ctx.ttft.is_none() {
+                    ctx.ttft = Some(ctx.started.elapsed());
+                }
+                fed.out
+            }
+            (None, Some(t)) => {
+                t.push(&chunk);
+                chunk
+            }
+            (None, None) => chunk,
+        };
+        if out.is_empty() {
+            continue;
+        }
+        ctx.record.response_bytes += out.len() as u64;
+        if s.write_response_body(out, false).await.is_err() {
+            ctx.record.cancelled = true;
+            break Outcome::Abort;
+        }
+    };
+    if let Some(sc) = &mut scanner {
+        if result == Outcome::Done {
+            let rest = sc.finish();
+            if !rest.is_empty() {
+                ctx.record.response_bytes += rest.len() as u64;
+                if s.write_response_body(rest, false).await.is_err() {
+                    ctx.record.cancelled = true;
+                }
+            }
+        }
+        ctx.usage = Some(match sc.usage {
+            Some(u) => (u, UsageSource::Provider),
+            None => (
+                crate::usage::Usage {
+                    completion_tokens: sc.content_events,
+                    ..Default::default()
+                },
+                UsageSource::Estimated,
+            ),
+        });
+    }
+    if let Some(t) = &tail {
+        if result == Outcome::Done {
+            ctx.usage = t.usage().map(|u| (u, UsageSource::Provider));
+        }
+    }
+    if result != Outcome::Done || ctx.record.cancelled {
+        return Ok(Outcome::Abort);
+    }
+    if s.write_response_body(Bytes::new(), true).await.is_err() {
+        ctx.record.cancelled = true;
+        return Ok(Outcome::Abort);
+    }
+    resp.release(upstream).await;
+    Ok(Outcome::Done)
+}

@@ -1,0 +1,84 @@
+//! Routing: which provider and provider model serve a client's model alias, and how the request
+//! body is rewritten for it.
+
+pub mod provider;
+pub mod rewrite;
+
+pub use provider::{Provider, Secret, Timeouts};
+use std::sync::Arc;
+
+/// The OpenAI endpoints the gateway understands (and routes by `model`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Endpoint {
+    ChatCompletions,
+    Completions,
+    Embeddings,
+    Responses,
+    Models,
+    Passthrough,
+}
+
+impl Endpoint {
+    /// Maps a request path (no query) to an LLM endpoint.
+    pub fn from_path(path: &str) -> Option<Endpoint> {
+        Some(match path.trim_end_matches('/') {
+            "/v1/chat/completions" => Endpoint::ChatCompletions,
+            "/v1/completions" => Endpoint::Completions,
+            "/v1/embeddings" => Endpoint::Embeddings,
+            "/v1/responses" => Endpoint::Responses,
+            "/v1/models" => Endpoint::Models,
+            _ => return None,
+        })
+    }
+
+    /// The path after `/v1`, as providers expect it.
+    pub fn suffix(self) -> &'static str {
+        match self {
+            Endpoint::ChatCompletions => "/chat/completions",
+            Endpoint::Completions => "/completions",
+            Endpoint::Embeddings => "/embeddings",
+            Endpoint::Responses => "/responses",
+            Endpoint::Models => "/models",
+            Endpoint::Passthrough => "",
+        }
+    }
+
+    /// Bounded label for metrics and usage rows.
+    pub fn label(self) -> &'static str {
+        match self {
+            Endpoint::ChatCompletions => "chat_completions",
+            Endpoint::Completions => "completions",
+            Endpoint::Embeddings => "embeddings",
+            Endpoint::Responses => "responses",
+            Endpoint::Models => "models",
+            Endpoint::Passthrough => "passthrough",
+        }
+    }
+
+    /// Whether a streamed response needs `stream_options.include_usage` to report usage.
+    pub fn needs_include_usage(self) -> bool {
+        matches!(self, Endpoint::ChatCompletions | Endpoint::Completions)
+    }
+}
+
+/// A client-facing alias bound to one provider model.
+#[derive(Debug)]
+pub struct ModelRoute {
+    pub alias: Arc<str>,
+    pub provider: Arc<Provider>,
+    pub provider_model: String,
+    /// `provider_model` as a JSON string literal, ready to splice into a body.
+    pub provider_model_json: Vec<u8>,
+}
+
+impl ModelRoute {
+    pub fn new(alias: &str, provider: Arc<Provider>, provider_model: String) -> Self {
+        let provider_model_json = serde_json::to_vec(&provider_model).unwrap_or_default();
+        Self {
+            alias: Arc::from(alias),
+            provider,
+            provider_model,
+            provider_model_json,
+        }
+    }
+}

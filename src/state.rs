@@ -1,0 +1,116 @@
+//! Live state: one config generation and everything compiled from it, swapped atomically on
+//! reload. A request loads one `Arc<Live>` at its start and keeps it to the end.
+
+use crate::config::{Config, ConfigErrors};
+use crate::metrics::METRICS;
+use crate::usage::UsageSink;
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+
+pub struct Live {
+    pub config: Config,
+    pub generation: u64,
+    /// Pre-rendered `GET /v1/models` answer.
+    pub models_json: Bytes,
+}
+
+impl Live {
+    pub fn new(config: Config, generation: u64) -> Self {
+        let models_json = render_models(&config);
+        Self {
+            config,
+            generation,
+            models_json,
+        }
+    }
+}
+
+fn render_models(config: &Config) -> Bytes {
+    let created = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut aliases: Vec<&str> = config.models.keys().map(String::as_str).collect();
+    aliases.sort_unstable();
+    let data: Vec<serde_json::Value> = aliases
+        .iter()
+        .map(|a| {
+            let owner = &config.models[*a].provider.name;
+            serde_json::json!({
+                "id": a,
+                "object": "model",
+                "created": created,
+                "owned_by": owner.as_ref(),
+            })
+        })
+        .collect();
+    let v = serde_json::json!({"object": "list", "data": data});
+    Bytes::from(serde_json::to_vec(&v).unwrap_or_default())
+}
+
+/// Process-wide state shared by both planes.
+pub struct Shared {
+    live: ArcSwap<Live>,
+    config_path: PathBuf,
+    next_generation: AtomicU64,
+    pub sink: Arc<dyn UsageSink>,
+    /// Set on SIGTERM: readiness fails, connections are not kept alive.
+    pub draining: AtomicBool,
+    /// Requests in progress on the data plane.
+    pub inflight: AtomicI64,
+}
+
+impl Shared {
+    pub fn new(config: Config, config_path: &Path, sink: Arc<dyn UsageSink>) -> Arc<Self> {
+        METRICS.config_generation.set(1);
+        Arc::new(Self {
+            live: ArcSwap::from_pointee(Live::new(config, 1)),
+            config_path: config_path.to_path_buf(),
+            next_generation: AtomicU64::new(2),
+            sink,
+            draining: AtomicBool::new(false),
+            inflight: AtomicI64::new(0),
+        })
+    }
+
+    /// The generation serving now.
+    pub fn live(&self) -> Arc<Live> {
+        self.live.load_full()
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Loads the config file again and swaps it in whole; on any error the old generation keeps
+    /// serving and the errors are returned.
+    pub fn reload(&self) -> Result<u64, ConfigErrors> {
+        let result = Config::load(&self.config_path);
+        match result {
+            Ok(cfg) => {
+                let old = self.live.load();
+                let s = &old.config.server;
+                if cfg.server.listen != s.listen
+                    || cfg.server.ops_listen != s.ops_listen
+                    || cfg.server.threads != s.threads
+                    || cfg.server.tls.is_some() != s.tls.is_some()
+                {
+                    log::warn!("reload: listener and thread settings take effect only on restart");
+                }
+                let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
+                self.live.store(Arc::new(Live::new(cfg, generation)));
+                METRICS.config_reloads.with_label_values(&["success"]).inc();
+                METRICS.config_generation.set(generation as i64);
+                log::info!("config reloaded: generation {generation}");
+                Ok(generation)
+            }
+            Err(e) => {
+                METRICS.config_reloads.with_label_values(&["failure"]).inc();
+                log::error!("config reload rejected, previous config keeps serving:\n{e}");
+                Err(e)
+            }
+        }
+    }
+}

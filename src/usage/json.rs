@@ -1,0 +1,126 @@
+//! Token usage from an OpenAI-style JSON object: chat/completions/embeddings
+//! (`prompt_tokens`, `completion_tokens`, `prompt_tokens_details.cached_tokens`) and the
+//! Responses API (`input_tokens`, `output_tokens`, `input_tokens_details.cached_tokens`).
+
+use super::Usage;
+use memchr::memmem;
+use serde::Deserialize;
+
+#[derive(Deserialize, Default)]
+struct Details {
+    #[serde(default)]
+    cached_tokens: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct WireUsage {
+    #[serde(default)]
+    prompt_tokens: Option<u64>,
+    #[serde(default)]
+    completion_tokens: Option<u64>,
+    #[serde(default)]
+    input_tokens: Option<u64>,
+    #[serde(default)]
+    output_tokens: Option<u64>,
+    #[serde(default)]
+    prompt_tokens_details: Option<Details>,
+    #[serde(default)]
+    input_tokens_details: Option<Details>,
+}
+
+impl From<WireUsage> for Usage {
+    fn from(w: WireUsage) -> Self {
+        let cached = w
+            .prompt_tokens_details
+            .or(w.input_tokens_details)
+            .and_then(|d| d.cached_tokens);
+        Usage {
+            prompt_tokens: w.prompt_tokens.or(w.input_tokens).unwrap_or(0),
+            completion_tokens: w.completion_tokens.or(w.output_tokens).unwrap_or(0),
+            cached_tokens: cached.unwrap_or(0),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct TopLevel {
+    #[serde(default)]
+    usage: Option<WireUsage>,
+    #[serde(default)]
+    response: Option<Box<TopLevel>>,
+}
+
+/// Usage of a complete JSON response body (top-level `usage`, or `response.usage` as in the
+/// Responses API's final stream event).
+pub fn from_body(body: &[u8]) -> Option<Usage> {
+    let t: TopLevel = serde_json::from_slice(body).ok()?;
+    t.usage
+        .or_else(|| t.response.and_then(|r| r.usage))
+        .map(Usage::from)
+}
+
+/// Usage from the last `"usage":{...}` in `bytes`, for bodies too large to keep whole (usage
+/// comes last in OpenAI responses) and for SSE event data.
+pub fn from_fragment(bytes: &[u8]) -> Option<Usage> {
+    let finder = memmem::Finder::new(b"\"usage\"");
+    let mut found = None;
+    for at in finder.find_iter(bytes) {
+        if at > 0 && bytes[at - 1] == b'\\' {
+            continue; // inside a string value
+        }
+        let mut i = at + 7;
+        while i < bytes.len() && bytes[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        if bytes.get(i) != Some(&b':') {
+            continue;
+        }
+        i += 1;
+        while i < bytes.len() && bytes[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        if bytes.get(i) == Some(&b'{') {
+            let mut de = serde_json::Deserializer::from_slice(&bytes[i..]);
+            if let Ok(w) = WireUsage::deserialize(&mut de) {
+                found = Some(Usage::from(w));
+            }
+        }
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chat_usage() {
+        let b = br#"{"id":"x","choices":[{"message":{"content":"\"usage\":{\"prompt_tokens\":99}"}}],"usage":{"prompt_tokens":12,"completion_tokens":7,"total_tokens":19,"prompt_tokens_details":{"cached_tokens":4}}}"#;
+        let u = Usage {
+            prompt_tokens: 12,
+            completion_tokens: 7,
+            cached_tokens: 4,
+        };
+        assert_eq!(from_body(b), Some(u));
+        assert_eq!(from_fragment(b), Some(u));
+    }
+
+    #[test]
+    fn responses_usage() {
+        let b = br#"{"type":"response.completed","response":{"id":"r","usage":{"input_tokens":3,"output_tokens":2,"input_tokens_details":{"cached_tokens":1}}}}"#;
+        let u = Usage {
+            prompt_tokens: 3,
+            completion_tokens: 2,
+            cached_tokens: 1,
+        };
+        assert_eq!(from_body(b), Some(u));
+        assert_eq!(from_fragment(b), Some(u));
+    }
+
+    #[test]
+    fn null_or_missing_usage() {
+        assert_eq!(from_body(br#"{"usage":null}"#), None);
+        assert_eq!(from_fragment(br#"{"usage":null}"#), None);
+        assert_eq!(from_body(b"not json"), None);
+    }
+}

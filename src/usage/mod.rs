@@ -1,0 +1,18 @@
+//! Usage accounting: the per-request record, token extraction from JSON bodies and SSE streams,
+//! and the sink that takes one record per request without blocking the request path.
+
+pub mod json;
+pub mod record;
+pub mod sink;
+pub mod sse;
+
+pub use record::{UsageRecord, UsageSource};
+pub use sink::{JsonLinesSink, UsageSink};
+
+/// Token counts of one response.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Usage {
+    pub prompt_tokens: u64,
+    pub cached_tokens: u64,
+    pub completion_tokens: u64,
+}

@@ -1,0 +1,53 @@
+//! One usage record per request: what was asked, what served it, what it cost in tokens and time.
+
+use serde::Serialize;
+use std::sync::Arc;
+
+/// Where the token counts came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UsageSource {
+    /// Reported by the provider (JSON `usage` or the final stream chunk).
+    Provider,
+    /// The provider reported nothing (cancelled stream, usage omitted): completion tokens are the
+    /// content chunks relayed, prompt tokens unknown (0).
+    Estimated,
+    /// No tokens involved (refused before upstream, models list, passthrough).
+    None,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct UsageRecord {
+    /// Request start, Unix milliseconds.
+    pub ts_ms: u64,
+    pub request_id: String,
+    pub endpoint: &'static str,
+    pub method: String,
+    pub path: String,
+    /// `model` as the client sent it.
+    pub requested_model: Option<String>,
+    pub provider: Option<Arc<str>>,
+    pub provider_model: Option<String>,
+    pub stream: bool,
+    /// Status sent to the client (0 when the client left before any response).
+    pub status: u16,
+    /// Gateway error code or `provider_error` for upstream 4xx/5xx.
+    pub error_type: Option<&'static str>,
+    /// The client went away before the response ended.
+    pub cancelled: bool,
+    pub prompt_tokens: u64,
+    pub cached_tokens: u64,
+    pub completion_tokens: u64,
+    pub usage_source: UsageSource,
+    pub latency_ms: f64,
+    pub ttft_ms: Option<f64>,
+    pub upstream_latency_ms: Option<f64>,
+    /// Extra upstream attempts (a stale pooled connection retried on a fresh one).
+    pub retries: u32,
+    pub request_bytes: u64,
+    pub response_bytes: u64,
+    pub client_ip: Option<String>,
+    /// OpenAI's end-user field, when the client sent one.
+    pub user: Option<String>,
+    pub config_generation: u64,
+}
