@@ -1,0 +1,267 @@
+//! Shared harness: the mock provider and the gateway as child processes on ephemeral loopback
+//! ports, a temp dir with the config and the usage file, and helpers to read usage records.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn signal(child: &Child, sig: &str) {
+    let _ = Command::new("kill")
+        .args([&format!("-{sig}"), &child.id().to_string()])
+        .status();
+}
+
+pub struct Mock {
+    pub port: u16,
+    pub proc: Proc,
+}
+
+impl Mock {
+    pub fn start(args: &[&str]) -> Mock {
+        let port = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_mock-openai"))
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start mock");
+        wait_tcp(port);
+        Mock {
+            port,
+            proc: Proc(child),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/v1", self.port)
+    }
+}
+
+pub fn wait_tcp(port: u16) {
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(start.elapsed() < Duration::from_secs(20), "port {port} never opened");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub const PROVIDER_KEY: &str = "sk-provider-secret-4f1c9a";
+
+/// A config for the gateway in front of `mock_url`; `extra` is appended verbatim.
+pub fn config_text(port: u16, ops: u16, mock_url: &str, usage: &Path, extra: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:{port}"
+ops_listen = "127.0.0.1:{ops}"
+threads = 2
+max_body_bytes = 8388608
+drain_timeout_ms = 10000
+
+[usage]
+sink = "jsonl"
+path = "{usage}"
+flush_interval_ms = 20
+
+[reload]
+poll_interval_ms = 100
+
+[providers.mock]
+kind = "openai_compatible"
+base_url = "{mock_url}"
+api_key = "${{MB_TEST_PROVIDER_KEY}}"
+first_byte_timeout_ms = 2000
+idle_timeout_ms = 1000
+
+[providers.dead]
+kind = "openai_compatible"
+base_url = "http://127.0.0.1:1/v1"
+connect_timeout_ms = 500
+
+[models."gpt-4o-mini"]
+provider = "mock"
+model = "mock-1"
+
+[models."same-name"]
+provider = "mock"
+
+[models."text-embedding-3-small"]
+provider = "mock"
+model = "mock-embed"
+
+[models."dead-model"]
+provider = "dead"
+
+[passthrough]
+provider = "mock"
+{extra}
+"#,
+        usage = usage.display()
+    )
+}
+
+pub struct Gateway {
+    pub port: u16,
+    pub ops: u16,
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub usage: PathBuf,
+    pub log: PathBuf,
+    pub proc: Proc,
+    pub mock: Mock,
+}
+
+impl Gateway {
+    pub fn start() -> Gateway {
+        Self::start_with(&[], "")
+    }
+
+    pub fn start_with(mock_args: &[&str], extra: &str) -> Gateway {
+        let mock = Mock::start(mock_args);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let ops = free_port();
+        let usage = dir.path().join("usage.jsonl");
+        let config = dir.path().join("gateway.toml");
+        std::fs::write(&config, config_text(port, ops, &mock.url(), &usage, extra)).unwrap();
+        let log = dir.path().join("gateway.log");
+        let logf = std::fs::File::create(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_model-bridge"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env("MB_TEST_PROVIDER_KEY", PROVIDER_KEY)
+            .env("RUST_LOG", "info")
+            .stdout(logf.try_clone().unwrap())
+            .stderr(logf)
+            .spawn()
+            .expect("start gateway");
+        let g = Gateway {
+            port,
+            ops,
+            dir,
+            config,
+            usage,
+            log,
+            proc: Proc(child),
+            mock,
+        };
+        g.wait_ready();
+        g
+    }
+
+    fn wait_ready(&self) {
+        let start = Instant::now();
+        loop {
+            if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.ops)) {
+                let _ = s.write_all(b"GET /readyz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+                let mut buf = String::new();
+                let _ = std::io::Read::read_to_string(&mut s, &mut buf);
+                if buf.starts_with("HTTP/1.1 200") {
+                    wait_tcp(self.port);
+                    return;
+                }
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "gateway not ready: {}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(30));
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn ops_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.ops)
+    }
+
+    /// All usage records written so far.
+    pub fn records(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&self.usage)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Waits for the record of `request_id`.
+    pub fn record(&self, request_id: &str) -> serde_json::Value {
+        let start = Instant::now();
+        loop {
+            if let Some(r) = self
+                .records()
+                .into_iter()
+                .find(|r| r["request_id"] == request_id)
+            {
+                return r;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "no usage record for {request_id}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client")
+}
+
+pub fn h2c_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .expect("h2c client")
+}
+
+pub fn header<'a>(r: &'a reqwest::Response, name: &str) -> &'a str {
+    r.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
+/// (prompt, completion, cached) the mock reported.
+pub fn mock_usage(r: &reqwest::Response) -> (u64, u64, u64) {
+    let v: Vec<u64> = header(r, "x-mock-usage")
+        .split(',')
+        .map(|x| x.parse().unwrap())
+        .collect();
+    (v[0], v[1], v[2])
+}
+
+pub fn fnv1a(bytes: &[u8]) -> String {
+    format!("{:016x}", model_bridge::mock::fnv1a(bytes))
+}
