@@ -72,12 +72,12 @@ impl ShutdownSignalWatch for Signals {
     }
 }
 
-/// Reloads on SIGHUP and when the config file's contents change.
+/// Reloads on SIGHUP and, while the live config's `reload.watch` is on, when the config file's
+/// contents change. Watch settings are read from the live generation, so a reload can turn the
+/// watcher off or change its interval.
 pub struct Reloader {
     pub shared: Arc<Shared>,
     pub path: std::path::PathBuf,
-    pub watch: bool,
-    pub poll: Duration,
 }
 
 /// What identifies one version of the file: size, mtime and a content hash (mtime alone misses
@@ -100,16 +100,18 @@ impl BackgroundService for Reloader {
             return;
         };
         let mut last = fingerprint(&self.path);
-        let mut tick = tokio::time::interval(self.poll);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            let settings = self.shared.live().config.reload.clone();
             tokio::select! {
                 _ = hup.recv() => {
                     log::info!("SIGHUP: reloading {}", self.path.display());
                     let _ = self.shared.reload();
                     last = fingerprint(&self.path);
                 }
-                _ = tick.tick(), if self.watch => {
+                _ = tokio::time::sleep(settings.poll_interval) => {
+                    if !settings.watch {
+                        continue;
+                    }
                     let now = fingerprint(&self.path);
                     if now.is_some() && now != last {
                         log::info!("{} changed: reloading", self.path.display());

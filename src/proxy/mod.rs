@@ -40,7 +40,6 @@ pub fn serve(config: Config, config_path: &Path) -> Result<(), String> {
     .map_err(|e| format!("usage sink {}: {e}", config.usage.path.display()))?;
 
     let server_cfg = config.server.clone();
-    let reload_cfg = config.reload.clone();
     let shared = Shared::new(config, config_path, sink);
 
     let mut conf = ServerConf::default();
@@ -85,8 +84,6 @@ pub fn serve(config: Config, config_path: &Path) -> Result<(), String> {
         lifecycle::Reloader {
             shared: shared.clone(),
             path: config_path.to_path_buf(),
-            watch: reload_cfg.watch,
-            poll: reload_cfg.poll_interval,
         },
     );
     server.add_service(data_svc);
