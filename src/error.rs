@@ -10,7 +10,10 @@ pub enum GatewayError {
     /// The body is not JSON, or not an object.
     InvalidJson(String),
     /// A required field is missing or has the wrong type.
-    InvalidField { param: &'static str, message: String },
+    InvalidField {
+        param: &'static str,
+        message: String,
+    },
     /// `model` names no configured alias.
     ModelNotFound(String),
     /// The request body exceeds `server.max_body_bytes`.
@@ -24,7 +27,10 @@ pub enum GatewayError {
     /// The provider could not be reached (connect refused, reset, TLS failure, DNS).
     UpstreamUnreachable { provider: String, detail: String },
     /// The provider did not answer in time (connect, first byte, idle or total timeout).
-    UpstreamTimeout { provider: String, which: &'static str },
+    UpstreamTimeout {
+        provider: String,
+        which: &'static str,
+    },
     /// The provider answered with something that is not HTTP we can relay.
     UpstreamProtocol { provider: String, detail: String },
     /// The gateway is shutting down and no longer takes this request.
@@ -94,7 +100,9 @@ impl GatewayError {
     /// Human-readable message; never contains credentials.
     pub fn message(&self) -> String {
         match self {
-            Self::InvalidJson(d) => format!("We could not parse the JSON body of your request: {d}"),
+            Self::InvalidJson(d) => {
+                format!("We could not parse the JSON body of your request: {d}")
+            }
             Self::InvalidField { message, .. } => message.clone(),
             Self::ModelNotFound(m) => {
                 format!("The model `{m}` does not exist or you do not have access to it.")

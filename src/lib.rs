@@ -7,6 +7,8 @@
 //! `error` the one error type mapped to OpenAI-shaped bodies, `mock` the mock provider that tests
 //! and benches use.
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod config;
 pub mod error;
 pub mod metrics;

@@ -9,7 +9,11 @@ use std::process::ExitCode;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(name = "model-bridge", version, about = "OpenAI-compatible LLM gateway")]
+#[command(
+    name = "model-bridge",
+    version,
+    about = "OpenAI-compatible LLM gateway"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

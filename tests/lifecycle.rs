@@ -39,7 +39,11 @@ fn check_reports_file_line_path_and_reason() {
         .env("MB_TEST_PROVIDER_KEY", "k")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 async fn status_of(c: &reqwest::Client, g: &Gateway, model: &str) -> u16 {
@@ -54,7 +58,10 @@ async fn status_of(c: &reqwest::Client, g: &Gateway, model: &str) -> u16 {
 async fn wait_status(c: &reqwest::Client, g: &Gateway, model: &str, want: u16) {
     let start = Instant::now();
     while status_of(c, g, model).await != want {
-        assert!(start.elapsed() < Duration::from_secs(10), "{model} never answered {want}");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{model} never answered {want}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -66,27 +73,62 @@ async fn reload_on_change_and_sighup_rejects_bad_configs() {
     let base = std::fs::read_to_string(&g.config).unwrap();
     assert_eq!(status_of(&c, &g, "new-alias").await, 404);
 
-    std::fs::write(&g.config, format!("{base}\n[models.\"new-alias\"]\nprovider = \"mock\"\n")).unwrap();
+    std::fs::write(
+        &g.config,
+        format!("{base}\n[models.\"new-alias\"]\nprovider = \"mock\"\n"),
+    )
+    .unwrap();
     wait_status(&c, &g, "new-alias", 200).await;
 
     // A broken file is rejected: the previous generation keeps serving.
-    std::fs::write(&g.config, format!("{base}\n[models.\"x\"]\nprovider = \"missing\"\n")).unwrap();
+    std::fs::write(
+        &g.config,
+        format!("{base}\n[models.\"x\"]\nprovider = \"missing\"\n"),
+    )
+    .unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(status_of(&c, &g, "new-alias").await, 200);
-    let m = c.get(g.ops_url("/metrics")).send().await.unwrap().text().await.unwrap();
-    assert!(m.contains(r#"model_bridge_config_reloads_total{result="failure"}"#), "{m}");
+    let m = c
+        .get(g.ops_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        m.contains(r#"model_bridge_config_reloads_total{result="failure"}"#),
+        "{m}"
+    );
     assert!(g.log_text().contains("unknown provider `missing`"));
 
     // SIGHUP reloads even without a file watcher.
-    std::fs::write(&g.config, base.replace("poll_interval_ms = 100", "poll_interval_ms = 100\nwatch = false")).unwrap();
-    tokio::time::sleep(Duration::from_millis(400)).await;
     std::fs::write(
         &g.config,
-        format!("{}\n[models.\"hup\"]\nprovider = \"mock\"\n", base.replace("poll_interval_ms = 100", "poll_interval_ms = 100\nwatch = false")),
+        base.replace(
+            "poll_interval_ms = 100",
+            "poll_interval_ms = 100\nwatch = false",
+        ),
     )
     .unwrap();
     tokio::time::sleep(Duration::from_millis(400)).await;
-    assert_eq!(status_of(&c, &g, "hup").await, 404, "watch = false: no reload on change");
+    std::fs::write(
+        &g.config,
+        format!(
+            "{}\n[models.\"hup\"]\nprovider = \"mock\"\n",
+            base.replace(
+                "poll_interval_ms = 100",
+                "poll_interval_ms = 100\nwatch = false"
+            )
+        ),
+    )
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        status_of(&c, &g, "hup").await,
+        404,
+        "watch = false: no reload on change"
+    );
     signal(&g.proc.0, "HUP");
     wait_status(&c, &g, "hup", 200).await;
     assert_eq!(status_of(&c, &g, "new-alias").await, 404);
@@ -121,13 +163,21 @@ async fn reload_under_load_fails_no_request() {
                         false
                     }
                 };
-                if good { ok.fetch_add(1, Ordering::Relaxed) } else { failed.fetch_add(1, Ordering::Relaxed) };
+                if good {
+                    ok.fetch_add(1, Ordering::Relaxed)
+                } else {
+                    failed.fetch_add(1, Ordering::Relaxed)
+                };
             }
         }));
     }
     for n in 0..10 {
         tokio::time::sleep(Duration::from_millis(150)).await;
-        std::fs::write(&g.config, format!("{base}\n[models.\"gen{n}\"]\nprovider = \"mock\"\n")).unwrap();
+        std::fs::write(
+            &g.config,
+            format!("{base}\n[models.\"gen{n}\"]\nprovider = \"mock\"\n"),
+        )
+        .unwrap();
         if n % 3 == 0 {
             signal(&g.proc.0, "HUP");
         }
@@ -137,7 +187,14 @@ async fn reload_under_load_fails_no_request() {
     for t in tasks {
         t.await.unwrap();
     }
-    let m = client().get(g.ops_url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let m = client()
+        .get(g.ops_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     let reloads: u64 = m
         .lines()
         .find_map(|l| l.strip_prefix(r#"model_bridge_config_reloads_total{result="success"} "#))
@@ -145,7 +202,11 @@ async fn reload_under_load_fails_no_request() {
         .unwrap_or(0);
     assert!(reloads >= 5, "reloads happened: {reloads}");
     assert!(ok.load(Ordering::Relaxed) > 100);
-    assert_eq!(failed.load(Ordering::Relaxed), 0, "requests failed during reloads");
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "requests failed during reloads"
+    );
 }
 
 #[tokio::test]
@@ -164,21 +225,34 @@ async fn sigterm_drains_in_flight_streams() {
     signal(&g.proc.0, "TERM");
     let start = Instant::now();
     loop {
-        let ready = c.get(g.ops_url("/readyz")).send().await.map(|r| r.status().as_u16());
+        let ready = c
+            .get(g.ops_url("/readyz"))
+            .send()
+            .await
+            .map(|r| r.status().as_u16());
         if matches!(ready, Ok(503) | Err(_)) {
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(2), "still ready while draining: {ready:?}");
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "still ready while draining: {ready:?}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let text = r.text().await.unwrap();
-    assert!(text.ends_with("data: [DONE]\n\n"), "stream finished during drain");
+    assert!(
+        text.ends_with("data: [DONE]\n\n"),
+        "stream finished during drain"
+    );
     let start = Instant::now();
     let status = loop {
         if let Some(s) = g.proc.0.try_wait().unwrap() {
             break s;
         }
-        assert!(start.elapsed() < Duration::from_secs(15), "gateway did not exit after draining");
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "gateway did not exit after draining"
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(status.success(), "{status:?}");

@@ -43,7 +43,9 @@ async fn non_stream_chat_is_routed_rewritten_and_accounted() {
     assert!(rid.starts_with("req_"));
     assert_eq!(header(&r, "x-mock-request-id"), rid);
     // Byte-exact forwarding: only the model value changed.
-    let expected = String::from_utf8(body).unwrap().replacen("\"gpt-4o-mini\"", "\"mock-1\"", 1);
+    let expected = String::from_utf8(body)
+        .unwrap()
+        .replacen("\"gpt-4o-mini\"", "\"mock-1\"", 1);
     assert_eq!(header(&r, "x-mock-body-fnv"), fnv1a(expected.as_bytes()));
     let (p, c, cached) = mock_usage(&r);
     let v: Value = r.json().await.unwrap();
@@ -88,7 +90,11 @@ async fn stream_usage_is_exact_with_and_without_client_include_usage() {
             .await
             .unwrap();
         assert_eq!(r.status(), 200);
-        assert_eq!(header(&r, "x-mock-include-usage"), "true", "gateway injects include_usage");
+        assert_eq!(
+            header(&r, "x-mock-include-usage"),
+            "true",
+            "gateway injects include_usage"
+        );
         let rid = header(&r, "x-request-id").to_string();
         let (p, c, cached) = mock_usage(&r);
         let text = stream_text(r).await;
@@ -103,13 +109,20 @@ async fn stream_usage_is_exact_with_and_without_client_include_usage() {
             assert_eq!(usage_chunks.len(), 1, "{text}");
             assert_eq!(usage_chunks[0]["usage"]["prompt_tokens"], p);
         } else {
-            assert!(usage_chunks.is_empty(), "usage chunk must be removed: {text}");
+            assert!(
+                usage_chunks.is_empty(),
+                "usage chunk must be removed: {text}"
+            );
         }
         assert!(text.ends_with("data: [DONE]\n\n"));
         assert_eq!(text.matches("\"content\":\"tok").count(), 5);
         let rec = g.record(&rid);
         assert_eq!(
-            (rec["prompt_tokens"].as_u64(), rec["completion_tokens"].as_u64(), rec["cached_tokens"].as_u64()),
+            (
+                rec["prompt_tokens"].as_u64(),
+                rec["completion_tokens"].as_u64(),
+                rec["cached_tokens"].as_u64()
+            ),
             (Some(p), Some(c), Some(cached))
         );
         assert_eq!(rec["stream"], true);
@@ -133,7 +146,13 @@ async fn completions_embeddings_responses_and_models() {
     assert!(!text.contains("\"usage\":{"), "{text}");
     let rec = g.record(&rid);
     assert_eq!(rec["endpoint"], "completions");
-    assert_eq!((rec["prompt_tokens"].as_u64(), rec["completion_tokens"].as_u64()), (Some(p), Some(comp)));
+    assert_eq!(
+        (
+            rec["prompt_tokens"].as_u64(),
+            rec["completion_tokens"].as_u64()
+        ),
+        (Some(p), Some(comp))
+    );
 
     let r = c
         .post(g.url("/v1/embeddings"))
@@ -154,19 +173,49 @@ async fn completions_embeddings_responses_and_models() {
             .send()
             .await
             .unwrap();
-        assert_eq!(header(&r, "x-mock-include-usage"), "false", "responses API needs no injection");
+        assert_eq!(
+            header(&r, "x-mock-include-usage"),
+            "false",
+            "responses API needs no injection"
+        );
         let rid = header(&r, "x-request-id").to_string();
         let (p, comp, _) = mock_usage(&r);
         let _ = stream_text(r).await;
         let rec = g.record(&rid);
         assert_eq!(rec["endpoint"], "responses");
-        assert_eq!((rec["prompt_tokens"].as_u64(), rec["completion_tokens"].as_u64()), (Some(p), Some(comp)));
+        assert_eq!(
+            (
+                rec["prompt_tokens"].as_u64(),
+                rec["completion_tokens"].as_u64()
+            ),
+            (Some(p), Some(comp))
+        );
     }
 
-    let v: Value = c.get(g.url("/v1/models")).send().await.unwrap().json().await.unwrap();
-    let ids: Vec<&str> = v["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+    let v: Value = c
+        .get(g.url("/v1/models"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
     assert_eq!(v["object"], "list");
-    assert_eq!(ids, ["dead-model", "gpt-4o-mini", "same-name", "text-embedding-3-small"]);
+    assert_eq!(
+        ids,
+        [
+            "dead-model",
+            "gpt-4o-mini",
+            "same-name",
+            "text-embedding-3-small"
+        ]
+    );
     let r = c.get(g.url("/v1/models/gpt-4o-mini")).send().await.unwrap();
     assert_eq!(r.status(), 200);
     let r = c.get(g.url("/v1/models/nope")).send().await.unwrap();
@@ -180,20 +229,42 @@ async fn gateway_errors_are_openai_shaped() {
     let post = |body: Vec<u8>| c.post(g.url("/v1/chat/completions")).body(body).send();
 
     let (s, v) = error_of(post(b"{\"model\":".to_vec()).await.unwrap()).await;
-    assert_eq!((s, v["error"]["type"].as_str()), (400, Some("invalid_request_error")));
+    assert_eq!(
+        (s, v["error"]["type"].as_str()),
+        (400, Some("invalid_request_error"))
+    );
     let (s, v) = error_of(post(b"{\"messages\":[]}".to_vec()).await.unwrap()).await;
     assert_eq!((s, v["error"]["param"].as_str()), (400, Some("model")));
     let (s, v) = error_of(post(b"{\"model\":\"nope\"}".to_vec()).await.unwrap()).await;
-    assert_eq!((s, v["error"]["code"].as_str()), (404, Some("model_not_found")));
-    let (s, v) = error_of(post(br#"{"model":"gpt-4o-mini","stream":"yes"}"#.to_vec()).await.unwrap()).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (404, Some("model_not_found"))
+    );
+    let (s, v) = error_of(
+        post(br#"{"model":"gpt-4o-mini","stream":"yes"}"#.to_vec())
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!((s, v["error"]["param"].as_str()), (400, Some("stream")));
 
     let big = vec![b' '; 9 * 1024 * 1024];
     let (s, v) = error_of(post(big).await.unwrap()).await;
-    assert_eq!((s, v["error"]["code"].as_str()), (413, Some("request_too_large")));
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (413, Some("request_too_large"))
+    );
 
-    let (s, v) = error_of(post(serde_json::to_vec(&chat("dead-model", false)).unwrap()).await.unwrap()).await;
-    assert_eq!((s, v["error"]["code"].as_str()), (502, Some("upstream_unreachable")));
+    let (s, v) = error_of(
+        post(serde_json::to_vec(&chat("dead-model", false)).unwrap())
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (502, Some("upstream_unreachable"))
+    );
 
     let r = c
         .post(g.url("/v1/chat/completions"))
@@ -204,7 +275,10 @@ async fn gateway_errors_are_openai_shaped() {
         .unwrap();
     let rid = header(&r, "x-request-id").to_string();
     let (s, v) = error_of(r).await;
-    assert_eq!((s, v["error"]["code"].as_str()), (504, Some("upstream_timeout")));
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (504, Some("upstream_timeout"))
+    );
     assert_eq!(g.record(&rid)["error_type"], "upstream_timeout");
 
     // Provider errors pass through with their status and body.
@@ -216,7 +290,10 @@ async fn gateway_errors_are_openai_shaped() {
         .await
         .unwrap();
     let (s, v) = error_of(r).await;
-    assert_eq!((s, v["error"]["message"].as_str()), (429, Some("mock error 429")));
+    assert_eq!(
+        (s, v["error"]["message"].as_str()),
+        (429, Some("mock error 429"))
+    );
 
     let r = c.get(g.url("/nope")).send().await.unwrap();
     assert_eq!(error_of(r).await.0, 404);
@@ -229,12 +306,21 @@ async fn gateway_errors_are_openai_shaped() {
 
 async fn body_roundtrip(c: &reqwest::Client, g: &Gateway, size: usize, chunked: bool) {
     let filler = "x".repeat(size);
-    let body = serde_json::to_vec(&json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": filler}]})).unwrap();
-    let expected = String::from_utf8(body.clone()).unwrap().replacen("\"gpt-4o-mini\"", "\"mock-1\"", 1);
+    let body = serde_json::to_vec(
+        &json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": filler}]}),
+    )
+    .unwrap();
+    let expected =
+        String::from_utf8(body.clone())
+            .unwrap()
+            .replacen("\"gpt-4o-mini\"", "\"mock-1\"", 1);
     let req = c.post(g.url("/v1/chat/completions"));
     let req = if chunked {
-        let parts: Vec<Result<Vec<u8>, std::io::Error>> = body.chunks(7919).map(|p| Ok(p.to_vec())).collect();
-        req.body(reqwest::Body::wrap_stream(futures_util::stream::iter(parts)))
+        let parts: Vec<Result<Vec<u8>, std::io::Error>> =
+            body.chunks(7919).map(|p| Ok(p.to_vec())).collect();
+        req.body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            parts,
+        )))
     } else {
         req.body(body.clone())
     };
@@ -257,7 +343,11 @@ async fn bodies_of_every_size_h1_and_h2c_length_and_chunked() {
             }
         }
         let r = c.get(g.url("/v1/models")).send().await.unwrap();
-        let want = if name == "h2c" { reqwest::Version::HTTP_2 } else { reqwest::Version::HTTP_11 };
+        let want = if name == "h2c" {
+            reqwest::Version::HTTP_2
+        } else {
+            reqwest::Version::HTTP_11
+        };
         assert_eq!(r.version(), want);
     }
 }
@@ -307,7 +397,10 @@ fn expect_100_continue_and_early_413() {
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
     let head = "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: 99999999\r\nexpect: 100-continue\r\n\r\n";
     let resp = raw_exchange(g.port, head, b"", true);
-    assert!(resp.starts_with("HTTP/1.1 413"), "no 100 Continue for a body over the limit: {resp}");
+    assert!(
+        resp.starts_with("HTTP/1.1 413"),
+        "no 100 Continue for a body over the limit: {resp}"
+    );
 }
 
 #[test]
@@ -334,7 +427,11 @@ fn keep_alive_serves_many_requests_on_one_connection() {
             if let Some(end) = text.find("\r\n\r\n") {
                 let len: usize = text[..end]
                     .lines()
-                    .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length: ").map(|v| v.trim().parse().unwrap()))
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length: ")
+                            .map(|v| v.trim().parse().unwrap())
+                    })
                     .unwrap();
                 if got.len() >= end + 4 + len {
                     assert!(text.starts_with("HTTP/1.1 200"));
@@ -352,12 +449,18 @@ async fn passthrough_streams_other_v1_paths() {
     let r = c.get(g.url("/v1/files?limit=2")).send().await.unwrap();
     assert_eq!(header(&r, "x-mock-query"), "limit=2");
     let v: Value = r.json().await.unwrap();
-    assert_eq!((v["method"].as_str(), v["path"].as_str()), (Some("GET"), Some("/v1/files")));
+    assert_eq!(
+        (v["method"].as_str(), v["path"].as_str()),
+        (Some("GET"), Some("/v1/files"))
+    );
     let big = vec![7u8; 3 * 1024 * 1024];
-    let parts: Vec<Result<Vec<u8>, std::io::Error>> = big.chunks(65536).map(|p| Ok(p.to_vec())).collect();
+    let parts: Vec<Result<Vec<u8>, std::io::Error>> =
+        big.chunks(65536).map(|p| Ok(p.to_vec())).collect();
     let r = c
         .post(g.url("/v1/files"))
-        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(parts)))
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            parts,
+        )))
         .send()
         .await
         .unwrap();
@@ -386,7 +489,11 @@ fn client_disconnect_mid_stream_records_cancelled_usage() {
     s.write_all(&body).unwrap();
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
-    while String::from_utf8_lossy(&got).matches("\"content\":\"tok").count() < 3 {
+    while String::from_utf8_lossy(&got)
+        .matches("\"content\":\"tok")
+        .count()
+        < 3
+    {
         let n = s.read(&mut buf).unwrap();
         assert!(n > 0);
         got.extend_from_slice(&buf[..n]);
@@ -404,7 +511,10 @@ fn client_disconnect_mid_stream_records_cancelled_usage() {
     assert_eq!(rec["usage_source"], "estimated");
     let c = rec["completion_tokens"].as_u64().unwrap();
     assert!((3..50).contains(&c), "tokens streamed so far: {c}");
-    assert!(rec["latency_ms"].as_f64().unwrap() < 3000.0, "upstream read stopped early");
+    assert!(
+        rec["latency_ms"].as_f64().unwrap() < 3000.0,
+        "upstream read stopped early"
+    );
 }
 
 #[tokio::test]
@@ -425,7 +535,10 @@ async fn upstream_failures_mid_stream_and_idle_timeout() {
             failed = true;
         }
     }
-    assert!(failed, "the client must see a broken stream, not a clean end");
+    assert!(
+        failed,
+        "the client must see a broken stream, not a clean end"
+    );
     let rec = g.record(&rid);
     assert_eq!(rec["error_type"], "upstream_unreachable");
     assert_eq!(rec["completion_tokens"], 2);
@@ -446,8 +559,22 @@ async fn upstream_failures_mid_stream_and_idle_timeout() {
 async fn metrics_and_health() {
     let g = Gateway::start();
     let c = client();
-    let _ = c.post(g.url("/v1/chat/completions")).json(&chat("gpt-4o-mini", true)).send().await.unwrap().bytes().await;
-    let m = c.get(g.ops_url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let _ = c
+        .post(g.url("/v1/chat/completions"))
+        .json(&chat("gpt-4o-mini", true))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await;
+    let m = c
+        .get(g.ops_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     for name in [
         "model_bridge_requests_total",
         "model_bridge_request_duration_seconds",
@@ -460,6 +587,12 @@ async fn metrics_and_health() {
         assert!(m.contains(name), "{name} missing");
     }
     assert!(m.contains(r#"model_bridge_requests_total{endpoint="chat_completions",model="gpt-4o-mini",provider="mock",status_class="2xx"} 1"#), "{m}");
-    assert_eq!(c.get(g.ops_url("/healthz")).send().await.unwrap().status(), 200);
-    assert_eq!(c.get(g.ops_url("/readyz")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        c.get(g.ops_url("/healthz")).send().await.unwrap().status(),
+        200
+    );
+    assert_eq!(
+        c.get(g.ops_url("/readyz")).send().await.unwrap().status(),
+        200
+    );
 }

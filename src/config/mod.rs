@@ -175,8 +175,10 @@ fn validate(raw: RawConfig, path: &Path, err: &mut dyn FnMut(&str, String)) -> C
     }
     let base = path.parent().unwrap_or(Path::new("."));
     let tls = s.tls.as_ref().map(|t| {
-        for (k, p) in [("server.tls.cert_path", &t.cert_path), ("server.tls.key_path", &t.key_path)]
-        {
+        for (k, p) in [
+            ("server.tls.cert_path", &t.cert_path),
+            ("server.tls.key_path", &t.key_path),
+        ] {
             if !base.join(p).is_file() {
                 err(k, format!("file `{p}` does not exist"));
             }

@@ -10,7 +10,9 @@
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
-use pingora_core::apps::{HttpPersistentSettings, HttpServerApp, HttpServerOptions, ReusedHttpStream};
+use pingora_core::apps::{
+    HttpPersistentSettings, HttpServerApp, HttpServerOptions, ReusedHttpStream,
+};
 use pingora_core::protocols::http::ServerSession;
 use pingora_core::server::ShutdownWatch;
 use pingora_http::ResponseHeader;
@@ -67,7 +69,9 @@ fn base64(bytes: &[u8]) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for c in bytes.chunks(3) {
-        let n = (c[0] as u32) << 16 | (*c.get(1).unwrap_or(&0) as u32) << 8 | *c.get(2).unwrap_or(&0) as u32;
+        let n = (c[0] as u32) << 16
+            | (*c.get(1).unwrap_or(&0) as u32) << 8
+            | *c.get(2).unwrap_or(&0) as u32;
         for i in 0..4 {
             if i <= c.len() {
                 out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
@@ -100,7 +104,10 @@ impl Req {
         self.json["stream"].as_bool().unwrap_or(false)
     }
     fn include_usage(&self) -> bool {
-        self.json["stream_options"]["include_usage"].as_bool().unwrap_or(false) && !self.knobs.no_usage
+        self.json["stream_options"]["include_usage"]
+            .as_bool()
+            .unwrap_or(false)
+            && !self.knobs.no_usage
     }
     fn usage(&self) -> Value {
         json!({
@@ -222,7 +229,11 @@ fn header(
         }
         None => {}
     }
-    let completion = if req.knobs.no_usage { 0 } else { req.knobs.chunks };
+    let completion = if req.knobs.no_usage {
+        0
+    } else {
+        req.knobs.chunks
+    };
     let _ = h.insert_header(
         "x-mock-usage",
         format!("{},{},{}", req.prompt_tokens(), completion, req.cached),
@@ -264,7 +275,11 @@ async fn respond(s: &mut ServerSession, req: &Req) -> bool {
         "/v1/completions" if req.stream() => stream(s, req, Kind::Completion).await,
         "/v1/responses" if req.stream() => stream(s, req, Kind::Responses).await,
         "/v1/chat/completions" => {
-            let usage = if req.knobs.no_usage { Value::Null } else { req.usage() };
+            let usage = if req.knobs.no_usage {
+                Value::Null
+            } else {
+                req.usage()
+            };
             let v = json!({
                 "id": "chatcmpl-mock", "object": "chat.completion", "created": 1_700_000_000, "model": model,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": req.text()}, "finish_reason": "stop"}],
@@ -370,20 +385,34 @@ async fn stream(s: &mut ServerSession, req: &Req, kind: Kind) -> bool {
     for i in 0..req.knobs.chunks {
         let t = format!("tok{i} ");
         events.push(match kind {
-            Kind::Chat => sse(&base(json!([{"index": 0, "delta": {"content": t}, "finish_reason": null}]))),
-            Kind::Completion => sse(&base(json!([{"index": 0, "text": t, "finish_reason": null, "logprobs": null}]))),
-            Kind::Responses => sse_event("response.output_text.delta", &json!({"type": "response.output_text.delta", "delta": t})),
+            Kind::Chat => sse(&base(
+                json!([{"index": 0, "delta": {"content": t}, "finish_reason": null}]),
+            )),
+            Kind::Completion => sse(&base(
+                json!([{"index": 0, "text": t, "finish_reason": null, "logprobs": null}]),
+            )),
+            Kind::Responses => sse_event(
+                "response.output_text.delta",
+                &json!({"type": "response.output_text.delta", "delta": t}),
+            ),
         });
     }
     match kind {
-        Kind::Chat => events.push(sse(&base(json!([{"index": 0, "delta": {}, "finish_reason": "stop"}])))),
-        Kind::Completion => events.push(sse(&base(json!([{"index": 0, "text": "", "finish_reason": "stop", "logprobs": null}])))),
+        Kind::Chat => events.push(sse(&base(
+            json!([{"index": 0, "delta": {}, "finish_reason": "stop"}]),
+        ))),
+        Kind::Completion => events.push(sse(&base(
+            json!([{"index": 0, "text": "", "finish_reason": "stop", "logprobs": null}]),
+        ))),
         Kind::Responses => {
             let mut r = json!({"id": "resp_mock", "object": "response", "status": "completed", "model": model, "output": []});
             if !req.knobs.no_usage {
                 r["usage"] = req.responses_usage();
             }
-            events.push(sse_event("response.completed", &json!({"type": "response.completed", "response": r})));
+            events.push(sse_event(
+                "response.completed",
+                &json!({"type": "response.completed", "response": r}),
+            ));
         }
     }
     if usage_field && kind != Kind::Responses {
@@ -397,7 +426,9 @@ async fn stream(s: &mut ServerSession, req: &Req, kind: Kind) -> bool {
     // Index of the first content event, for mid-stream disconnects counted in content chunks.
     let first_content = if kind == Kind::Completion { 0 } else { 1 };
     for (i, ev) in events.into_iter().enumerate() {
-        if req.knobs.disconnect_after > 0 && i >= first_content + req.knobs.disconnect_after as usize {
+        if req.knobs.disconnect_after > 0
+            && i >= first_content + req.knobs.disconnect_after as usize
+        {
             return false;
         }
         if i > 0 && !interval.is_zero() {
@@ -415,14 +446,16 @@ pub fn run(listen: &str, threads: usize, knobs: Knobs) {
     use pingora_core::server::configuration::ServerConf;
     use pingora_core::server::Server;
     use pingora_core::services::listening::Service;
-    let mut conf = ServerConf::default();
-    conf.threads = threads;
-    conf.grace_period_seconds = Some(0);
-    conf.graceful_shutdown_timeout_seconds = Some(0);
-    conf.pid_file = std::env::temp_dir()
-        .join(format!("mock-openai-{}.pid", std::process::id()))
-        .display()
-        .to_string();
+    let conf = ServerConf {
+        threads,
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(0),
+        pid_file: std::env::temp_dir()
+            .join(format!("mock-openai-{}.pid", std::process::id()))
+            .display()
+            .to_string(),
+        ..ServerConf::default()
+    };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     let mut svc = Service::new("mock openai".to_string(), MockApp::new(knobs));
     svc.add_tcp(listen);

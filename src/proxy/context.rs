@@ -96,7 +96,12 @@ impl Ctx {
         let endpoint = r.endpoint;
         METRICS
             .requests
-            .with_label_values(&[endpoint, model, provider, status_class(r.status, r.cancelled)])
+            .with_label_values(&[
+                endpoint,
+                model,
+                provider,
+                status_class(r.status, r.cancelled),
+            ])
             .inc();
         METRICS
             .request_duration

@@ -13,7 +13,9 @@ use crate::routing::Endpoint;
 use crate::state::Shared;
 use async_trait::async_trait;
 use bytes::Bytes;
-use pingora_core::apps::{HttpPersistentSettings, HttpServerApp, HttpServerOptions, ReusedHttpStream};
+use pingora_core::apps::{
+    HttpPersistentSettings, HttpServerApp, HttpServerOptions, ReusedHttpStream,
+};
 use pingora_core::protocols::http::ServerSession;
 use pingora_core::server::ShutdownWatch;
 use std::sync::Arc;
@@ -60,7 +62,9 @@ impl<'a> Inflight<'a> {
 
 impl Drop for Inflight<'_> {
     fn drop(&mut self) {
-        self.0.inflight.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        self.0
+            .inflight
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
         METRICS.inflight.dec();
     }
 }
@@ -204,7 +208,10 @@ impl DataPlane {
         );
         let header =
             headers::upstream_request(s, provider, "POST", &path, Some(out.len()), ctx.id())?;
-        let resp = self.upstream.send(provider, header, out, ctx.started).await?;
+        let resp = self
+            .upstream
+            .send(provider, header, out, ctx.started)
+            .await?;
         let mode = RelayMode {
             account: true,
             strip_usage_chunk: inject && !fields.include_usage,
@@ -244,9 +251,17 @@ impl DataPlane {
         let resp = if small {
             let body = body::read_bounded(s, limit).await?;
             ctx.record.request_bytes = body.len() as u64;
-            let header =
-                headers::upstream_request(s, provider, method, &up_path, Some(body.len()), ctx.id())?;
-            self.upstream.send(provider, header, body, ctx.started).await?
+            let header = headers::upstream_request(
+                s,
+                provider,
+                method,
+                &up_path,
+                Some(body.len()),
+                ctx.id(),
+            )?;
+            self.upstream
+                .send(provider, header, body, ctx.started)
+                .await?
         } else {
             body::admit(s, limit).await?;
             let header =

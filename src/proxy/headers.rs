@@ -65,8 +65,8 @@ pub fn upstream_request(
         message: "the request path cannot be forwarded".into(),
     };
     let req = s.req_header();
-    let mut h = RequestHeader::build(method, path.as_bytes(), Some(req.headers.len() + 6))
-        .map_err(bad)?;
+    let mut h =
+        RequestHeader::build(method, path.as_bytes(), Some(req.headers.len() + 6)).map_err(bad)?;
     h.insert_header("host", provider.authority.as_str())
         .map_err(bad)?;
     for (name, value) in req.headers.iter() {
@@ -107,8 +107,7 @@ pub fn client_response(
         provider: provider.to_string(),
         detail: "response header cannot be relayed".into(),
     };
-    let mut out =
-        ResponseHeader::build(up.status, Some(up.headers.len() + 4)).map_err(bad)?;
+    let mut out = ResponseHeader::build(up.status, Some(up.headers.len() + 4)).map_err(bad)?;
     let mut has_length = false;
     for (name, value) in up.headers.iter() {
         if !forward_response_header(name) {
@@ -120,7 +119,8 @@ pub fn client_response(
             }
             has_length = true;
         }
-        out.append_header(name.clone(), value.clone()).map_err(bad)?;
+        out.append_header(name.clone(), value.clone())
+            .map_err(bad)?;
     }
     let bodyless = up.status == 204 || up.status == 304;
     if !has_length && h1 && !bodyless {

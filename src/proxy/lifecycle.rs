@@ -23,7 +23,8 @@ impl Signals {
     async fn drain(&self) {
         self.shared.draining.store(true, Ordering::SeqCst);
         let start = Instant::now();
-        while self.shared.inflight.load(Ordering::Acquire) > 0 && start.elapsed() < self.drain_timeout
+        while self.shared.inflight.load(Ordering::Acquire) > 0
+            && start.elapsed() < self.drain_timeout
         {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

@@ -42,15 +42,17 @@ pub fn serve(config: Config, config_path: &Path) -> Result<(), String> {
     let server_cfg = config.server.clone();
     let shared = Shared::new(config, config_path, sink);
 
-    let mut conf = ServerConf::default();
-    conf.threads = server_cfg.threads;
-    // We drain ourselves (lifecycle::Signals) before pingora's shutdown starts.
-    conf.grace_period_seconds = Some(0);
-    conf.graceful_shutdown_timeout_seconds = Some(1);
-    conf.pid_file = std::env::temp_dir()
-        .join(format!("model-bridge-{}.pid", std::process::id()))
-        .display()
-        .to_string();
+    let conf = ServerConf {
+        threads: server_cfg.threads,
+        // We drain ourselves (lifecycle::Signals) before pingora's shutdown starts.
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(1),
+        pid_file: std::env::temp_dir()
+            .join(format!("model-bridge-{}.pid", std::process::id()))
+            .display()
+            .to_string(),
+        ..ServerConf::default()
+    };
     let mut server = Server::new_with_opt_and_conf(None, conf);
 
     let data = data_plane::DataPlane::new(
@@ -73,10 +75,7 @@ pub fn serve(config: Config, config_path: &Path) -> Result<(), String> {
             data_svc.add_tcp_with_settings(&listen, opts);
         }
     }
-    let mut ops_svc = Service::new(
-        "ops plane".to_string(),
-        ops::OpsPlane::new(shared.clone()),
-    );
+    let mut ops_svc = Service::new("ops plane".to_string(), ops::OpsPlane::new(shared.clone()));
     ops_svc.add_tcp(&server_cfg.ops_listen.to_string());
     ops_svc.threads = Some(1);
     let reloader = background_service(
@@ -92,7 +91,11 @@ pub fn serve(config: Config, config_path: &Path) -> Result<(), String> {
     log::info!(
         "model-bridge serving data plane on {} ({}), ops plane on {}",
         server_cfg.listen,
-        if server_cfg.tls.is_some() { "TLS" } else { "plaintext" },
+        if server_cfg.tls.is_some() {
+            "TLS"
+        } else {
+            "plaintext"
+        },
         server_cfg.ops_listen
     );
     server.run(RunArgs {

@@ -138,10 +138,7 @@ impl Upstream {
                 Err(e) if reused && !matches!(e, GatewayError::UpstreamTimeout { .. }) => {
                     // A pooled connection the provider had already closed: nothing reached it.
                     retries += 1;
-                    METRICS
-                        .retries
-                        .with_label_values(&[&provider.name])
-                        .inc();
+                    METRICS.retries.with_label_values(&[&provider.name]).inc();
                     fresh_only = true;
                 }
                 Err(e) => {
@@ -292,7 +289,10 @@ impl Upstream {
                     which: "first byte",
                 })?
                 .map_err(io)?;
-            if !session.resp_header().is_some_and(|h| h.status.is_informational()) {
+            if !session
+                .resp_header()
+                .is_some_and(|h| h.status.is_informational())
+            {
                 break;
             }
         }

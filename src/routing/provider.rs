@@ -121,7 +121,12 @@ impl Provider {
             .map(|k| {
                 http::HeaderValue::from_str(k)
                     .map(|_| Secret::new(k.clone()))
-                    .map_err(|_| ("api_key", "contains characters not allowed in a header".into()))
+                    .map_err(|_| {
+                        (
+                            "api_key",
+                            "contains characters not allowed in a header".into(),
+                        )
+                    })
             })
             .transpose()?;
         Ok(Self {
@@ -247,12 +252,18 @@ mod tests {
 
     #[test]
     fn openai_paths() {
-        let p = Provider::from_raw("o", &raw(ProviderKind::Openai, "https://api.openai.com/v1/"))
-            .unwrap();
+        let p = Provider::from_raw(
+            "o",
+            &raw(ProviderKind::Openai, "https://api.openai.com/v1/"),
+        )
+        .unwrap();
         assert!(p.tls);
         assert_eq!(p.port, 443);
         assert_eq!(p.authority, "api.openai.com");
-        assert_eq!(p.endpoint_path("/chat/completions", "m", None), "/v1/chat/completions");
+        assert_eq!(
+            p.endpoint_path("/chat/completions", "m", None),
+            "/v1/chat/completions"
+        );
         assert_eq!(p.passthrough_path("/files", Some("a=1")), "/v1/files?a=1");
         assert_eq!(p.auth_header().unwrap().1, "Bearer sk-secret");
         assert!(!format!("{p:?}").contains("sk-secret"));

@@ -254,7 +254,9 @@ mod tests {
         let out = f.rewrite(b, br#""m""#, true).unwrap();
         assert_eq!(
             j(std::str::from_utf8(&out).unwrap()),
-            j(r#"{"model":"m","stream":true,"messages":[],"stream_options":{"include_usage":true}}"#)
+            j(
+                r#"{"model":"m","stream":true,"messages":[],"stream_options":{"include_usage":true}}"#
+            )
         );
         let b2 = br#"{"model":"m","stream":true,"stream_options":{"include_usage":false,"x":1}}"#;
         let f2 = RequestFields::parse(b2).unwrap();

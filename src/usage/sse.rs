@@ -236,7 +236,10 @@ mod tests {
             let (out, s, _) = run(true, split);
             assert_eq!(out, [C1, C2, C2, DONE].concat(), "split {split}");
             let u = s.usage.unwrap();
-            assert_eq!((u.prompt_tokens, u.completion_tokens, u.cached_tokens), (5, 2, 1));
+            assert_eq!(
+                (u.prompt_tokens, u.completion_tokens, u.cached_tokens),
+                (5, 2, 1)
+            );
             assert_eq!(s.content_events, 2);
             assert!(s.done);
         }

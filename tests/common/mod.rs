@@ -60,7 +60,10 @@ impl Mock {
 pub fn wait_tcp(port: u16) {
     let start = Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(start.elapsed() < Duration::from_secs(20), "port {port} never opened");
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "port {port} never opened"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -173,7 +176,8 @@ impl Gateway {
         let start = Instant::now();
         loop {
             if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.ops)) {
-                let _ = s.write_all(b"GET /readyz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+                let _ =
+                    s.write_all(b"GET /readyz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
                 let mut buf = String::new();
                 let _ = std::io::Read::read_to_string(&mut s, &mut buf);
                 if buf.starts_with("HTTP/1.1 200") {
