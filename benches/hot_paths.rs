@@ -1,1 +1,77 @@
-fn main() {}
+//! Micro-benches of the per-request hot functions: body parse + rewrite, SSE usage scanning,
+//! JSON usage extraction.
+
+use bytes::Bytes;
+use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
+use model_bridge::routing::rewrite::RequestFields;
+use model_bridge::usage::json;
+use model_bridge::usage::sse::SseScanner;
+
+fn chat_body(content_len: usize, stream: bool) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "model": "gpt-4o-mini",
+        "stream": stream,
+        "temperature": 0.2,
+        "messages": [
+            {"role": "system", "content": "You are a helpful assistant."},
+            {"role": "user", "content": "x".repeat(content_len)}
+        ]
+    }))
+    .unwrap_or_default()
+}
+
+fn stream_events(chunks: usize) -> Vec<Bytes> {
+    let mut v: Vec<Bytes> = (0..chunks)
+        .map(|i| {
+            Bytes::from(format!(
+                "data: {{\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"tok{i} \"}},\"finish_reason\":null}}],\"usage\":null}}\n\n"
+            ))
+        })
+        .collect();
+    v.push(Bytes::from_static(b"data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[],\"usage\":{\"prompt_tokens\":10,\"completion_tokens\":100,\"total_tokens\":110,\"prompt_tokens_details\":{\"cached_tokens\":0}}}\n\n"));
+    v.push(Bytes::from_static(b"data: [DONE]\n\n"));
+    v
+}
+
+fn rewrite(c: &mut Criterion) {
+    let mut g = c.benchmark_group("rewrite");
+    for (name, len) in [("1KiB", 1024), ("100KiB", 100 * 1024)] {
+        let body = chat_body(len, true);
+        g.throughput(Throughput::Bytes(body.len() as u64));
+        g.bench_function(format!("parse+rewrite {name}"), |b| {
+            b.iter(|| {
+                let f = RequestFields::parse(black_box(&body)).unwrap_or_default();
+                black_box(f.rewrite(&body, b"\"mock-1\"", true))
+            })
+        });
+    }
+    g.finish();
+}
+
+fn sse(c: &mut Criterion) {
+    let events = stream_events(100);
+    let mut g = c.benchmark_group("sse");
+    g.throughput(Throughput::Elements(events.len() as u64));
+    for (name, strip) in [("strip usage chunk", true), ("pass through", false)] {
+        g.bench_function(format!("100-chunk stream, {name}"), |b| {
+            b.iter(|| {
+                let mut s = SseScanner::new(strip);
+                for e in &events {
+                    black_box(s.feed(e.clone()));
+                }
+                black_box(s.usage)
+            })
+        });
+    }
+    g.finish();
+}
+
+fn json_usage(c: &mut Criterion) {
+    let body = br#"{"id":"chatcmpl-1","object":"chat.completion","created":1,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"Hello there, how can I help you today?"},"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":9,"total_tokens":21,"prompt_tokens_details":{"cached_tokens":0}}}"#;
+    c.bench_function("usage from JSON body", |b| {
+        b.iter(|| black_box(json::from_body(black_box(body))))
+    });
+}
+
+criterion_group!(benches, rewrite, sse, json_usage);
+criterion_main!(benches);

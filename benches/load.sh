@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# End-to-end load bench, one invocation: the same non-streaming chat load (wrk, POST) direct to the
+# mock provider, through a plain nginx reverse proxy (one worker, upstream keep-alive) and through
+# the gateway. nginx and the gateway are pinned to core 0, the loader and the mock to core 1.
+# Prints RPS, p50 and p99 for each, and the gateway's ratios (RPS vs nginx, added p50 vs direct).
+#
+#   benches/load.sh [duration_s=10] [concurrency list="32 1"]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DUR=${1:-10}
+CONCS=${2:-"32 1"}
+command -v wrk >/dev/null && command -v nginx >/dev/null || {
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq wrk nginx >/dev/null
+}
+cargo build --release --quiet --bins
+
+WORK=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+MOCK=$(port); NGX=$(port); GW=$(port); OPS=$(port)
+wait_port() { for _ in $(seq 200); do (echo > /dev/tcp/127.0.0.1/$1) 2>/dev/null && return; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
+
+taskset -c 1 ./target/release/mock-openai --listen 127.0.0.1:$MOCK --threads 1 --chunks 8 >/dev/null 2>&1 &
+pids+=($!)
+
+cat > "$WORK/nginx.conf" <<NGX
+worker_processes 1;
+daemon off;
+pid $WORK/nginx.pid;
+error_log $WORK/nginx-error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $WORK/ngx-body;
+  proxy_temp_path $WORK/ngx-proxy;
+  upstream mock { server 127.0.0.1:$MOCK; keepalive 128; }
+  server {
+    listen 127.0.0.1:$NGX;
+    location / {
+      proxy_pass http://mock;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_buffering off;
+    }
+  }
+}
+NGX
+taskset -c 0 nginx -c "$WORK/nginx.conf" &
+pids+=($!)
+
+cat > "$WORK/gateway.toml" <<TOML
+[server]
+listen = "127.0.0.1:$GW"
+ops_listen = "127.0.0.1:$OPS"
+threads = 1
+[usage]
+sink = "jsonl"
+path = "$WORK/usage.jsonl"
+[reload]
+watch = false
+[providers.mock]
+kind = "openai_compatible"
+base_url = "http://127.0.0.1:$MOCK/v1"
+api_key = "sk-bench"
+[models."gpt-4o-mini"]
+provider = "mock"
+model = "mock-1"
+TOML
+RUST_LOG=warn taskset -c 0 ./target/release/model-bridge serve --config "$WORK/gateway.toml" >"$WORK/gw.log" 2>&1 &
+pids+=($!)
+wait_port $MOCK; wait_port $NGX; wait_port $GW
+
+cat > "$WORK/post.lua" <<'LUA'
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = '{"model":"gpt-4o-mini","messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"Write one sentence about gateways."}],"temperature":0.2}'
+done = function(summary, latency, requests)
+  io.write(string.format("RESULT %.1f %.1f %.1f %d\n", summary.requests / (summary.duration / 1e6),
+    latency:percentile(50), latency:percentile(99), summary.errors.status + summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout))
+end
+LUA
+
+run() { # name port conc -> "rps p50 p99 errors"
+  taskset -c 1 wrk -t1 -c"$3" -d"${DUR}s" -s "$WORK/post.lua" "http://127.0.0.1:$2/v1/chat/completions" 2>&1 | awk '/^RESULT/ {print $2, $3, $4, $5}'
+}
+
+# Warm up every path (connection pools, caches).
+for p in $MOCK $NGX $GW; do taskset -c 1 wrk -t1 -c8 -d2s -s "$WORK/post.lua" "http://127.0.0.1:$p/v1/chat/completions" >/dev/null 2>&1; done
+
+for c in $CONCS; do
+  echo "== non-streaming chat, concurrency $c, ${DUR}s each (latency in us)"
+  printf "%-10s %12s %10s %10s %8s\n" target rps p50_us p99_us errors
+  declare -A R
+  for t in direct nginx gateway; do
+    case $t in direct) p=$MOCK;; nginx) p=$NGX;; gateway) p=$GW;; esac
+    R[$t]=$(run $t $p $c)
+    read -r rps p50 p99 err <<<"${R[$t]}"
+    printf "%-10s %12.0f %10.1f %10.1f %8s\n" $t "$rps" "$p50" "$p99" "$err"
+  done
+  read -r drps dp50 _ _ <<<"${R[direct]}"
+  read -r nrps np50 _ _ <<<"${R[nginx]}"
+  read -r grps gp50 _ _ <<<"${R[gateway]}"
+  awk -v g="$grps" -v n="$nrps" -v gp="$gp50" -v dp="$dp50" -v np="$np50" 'BEGIN {
+    printf "gateway/nginx rps ratio: %.2f   gateway added p50: %.1f us   nginx added p50: %.1f us\n", g/n, gp-dp, np-dp }'
+done
+rows=$(wc -l < "$WORK/usage.jsonl")
+echo "gateway wrote $rows usage records; RSS $(ps -o rss= -p "${pids[2]}" | tr -d ' ') KiB"
