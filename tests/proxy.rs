@@ -596,3 +596,40 @@ async fn metrics_and_health() {
         200
     );
 }
+
+#[tokio::test]
+async fn azure_provider_uses_deployment_path_api_version_and_api_key() {
+    let mock = Mock::start(&[]);
+    let extra = format!(
+        r#"
+[providers.azure]
+kind = "azure"
+base_url = "http://127.0.0.1:{}"
+api_key = "azure-key-123"
+api_version = "2024-06-01"
+
+[models."azure-gpt"]
+provider = "azure"
+model = "dep-1"
+"#,
+        mock.port
+    );
+    let g = Gateway::start_with(&[], &extra);
+    let r = client()
+        .post(g.url("/v1/chat/completions"))
+        .header("api-key", "caller-azure-key")
+        .json(&json!({"model": "azure-gpt", "stream": true, "messages": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "x-mock-path"), "/openai/deployments/dep-1/chat/completions");
+    assert_eq!(header(&r, "x-mock-query"), "api-version=2024-06-01");
+    assert_eq!(header(&r, "x-mock-authorization"), "azure-key-123");
+    let rid = header(&r, "x-request-id").to_string();
+    let (p, c, _) = mock_usage(&r);
+    let _ = r.bytes().await.unwrap();
+    let rec = g.record(&rid);
+    assert_eq!((rec["prompt_tokens"].as_u64(), rec["completion_tokens"].as_u64()), (Some(p), Some(c)));
+    assert_eq!(rec["provider"], "azure");
+}

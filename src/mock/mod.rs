@@ -270,7 +270,7 @@ async fn respond(s: &mut ServerSession, req: &Req) -> bool {
         return send_json(s, req, req.knobs.status, &v).await;
     }
     let model = req.model();
-    match req.path.as_str() {
+    match route_path(&req.path).as_str() {
         "/v1/chat/completions" if req.stream() => stream(s, req, Kind::Chat).await,
         "/v1/completions" if req.stream() => stream(s, req, Kind::Completion).await,
         "/v1/responses" if req.stream() => stream(s, req, Kind::Responses).await,
@@ -337,6 +337,16 @@ async fn respond(s: &mut ServerSession, req: &Req) -> bool {
             send_json(s, req, 200, &v).await
         }
     }
+}
+
+/// Azure-style `/openai/deployments/{name}/chat/completions` is served like `/v1/chat/completions`.
+fn route_path(path: &str) -> String {
+    if let Some(rest) = path.strip_prefix("/openai/deployments/") {
+        if let Some((_, endpoint)) = rest.split_once('/') {
+            return format!("/v1/{endpoint}");
+        }
+    }
+    path.to_string()
 }
 
 #[derive(Clone, Copy, PartialEq)]
