@@ -623,13 +623,22 @@ model = "dep-1"
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    assert_eq!(header(&r, "x-mock-path"), "/openai/deployments/dep-1/chat/completions");
+    assert_eq!(
+        header(&r, "x-mock-path"),
+        "/openai/deployments/dep-1/chat/completions"
+    );
     assert_eq!(header(&r, "x-mock-query"), "api-version=2024-06-01");
     assert_eq!(header(&r, "x-mock-authorization"), "azure-key-123");
     let rid = header(&r, "x-request-id").to_string();
     let (p, c, _) = mock_usage(&r);
     let _ = r.bytes().await.unwrap();
     let rec = g.record(&rid);
-    assert_eq!((rec["prompt_tokens"].as_u64(), rec["completion_tokens"].as_u64()), (Some(p), Some(c)));
+    assert_eq!(
+        (
+            rec["prompt_tokens"].as_u64(),
+            rec["completion_tokens"].as_u64()
+        ),
+        (Some(p), Some(c))
+    );
     assert_eq!(rec["provider"], "azure");
 }
