@@ -5,7 +5,7 @@ use super::UsageRecord;
 use crate::metrics::METRICS;
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -93,46 +93,39 @@ impl UsageSink for JsonLinesSink {
     }
 }
 
+/// The writer never blocks in `recv`: it wakes every `flush_interval`, drains the queue and
+/// flushes. So `submit` never has a sleeping thread to wake, and a busy gateway pays no futex
+/// wake-up per request.
 fn writer(rx: Receiver<Msg>, out: Box<dyn Write + Send>, flush_interval: Duration) {
-    let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
-    let mut dirty = false;
-    let write = |out: &mut std::io::BufWriter<Box<dyn Write + Send>>, r: &UsageRecord| {
-        let ok = serde_json::to_writer(&mut *out, r).is_ok() && out.write_all(b"\n").is_ok();
-        let outcome = if ok { "inserted" } else { "lost" };
-        METRICS.usage_rows.with_label_values(&[outcome]).inc();
-        if !ok {
-            log::error!("usage record could not be written");
-        }
-    };
+    let mut out = std::io::BufWriter::with_capacity(256 * 1024, out);
     loop {
-        let msg = if dirty {
-            match rx.recv_timeout(flush_interval) {
-                Ok(m) => m,
-                Err(RecvTimeoutError::Timeout) => {
-                    let _ = out.flush();
-                    dirty = false;
-                    continue;
+        let mut acks = Vec::new();
+        loop {
+            match rx.try_recv() {
+                Ok(Msg::Record(r)) => {
+                    METRICS.usage_sink_queue_depth.dec();
+                    let ok = serde_json::to_writer(&mut out, &r).is_ok()
+                        && out.write_all(b"\n").is_ok();
+                    let outcome = if ok { "inserted" } else { "lost" };
+                    METRICS.usage_rows.with_label_values(&[outcome]).inc();
+                    if !ok {
+                        log::error!("usage record could not be written");
+                    }
                 }
-                Err(RecvTimeoutError::Disconnected) => break,
-            }
-        } else {
-            match rx.recv() {
-                Ok(m) => m,
-                Err(_) => break,
-            }
-        };
-        match msg {
-            Msg::Record(r) => {
-                METRICS.usage_sink_queue_depth.dec();
-                write(&mut out, &r);
-                dirty = true;
-            }
-            Msg::Flush(ack) => {
-                let _ = out.flush();
-                dirty = false;
-                let _ = ack.send(());
+                Ok(Msg::Flush(ack)) => acks.push(ack),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    let _ = out.flush();
+                    return;
+                }
             }
         }
+        if out.flush().is_err() {
+            log::error!("usage sink: flush failed");
+        }
+        for ack in acks {
+            let _ = ack.send(());
+        }
+        std::thread::sleep(flush_interval);
     }
-    let _ = out.flush();
 }
