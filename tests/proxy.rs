@@ -567,14 +567,23 @@ async fn metrics_and_health() {
         .unwrap()
         .bytes()
         .await;
-    let m = c
-        .get(g.ops_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    // The request is counted when it finishes, just after its last byte went out.
+    let want = r#"model_bridge_requests_total{endpoint="chat_completions",model="gpt-4o-mini",provider="mock",status_class="2xx"} 1"#;
+    let mut m = String::new();
+    for _ in 0..100 {
+        m = c
+            .get(g.ops_url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if m.contains(want) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     for name in [
         "model_bridge_requests_total",
         "model_bridge_request_duration_seconds",

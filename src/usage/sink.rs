@@ -109,8 +109,8 @@ fn writer(rx: Receiver<Msg>, out: Box<dyn Write + Send>, flush_interval: Duratio
             match rx.try_recv() {
                 Ok(Msg::Record(r)) => {
                     METRICS.usage_sink_queue_depth.dec();
-                    let ok = serde_json::to_writer(&mut out, &r).is_ok()
-                        && out.write_all(b"\n").is_ok();
+                    let ok =
+                        serde_json::to_writer(&mut out, &r).is_ok() && out.write_all(b"\n").is_ok();
                     let outcome = if ok { "inserted" } else { "lost" };
                     METRICS.usage_rows.with_label_values(&[outcome]).inc();
                     if !ok {
