@@ -10,6 +10,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::signal::unix::{signal, SignalKind};
 
+/// How long a changed config file must stay unchanged before it is reloaded.
+const SETTLE: Duration = Duration::from_millis(100);
+
 /// How long usage records may take to reach the sink at exit.
 const SINK_FLUSH: Duration = Duration::from_secs(5);
 
@@ -113,12 +116,23 @@ impl BackgroundService for Reloader {
                     if !settings.watch {
                         continue;
                     }
-                    let now = fingerprint(&self.path);
-                    if now.is_some() && now != last {
-                        log::info!("{} changed: reloading", self.path.display());
-                        let _ = self.shared.reload();
-                        last = now;
+                    let mut now = fingerprint(&self.path);
+                    if now.is_none() || now == last {
+                        continue;
                     }
+                    // A file being written in place (truncate, then write) can parse while
+                    // half-written: reload only once its contents hold still.
+                    loop {
+                        tokio::time::sleep(SETTLE).await;
+                        let again = fingerprint(&self.path);
+                        if again == now {
+                            break;
+                        }
+                        now = again;
+                    }
+                    log::info!("{} changed: reloading", self.path.display());
+                    let _ = self.shared.reload();
+                    last = now;
                 }
                 _ = shutdown.changed() => return,
             }
