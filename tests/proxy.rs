@@ -651,3 +651,52 @@ model = "dep-1"
     );
     assert_eq!(rec["provider"], "azure");
 }
+
+#[tokio::test]
+async fn total_timeout_bounds_a_slow_stream_and_h2c_get_passes_through() {
+    let mock = Mock::start(&[]);
+    let extra = format!(
+        r#"
+[providers.slow]
+kind = "openai_compatible"
+base_url = "{}"
+idle_timeout_ms = 1000
+total_timeout_ms = 700
+
+[models."slow-model"]
+provider = "slow"
+"#,
+        mock.url()
+    );
+    let g = Gateway::start_with(&[], &extra);
+    let r = client()
+        .post(g.url("/v1/chat/completions"))
+        .header("x-mock-chunks", "20")
+        .header("x-mock-chunk-interval-ms", "100")
+        .json(&chat("slow-model", true))
+        .send()
+        .await
+        .unwrap();
+    let rid = header(&r, "x-request-id").to_string();
+    let _ = r.bytes().await;
+    let rec = g.record(&rid);
+    assert_eq!(rec["error_type"], "upstream_timeout");
+    let ms = rec["latency_ms"].as_f64().unwrap();
+    assert!(
+        (600.0..2000.0).contains(&ms),
+        "stopped at the total deadline: {ms}"
+    );
+
+    let r = h2c_client()
+        .get(g.url("/v1/files/abc"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_eq!(header(&r, "x-mock-path"), "/v1/files/abc");
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(
+        (v["method"].as_str(), v["body_bytes"].as_u64()),
+        (Some("GET"), Some(0))
+    );
+}

@@ -243,11 +243,7 @@ impl DataPlane {
         let up_path = provider.passthrough_path(suffix, s.req_header().uri.query());
         let limit = live.config.server.max_body_bytes;
         let declared = body::content_length(s);
-        let chunked = s
-            .get_header(http::header::TRANSFER_ENCODING)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"chunked"));
-        let small = declared.is_some_and(|n| n <= PASSTHROUGH_BUFFER)
-            || (declared.is_none() && !chunked && !s.is_http2());
+        let small = declared.is_some_and(|n| n <= PASSTHROUGH_BUFFER) || s.is_body_empty();
         let resp = if small {
             let body = body::read_bounded(s, limit).await?;
             ctx.record.request_bytes = body.len() as u64;
