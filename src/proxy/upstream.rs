@@ -151,19 +151,9 @@ impl Upstream {
                 .await
             {
                 Ok(()) => {
-                    METRICS
-                        .upstream_duration
-                        .with_label_values(&[&provider.name])
-                        .observe(sent_at.elapsed().as_secs_f64());
-                    return Ok(Response {
-                        session,
-                        peer,
-                        provider: provider.name.clone(),
-                        idle: provider.timeouts.idle,
-                        deadline,
-                        header_latency: sent_at.elapsed(),
-                        retries,
-                    });
+                    return Ok(Response::new(
+                        session, peer, provider, deadline, sent_at, retries,
+                    ))
                 }
                 Err(e) if reused && !matches!(e, GatewayError::UpstreamTimeout { .. }) => {
                     // A pooled connection the provider had already closed: nothing reached it.
@@ -200,35 +190,67 @@ impl Upstream {
         }
         session.finish_body().await.map_err(io)?;
         drop(cork);
-        let wait = provider
-            .timeouts
-            .first_byte
-            .min(deadline.saturating_duration_since(Instant::now()));
-        let timeout = || GatewayError::UpstreamTimeout {
-            provider: provider.name.to_string(),
-            which: "first byte",
-        };
-        loop {
-            pingora_timeout::timeout(wait, session.read_response())
-                .await
-                .map_err(|_| timeout())?
-                .map_err(io)?;
-            // Informational answers (100 Continue) are not the response.
-            match session.resp_header() {
-                Some(h) if h.status.is_informational() => continue,
-                Some(_) => return Ok(()),
-                None => {
-                    return Err(GatewayError::UpstreamProtocol {
-                        provider: provider.name.to_string(),
-                        detail: "no response header".into(),
-                    })
-                }
+        read_head(session, provider, deadline).await
+    }
+}
+
+/// Reads the response header (skipping informational answers) within the first-byte timeout.
+async fn read_head(
+    session: &mut HttpSession,
+    provider: &Provider,
+    deadline: Instant,
+) -> Result<(), GatewayError> {
+    let wait = provider
+        .timeouts
+        .first_byte
+        .min(deadline.saturating_duration_since(Instant::now()));
+    loop {
+        pingora_timeout::timeout(wait, session.read_response())
+            .await
+            .map_err(|_| GatewayError::UpstreamTimeout {
+                provider: provider.name.to_string(),
+                which: "first byte",
+            })?
+            .map_err(|e| classify(provider, &e, "first byte"))?;
+        // Informational answers (100 Continue) are not the response.
+        match session.resp_header() {
+            Some(h) if h.status.is_informational() => continue,
+            Some(_) => return Ok(()),
+            None => {
+                return Err(GatewayError::UpstreamProtocol {
+                    provider: provider.name.to_string(),
+                    detail: "no response header".into(),
+                })
             }
         }
     }
 }
 
 impl Response {
+    fn new(
+        session: HttpSession,
+        peer: HttpPeer,
+        provider: &Provider,
+        deadline: Instant,
+        sent_at: Instant,
+        retries: u32,
+    ) -> Self {
+        let header_latency = sent_at.elapsed();
+        METRICS
+            .upstream_duration
+            .with_label_values(&[&provider.name])
+            .observe(header_latency.as_secs_f64());
+        Self {
+            session,
+            peer,
+            provider: provider.name.clone(),
+            idle: provider.timeouts.idle,
+            deadline,
+            header_latency,
+            retries,
+        }
+    }
+
     pub fn header(&self) -> Option<&ResponseHeader> {
         self.session.resp_header()
     }
@@ -311,35 +333,11 @@ impl Upstream {
         }
         session.finish_body().await.map_err(io)?;
         let sent_at = Instant::now();
-        let wait = provider
-            .timeouts
-            .first_byte
-            .min(deadline.saturating_duration_since(Instant::now()));
-        loop {
-            pingora_timeout::timeout(wait, session.read_response())
-                .await
-                .map_err(|_| GatewayError::UpstreamTimeout {
-                    provider: provider.name.to_string(),
-                    which: "first byte",
-                })?
-                .map_err(io)?;
-            if !session
-                .resp_header()
-                .is_some_and(|h| h.status.is_informational())
-            {
-                break;
-            }
-        }
+        read_head(&mut session, provider, deadline)
+            .await
+            .inspect_err(|g| count_error(provider, g))?;
         Ok((
-            Response {
-                session,
-                peer,
-                provider: provider.name.clone(),
-                idle: provider.timeouts.idle,
-                deadline,
-                header_latency: sent_at.elapsed(),
-                retries: 0,
-            },
+            Response::new(session, peer, provider, deadline, sent_at, 0),
             sent,
         ))
     }
