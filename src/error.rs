@@ -37,6 +37,10 @@ pub enum GatewayError {
     ShuttingDown,
     /// The client closed the connection before the request was complete.
     ClientClosed,
+    /// No usable credential (missing, malformed, unknown, revoked or expired).
+    Unauthenticated(crate::auth::AuthFailure),
+    /// The principal may not do this.
+    PermissionDenied(String),
 }
 
 impl GatewayError {
@@ -50,6 +54,8 @@ impl GatewayError {
             Self::UpstreamUnreachable { .. } | Self::UpstreamProtocol { .. } => 502,
             Self::ShuttingDown => 503,
             Self::ClientClosed => 499,
+            Self::Unauthenticated(_) => 401,
+            Self::PermissionDenied(_) => 403,
             Self::UpstreamTimeout { .. } => 504,
         }
     }
@@ -64,7 +70,9 @@ impl GatewayError {
             | Self::NotFound
             | Self::MethodNotAllowed
             | Self::NoPassthrough
-            | Self::ClientClosed => "invalid_request_error",
+            | Self::ClientClosed
+            | Self::Unauthenticated(_) => "invalid_request_error",
+            Self::PermissionDenied(_) => "permission_error",
             Self::UpstreamUnreachable { .. }
             | Self::UpstreamTimeout { .. }
             | Self::UpstreamProtocol { .. }
@@ -86,6 +94,8 @@ impl GatewayError {
             Self::UpstreamProtocol { .. } => "upstream_protocol_error",
             Self::ShuttingDown => "shutting_down",
             Self::ClientClosed => "client_closed_request",
+            Self::Unauthenticated(_) => "invalid_api_key",
+            Self::PermissionDenied(_) => "permission_denied",
         }
     }
 
@@ -126,6 +136,13 @@ impl GatewayError {
             }
             Self::ShuttingDown => "The gateway is shutting down; retry.".to_string(),
             Self::ClientClosed => "The client closed the request.".to_string(),
+            // One message for unknown, revoked and expired keys: no oracle for key probing.
+            Self::Unauthenticated(crate::auth::AuthFailure::Missing) => {
+                "You didn't provide an API key. Send it as `Authorization: Bearer <key>`."
+                    .to_string()
+            }
+            Self::Unauthenticated(_) => "Incorrect API key provided.".to_string(),
+            Self::PermissionDenied(m) => m.clone(),
         }
     }
 

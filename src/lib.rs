@@ -9,11 +9,17 @@
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod audit;
+pub mod auth;
+pub mod cli;
 pub mod config;
 pub mod error;
+pub mod jsonl;
 pub mod metrics;
 pub mod mock;
 pub mod proxy;
+pub mod rbac;
 pub mod routing;
 pub mod state;
+pub mod time;
 pub mod usage;

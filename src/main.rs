@@ -33,6 +33,29 @@ enum Command {
         #[arg(long, short, default_value = "config/gateway.toml")]
         config: PathBuf,
     },
+    /// Manage virtual API keys in the key store (bootstrap without the admin API).
+    Keys {
+        /// Gateway config file (names the key store, orgs and roles).
+        #[arg(long, short, default_value = "config/gateway.toml", global = true)]
+        config: PathBuf,
+        #[command(subcommand)]
+        action: KeysAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysAction {
+    /// Create a key; prints it once, with its record, as JSON.
+    Create(model_bridge::cli::keys::CreateArgs),
+    /// List keys (never secrets), one JSON object per line.
+    List {
+        #[arg(long)]
+        org: Option<String>,
+    },
+    /// Revoke a key by id; effective on its next request.
+    Revoke { id: String },
+    /// Print the SHA-256 of a key read from standard input (for `[[auth.keys]]` in config).
+    Hash,
 }
 
 fn main() -> ExitCode {
@@ -54,6 +77,33 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Keys { config, action } => {
+            use model_bridge::cli::keys;
+            let result = match action {
+                KeysAction::Hash => {
+                    let mut line = String::new();
+                    let _ = std::io::stdin().read_line(&mut line);
+                    println!("{}", model_bridge::auth::keys::hash(line.trim()));
+                    Ok(())
+                }
+                action => match Config::load(&config) {
+                    Err(e) => Err(e.to_string()),
+                    Ok(cfg) => match action {
+                        KeysAction::Create(a) => keys::create(&cfg, a),
+                        KeysAction::List { org } => keys::list(&cfg, org.as_deref()),
+                        KeysAction::Revoke { id } => keys::revoke(&cfg, &id),
+                        KeysAction::Hash => Ok(()),
+                    },
+                },
+            };
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("model-bridge keys: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Serve { config } => {
             let cfg = match Config::load(&config) {
                 Ok(c) => c,

@@ -1,6 +1,8 @@
 //! Live state: one config generation and everything compiled from it, swapped atomically on
 //! reload. A request loads one `Arc<Live>` at its start and keeps it to the end.
 
+use crate::audit::AuditSink;
+use crate::auth::store::FileKeyStore;
 use crate::config::{Config, ConfigErrors};
 use crate::metrics::METRICS;
 use crate::usage::UsageSink;
@@ -56,6 +58,9 @@ pub struct Shared {
     config_path: PathBuf,
     next_generation: AtomicU64,
     pub sink: Arc<dyn UsageSink>,
+    pub audit: Arc<dyn AuditSink>,
+    /// The key store named by the live config (`None` while authentication is off).
+    keys: arc_swap::ArcSwapOption<FileKeyStore>,
     /// Set on SIGTERM: readiness fails, connections are not kept alive.
     pub draining: AtomicBool,
     /// Requests in progress on the data plane.
@@ -63,16 +68,32 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(config: Config, config_path: &Path, sink: Arc<dyn UsageSink>) -> Arc<Self> {
+    pub fn new(
+        config: Config,
+        config_path: &Path,
+        sink: Arc<dyn UsageSink>,
+        audit: Arc<dyn AuditSink>,
+    ) -> std::io::Result<Arc<Self>> {
         METRICS.config_generation.set(1);
-        Arc::new(Self {
+        let keys = arc_swap::ArcSwapOption::empty();
+        if let Some(a) = &config.auth {
+            keys.store(Some(Arc::new(FileKeyStore::open(&a.key_store)?)));
+        }
+        Ok(Arc::new(Self {
+            keys,
+            audit,
             live: ArcSwap::from_pointee(Live::new(config, 1)),
             config_path: config_path.to_path_buf(),
             next_generation: AtomicU64::new(2),
             sink,
             draining: AtomicBool::new(false),
             inflight: AtomicI64::new(0),
-        })
+        }))
+    }
+
+    /// The key store, if authentication is on.
+    pub fn keys(&self) -> Option<Arc<FileKeyStore>> {
+        self.keys.load_full()
     }
 
     /// The generation serving now.
@@ -88,6 +109,27 @@ impl Shared {
     /// serving and the errors are returned.
     pub fn reload(&self) -> Result<u64, ConfigErrors> {
         let result = Config::load(&self.config_path);
+        let result = result.and_then(|cfg| {
+            // Open the key store before the swap: a config whose store cannot be read is rejected.
+            let wanted = cfg.auth.as_ref().map(|a| a.key_store.clone());
+            let current = self.keys.load_full();
+            match (wanted, current) {
+                (Some(p), Some(cur)) if cur.path() == p => {}
+                (Some(p), _) => match FileKeyStore::open(&p) {
+                    Ok(s) => self.keys.store(Some(Arc::new(s))),
+                    Err(e) => {
+                        return Err(ConfigErrors(vec![crate::config::ConfigError {
+                            file: self.config_path.display().to_string(),
+                            line: None,
+                            path: "auth.key_store".into(),
+                            reason: e.to_string(),
+                        }]))
+                    }
+                },
+                (None, _) => self.keys.store(None),
+            }
+            Ok(cfg)
+        });
         match result {
             Ok(cfg) => {
                 let old = self.live.load();

@@ -5,6 +5,8 @@ pub mod interpolate;
 pub mod raw;
 mod span;
 
+use crate::auth::keys::KeyRecord;
+use crate::rbac::Rbac;
 use crate::routing::{ModelRoute, Provider};
 use raw::{RawConfig, SinkKind};
 use std::collections::{BTreeMap, HashMap};
@@ -87,6 +89,35 @@ pub struct ReloadSettings {
     pub poll_interval: Duration,
 }
 
+#[derive(Debug, Clone)]
+pub struct AuthSettings {
+    pub key_store: PathBuf,
+    pub policies: PathBuf,
+    /// Config-declared keys by id.
+    pub keys: HashMap<String, Arc<KeyRecord>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct CostCenter {
+    pub name: Option<String>,
+    pub department: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Team {
+    pub name: Option<String>,
+    pub default_cost_center: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Org {
+    pub id: String,
+    pub name: Option<String>,
+    pub teams: BTreeMap<String, Team>,
+    pub cost_centers: BTreeMap<String, CostCenter>,
+    pub default_cost_center: Option<String>,
+}
+
 /// The validated, runtime form of one config file.
 #[derive(Debug)]
 pub struct Config {
@@ -97,6 +128,12 @@ pub struct Config {
     pub providers: BTreeMap<String, Arc<Provider>>,
     pub models: HashMap<String, ModelRoute>,
     pub passthrough: Option<Arc<Provider>>,
+    /// `None`: authentication disabled.
+    pub auth: Option<AuthSettings>,
+    /// Compiled policies (empty when authentication is disabled).
+    pub rbac: Rbac,
+    pub orgs: BTreeMap<String, Org>,
+    pub audit_path: PathBuf,
 }
 
 impl Config {
@@ -224,11 +261,48 @@ fn validate(raw: RawConfig, path: &Path, err: &mut dyn FnMut(&str, String)) -> C
             err(&format!("models.{alias}.model"), "must not be empty".into());
             continue;
         }
+        if let Some(o) = &m.org {
+            if !raw.orgs.contains_key(o) {
+                err(&format!("models.{alias}.org"), format!("unknown org `{o}`"));
+            }
+        }
         models.insert(
             alias.clone(),
-            ModelRoute::new(alias, provider.clone(), provider_model),
+            ModelRoute::new(alias, provider.clone(), provider_model, m.org.clone()),
         );
     }
+    let orgs = validate_orgs(&raw, err);
+    let (auth, rbac) = match &raw.auth {
+        Some(a) if a.enabled => {
+            let policies = base.join(&a.policies);
+            let mut aliases: Vec<&str> = models.keys().map(String::as_str).collect();
+            aliases.sort_unstable();
+            let rbac = match Rbac::load(&policies, &aliases) {
+                Ok(r) => r,
+                Err(errs) => {
+                    for e in errs {
+                        let at = if e.path.is_empty() {
+                            e.file.clone()
+                        } else {
+                            format!("{} {}", e.file, e.path)
+                        };
+                        err("auth.policies", format!("{at}: {}", e.reason));
+                    }
+                    Rbac::default()
+                }
+            };
+            let keys = validate_keys(a, &raw, &models, &rbac, err);
+            (
+                Some(AuthSettings {
+                    key_store: base.join(&a.key_store),
+                    policies,
+                    keys,
+                }),
+                rbac,
+            )
+        }
+        _ => (None, Rbac::default()),
+    };
     let passthrough = raw.passthrough.as_ref().and_then(|p| {
         let found = providers.get(&p.provider).cloned();
         if found.is_none() && !raw.providers.contains_key(&p.provider) {
@@ -264,7 +338,152 @@ fn validate(raw: RawConfig, path: &Path, err: &mut dyn FnMut(&str, String)) -> C
         providers,
         models,
         passthrough,
+        auth,
+        rbac,
+        orgs,
+        audit_path: base.join(&raw.audit.path),
     }
+}
+
+fn validate_orgs(raw: &RawConfig, err: &mut dyn FnMut(&str, String)) -> BTreeMap<String, Org> {
+    let mut orgs = BTreeMap::new();
+    for (id, o) in &raw.orgs {
+        let has_cc = |cc: &str| o.cost_centers.contains_key(cc);
+        if let Some(cc) = o.default_cost_center.as_deref().filter(|cc| !has_cc(cc)) {
+            err(
+                &format!("orgs.{id}.default_cost_center"),
+                format!("unknown cost center `{cc}` in org `{id}`"),
+            );
+        }
+        for (t, team) in &o.teams {
+            if let Some(cc) = team.default_cost_center.as_deref().filter(|cc| !has_cc(cc)) {
+                err(
+                    &format!("orgs.{id}.teams.{t}.default_cost_center"),
+                    format!("unknown cost center `{cc}` in org `{id}`"),
+                );
+            }
+        }
+        orgs.insert(
+            id.clone(),
+            Org {
+                id: id.clone(),
+                name: o.name.clone(),
+                teams: o
+                    .teams
+                    .iter()
+                    .map(|(k, t)| {
+                        (
+                            k.clone(),
+                            Team {
+                                name: t.name.clone(),
+                                default_cost_center: t.default_cost_center.clone(),
+                            },
+                        )
+                    })
+                    .collect(),
+                cost_centers: o
+                    .cost_centers
+                    .iter()
+                    .map(|(k, c)| {
+                        (
+                            k.clone(),
+                            CostCenter {
+                                name: c.name.clone(),
+                                department: c.department.clone(),
+                            },
+                        )
+                    })
+                    .collect(),
+                default_cost_center: o.default_cost_center.clone(),
+            },
+        );
+    }
+    orgs
+}
+
+fn validate_keys(
+    a: &raw::RawAuth,
+    raw: &RawConfig,
+    models: &HashMap<String, ModelRoute>,
+    rbac: &Rbac,
+    err: &mut dyn FnMut(&str, String),
+) -> HashMap<String, Arc<KeyRecord>> {
+    let mut keys = HashMap::new();
+    for (i, k) in a.keys.iter().enumerate() {
+        let at = |f: &str| format!("auth.keys.{i}.{f}");
+        let valid_id = k.id.len() == 12 && k.id.bytes().all(|b| b.is_ascii_alphanumeric());
+        if !valid_id {
+            err(
+                &at("id"),
+                "must be the 12 letters and digits after `mbk_`".into(),
+            );
+        }
+        if k.sha256.len() != 64 || !k.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+            err(&at("sha256"), "must be 64 hex digits".into());
+        }
+        let Some(org) = raw.orgs.get(&k.org) else {
+            err(&at("org"), format!("unknown org `{}`", k.org));
+            continue;
+        };
+        if let Some(t) = k.team.as_deref().filter(|t| !org.teams.contains_key(*t)) {
+            err(
+                &at("team"),
+                format!("unknown team `{t}` in org `{}`", k.org),
+            );
+        }
+        if let Some(cc) = k
+            .cost_center
+            .as_deref()
+            .filter(|c| !org.cost_centers.contains_key(*c))
+        {
+            err(
+                &at("cost_center"),
+                format!("unknown cost center `{cc}` in org `{}`", k.org),
+            );
+        }
+        if let Some(r) = k.roles.iter().find(|r| !rbac.has_role(r)) {
+            err(&at("roles"), format!("unknown role `{r}`"));
+        }
+        for m in k.models.iter().flatten() {
+            if !models.get(m).is_some_and(|r| r.visible_to(&k.org)) {
+                err(
+                    &at("models"),
+                    format!("unknown model `{m}` for org `{}`", k.org),
+                );
+            }
+        }
+        let expires_at = match &k.expires_at {
+            Some(s) => {
+                let t = crate::time::parse_rfc3339(s);
+                if t.is_none() {
+                    err(&at("expires_at"), format!("`{s}` is not RFC 3339 UTC"));
+                }
+                t
+            }
+            None => None,
+        };
+        if keys.contains_key(&k.id) {
+            err(&at("id"), format!("duplicate key id `{}`", k.id));
+        }
+        keys.insert(
+            k.id.clone(),
+            Arc::new(KeyRecord {
+                id: k.id.clone(),
+                hash: k.sha256.to_ascii_lowercase(),
+                name: k.name.clone(),
+                org: k.org.clone(),
+                team: k.team.clone(),
+                user: k.user.clone(),
+                roles: k.roles.clone(),
+                cost_center: k.cost_center.clone(),
+                models: k.models.clone(),
+                created_at: 0,
+                expires_at,
+                revoked_at: None,
+            }),
+        );
+    }
+    keys
 }
 
 #[cfg(test)]

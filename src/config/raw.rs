@@ -26,6 +26,105 @@ pub struct RawConfig {
     /// Where `/v1/*` paths other than the LLM endpoints go.
     #[serde(default)]
     pub passthrough: Option<RawPassthrough>,
+    /// Caller authentication and RBAC; absent: every caller is anonymous and unrestricted.
+    #[serde(default)]
+    pub auth: Option<RawAuth>,
+    /// Audit events (denials, admin writes).
+    #[serde(default)]
+    pub audit: RawAudit,
+    /// Tenants: organizations with their teams and cost centers.
+    #[serde(default)]
+    pub orgs: BTreeMap<String, RawOrg>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuth {
+    /// Require a credential on the data plane.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Durable store of keys created through the API or CLI (relative to this file).
+    #[serde(default = "default_key_store")]
+    pub key_store: String,
+    /// Directory of RBAC policy files (relative to this file).
+    #[serde(default = "default_policies")]
+    pub policies: String,
+    /// Keys declared in config, by hash (file-managed, read-only through the API).
+    #[serde(default)]
+    pub keys: Vec<RawKey>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKey {
+    /// Visible key id (the 12 characters after `mbk_`).
+    pub id: String,
+    /// Hex SHA-256 of the whole key (`model-bridge keys hash` prints it).
+    pub sha256: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    pub org: String,
+    #[serde(default)]
+    pub team: Option<String>,
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub roles: Vec<String>,
+    #[serde(default)]
+    pub cost_center: Option<String>,
+    #[serde(default)]
+    pub models: Option<Vec<String>>,
+    /// RFC 3339 UTC.
+    #[serde(default)]
+    pub expires_at: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAudit {
+    /// JSON-lines file for audit events (relative to this file).
+    #[serde(default = "default_audit_path")]
+    pub path: String,
+}
+
+impl Default for RawAudit {
+    fn default() -> Self {
+        Self {
+            path: default_audit_path(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawOrg {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub teams: BTreeMap<String, RawTeam>,
+    #[serde(default)]
+    pub cost_centers: BTreeMap<String, RawCostCenter>,
+    /// Cost center of this org's callers that name none.
+    #[serde(default)]
+    pub default_cost_center: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawTeam {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub default_cost_center: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawCostCenter {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub department: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -190,6 +289,9 @@ pub struct RawModel {
     /// The provider's model name (Azure: the deployment). Defaults to the alias.
     #[serde(default)]
     pub model: Option<String>,
+    /// Owning org: only its callers see and use the alias. Shared by all orgs when absent.
+    #[serde(default)]
+    pub org: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -199,6 +301,15 @@ pub struct RawPassthrough {
     pub provider: String,
 }
 
+fn default_key_store() -> String {
+    "data/keys.json".into()
+}
+fn default_policies() -> String {
+    "../policies".into()
+}
+fn default_audit_path() -> String {
+    "audit.jsonl".into()
+}
 fn default_listen() -> String {
     "0.0.0.0:8080".into()
 }

@@ -32,6 +32,13 @@ pub struct Metrics {
     /// {result}
     pub config_reloads: IntCounterVec,
     pub config_generation: IntGauge,
+    pub audit_queue_depth: IntGauge,
+    /// {outcome}
+    pub audit_events: IntCounterVec,
+    /// {reason}: refused credentials.
+    pub auth_failures: IntCounterVec,
+    /// {reason}: RBAC and tenancy denials.
+    pub denials: IntCounterVec,
     /// {model}: streams the client left early.
     pub cancelled: IntCounterVec,
     pub body_bytes: Histogram,
@@ -153,6 +160,29 @@ impl Metrics {
                 &r,
                 "config_generation",
                 "Generation of the config now serving.",
+            ),
+            audit_queue_depth: gauge(
+                &r,
+                "audit_queue_depth",
+                "Audit events waiting for the writer.",
+            ),
+            audit_events: counter(
+                &r,
+                "audit_events_total",
+                "Audit events by outcome (inserted, lost).",
+                &["outcome"],
+            ),
+            auth_failures: counter(
+                &r,
+                "auth_failures_total",
+                "Refused credentials by reason (missing, malformed, unknown, revoked, expired).",
+                &["reason"],
+            ),
+            denials: counter(
+                &r,
+                "permission_denials_total",
+                "Authorization refusals by reason.",
+                &["reason"],
             ),
             cancelled: counter(
                 &r,

@@ -1,6 +1,7 @@
 //! The per-request context, filled step by step, and the one place a request is finished:
 //! metrics recorded and exactly one usage record handed to the sink.
 
+use crate::auth::Principal;
 use crate::metrics::{status_class, METRICS};
 use crate::routing::Endpoint;
 use crate::state::{Live, Shared};
@@ -19,6 +20,7 @@ pub struct Ctx {
     pub alias: Option<Arc<str>>,
     pub ttft: Option<Duration>,
     pub usage: Option<(Usage, UsageSource)>,
+    pub principal: Principal,
     pub record: UsageRecord,
 }
 
@@ -40,6 +42,7 @@ impl Ctx {
             alias: None,
             ttft: None,
             usage: None,
+            principal: Principal::anonymous(),
             record: UsageRecord {
                 ts_ms,
                 request_id: new_request_id(),
@@ -64,7 +67,15 @@ impl Ctx {
                 request_bytes: 0,
                 response_bytes: 0,
                 client_ip,
+                end_user: None,
+                org: None,
+                team: None,
                 user: None,
+                key_id: None,
+                cost_center: None,
+                department: None,
+                project: None,
+                tags: Vec::new(),
                 config_generation: generation,
             },
         }

@@ -4,12 +4,13 @@
 use super::body;
 use super::context::Ctx;
 use super::headers;
+use super::identity;
 use super::relay::{relay, Outcome, RelayMode};
 use super::upstream::Upstream;
 use crate::error::GatewayError;
 use crate::metrics::METRICS;
 use crate::routing::rewrite::RequestFields;
-use crate::routing::Endpoint;
+use crate::routing::{Endpoint, ModelRoute};
 use crate::state::Shared;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -117,7 +118,10 @@ impl DataPlane {
             None => a.to_string(),
         });
         let mut ctx = Ctx::new(live, &method, &path, client_ip);
-        let result = self.dispatch(s, &mut ctx, &method, &path).await;
+        let result = match identity::authenticate(&self.shared, s, &mut ctx) {
+            Ok(()) => self.dispatch(s, &mut ctx, &method, &path).await,
+            Err(e) => Err(e),
+        };
         let outcome = match result {
             Ok(o) => o,
             Err(e) => write_error(s, &mut ctx, &e).await,
@@ -142,7 +146,11 @@ impl DataPlane {
                 if method != "GET" {
                     return Err(GatewayError::MethodNotAllowed);
                 }
-                let body = ctx.live.models_json.clone();
+                let body = if ctx.principal.unrestricted {
+                    ctx.live.models_json.clone()
+                } else {
+                    visible_models(ctx)
+                };
                 write_json(s, ctx, 200, body).await
             }
             Some(ep) => {
@@ -150,6 +158,7 @@ impl DataPlane {
                 if method != "POST" {
                     return Err(GatewayError::MethodNotAllowed);
                 }
+                identity::authorize_endpoint(&self.shared, s, ctx, ep)?;
                 self.llm(s, ctx, ep).await
             }
             None => {
@@ -160,6 +169,7 @@ impl DataPlane {
                     }
                 }
                 ctx.set_endpoint(Endpoint::Passthrough);
+                identity::authorize_endpoint(&self.shared, s, ctx, Endpoint::Passthrough)?;
                 self.passthrough(s, ctx, method, path).await
             }
         }
@@ -177,7 +187,7 @@ impl DataPlane {
         METRICS.body_bytes.observe(body.len() as f64);
         let fields = RequestFields::parse(&body)?;
         ctx.record.stream = fields.stream;
-        ctx.record.user = fields.user.clone();
+        ctx.record.end_user = fields.user.clone();
         let Some(model) = fields.model.clone() else {
             return Err(GatewayError::InvalidField {
                 param: "model",
@@ -191,6 +201,7 @@ impl DataPlane {
             .models
             .get(&model)
             .ok_or(GatewayError::ModelNotFound(model))?;
+        identity::authorize_model(&self.shared, s, ctx, route)?;
         ctx.alias = Some(route.alias.clone());
         ctx.record.provider = Some(route.provider.name.clone());
         ctx.record.provider_model = Some(route.provider_model.clone());
@@ -297,6 +308,27 @@ async fn write_json(
     Ok(Outcome::Done)
 }
 
+/// `GET /v1/models` for a restricted caller: only the aliases it may invoke.
+fn visible_models(ctx: &Ctx) -> Bytes {
+    let p = &ctx.principal;
+    let mut ids: Vec<&ModelRoute> = ctx
+        .live
+        .config
+        .models
+        .values()
+        .filter(|r| r.visible_to(&p.org) && p.can_invoke(&r.alias))
+        .collect();
+    ids.sort_by(|a, b| a.alias.cmp(&b.alias));
+    let data: Vec<serde_json::Value> = ids
+        .iter()
+        .map(|r| {
+            serde_json::json!({"id": r.alias.as_ref(), "object": "model", "created": 0,
+                               "owned_by": r.provider.name.as_ref()})
+        })
+        .collect();
+    Bytes::from(serde_json::json!({"object": "list", "data": data}).to_string())
+}
+
 async fn model_object(
     s: &mut ServerSession,
     ctx: &mut Ctx,
@@ -307,6 +339,7 @@ async fn model_object(
         .config
         .models
         .get(id)
+        .filter(|r| r.visible_to(&ctx.principal.org) && ctx.principal.can_invoke(&r.alias))
         .ok_or_else(|| GatewayError::ModelNotFound(id.to_string()))?;
     let v = serde_json::json!({
         "id": route.alias.as_ref(),

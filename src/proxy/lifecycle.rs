@@ -104,6 +104,7 @@ impl BackgroundService for Reloader {
             return;
         };
         let mut last = fingerprint(&self.path);
+        let mut keys_seen = self.shared.keys().and_then(|k| fingerprint(k.path()));
         loop {
             let settings = self.shared.live().config.reload.clone();
             tokio::select! {
@@ -113,6 +114,16 @@ impl BackgroundService for Reloader {
                     last = fingerprint(&self.path);
                 }
                 _ = tokio::time::sleep(settings.poll_interval) => {
+                    // Keys written by another process (the `keys` CLI) take effect here.
+                    if let Some(store) = self.shared.keys() {
+                        let fp = fingerprint(store.path());
+                        if fp.is_some() && fp != keys_seen {
+                            if let Err(e) = store.refresh() {
+                                log::error!("key store refresh: {e}");
+                            }
+                            keys_seen = fp;
+                        }
+                    }
                     if !settings.watch {
                         continue;
                     }

@@ -5,6 +5,7 @@ pub mod body;
 mod context;
 mod data_plane;
 mod headers;
+mod identity;
 mod lifecycle;
 mod ops;
 mod relay;
@@ -12,7 +13,7 @@ mod upstream;
 
 use crate::config::Config;
 use crate::state::Shared;
-use crate::usage::sink::{JsonLinesSink, Target};
+use crate::usage::sink::JsonLinesSink;
 use crate::usage::UsageSink;
 use pingora_core::listeners::tls::TlsSettings;
 use pingora_core::listeners::TcpSocketOptions;
@@ -25,22 +26,26 @@ use std::sync::Arc;
 
 /// Builds the server from a validated config and runs it until shutdown.
 pub fn serve(config: Config, config_path: &Path) -> Result<(), String> {
-    let sink: Arc<dyn UsageSink> = match config.usage.sink {
-        crate::config::raw::SinkKind::Jsonl => JsonLinesSink::start(
-            Target::File(config.usage.path.clone()),
-            config.usage.queue_capacity,
-            config.usage.flush_interval,
-        ),
-        crate::config::raw::SinkKind::Stdout => JsonLinesSink::start(
-            Target::Stdout,
-            config.usage.queue_capacity,
-            config.usage.flush_interval,
-        ),
-    }
+    let path = match config.usage.sink {
+        crate::config::raw::SinkKind::Jsonl => Some(config.usage.path.clone()),
+        crate::config::raw::SinkKind::Stdout => None,
+    };
+    let sink: Arc<dyn UsageSink> = JsonLinesSink::start(
+        path,
+        config.usage.queue_capacity,
+        config.usage.flush_interval,
+    )
     .map_err(|e| format!("usage sink {}: {e}", config.usage.path.display()))?;
 
     let server_cfg = config.server.clone();
-    let shared = Shared::new(config, config_path, sink);
+    let audit: Arc<dyn crate::audit::AuditSink> =
+        crate::audit::JsonLinesAudit::start(config.audit_path.clone())
+            .map_err(|e| format!("audit sink {}: {e}", config.audit_path.display()))?;
+    if config.auth.is_none() {
+        log::warn!("authentication is disabled ([auth] absent): every caller is unrestricted");
+    }
+    let shared =
+        Shared::new(config, config_path, sink, audit).map_err(|e| format!("key store: {e}"))?;
 
     let conf = ServerConf {
         threads: server_cfg.threads,

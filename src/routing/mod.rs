@@ -55,6 +55,18 @@ impl Endpoint {
         }
     }
 
+    /// The RBAC permission for calling this endpoint.
+    pub fn permission(self) -> &'static str {
+        match self {
+            Endpoint::ChatCompletions => "endpoint:chat_completions",
+            Endpoint::Completions => "endpoint:completions",
+            Endpoint::Embeddings => "endpoint:embeddings",
+            Endpoint::Responses => "endpoint:responses",
+            Endpoint::Models => "endpoint:models",
+            Endpoint::Passthrough => "endpoint:passthrough",
+        }
+    }
+
     /// Whether a streamed response needs `stream_options.include_usage` to report usage.
     pub fn needs_include_usage(self) -> bool {
         matches!(self, Endpoint::ChatCompletions | Endpoint::Completions)
@@ -69,16 +81,29 @@ pub struct ModelRoute {
     pub provider_model: String,
     /// `provider_model` as a JSON string literal, ready to splice into a body.
     pub provider_model_json: Vec<u8>,
+    /// Owning org; `None`: shared by all orgs.
+    pub org: Option<String>,
 }
 
 impl ModelRoute {
-    pub fn new(alias: &str, provider: Arc<Provider>, provider_model: String) -> Self {
+    pub fn new(
+        alias: &str,
+        provider: Arc<Provider>,
+        provider_model: String,
+        org: Option<String>,
+    ) -> Self {
         let provider_model_json = serde_json::to_vec(&provider_model).unwrap_or_default();
         Self {
             alias: Arc::from(alias),
             provider,
             provider_model,
             provider_model_json,
+            org,
         }
+    }
+
+    /// Whether callers of `org` may see and use this alias.
+    pub fn visible_to(&self, org: &str) -> bool {
+        self.org.as_deref().is_none_or(|o| o == org)
     }
 }

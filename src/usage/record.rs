@@ -48,6 +48,16 @@ pub struct UsageRecord {
     pub response_bytes: u64,
     pub client_ip: Option<String>,
     /// OpenAI's end-user field, when the client sent one.
-    pub user: Option<String>,
+    pub end_user: Option<String>,
+    /// Attribution: the caller's org, team, user, key id (never the secret), cost center (with
+    /// its department), project and tags.
+    pub org: Option<Arc<str>>,
+    pub team: Option<Arc<str>>,
+    pub user: Option<Arc<str>>,
+    pub key_id: Option<Arc<str>>,
+    pub cost_center: Option<Arc<str>>,
+    pub department: Option<String>,
+    pub project: Option<String>,
+    pub tags: Vec<String>,
     pub config_generation: u64,
 }

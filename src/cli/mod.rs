@@ -1,0 +1,3 @@
+//! Subcommands other than `serve`: operating on state without the running gateway.
+
+pub mod keys;

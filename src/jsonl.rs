@@ -1,0 +1,144 @@
+//! A JSON-lines writer behind a bounded queue and one thread: `submit` never blocks and never
+//! wakes the writer (it drains on a short tick), so callers on the request path pay only a
+//! `try_send`. Usage records and audit events both go through it.
+
+use prometheus::{IntCounterVec, IntGauge};
+use serde::Serialize;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
+use std::time::{Duration, Instant};
+
+/// How often the writer drains the queue: short, so each burst of serialization stays small next
+/// to the request threads.
+const DRAIN_TICK: Duration = Duration::from_millis(5);
+
+/// Where JSON lines go.
+pub enum Target {
+    File(PathBuf),
+    Stdout,
+}
+
+enum Msg<T> {
+    Item(Box<T>),
+    Flush(SyncSender<()>),
+}
+
+/// Metrics a writer reports into: queue depth and items by outcome (`inserted`, `lost`).
+#[derive(Clone)]
+pub struct Counters {
+    pub depth: IntGauge,
+    pub outcomes: IntCounterVec,
+}
+
+pub struct JsonLines<T> {
+    tx: SyncSender<Msg<T>>,
+    counters: Counters,
+    what: &'static str,
+}
+
+impl<T: Serialize + Send + 'static> JsonLines<T> {
+    /// Starts the writer thread. Fails only if the file cannot be opened.
+    pub fn start(
+        what: &'static str,
+        target: Target,
+        capacity: usize,
+        flush_interval: Duration,
+        counters: Counters,
+    ) -> std::io::Result<Self> {
+        let out: Box<dyn Write + Send> = match target {
+            Target::File(p) => {
+                if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir)?;
+                }
+                Box::new(
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(p)?,
+                )
+            }
+            Target::Stdout => Box::new(std::io::stdout()),
+        };
+        let (tx, rx) = mpsc::sync_channel(capacity);
+        let c = counters.clone();
+        std::thread::Builder::new()
+            .name(format!("{what}-jsonl"))
+            .spawn(move || writer(rx, out, flush_interval, c))?;
+        Ok(Self { tx, counters, what })
+    }
+
+    /// Queues one item; never blocks.
+    pub fn submit(&self, item: T) {
+        match self.tx.try_send(Msg::Item(Box::new(item))) {
+            Ok(()) => self.counters.depth.inc(),
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.counters.outcomes.with_label_values(&["lost"]).inc();
+                log::error!("{} queue full: record lost", self.what);
+            }
+        }
+    }
+
+    /// Waits (at most `timeout`) until everything queued so far is written out.
+    pub fn flush(&self, timeout: Duration) -> bool {
+        let (ack_tx, ack_rx) = mpsc::sync_channel(1);
+        let deadline = Instant::now() + timeout;
+        let mut msg = Msg::Flush(ack_tx);
+        loop {
+            match self.tx.try_send(msg) {
+                Ok(()) => break,
+                Err(TrySendError::Full(m)) if Instant::now() < deadline => {
+                    msg = m;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(_) => return false,
+            }
+        }
+        ack_rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .is_ok()
+    }
+}
+
+fn writer<T: Serialize>(
+    rx: Receiver<Msg<T>>,
+    out: Box<dyn Write + Send>,
+    flush_interval: Duration,
+    counters: Counters,
+) {
+    let mut out = std::io::BufWriter::with_capacity(256 * 1024, out);
+    let mut last_flush = Instant::now();
+    loop {
+        let mut acks = Vec::new();
+        loop {
+            match rx.try_recv() {
+                Ok(Msg::Item(r)) => {
+                    counters.depth.dec();
+                    let ok =
+                        serde_json::to_writer(&mut out, &r).is_ok() && out.write_all(b"\n").is_ok();
+                    let outcome = if ok { "inserted" } else { "lost" };
+                    counters.outcomes.with_label_values(&[outcome]).inc();
+                    if !ok {
+                        log::error!("JSON-lines record could not be written");
+                    }
+                }
+                Ok(Msg::Flush(ack)) => acks.push(ack),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    let _ = out.flush();
+                    return;
+                }
+            }
+        }
+        if !acks.is_empty() || last_flush.elapsed() >= flush_interval {
+            if out.flush().is_err() {
+                log::error!("JSON-lines flush failed");
+            }
+            last_flush = Instant::now();
+        }
+        for ack in acks {
+            let _ = ack.send(());
+        }
+        std::thread::sleep(DRAIN_TICK.min(flush_interval));
+    }
+}

@@ -1,0 +1,173 @@
+//! The request's identity steps on the data plane: authenticate (before any body is read),
+//! attribute, authorize; every refusal is counted and audited.
+
+use super::context::Ctx;
+use crate::audit::AuditEvent;
+use crate::auth::attribution::{self, Overrides};
+use crate::auth::{self, AuthFailure, Principal};
+use crate::error::GatewayError;
+use crate::metrics::METRICS;
+use crate::routing::{Endpoint, ModelRoute};
+use crate::state::Shared;
+use pingora_core::protocols::http::ServerSession;
+
+fn header<'a>(s: &'a ServerSession, name: &str) -> Option<&'a str> {
+    s.get_header(name).and_then(|v| v.to_str().ok())
+}
+
+fn audit(
+    shared: &Shared,
+    s: &ServerSession,
+    ctx: &Ctx,
+    action: &'static str,
+    resource: String,
+    reason: String,
+) {
+    shared.audit.record(AuditEvent {
+        ts_ms: ctx.record.ts_ms,
+        request_id: ctx.record.request_id.clone(),
+        actor: ctx.principal.actor(),
+        org: ctx.record.org.as_deref().map(str::to_string),
+        action,
+        resource,
+        outcome: "denied",
+        reason: Some(reason),
+        before: None,
+        after: None,
+        client_ip: ctx.record.client_ip.clone(),
+        user_agent: header(s, "user-agent").map(|u| u.chars().take(256).collect()),
+    });
+}
+
+/// Resolves the caller and its attribution into `ctx`.
+pub fn authenticate(shared: &Shared, s: &ServerSession, ctx: &mut Ctx) -> Result<(), GatewayError> {
+    let live = ctx.live.clone();
+    let principal = match (&live.config.auth, shared.keys()) {
+        (Some(a), Some(store)) => {
+            let cred = auth::credential(
+                s.get_header(http::header::AUTHORIZATION)
+                    .map(|v| v.as_bytes()),
+                s.get_header("api-key").map(|v| v.as_bytes()),
+            );
+            let now = crate::time::now_unix();
+            let result = match cred {
+                None => Err(AuthFailure::Missing),
+                Some(c) => auth::authenticate_key(c, &a.keys, store.as_ref(), now),
+            };
+            match result {
+                Ok(rec) => auth::key_principal(&rec, &live.config.rbac, now),
+                Err(f) => {
+                    METRICS.auth_failures.with_label_values(&[f.label()]).inc();
+                    // The key id (never the secret) helps trace probing of a known key.
+                    let resource = cred
+                        .and_then(auth::keys::parse_id)
+                        .map_or_else(|| "credential".to_string(), |id| format!("key:{id}"));
+                    audit(
+                        shared,
+                        s,
+                        ctx,
+                        "auth.failed",
+                        resource,
+                        f.label().to_string(),
+                    );
+                    return Err(GatewayError::Unauthenticated(f));
+                }
+            }
+        }
+        _ => Principal::anonymous(),
+    };
+    let r = &mut ctx.record;
+    r.org = Some(principal.org.clone());
+    r.team = principal.team.clone();
+    r.user = principal.user.clone();
+    r.key_id = principal.key_id.clone();
+    ctx.principal = principal;
+    let overrides = Overrides {
+        cost_center: header(s, "x-model-bridge-cost-center"),
+        project: header(s, "x-model-bridge-project"),
+        tags: header(s, "x-model-bridge-tags"),
+    };
+    match attribution::resolve(&ctx.principal, &live.config.orgs, &overrides) {
+        Ok(a) => {
+            ctx.record.cost_center = a.cost_center;
+            ctx.record.department = a.department;
+            ctx.record.project = a.project;
+            ctx.record.tags = a.tags;
+            Ok(())
+        }
+        Err(e) => {
+            METRICS.denials.with_label_values(&["attribution"]).inc();
+            let cc = overrides.cost_center.unwrap_or("-");
+            audit(
+                shared,
+                s,
+                ctx,
+                "rbac.denied",
+                format!("cost_center:{cc}"),
+                e.message(),
+            );
+            Err(e)
+        }
+    }
+}
+
+/// May this principal call `endpoint` at all?
+pub fn authorize_endpoint(
+    shared: &Shared,
+    s: &ServerSession,
+    ctx: &Ctx,
+    endpoint: Endpoint,
+) -> Result<(), GatewayError> {
+    if ctx.principal.allows(endpoint.permission()) {
+        return Ok(());
+    }
+    METRICS.denials.with_label_values(&["endpoint"]).inc();
+    let msg = format!(
+        "You are not allowed to use the {} endpoint.",
+        endpoint.label()
+    );
+    audit(
+        shared,
+        s,
+        ctx,
+        "rbac.denied",
+        endpoint.permission().to_string(),
+        msg.clone(),
+    );
+    Err(GatewayError::PermissionDenied(msg))
+}
+
+/// May this principal invoke this alias? Another org's alias does not exist for it.
+pub fn authorize_model(
+    shared: &Shared,
+    s: &ServerSession,
+    ctx: &Ctx,
+    route: &ModelRoute,
+) -> Result<(), GatewayError> {
+    if !route.visible_to(&ctx.principal.org) {
+        METRICS.denials.with_label_values(&["tenant"]).inc();
+        audit(
+            shared,
+            s,
+            ctx,
+            "rbac.denied",
+            format!("model:{}", route.alias),
+            "other org".into(),
+        );
+        return Err(GatewayError::ModelNotFound(route.alias.to_string()));
+    }
+    if ctx.principal.can_invoke(&route.alias) {
+        return Ok(());
+    }
+    METRICS.denials.with_label_values(&["model"]).inc();
+    let msg = format!("You are not allowed to use model `{}`.", route.alias);
+    audit(
+        shared,
+        s,
+        ctx,
+        "rbac.denied",
+        format!("model:{}", route.alias),
+        msg.clone(),
+    );
+    Err(GatewayError::PermissionDenied(msg))
+}
