@@ -88,7 +88,8 @@ provider = "dead"
 
 
 class Stack:
-    def __init__(self):
+    def __init__(self, extra=""):
+        self.extra = extra
         self.dir = Path(tempfile.mkdtemp(prefix="mb-sdk-"))
         self.mock_port = free_port()
         self.port = free_port()
@@ -114,7 +115,7 @@ class Stack:
 
     def write_config(self, extra):
         text = CONFIG.format(port=self.port, ops=self.ops, mock=self.mock_port,
-                             usage=self.usage, extra=extra)
+                             usage=self.usage, extra=self.extra + extra)
         tmp = self.config.with_suffix(".tmp")
         tmp.write_text(text)
         tmp.replace(self.config)
@@ -132,6 +133,13 @@ class Stack:
                     return r
             time.sleep(0.02)
         raise AssertionError(f"no usage record for {request_id}")
+
+    def create_key(self, *args):
+        """`model-bridge keys create` against this gateway's config; returns the key."""
+        out = subprocess.run(
+            [str(BIN / "model-bridge"), "keys", "create", "--config", str(self.config), *args],
+            check=True, capture_output=True, env=dict(os.environ, SDK_PROVIDER_KEY=PROVIDER_KEY))
+        return json.loads(out.stdout)["key"]
 
     def metrics(self):
         with urllib.request.urlopen(f"http://127.0.0.1:{self.ops}/metrics") as r:
