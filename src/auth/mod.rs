@@ -3,6 +3,7 @@
 //! to the caller for unknown, revoked and expired keys.
 
 pub mod attribution;
+pub mod jwt;
 pub mod keys;
 pub mod store;
 
@@ -155,6 +156,31 @@ pub fn key_principal(rec: &KeyRecord, rbac: &Rbac, now: u64) -> Principal {
         ),
         unrestricted: false,
     }
+}
+
+/// The principal of a verified JWT; its org must be configured.
+pub fn jwt_principal(
+    id: &jwt::Identity,
+    orgs: &std::collections::BTreeMap<String, crate::config::Org>,
+    rbac: &Rbac,
+    now: u64,
+) -> Result<Principal, AuthFailure> {
+    if !orgs.contains_key(&id.org) {
+        return Err(AuthFailure::Unknown);
+    }
+    let mut subjects = Vec::with_capacity(1 + id.groups.len());
+    subjects.push(format!("user:{}", id.user));
+    subjects.extend(id.groups.iter().map(|g| format!("group:{g}")));
+    Ok(Principal {
+        org: Arc::from(id.org.as_str()),
+        team: None,
+        user: Some(Arc::from(id.user.as_str())),
+        key_id: None,
+        cost_center: None,
+        models: None,
+        grants: rbac.grants(id.roles.iter().map(String::as_str), &subjects, &id.org, now),
+        unrestricted: false,
+    })
 }
 
 #[cfg(test)]

@@ -89,12 +89,24 @@ pub struct ReloadSettings {
     pub poll_interval: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct AuthSettings {
     pub key_store: PathBuf,
     pub policies: PathBuf,
     /// Config-declared keys by id.
     pub keys: HashMap<String, Arc<KeyRecord>>,
+    pub jwt: Option<Arc<crate::auth::jwt::JwtVerifier>>,
+}
+
+impl std::fmt::Debug for AuthSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthSettings")
+            .field("key_store", &self.key_store)
+            .field("policies", &self.policies)
+            .field("keys", &self.keys.len())
+            .field("jwt", &self.jwt.is_some())
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -292,11 +304,16 @@ fn validate(raw: RawConfig, path: &Path, err: &mut dyn FnMut(&str, String)) -> C
                 }
             };
             let keys = validate_keys(a, &raw, &models, &rbac, err);
+            let jwt = a
+                .jwt
+                .as_ref()
+                .and_then(|j| jwt_verifier(j, &raw, base, err));
             (
                 Some(AuthSettings {
                     key_store: base.join(&a.key_store),
                     policies,
                     keys,
+                    jwt,
                 }),
                 rbac,
             )
@@ -342,6 +359,69 @@ fn validate(raw: RawConfig, path: &Path, err: &mut dyn FnMut(&str, String)) -> C
         rbac,
         orgs,
         audit_path: base.join(&raw.audit.path),
+    }
+}
+
+fn jwt_verifier(
+    j: &raw::RawJwt,
+    raw: &RawConfig,
+    base: &Path,
+    err: &mut dyn FnMut(&str, String),
+) -> Option<Arc<crate::auth::jwt::JwtVerifier>> {
+    use crate::auth::jwt::{ClaimMap, JwksSource, JwtSettings, JwtVerifier};
+    let jwks = match (&j.jwks_path, &j.jwks_url) {
+        (Some(_), Some(_)) => {
+            err(
+                "auth.jwt.jwks_url",
+                "set jwks_path or jwks_url, not both".into(),
+            );
+            return None;
+        }
+        (Some(p), None) => Some(JwksSource::File(base.join(p))),
+        (None, Some(u)) => {
+            if !(u.starts_with("https://") || u.starts_with("http://")) {
+                err("auth.jwt.jwks_url", "must be an http(s) URL".into());
+            }
+            Some(JwksSource::Url(u.clone()))
+        }
+        (None, None) => None,
+    };
+    let secret = j.hs256_secret.clone().filter(|s| !s.is_empty());
+    if jwks.is_none() && secret.is_none() {
+        err(
+            "auth.jwt",
+            "needs jwks_path, jwks_url or hs256_secret".into(),
+        );
+        return None;
+    }
+    if let Some(o) = j
+        .default_org
+        .as_deref()
+        .filter(|o| !raw.orgs.contains_key(*o))
+    {
+        err("auth.jwt.default_org", format!("unknown org `{o}`"));
+    }
+    let settings = JwtSettings {
+        issuer: j.issuer.clone(),
+        audience: j.audience.clone(),
+        leeway_s: j.leeway_s,
+        hs256_secret: secret.map(crate::routing::Secret::new),
+        jwks,
+        claims: ClaimMap {
+            org: j.claims.org.clone(),
+            user: j.claims.user.clone(),
+            groups: j.claims.groups.clone(),
+            roles: j.claims.roles.clone(),
+        },
+        default_org: j.default_org.clone(),
+        refresh_min: std::time::Duration::from_secs(j.jwks_refresh_min_s),
+    };
+    match JwtVerifier::new(settings) {
+        Ok(v) => Some(Arc::new(v)),
+        Err(e) => {
+            err("auth.jwt.jwks_path", e);
+            None
+        }
     }
 }
 

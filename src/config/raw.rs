@@ -52,6 +52,66 @@ pub struct RawAuth {
     /// Keys declared in config, by hash (file-managed, read-only through the API).
     #[serde(default)]
     pub keys: Vec<RawKey>,
+    /// SSO: JWTs from an OIDC identity provider.
+    #[serde(default)]
+    pub jwt: Option<RawJwt>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawJwt {
+    /// Expected `iss`.
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// Expected `aud`.
+    #[serde(default)]
+    pub audience: Option<String>,
+    /// JWKS file (relative to this file).
+    #[serde(default)]
+    pub jwks_path: Option<String>,
+    /// JWKS URL (the IdP's `jwks_uri`).
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    /// Shared secret for HS256 tokens (testing only).
+    #[serde(default)]
+    pub hs256_secret: Option<String>,
+    /// Clock skew allowed on `exp` / `nbf`, in seconds.
+    #[serde(default = "default_leeway_s")]
+    pub leeway_s: u64,
+    /// Org of tokens without an org claim.
+    #[serde(default)]
+    pub default_org: Option<String>,
+    /// Least seconds between two JWKS refreshes (a token with an unknown `kid` triggers one).
+    #[serde(default = "default_jwks_refresh_s")]
+    pub jwks_refresh_min_s: u64,
+    /// Claim names.
+    #[serde(default)]
+    pub claims: RawClaims,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClaims {
+    #[serde(default = "default_org_claim")]
+    pub org: String,
+    #[serde(default = "default_user_claim")]
+    pub user: String,
+    #[serde(default = "default_groups_claim")]
+    pub groups: String,
+    /// Claim listing role names directly (trusts the IdP's role assignment).
+    #[serde(default)]
+    pub roles: Option<String>,
+}
+
+impl Default for RawClaims {
+    fn default() -> Self {
+        Self {
+            org: default_org_claim(),
+            user: default_user_claim(),
+            groups: default_groups_claim(),
+            roles: None,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -301,6 +361,21 @@ pub struct RawPassthrough {
     pub provider: String,
 }
 
+fn default_jwks_refresh_s() -> u64 {
+    10
+}
+fn default_leeway_s() -> u64 {
+    30
+}
+fn default_org_claim() -> String {
+    "org".into()
+}
+fn default_user_claim() -> String {
+    "email".into()
+}
+fn default_groups_claim() -> String {
+    "groups".into()
+}
 fn default_key_store() -> String {
     "data/keys.json".into()
 }

@@ -33,6 +33,7 @@ const LINGER: Duration = Duration::from_secs(2);
 pub struct DataPlane {
     shared: Arc<Shared>,
     upstream: Upstream,
+    jwks: super::jwks::Fetcher,
     options: HttpServerOptions,
     keepalive_s: u64,
 }
@@ -44,6 +45,7 @@ impl DataPlane {
         Self {
             shared,
             upstream: Upstream::new(1024),
+            jwks: super::jwks::Fetcher::new(),
             options,
             keepalive_s,
         }
@@ -118,7 +120,7 @@ impl DataPlane {
             None => a.to_string(),
         });
         let mut ctx = Ctx::new(live, &method, &path, client_ip);
-        let result = match identity::authenticate(&self.shared, s, &mut ctx) {
+        let result = match identity::authenticate(&self.shared, &self.jwks, s, &mut ctx).await {
             Ok(()) => self.dispatch(s, &mut ctx, &method, &path).await,
             Err(e) => Err(e),
         };

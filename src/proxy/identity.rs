@@ -4,6 +4,7 @@
 use super::context::Ctx;
 use crate::audit::AuditEvent;
 use crate::auth::attribution::{self, Overrides};
+use crate::auth::jwt::JwtVerifier;
 use crate::auth::{self, AuthFailure, Principal};
 use crate::error::GatewayError;
 use crate::metrics::METRICS;
@@ -40,7 +41,12 @@ fn audit(
 }
 
 /// Resolves the caller and its attribution into `ctx`.
-pub fn authenticate(shared: &Shared, s: &ServerSession, ctx: &mut Ctx) -> Result<(), GatewayError> {
+pub async fn authenticate(
+    shared: &Shared,
+    fetch: &dyn crate::auth::jwt::JwksFetch,
+    s: &ServerSession,
+    ctx: &mut Ctx,
+) -> Result<(), GatewayError> {
     let live = ctx.live.clone();
     let principal = match (&live.config.auth, shared.keys()) {
         (Some(a), Some(store)) => {
@@ -50,12 +56,21 @@ pub fn authenticate(shared: &Shared, s: &ServerSession, ctx: &mut Ctx) -> Result
                 s.get_header("api-key").map(|v| v.as_bytes()),
             );
             let now = crate::time::now_unix();
-            let result = match cred {
-                None => Err(AuthFailure::Missing),
-                Some(c) => auth::authenticate_key(c, &a.keys, store.as_ref(), now),
+            let result = match (cred, &a.jwt) {
+                (None, _) => Err(AuthFailure::Missing),
+                (Some(c), Some(jwt)) if JwtVerifier::looks_like_jwt(c) => {
+                    match jwt.verify(c, fetch).await {
+                        Ok(id) => {
+                            auth::jwt_principal(&id, &live.config.orgs, &live.config.rbac, now)
+                        }
+                        Err(f) => Err(f),
+                    }
+                }
+                (Some(c), _) => auth::authenticate_key(c, &a.keys, store.as_ref(), now)
+                    .map(|rec| auth::key_principal(&rec, &live.config.rbac, now)),
             };
             match result {
-                Ok(rec) => auth::key_principal(&rec, &live.config.rbac, now),
+                Ok(p) => p,
                 Err(f) => {
                     METRICS.auth_failures.with_label_values(&[f.label()]).inc();
                     // The key id (never the secret) helps trace probing of a known key.

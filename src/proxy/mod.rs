@@ -6,6 +6,7 @@ mod context;
 mod data_plane;
 mod headers;
 mod identity;
+mod jwks;
 mod lifecycle;
 mod ops;
 mod relay;

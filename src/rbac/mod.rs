@@ -393,7 +393,9 @@ expires_at = "2030-01-01T00:00:00Z"
         let r = rbac();
         let t2029 = 1_861_920_000; // 2029-01-01
         let t2031 = 1_924_992_000; // 2031-01-01
-        let cases: &[(&[&str], &[&str], &str, u64, &str, bool)] = &[
+                                   // own roles, subjects, org, now, permission or `invoke:<alias>`, expected
+        type Case<'a> = (&'a [&'a str], &'a [&'a str], &'a str, u64, &'a str, bool);
+        let cases: &[Case] = &[
             // own roles, subjects, org, now, permission or alias, expected
             (&["developer"], &[], "acme", 0, "invoke:gpt-4o-mini", true),
             (&["developer"], &[], "acme", 0, "invoke:o4-mini", false),
