@@ -3,6 +3,7 @@
 //! to the caller for unknown, revoked and expired keys.
 
 pub mod attribution;
+pub mod issue;
 pub mod jwt;
 pub mod keys;
 pub mod store;

@@ -2,7 +2,8 @@
 //! admin API (e.g. the first admin key). The running gateway picks the change up on its own.
 
 use crate::audit::{AuditEvent, AuditSink, JsonLinesAudit};
-use crate::auth::keys::{self, KeyRecord};
+use crate::auth::issue::{issue, redacted, KeySpec};
+use crate::auth::keys::KeyRecord;
 use crate::auth::store::{FileKeyStore, KeyStore};
 use crate::config::Config;
 use std::time::Duration;
@@ -65,58 +66,18 @@ fn audit(cfg: &Config, action: &'static str, rec: &KeyRecord, before: Option<&Ke
     sink.flush(Duration::from_secs(5));
 }
 
-/// A record as shown anywhere outside the store: without its hash.
-pub fn redacted(r: &KeyRecord) -> serde_json::Value {
-    let mut v = serde_json::to_value(r).unwrap_or_default();
-    if let Some(o) = v.as_object_mut() {
-        o.remove("hash");
-    }
-    v
-}
-
 pub fn create(cfg: &Config, a: CreateArgs) -> Result<(), String> {
-    let org = cfg
-        .orgs
-        .get(&a.org)
-        .ok_or_else(|| format!("unknown org `{}`", a.org))?;
-    if let Some(t) = a.team.as_deref().filter(|t| !org.teams.contains_key(*t)) {
-        return Err(format!("unknown team `{t}` in org `{}`", a.org));
-    }
-    if let Some(cc) = a
-        .cost_center
-        .as_deref()
-        .filter(|c| !org.cost_centers.contains_key(*c))
-    {
-        return Err(format!("unknown cost center `{cc}` in org `{}`", a.org));
-    }
-    if let Some(r) = a.roles.iter().find(|r| !cfg.rbac.has_role(r)) {
-        return Err(format!("unknown role `{r}`"));
-    }
-    for m in &a.models {
-        if !cfg.models.get(m).is_some_and(|r| r.visible_to(&a.org)) {
-            return Err(format!("unknown model `{m}` for org `{}`", a.org));
-        }
-    }
-    let expires_at = match &a.expires_at {
-        Some(s) => Some(crate::time::parse_rfc3339(s).ok_or(format!("`{s}` is not RFC 3339 UTC"))?),
-        None => None,
-    };
-    let store = store_of(cfg)?;
-    let (key, id, hash) = keys::generate();
-    let rec = KeyRecord {
-        id,
-        hash,
+    let spec = KeySpec {
         name: a.name,
-        org: a.org,
         team: a.team,
         user: a.user,
         roles: a.roles,
         cost_center: a.cost_center,
-        models: (!a.models.is_empty()).then_some(a.models),
-        created_at: crate::time::now_unix(),
-        expires_at,
-        revoked_at: None,
+        models: a.models,
+        expires_at: a.expires_at,
     };
+    let (key, rec) = issue(cfg, &a.org, spec)?;
+    let store = store_of(cfg)?;
     store.insert(rec.clone()).map_err(|e| e.to_string())?;
     audit(cfg, "key.create", &rec, None);
     let mut out = redacted(&rec);

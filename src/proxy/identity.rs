@@ -9,7 +9,7 @@ use crate::auth::{self, AuthFailure, Principal};
 use crate::error::GatewayError;
 use crate::metrics::METRICS;
 use crate::routing::{Endpoint, ModelRoute};
-use crate::state::Shared;
+use crate::state::{Live, Shared};
 use pingora_core::protocols::http::ServerSession;
 
 fn header<'a>(s: &'a ServerSession, name: &str) -> Option<&'a str> {
@@ -40,6 +40,29 @@ fn audit(
     });
 }
 
+/// The caller behind a credential (virtual key or JWT); `Ok(None)` when authentication is off.
+pub async fn principal_of(
+    shared: &Shared,
+    live: &Live,
+    fetch: &dyn crate::auth::jwt::JwksFetch,
+    cred: Option<&str>,
+) -> Result<Option<Principal>, AuthFailure> {
+    let (Some(a), Some(store)) = (&live.config.auth, shared.keys()) else {
+        return Ok(None);
+    };
+    let now = crate::time::now_unix();
+    let cfg = &live.config;
+    match (cred, &a.jwt) {
+        (None, _) => Err(AuthFailure::Missing),
+        (Some(c), Some(jwt)) if JwtVerifier::looks_like_jwt(c) => {
+            let id = jwt.verify(c, fetch).await?;
+            auth::jwt_principal(&id, &cfg.orgs, &cfg.rbac, now).map(Some)
+        }
+        (Some(c), _) => auth::authenticate_key(c, &a.keys, store.as_ref(), now)
+            .map(|rec| Some(auth::key_principal(&rec, &cfg.rbac, now))),
+    }
+}
+
 /// Resolves the caller and its attribution into `ctx`.
 pub async fn authenticate(
     shared: &Shared,
@@ -48,48 +71,29 @@ pub async fn authenticate(
     ctx: &mut Ctx,
 ) -> Result<(), GatewayError> {
     let live = ctx.live.clone();
-    let principal = match (&live.config.auth, shared.keys()) {
-        (Some(a), Some(store)) => {
-            let cred = auth::credential(
-                s.get_header(http::header::AUTHORIZATION)
-                    .map(|v| v.as_bytes()),
-                s.get_header("api-key").map(|v| v.as_bytes()),
+    let cred = auth::credential(
+        s.get_header(http::header::AUTHORIZATION)
+            .map(|v| v.as_bytes()),
+        s.get_header("api-key").map(|v| v.as_bytes()),
+    );
+    let principal = match principal_of(shared, &live, fetch, cred).await {
+        Ok(p) => p.unwrap_or_else(Principal::anonymous),
+        Err(f) => {
+            METRICS.auth_failures.with_label_values(&[f.label()]).inc();
+            // The key id (never the secret) helps trace probing of a known key.
+            let resource = cred
+                .and_then(auth::keys::parse_id)
+                .map_or_else(|| "credential".to_string(), |id| format!("key:{id}"));
+            audit(
+                shared,
+                s,
+                ctx,
+                "auth.failed",
+                resource,
+                f.label().to_string(),
             );
-            let now = crate::time::now_unix();
-            let result = match (cred, &a.jwt) {
-                (None, _) => Err(AuthFailure::Missing),
-                (Some(c), Some(jwt)) if JwtVerifier::looks_like_jwt(c) => {
-                    match jwt.verify(c, fetch).await {
-                        Ok(id) => {
-                            auth::jwt_principal(&id, &live.config.orgs, &live.config.rbac, now)
-                        }
-                        Err(f) => Err(f),
-                    }
-                }
-                (Some(c), _) => auth::authenticate_key(c, &a.keys, store.as_ref(), now)
-                    .map(|rec| auth::key_principal(&rec, &live.config.rbac, now)),
-            };
-            match result {
-                Ok(p) => p,
-                Err(f) => {
-                    METRICS.auth_failures.with_label_values(&[f.label()]).inc();
-                    // The key id (never the secret) helps trace probing of a known key.
-                    let resource = cred
-                        .and_then(auth::keys::parse_id)
-                        .map_or_else(|| "credential".to_string(), |id| format!("key:{id}"));
-                    audit(
-                        shared,
-                        s,
-                        ctx,
-                        "auth.failed",
-                        resource,
-                        f.label().to_string(),
-                    );
-                    return Err(GatewayError::Unauthenticated(f));
-                }
-            }
+            return Err(GatewayError::Unauthenticated(f));
         }
-        _ => Principal::anonymous(),
     };
     let r = &mut ctx.record;
     r.org = Some(principal.org.clone());

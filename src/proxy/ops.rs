@@ -1,5 +1,9 @@
 //! The ops plane: `/metrics`, `/healthz`, `/readyz`. Separate listener, never on the data path.
 
+use crate::admin;
+use crate::audit::AuditEvent;
+use crate::auth;
+use crate::error::GatewayError;
 use crate::metrics::METRICS;
 use crate::state::Shared;
 use async_trait::async_trait;
@@ -10,11 +14,101 @@ use std::sync::Arc;
 
 pub struct OpsPlane {
     shared: Arc<Shared>,
+    jwks: super::jwks::Fetcher,
 }
 
 impl OpsPlane {
     pub fn new(shared: Arc<Shared>) -> Self {
-        Self { shared }
+        Self {
+            shared,
+            jwks: super::jwks::Fetcher::new(),
+        }
+    }
+}
+
+/// Largest admin request body.
+const MAX_ADMIN_BODY: usize = 1 << 20;
+
+fn json_reply(status: u16, v: &serde_json::Value) -> Response<Vec<u8>> {
+    reply(status, "application/json", v.to_string().into_bytes())
+}
+
+impl OpsPlane {
+    async fn admin(&self, s: &mut ServerSession) -> Response<Vec<u8>> {
+        let body = match super::body::read_bounded(s, MAX_ADMIN_BODY).await {
+            Ok(b) => b,
+            Err(e) => return reply(e.status(), "application/json", e.body()),
+        };
+        let req_header = s.req_header();
+        let path = req_header.uri.path().to_string();
+        if path == "/admin/v1/openapi.json" && req_header.method == http::Method::GET {
+            return json_reply(200, &admin::openapi());
+        }
+        let live = self.shared.live();
+        if live.config.auth.is_none() {
+            let r = admin::Reply::error(
+                403,
+                "admin_disabled",
+                "The admin API needs authentication: configure [auth].",
+            );
+            return json_reply(r.status, &r.body);
+        }
+        let cred = auth::credential(
+            s.get_header(http::header::AUTHORIZATION)
+                .map(|v| v.as_bytes()),
+            s.get_header("api-key").map(|v| v.as_bytes()),
+        );
+        let request_id = format!("req_{:024x}", rand::random::<u128>() & ((1u128 << 96) - 1));
+        let client_ip = s
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|i| i.ip().to_string());
+        let user_agent = s
+            .get_header("user-agent")
+            .and_then(|v| v.to_str().ok())
+            .map(|u| u.chars().take(256).collect());
+        let resolved = super::identity::principal_of(&self.shared, &live, &self.jwks, cred).await;
+        let principal = match resolved {
+            Ok(Some(p)) => p,
+            failed => {
+                // `Ok(None)`: auth is configured but its key store is not open yet.
+                let f = failed.err().unwrap_or(auth::AuthFailure::Unknown);
+                METRICS.auth_failures.with_label_values(&[f.label()]).inc();
+                self.shared.audit.record(AuditEvent {
+                    ts_ms: crate::time::now_unix() * 1000,
+                    request_id: request_id.clone(),
+                    actor: "anonymous".into(),
+                    org: None,
+                    action: "auth.failed",
+                    resource: path.clone(),
+                    outcome: "denied",
+                    reason: Some(f.label().into()),
+                    before: None,
+                    after: None,
+                    client_ip,
+                    user_agent,
+                });
+                let e = GatewayError::Unauthenticated(f);
+                return reply(401, "application/json", e.body());
+            }
+        };
+        let method = s.req_header().method.as_str().to_string();
+        let query = s.req_header().uri.query().map(str::to_string);
+        let req = admin::Request {
+            method: &method,
+            path: &path,
+            query: query.as_deref(),
+            body: &body,
+            request_id: &request_id,
+            client_ip,
+            user_agent,
+        };
+        let r = admin::handle(&self.shared, &live, &principal, &req).await;
+        let mut resp = json_reply(r.status, &r.body);
+        if let Ok(v) = http::HeaderValue::from_str(&request_id) {
+            resp.headers_mut().insert("x-request-id", v);
+        }
+        resp
     }
 }
 
@@ -30,6 +124,9 @@ fn reply(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
 #[async_trait]
 impl ServeHttp for OpsPlane {
     async fn response(&self, s: &mut ServerSession) -> Response<Vec<u8>> {
+        if s.req_header().uri.path().starts_with("/admin/") {
+            return self.admin(s).await;
+        }
         let _ = s.drain_request_body().await;
         let path = s.req_header().uri.path();
         let get = s.req_header().method == http::Method::GET;

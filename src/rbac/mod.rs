@@ -80,6 +80,8 @@ pub struct Role {
     /// Declared (not inherited) permissions and parents, for the admin API.
     pub declared: Vec<String>,
     pub inherits: Vec<String>,
+    /// This role and every role it inherits, transitively.
+    pub closure: HashSet<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -122,6 +124,11 @@ impl Grants {
 
     pub fn allows(&self, perm: &str) -> bool {
         self.0.iter().any(|r| r.patterns.allows(perm))
+    }
+
+    /// Whether `role` is among the held roles or inherited by one of them.
+    pub fn holds(&self, role: &str) -> bool {
+        self.0.iter().any(|r| r.closure.contains(role))
     }
 
     pub fn role_names(&self) -> Vec<&str> {
@@ -214,7 +221,8 @@ impl Rbac {
         for name in raw_roles.keys() {
             let mut patterns = Patterns::default();
             let mut seen = Vec::new();
-            if let Err(reason) = flatten(name, &raw_roles, &mut seen, &mut patterns) {
+            let mut closure = HashSet::new();
+            if let Err(reason) = flatten(name, &raw_roles, &mut seen, &mut patterns, &mut closure) {
                 let file = raw_roles[name].1.display().to_string();
                 errors.push(PolicyError {
                     file,
@@ -238,6 +246,7 @@ impl Rbac {
                     invocable,
                     declared: raw.permissions.clone(),
                     inherits: raw.inherits.clone(),
+                    closure,
                 }),
             );
         }
@@ -335,6 +344,7 @@ fn flatten(
     roles: &BTreeMap<String, (RawRole, PathBuf)>,
     stack: &mut Vec<String>,
     out: &mut Patterns,
+    closure: &mut HashSet<String>,
 ) -> Result<(), String> {
     if stack.iter().any(|s| s == name) {
         stack.push(name.to_string());
@@ -344,11 +354,12 @@ fn flatten(
         return Err(format!("unknown role `{name}`"));
     };
     stack.push(name.to_string());
+    closure.insert(name.to_string());
     for p in &role.permissions {
         out.add(p);
     }
     for parent in &role.inherits {
-        flatten(parent, roles, stack, out)?;
+        flatten(parent, roles, stack, out, closure)?;
     }
     stack.pop();
     Ok(())

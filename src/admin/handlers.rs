@@ -1,0 +1,405 @@
+//! Admin handlers: plain functions over the live config, the key store and the caller.
+
+use super::{Ctx, Op, Params, Reply, ALL_ORGS};
+use crate::auth::issue::{issue, redacted, KeySpec};
+use crate::auth::keys::KeyRecord;
+use crate::auth::store::KeyStore;
+use serde_json::{json, Value};
+use std::collections::BTreeSet;
+
+const DEFAULT_LIMIT: usize = 20;
+const MAX_LIMIT: usize = 100;
+
+pub async fn run(ctx: &Ctx<'_>, op: Op, p: &Params<'_>) -> Reply {
+    let org = p.org.unwrap_or_default();
+    match op {
+        Op::Whoami => whoami(ctx),
+        Op::ListOrgs => list_orgs(ctx),
+        Op::GetOrg => get_org(ctx, org),
+        Op::ListTeams => list_teams(ctx, org),
+        Op::ListCostCenters => list_cost_centers(ctx, org),
+        Op::ListUsers => list_users(ctx, org),
+        Op::ListKeys => list_keys(ctx, org),
+        Op::CreateKey => create_key(ctx, org),
+        Op::GetKey => get_key(ctx, org, p.id.unwrap_or_default()),
+        Op::RevokeKey => revoke_key(ctx, org, p.id.unwrap_or_default()),
+        Op::RotateKey => rotate_key(ctx, org, p.id.unwrap_or_default()),
+        Op::ListRoles => list_roles(ctx),
+        Op::ListBindings => list_bindings(ctx),
+        Op::Reload => reload(ctx),
+    }
+}
+
+fn query<'a>(ctx: &'a Ctx<'_>, name: &str) -> Option<&'a str> {
+    ctx.req
+        .query?
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+/// One page of `items` sorted by id: `limit` (1..=100) after the cursor `after`.
+fn page(ctx: &Ctx<'_>, items: Vec<(String, Value)>) -> Reply {
+    let limit = match query(ctx, "limit").map(str::parse::<usize>) {
+        None => DEFAULT_LIMIT,
+        Some(Ok(n)) if (1..=MAX_LIMIT).contains(&n) => n,
+        Some(_) => return Reply::error(400, "invalid_request_error", "limit must be 1 to 100"),
+    };
+    let after = query(ctx, "after");
+    let rest: Vec<(String, Value)> = items
+        .into_iter()
+        .filter(|(id, _)| after.is_none_or(|a| id.as_str() > a))
+        .collect();
+    let has_more = rest.len() > limit;
+    let data: Vec<(String, Value)> = rest.into_iter().take(limit).collect();
+    let last_id = data.last().map(|(id, _)| id.clone());
+    Reply::ok(json!({
+        "object": "list",
+        "data": data.into_iter().map(|(_, v)| v).collect::<Vec<_>>(),
+        "has_more": has_more,
+        "last_id": last_id,
+    }))
+}
+
+fn whoami(ctx: &Ctx<'_>) -> Reply {
+    let p = ctx.principal;
+    Reply::ok(json!({
+        "org": p.org.as_ref(),
+        "team": p.team.as_deref(),
+        "user": p.user.as_deref(),
+        "key_id": p.key_id.as_deref(),
+        "roles": p.grants.role_names(),
+        "all_orgs": p.allows(ALL_ORGS),
+    }))
+}
+
+fn org_json(ctx: &Ctx<'_>, id: &str) -> Value {
+    let o = &ctx.live.config.orgs[id];
+    json!({
+        "id": id,
+        "name": o.name,
+        "default_cost_center": o.default_cost_center,
+        "teams": o.teams.keys().collect::<Vec<_>>(),
+        "cost_centers": o.cost_centers.keys().collect::<Vec<_>>(),
+        "managed_by": "config",
+    })
+}
+
+fn list_orgs(ctx: &Ctx<'_>) -> Reply {
+    let items = ctx
+        .live
+        .config
+        .orgs
+        .keys()
+        .filter(|o| ctx.may_access_org(o))
+        .map(|o| (o.clone(), org_json(ctx, o)))
+        .collect();
+    page(ctx, items)
+}
+
+fn get_org(ctx: &Ctx<'_>, org: &str) -> Reply {
+    Reply::ok(org_json(ctx, org))
+}
+
+fn list_teams(ctx: &Ctx<'_>, org: &str) -> Reply {
+    let o = &ctx.live.config.orgs[org];
+    let items = o
+        .teams
+        .iter()
+        .map(|(id, t)| (id.clone(), json!({"id": id, "org": org, "name": t.name, "default_cost_center": t.default_cost_center})))
+        .collect();
+    page(ctx, items)
+}
+
+fn list_cost_centers(ctx: &Ctx<'_>, org: &str) -> Reply {
+    let o = &ctx.live.config.orgs[org];
+    let items = o
+        .cost_centers
+        .iter()
+        .map(|(id, c)| {
+            (
+                id.clone(),
+                json!({"id": id, "org": org, "name": c.name, "department": c.department}),
+            )
+        })
+        .collect();
+    page(ctx, items)
+}
+
+fn org_keys(ctx: &Ctx<'_>, org: &str) -> Vec<(KeyRecord, &'static str)> {
+    let mut out: Vec<(KeyRecord, &'static str)> = Vec::new();
+    if let Some(a) = &ctx.live.config.auth {
+        out.extend(
+            a.keys
+                .values()
+                .filter(|k| k.org == org)
+                .map(|k| ((**k).clone(), "config")),
+        );
+    }
+    if let Some(store) = ctx.shared.keys() {
+        out.extend(
+            store
+                .list(Some(org))
+                .into_iter()
+                .map(|k| ((*k).clone(), "store")),
+        );
+    }
+    out.sort_by(|a, b| a.0.id.cmp(&b.0.id));
+    out
+}
+
+fn key_json(k: &KeyRecord, source: &str) -> Value {
+    let mut v = redacted(k);
+    v["managed_by"] = json!(source);
+    v["active"] = json!(k.is_active(crate::time::now_unix()));
+    v["object"] = json!("key");
+    v
+}
+
+fn list_users(ctx: &Ctx<'_>, org: &str) -> Reply {
+    let mut users: BTreeSet<String> = org_keys(ctx, org)
+        .into_iter()
+        .filter_map(|(k, _)| k.user)
+        .collect();
+    for b in ctx.live.config.rbac.bindings() {
+        if b.org.as_deref() == Some(org) {
+            if let Some(u) = b.subject.strip_prefix("user:") {
+                users.insert(u.to_string());
+            }
+        }
+    }
+    let items = users
+        .into_iter()
+        .map(|u| (u.clone(), json!({"id": u, "org": org})))
+        .collect();
+    page(ctx, items)
+}
+
+fn list_keys(ctx: &Ctx<'_>, org: &str) -> Reply {
+    let items = org_keys(ctx, org)
+        .into_iter()
+        .map(|(k, src)| (k.id.clone(), key_json(&k, src)))
+        .collect();
+    page(ctx, items)
+}
+
+fn find_key(ctx: &Ctx<'_>, org: &str, id: &str) -> Option<(KeyRecord, &'static str)> {
+    org_keys(ctx, org).into_iter().find(|(k, _)| k.id == id)
+}
+
+fn get_key(ctx: &Ctx<'_>, org: &str, id: &str) -> Reply {
+    match find_key(ctx, org, id) {
+        Some((k, src)) => Reply::ok(key_json(&k, src)),
+        None => Reply::error(404, "not_found", format!("No key `{id}`.")),
+    }
+}
+
+/// A caller may hand out only roles it holds itself (or any, with `admin:roles:assign_any`).
+fn check_roles(ctx: &Ctx<'_>, roles: &[String]) -> Result<(), Reply> {
+    if ctx.principal.allows("admin:roles:assign_any") {
+        return Ok(());
+    }
+    match roles.iter().find(|r| !ctx.principal.grants.holds(r)) {
+        Some(r) => Err(Reply::error(
+            403,
+            "permission_denied",
+            format!("You cannot grant role `{r}`, which you do not hold."),
+        )),
+        None => Ok(()),
+    }
+}
+
+fn store(ctx: &Ctx<'_>) -> Result<std::sync::Arc<crate::auth::store::FileKeyStore>, Reply> {
+    ctx.shared
+        .keys()
+        .ok_or_else(|| Reply::error(503, "unavailable", "No key store is configured."))
+}
+
+fn created(
+    ctx: &Ctx<'_>,
+    org: &str,
+    key: String,
+    rec: &KeyRecord,
+    action: &'static str,
+    before: Option<Value>,
+) -> Reply {
+    ctx.audit(
+        action,
+        Some(org),
+        format!("key:{}", rec.id),
+        before,
+        Some(redacted(rec)),
+    );
+    let mut v = key_json(rec, "store");
+    v["key"] = json!(key);
+    Reply {
+        status: 201,
+        body: v,
+    }
+}
+
+fn create_key(ctx: &Ctx<'_>, org: &str) -> Reply {
+    let spec: KeySpec = match serde_json::from_slice(ctx.req.body) {
+        Ok(s) => s,
+        Err(e) => {
+            return Reply::error(
+                400,
+                "invalid_request_error",
+                format!("Invalid key spec: {e}"),
+            )
+        }
+    };
+    if let Err(r) = check_roles(ctx, &spec.roles) {
+        return r;
+    }
+    let (key, rec) = match issue(&ctx.live.config, org, spec) {
+        Ok(x) => x,
+        Err(e) => return Reply::error(400, "invalid_request_error", e),
+    };
+    let s = match store(ctx) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    if let Err(e) = s.insert(rec.clone()) {
+        log::error!("key store insert: {e}");
+        return Reply::error(500, "store_error", "The key could not be stored.");
+    }
+    created(ctx, org, key, &rec, "key.create", None)
+}
+
+fn revoke_key(ctx: &Ctx<'_>, org: &str, id: &str) -> Reply {
+    let Some((before, src)) = find_key(ctx, org, id) else {
+        return Reply::error(404, "not_found", format!("No key `{id}`."));
+    };
+    if src == "config" {
+        return Reply::error(
+            409,
+            "managed_by_config",
+            "This key is declared in the config file; remove it there.",
+        );
+    }
+    let s = match store(ctx) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    match s.revoke(id, crate::time::now_unix()) {
+        Ok(Some(after)) => {
+            ctx.audit(
+                "key.revoke",
+                Some(org),
+                format!("key:{id}"),
+                Some(redacted(&before)),
+                Some(redacted(&after)),
+            );
+            Reply::ok(key_json(&after, "store"))
+        }
+        Ok(None) => Reply::error(404, "not_found", format!("No key `{id}`.")),
+        Err(e) => {
+            log::error!("key store revoke: {e}");
+            Reply::error(500, "store_error", "The key could not be revoked.")
+        }
+    }
+}
+
+fn rotate_key(ctx: &Ctx<'_>, org: &str, id: &str) -> Reply {
+    let Some((old, src)) = find_key(ctx, org, id) else {
+        return Reply::error(404, "not_found", format!("No key `{id}`."));
+    };
+    if src == "config" {
+        return Reply::error(
+            409,
+            "managed_by_config",
+            "This key is declared in the config file; rotate it there.",
+        );
+    }
+    if let Err(r) = check_roles(ctx, &old.roles) {
+        return r;
+    }
+    let spec = KeySpec {
+        name: old.name.clone(),
+        team: old.team.clone(),
+        user: old.user.clone(),
+        roles: old.roles.clone(),
+        cost_center: old.cost_center.clone(),
+        models: old.models.clone().unwrap_or_default(),
+        expires_at: None,
+    };
+    let (key, mut rec) = match issue(&ctx.live.config, org, spec) {
+        Ok(x) => x,
+        Err(e) => {
+            return Reply::error(
+                409,
+                "invalid_request_error",
+                format!("The key cannot be re-issued: {e}"),
+            )
+        }
+    };
+    rec.expires_at = old.expires_at;
+    let s = match store(ctx) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    if s.insert(rec.clone()).is_err() || s.revoke(id, crate::time::now_unix()).is_err() {
+        return Reply::error(500, "store_error", "The key could not be rotated.");
+    }
+    created(ctx, org, key, &rec, "key.rotate", Some(redacted(&old)))
+}
+
+fn list_roles(ctx: &Ctx<'_>) -> Reply {
+    let items = ctx
+        .live
+        .config
+        .rbac
+        .roles
+        .values()
+        .map(|r| {
+            (
+                r.name.clone(),
+                json!({"id": r.name, "description": r.description, "permissions": r.declared,
+                       "inherits": r.inherits, "managed_by": "file"}),
+            )
+        })
+        .collect::<std::collections::BTreeMap<_, _>>()
+        .into_iter()
+        .collect();
+    page(ctx, items)
+}
+
+fn list_bindings(ctx: &Ctx<'_>) -> Reply {
+    let all = ctx.principal.allows(ALL_ORGS);
+    let mine = ctx.principal.org.as_ref();
+    let items = ctx
+        .live
+        .config
+        .rbac
+        .bindings()
+        .into_iter()
+        .filter(|b| all || b.org.as_deref() == Some(mine))
+        .enumerate()
+        .map(|(i, b)| {
+            (
+                format!("{i:06}"),
+                json!({"subject": b.subject, "roles": b.roles, "org": b.org, "expires_at": b.expires_at,
+                       "file": b.file.display().to_string(), "managed_by": "file"}),
+            )
+        })
+        .collect();
+    page(ctx, items)
+}
+
+fn reload(ctx: &Ctx<'_>) -> Reply {
+    match ctx.shared.reload() {
+        Ok(generation) => {
+            ctx.audit(
+                "config.reload",
+                None,
+                "config".into(),
+                None,
+                Some(json!({"generation": generation})),
+            );
+            Reply::ok(json!({"reloaded": true, "generation": generation}))
+        }
+        Err(e) => Reply::error(422, "invalid_config", e.to_string()),
+    }
+}

@@ -1,0 +1,396 @@
+//! The admin API (`/admin/v1/*` on the ops plane). One route table drives both dispatch and the
+//! OpenAPI document, so the two cannot drift. Every route names the permission it needs; every
+//! org-scoped route is confined to the caller's org unless it holds `admin:all_orgs`; every write
+//! is audited with before / after (secrets redacted).
+
+mod handlers;
+
+use crate::audit::AuditEvent;
+use crate::auth::Principal;
+use crate::state::{Live, Shared};
+use serde_json::{json, Value};
+
+/// Permission to act on every org, not only the caller's own.
+pub const ALL_ORGS: &str = "admin:all_orgs";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Whoami,
+    ListOrgs,
+    GetOrg,
+    ListTeams,
+    ListCostCenters,
+    ListUsers,
+    ListKeys,
+    CreateKey,
+    GetKey,
+    RevokeKey,
+    RotateKey,
+    ListRoles,
+    ListBindings,
+    Reload,
+}
+
+pub struct Route {
+    pub method: &'static str,
+    pub path: &'static str,
+    /// `None`: any authenticated caller.
+    pub permission: Option<&'static str>,
+    pub op: Op,
+    pub summary: &'static str,
+}
+
+pub const ROUTES: &[Route] = &[
+    Route {
+        method: "GET",
+        path: "/admin/v1/whoami",
+        permission: None,
+        op: Op::Whoami,
+        summary: "The authenticated caller: org, user, key, roles.",
+    },
+    Route {
+        method: "GET",
+        path: "/admin/v1/orgs",
+        permission: Some("admin:orgs:read"),
+        op: Op::ListOrgs,
+        summary: "Orgs the caller may see.",
+    },
+    Route {
+        method: "GET",
+        path: "/admin/v1/orgs/{org}",
+        permission: Some("admin:orgs:read"),
+        op: Op::GetOrg,
+        summary: "One org with its teams and cost centers.",
+    },
+    Route {
+        method: "GET",
+        path: "/admin/v1/orgs/{org}/teams",
+        permission: Some("admin:teams:read"),
+        op: Op::ListTeams,
+        summary: "Teams of an org.",
+    },
+    Route {
+        method: "GET",
+        path: "/admin/v1/orgs/{org}/cost_centers",
+        permission: Some("admin:cost_centers:read"),
+        op: Op::ListCostCenters,
+        summary: "Cost centers of an org.",
+    },
+    Route {
+        method: "GET",
+        path: "/admin/v1/orgs/{org}/users",
+        permission: Some("admin:users:read"),
+        op: Op::ListUsers,
+        summary: "Users of an org (from its keys and bindings).",
+    },
+    Route {
+        method: "GET",
+        path: "/admin/v1/orgs/{org}/keys",
+        permission: Some("admin:keys:read"),
+        op: Op::ListKeys,
+        summary: "Keys of an org, without secrets (paginated: limit, after).",
+    },
+    Route {
+        method: "POST",
+        path: "/admin/v1/orgs/{org}/keys",
+        permission: Some("admin:keys:write"),
+        op: Op::CreateKey,
+        summary: "Create a key; the secret is returned once.",
+    },
+    Route {
+        method: "GET",
+        path: "/admin/v1/orgs/{org}/keys/{id}",
+        permission: Some("admin:keys:read"),
+        op: Op::GetKey,
+        summary: "One key, without its secret.",
+    },
+    Route {
+        method: "POST",
+        path: "/admin/v1/orgs/{org}/keys/{id}/revoke",
+        permission: Some("admin:keys:write"),
+        op: Op::RevokeKey,
+        summary: "Revoke a key; effective on its next request.",
+    },
+    Route {
+        method: "POST",
+        path: "/admin/v1/orgs/{org}/keys/{id}/rotate",
+        permission: Some("admin:keys:write"),
+        op: Op::RotateKey,
+        summary: "Revoke a key and issue a replacement with the same bindings.",
+    },
+    Route {
+        method: "GET",
+        path: "/admin/v1/roles",
+        permission: Some("admin:roles:read"),
+        op: Op::ListRoles,
+        summary: "Roles (file-managed, read-only).",
+    },
+    Route {
+        method: "GET",
+        path: "/admin/v1/bindings",
+        permission: Some("admin:bindings:read"),
+        op: Op::ListBindings,
+        summary: "Role bindings visible to the caller (file-managed, read-only).",
+    },
+    Route {
+        method: "POST",
+        path: "/admin/v1/reload",
+        permission: Some("admin:reload:write"),
+        op: Op::Reload,
+        summary: "Reload the config file now.",
+    },
+];
+
+/// A request as the admin handlers see it.
+pub struct Request<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    pub body: &'a [u8],
+    pub request_id: &'a str,
+    pub client_ip: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub body: Value,
+}
+
+impl Reply {
+    pub fn ok(body: Value) -> Self {
+        Self { status: 200, body }
+    }
+
+    pub fn error(status: u16, code: &str, message: impl Into<String>) -> Self {
+        let kind = match status {
+            401 => "invalid_request_error",
+            403 => "permission_error",
+            404 => "invalid_request_error",
+            _ if status >= 500 => "api_error",
+            _ => "invalid_request_error",
+        };
+        Self {
+            status,
+            body: json!({"error": {"message": message.into(), "type": kind, "param": null, "code": code}}),
+        }
+    }
+}
+
+/// Path parameters matched from a route template.
+pub struct Params<'a> {
+    pub org: Option<&'a str>,
+    pub id: Option<&'a str>,
+}
+
+fn matches<'a>(template: &str, path: &'a str) -> Option<Params<'a>> {
+    let mut t = template.split('/');
+    let mut p = path.trim_end_matches('/').split('/');
+    let mut params = Params {
+        org: None,
+        id: None,
+    };
+    loop {
+        match (t.next(), p.next()) {
+            (None, None) => return Some(params),
+            (Some("{org}"), Some(v)) if !v.is_empty() => params.org = Some(v),
+            (Some("{id}"), Some(v)) if !v.is_empty() => params.id = Some(v),
+            (Some(a), Some(b)) if a == b => {}
+            _ => return None,
+        }
+    }
+}
+
+/// Everything a handler may use.
+pub struct Ctx<'a> {
+    pub shared: &'a Shared,
+    pub live: &'a Live,
+    pub principal: &'a Principal,
+    pub req: &'a Request<'a>,
+}
+
+impl Ctx<'_> {
+    /// Audits a successful write.
+    pub fn audit(
+        &self,
+        action: &'static str,
+        org: Option<&str>,
+        resource: String,
+        before: Option<Value>,
+        after: Option<Value>,
+    ) {
+        self.shared.audit.record(AuditEvent {
+            ts_ms: crate::time::now_unix() * 1000,
+            request_id: self.req.request_id.to_string(),
+            actor: self.principal.actor(),
+            org: org.map(str::to_string),
+            action,
+            resource,
+            outcome: "succeeded",
+            reason: None,
+            before,
+            after,
+            client_ip: self.req.client_ip.clone(),
+            user_agent: self.req.user_agent.clone(),
+        });
+    }
+
+    fn deny(&self, resource: String, reason: &str) {
+        self.shared.audit.record(AuditEvent {
+            ts_ms: crate::time::now_unix() * 1000,
+            request_id: self.req.request_id.to_string(),
+            actor: self.principal.actor(),
+            org: Some(self.principal.org.to_string()),
+            action: "admin.denied",
+            resource,
+            outcome: "denied",
+            reason: Some(reason.to_string()),
+            before: None,
+            after: None,
+            client_ip: self.req.client_ip.clone(),
+            user_agent: self.req.user_agent.clone(),
+        });
+    }
+
+    /// Whether the caller may act inside `org` (which must exist).
+    pub fn may_access_org(&self, org: &str) -> bool {
+        self.live.config.orgs.contains_key(org)
+            && (self.principal.org.as_ref() == org || self.principal.allows(ALL_ORGS))
+    }
+}
+
+/// Dispatches one authenticated admin request.
+pub async fn handle(
+    shared: &Shared,
+    live: &Live,
+    principal: &Principal,
+    req: &Request<'_>,
+) -> Reply {
+    let mut method_mismatch = false;
+    for r in ROUTES {
+        let Some(params) = matches(r.path, req.path) else {
+            continue;
+        };
+        if r.method != req.method {
+            method_mismatch = true;
+            continue;
+        }
+        let ctx = Ctx {
+            shared,
+            live,
+            principal,
+            req,
+        };
+        if let Some(perm) = r.permission {
+            if !principal.allows(perm) {
+                crate::metrics::METRICS
+                    .denials
+                    .with_label_values(&["admin"])
+                    .inc();
+                ctx.deny(format!("{} {}", r.method, r.path), perm);
+                return Reply::error(
+                    403,
+                    "permission_denied",
+                    format!("This needs the `{perm}` permission."),
+                );
+            }
+        }
+        if let Some(org) = params.org {
+            if !ctx.may_access_org(org) {
+                // Another org's resources do not exist for this caller.
+                ctx.deny(format!("org:{org}"), "other org");
+                return Reply::error(404, "not_found", format!("No org `{org}`."));
+            }
+        }
+        return handlers::run(&ctx, r.op, &params).await;
+    }
+    if method_mismatch {
+        Reply::error(405, "method_not_allowed", "Method not allowed on this URL.")
+    } else {
+        Reply::error(404, "unknown_url", "Unknown admin URL.")
+    }
+}
+
+/// The OpenAPI 3 document of `ROUTES`.
+pub fn openapi() -> Value {
+    let mut paths = serde_json::Map::new();
+    for r in ROUTES {
+        let entry = paths.entry(r.path.to_string()).or_insert_with(|| json!({}));
+        let mut params = Vec::new();
+        for (name, desc) in [("org", "Org id"), ("id", "Key id")] {
+            if r.path.contains(&format!("{{{name}}}")) {
+                params.push(json!({"name": name, "in": "path", "required": true, "description": desc, "schema": {"type": "string"}}));
+            }
+        }
+        if r.op == Op::ListKeys {
+            params.push(json!({"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20}}));
+            params.push(json!({"name": "after", "in": "query", "description": "Cursor: the last id of the previous page", "schema": {"type": "string"}}));
+        }
+        let mut op = json!({
+            "summary": r.summary,
+            "operationId": format!("{:?}", r.op),
+            "parameters": params,
+            "security": [{"bearer": []}],
+            "responses": {
+                "200": {"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}},
+                "401": {"$ref": "#/components/responses/Error"},
+                "403": {"$ref": "#/components/responses/Error"},
+                "404": {"$ref": "#/components/responses/Error"}
+            }
+        });
+        if let Some(p) = r.permission {
+            op["x-permission"] = json!(p);
+        }
+        if r.op == Op::CreateKey {
+            op["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/KeySpec"}}}});
+        }
+        entry[r.method.to_ascii_lowercase()] = op;
+    }
+    json!({
+        "openapi": "3.0.3",
+        "info": {"title": "Model Bridge admin API", "version": env!("CARGO_PKG_VERSION")},
+        "paths": paths,
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "description": "A virtual key (mbk_…) or an SSO JWT"}},
+            "responses": {"Error": {"description": "OpenAI-shaped error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}},
+            "schemas": {
+                "Error": {"type": "object", "properties": {"error": {"type": "object", "properties": {
+                    "message": {"type": "string"}, "type": {"type": "string"}, "param": {"type": "string", "nullable": true}, "code": {"type": "string"}}}}},
+                "KeySpec": {"type": "object", "additionalProperties": false, "properties": {
+                    "name": {"type": "string"}, "team": {"type": "string"}, "user": {"type": "string"},
+                    "roles": {"type": "array", "items": {"type": "string"}}, "cost_center": {"type": "string"},
+                    "models": {"type": "array", "items": {"type": "string"}}, "expires_at": {"type": "string", "format": "date-time"}}}
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn route_templates_match() {
+        let p = matches(
+            "/admin/v1/orgs/{org}/keys/{id}/revoke",
+            "/admin/v1/orgs/acme/keys/K1/revoke",
+        )
+        .unwrap();
+        assert_eq!((p.org, p.id), (Some("acme"), Some("K1")));
+        assert!(matches("/admin/v1/orgs/{org}", "/admin/v1/orgs/acme/keys").is_none());
+        assert!(matches("/admin/v1/orgs/{org}", "/admin/v1/orgs/").is_none());
+    }
+
+    #[test]
+    fn openapi_lists_every_route() {
+        let doc = openapi();
+        for r in ROUTES {
+            assert!(
+                doc["paths"][r.path][r.method.to_ascii_lowercase()].is_object(),
+                "{} {}",
+                r.method,
+                r.path
+            );
+        }
+    }
+}
