@@ -91,6 +91,23 @@ impl Shared {
         }))
     }
 
+    fn audit_reload(&self, outcome: &'static str, reason: Option<String>, generation: u64) {
+        self.audit.record(crate::audit::AuditEvent {
+            ts_ms: crate::time::now_unix() * 1000,
+            request_id: String::new(),
+            actor: "system".into(),
+            org: None,
+            action: "config.reload",
+            resource: self.config_path.display().to_string(),
+            outcome,
+            reason,
+            before: None,
+            after: (generation > 0).then(|| serde_json::json!({"generation": generation})),
+            client_ip: None,
+            user_agent: None,
+        });
+    }
+
     /// The key store, if authentication is on.
     pub fn keys(&self) -> Option<Arc<FileKeyStore>> {
         self.keys.load_full()
@@ -145,11 +162,13 @@ impl Shared {
                 self.live.store(Arc::new(Live::new(cfg, generation)));
                 METRICS.config_reloads.with_label_values(&["success"]).inc();
                 METRICS.config_generation.set(generation as i64);
+                self.audit_reload("succeeded", None, generation);
                 log::info!("config reloaded: generation {generation}");
                 Ok(generation)
             }
             Err(e) => {
                 METRICS.config_reloads.with_label_values(&["failure"]).inc();
+                self.audit_reload("failed", Some(e.to_string()), 0);
                 log::error!("config reload rejected, previous config keeps serving:\n{e}");
                 Err(e)
             }

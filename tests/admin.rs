@@ -346,7 +346,13 @@ async fn admin_api_rbac_isolation_lifecycle_and_audit() {
         .filter(|e| e["outcome"] == "succeeded")
         .map(|e| e["action"].as_str().unwrap())
         .collect();
-    for action in ["key.create", "key.rotate", "key.revoke", "config.reload"] {
+    for action in [
+        "key.create",
+        "key.rotate",
+        "key.revoke",
+        "config.reload",
+        "config.reload.request",
+    ] {
         assert!(writes.contains(&action), "{action} not audited: {writes:?}");
     }
     let rotate = events.iter().find(|e| e["action"] == "key.rotate").unwrap();

@@ -391,8 +391,9 @@ fn list_bindings(ctx: &Ctx<'_>) -> Reply {
 fn reload(ctx: &Ctx<'_>) -> Reply {
     match ctx.shared.reload() {
         Ok(generation) => {
+            // Shared::reload audits the reload itself; this event names who asked for it.
             ctx.audit(
-                "config.reload",
+                "config.reload.request",
                 None,
                 "config".into(),
                 None,

@@ -80,6 +80,11 @@ impl Principal {
         self.unrestricted || self.grants.allows(perm)
     }
 
+    /// Endpoint permission `i` (see `rbac::ENDPOINT_PERMISSIONS`), precompiled.
+    pub fn allows_endpoint(&self, i: usize) -> bool {
+        self.unrestricted || self.grants.allows_endpoint(i)
+    }
+
     /// Actor name for audit events: key id, else user, else anonymous.
     pub fn actor(&self) -> String {
         match (&self.key_id, &self.user) {

@@ -137,7 +137,7 @@ pub fn authorize_endpoint(
     ctx: &Ctx,
     endpoint: Endpoint,
 ) -> Result<(), GatewayError> {
-    if ctx.principal.allows(endpoint.permission()) {
+    if ctx.principal.allows_endpoint(endpoint.index()) {
         return Ok(());
     }
     METRICS.denials.with_label_values(&["endpoint"]).inc();

@@ -69,6 +69,16 @@ impl Patterns {
     }
 }
 
+/// Data-plane endpoint permissions, decided per role at load (index = `Endpoint::index()`).
+pub const ENDPOINT_PERMISSIONS: [&str; 6] = [
+    "endpoint:chat_completions",
+    "endpoint:completions",
+    "endpoint:embeddings",
+    "endpoint:responses",
+    "endpoint:models",
+    "endpoint:passthrough",
+];
+
 #[derive(Debug)]
 pub struct Role {
     pub name: String,
@@ -82,6 +92,8 @@ pub struct Role {
     pub inherits: Vec<String>,
     /// This role and every role it inherits, transitively.
     pub closure: HashSet<String>,
+    /// Bit i: `ENDPOINT_PERMISSIONS[i]` allowed.
+    endpoints: u8,
 }
 
 #[derive(Debug, Clone)]
@@ -124,6 +136,11 @@ impl Grants {
 
     pub fn allows(&self, perm: &str) -> bool {
         self.0.iter().any(|r| r.patterns.allows(perm))
+    }
+
+    /// Endpoint `i` of `ENDPOINT_PERMISSIONS`, decided at load: no string work per request.
+    pub fn allows_endpoint(&self, i: usize) -> bool {
+        self.0.iter().any(|r| r.endpoints & (1 << i) != 0)
     }
 
     /// Whether `role` is among the held roles or inherited by one of them.
@@ -236,6 +253,11 @@ impl Rbac {
                 .filter(|a| patterns.allows(&format!("model:invoke:{a}")))
                 .map(|a| a.to_string())
                 .collect();
+            let endpoints = ENDPOINT_PERMISSIONS
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| patterns.allows(p))
+                .fold(0u8, |m, (i, _)| m | (1 << i));
             let (raw, _) = &raw_roles[name];
             rbac.roles.insert(
                 name.clone(),
@@ -247,6 +269,7 @@ impl Rbac {
                     declared: raw.permissions.clone(),
                     inherits: raw.inherits.clone(),
                     closure,
+                    endpoints,
                 }),
             );
         }

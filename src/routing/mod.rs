@@ -55,16 +55,21 @@ impl Endpoint {
         }
     }
 
+    /// Position in `rbac::ENDPOINT_PERMISSIONS`.
+    pub fn index(self) -> usize {
+        match self {
+            Endpoint::ChatCompletions => 0,
+            Endpoint::Completions => 1,
+            Endpoint::Embeddings => 2,
+            Endpoint::Responses => 3,
+            Endpoint::Models => 4,
+            Endpoint::Passthrough => 5,
+        }
+    }
+
     /// The RBAC permission for calling this endpoint.
     pub fn permission(self) -> &'static str {
-        match self {
-            Endpoint::ChatCompletions => "endpoint:chat_completions",
-            Endpoint::Completions => "endpoint:completions",
-            Endpoint::Embeddings => "endpoint:embeddings",
-            Endpoint::Responses => "endpoint:responses",
-            Endpoint::Models => "endpoint:models",
-            Endpoint::Passthrough => "endpoint:passthrough",
-        }
+        crate::rbac::ENDPOINT_PERMISSIONS[self.index()]
     }
 
     /// Whether a streamed response needs `stream_options.include_usage` to report usage.
