@@ -21,7 +21,7 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 
 trap cleanup EXIT
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-MOCK=$(port); NGX=$(port); GW=$(port); OPS=$(port)
+MOCK=$(port); NGX=$(port); GW=$(port); OPS=$(port); GWA=$(port); OPSA=$(port)
 wait_port() { for _ in $(seq 200); do (echo > /dev/tcp/127.0.0.1/$1) 2>/dev/null && return; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
 
 taskset -c 1 ./target/release/mock-openai --listen 127.0.0.1:$MOCK --threads 1 --chunks 8 >/dev/null 2>&1 &
@@ -72,11 +72,29 @@ model = "mock-1"
 TOML
 RUST_LOG=warn taskset -c 0 ./target/release/model-bridge serve --config "$WORK/gateway.toml" >"$WORK/gw.log" 2>&1 &
 pids+=($!)
-wait_port $MOCK; wait_port $NGX; wait_port $GW
+
+# The same gateway with authentication on: a virtual key, RBAC from policies/, an org.
+sed -e "s/127.0.0.1:$GW/127.0.0.1:$GWA/; s/127.0.0.1:$OPS/127.0.0.1:$OPSA/; s#usage.jsonl#usage-auth.jsonl#" "$WORK/gateway.toml" > "$WORK/gateway-auth.toml"
+cat >> "$WORK/gateway-auth.toml" <<TOML
+[auth]
+key_store = "keys.json"
+policies = "$PWD/policies"
+[audit]
+path = "$WORK/audit.jsonl"
+[orgs.bench]
+[orgs.bench.cost_centers.cc]
+TOML
+KEY=$(./target/release/model-bridge keys create --config "$WORK/gateway-auth.toml" --org bench --role invoker --cost-center cc 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])')
+export MB_KEY=$KEY
+RUST_LOG=warn taskset -c 0 ./target/release/model-bridge serve --config "$WORK/gateway-auth.toml" >"$WORK/gwa.log" 2>&1 &
+pids+=($!)
+wait_port $MOCK; wait_port $NGX; wait_port $GW; wait_port $GWA
 
 cat > "$WORK/post.lua" <<'LUA'
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
+local key = os.getenv("MB_KEY")
+if key then wrk.headers["Authorization"] = "Bearer " .. key end
 wrk.body = '{"model":"gpt-4o-mini","messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"Write one sentence about gateways."}],"temperature":0.2}'
 done = function(summary, latency, requests)
   io.write(string.format("RESULT %.1f %.1f %.1f %d\n", summary.requests / (summary.duration / 1e6),
@@ -89,14 +107,14 @@ run() { # name port conc -> "rps p50 p99 errors"
 }
 
 # Warm up every path (connection pools, caches).
-for p in $MOCK $NGX $GW; do taskset -c 1 wrk -t1 -c8 -d2s -s "$WORK/post.lua" "http://127.0.0.1:$p/v1/chat/completions" >/dev/null 2>&1; done
+for p in $MOCK $NGX $GW $GWA; do taskset -c 1 wrk -t1 -c8 -d2s -s "$WORK/post.lua" "http://127.0.0.1:$p/v1/chat/completions" >/dev/null 2>&1; done
 
 for c in $CONCS; do
   echo "== non-streaming chat, concurrency $c, ${DUR}s each (latency in us)"
   printf "%-10s %12s %10s %10s %8s\n" target rps p50_us p99_us errors
   declare -A R
-  for t in direct nginx gateway; do
-    case $t in direct) p=$MOCK;; nginx) p=$NGX;; gateway) p=$GW;; esac
+  for t in direct nginx gateway gw+auth; do
+    case $t in direct) p=$MOCK;; nginx) p=$NGX;; gateway) p=$GW;; gw+auth) p=$GWA;; esac
     R[$t]=$(run $t $p $c)
     read -r rps p50 p99 err <<<"${R[$t]}"
     printf "%-10s %12.0f %10.1f %10.1f %8s\n" $t "$rps" "$p50" "$p99" "$err"
@@ -104,8 +122,10 @@ for c in $CONCS; do
   read -r drps dp50 _ _ <<<"${R[direct]}"
   read -r nrps np50 _ _ <<<"${R[nginx]}"
   read -r grps gp50 _ _ <<<"${R[gateway]}"
-  awk -v g="$grps" -v n="$nrps" -v gp="$gp50" -v dp="$dp50" -v np="$np50" 'BEGIN {
-    printf "gateway/nginx rps ratio: %.2f   gateway added p50: %.1f us   nginx added p50: %.1f us\n", g/n, gp-dp, np-dp }'
+  read -r arps ap50 _ _ <<<"${R[gw+auth]}"
+  awk -v g="$grps" -v n="$nrps" -v gp="$gp50" -v dp="$dp50" -v np="$np50" -v a="$arps" -v ap="$ap50" 'BEGIN {
+    printf "gateway/nginx rps ratio: %.2f   gateway added p50: %.1f us   nginx added p50: %.1f us\n", g/n, gp-dp, np-dp
+    printf "auth on vs off: throughput %+.1f%%   p50 %+.1f us\n", (a/g-1)*100, ap-gp }'
 done
 rows=$(wc -l < "$WORK/usage.jsonl")
 echo "gateway wrote $rows usage records; RSS $(ps -o rss= -p "${pids[2]}" | tr -d ' ') KiB"
