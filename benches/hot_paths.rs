@@ -78,8 +78,9 @@ fn auth(c: &mut Criterion) {
     use model_bridge::rbac::Rbac;
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let store = FileKeyStore::open(&dir.path().join("keys.json")).unwrap_or_else(|e| panic!("{e}"));
-    let roles = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/policies/roles.toml"))
-        .unwrap_or_default();
+    let roles =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/policies/roles.toml"))
+            .unwrap_or_default();
     let aliases: Vec<String> = (0..50).map(|i| format!("model-{i}")).collect();
     let alias_refs: Vec<&str> = aliases.iter().map(String::as_str).collect();
     let rbac = Rbac::compile(&[("roles.toml".into(), roles)], &alias_refs).unwrap_or_default();
@@ -87,21 +88,34 @@ fn auth(c: &mut Criterion) {
     for i in 0..1000 {
         let (k, id, hash) = keys::generate();
         let rec = keys::KeyRecord {
-            id, hash, name: None, org: "acme".into(), team: Some("ml".into()), user: Some(format!("u{i}")),
-            roles: vec!["developer".into()], cost_center: None, models: None, created_at: 0,
-            expires_at: None, revoked_at: None,
+            id,
+            hash,
+            name: None,
+            org: "acme".into(),
+            team: Some("ml".into()),
+            user: Some(format!("u{i}")),
+            roles: vec!["developer".into()],
+            cost_center: None,
+            models: None,
+            created_at: 0,
+            expires_at: None,
+            revoked_at: None,
         };
         let _ = store.insert(rec);
         key = k;
     }
     let config_keys = Default::default();
-    c.bench_function("auth: key lookup + verify + principal + RBAC decision (warm)", |b| {
-        b.iter(|| {
-            let rec = auth::authenticate_key(black_box(&key), &config_keys, &store, 1).unwrap_or_else(|_| panic!("auth"));
-            let p = auth::key_principal(&rec, &rbac, 1);
-            black_box(p.can_invoke("model-7") && p.allows_endpoint(0))
-        })
-    });
+    c.bench_function(
+        "auth: key lookup + verify + principal + RBAC decision (warm)",
+        |b| {
+            b.iter(|| {
+                let rec = auth::authenticate_key(black_box(&key), &config_keys, &store, 1)
+                    .unwrap_or_else(|_| panic!("auth"));
+                let p = auth::key_principal(&rec, &rbac, 1);
+                black_box(p.can_invoke("model-7") && p.allows_endpoint(0))
+            })
+        },
+    );
 }
 
 criterion_group!(benches, rewrite, sse, json_usage, auth);

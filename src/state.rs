@@ -17,6 +17,10 @@ pub struct Live {
     pub generation: u64,
     /// Pre-rendered `GET /v1/models` answer.
     pub models_json: Bytes,
+    /// Key principals computed against this generation's RBAC.
+    pub principals: crate::auth::PrincipalCache,
+    /// The caller when authentication is off.
+    pub anonymous: Arc<crate::auth::Principal>,
 }
 
 impl Live {
@@ -26,6 +30,8 @@ impl Live {
             config,
             generation,
             models_json,
+            principals: Default::default(),
+            anonymous: Arc::new(crate::auth::Principal::anonymous()),
         }
     }
 }

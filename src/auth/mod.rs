@@ -143,24 +143,73 @@ pub fn authenticate_key(
 
 /// The principal of an authenticated key.
 pub fn key_principal(rec: &KeyRecord, rbac: &Rbac, now: u64) -> Principal {
+    key_principal_until(rec, rbac, now).0
+}
+
+/// `key_principal`, and until when it holds (the first expiry of a binding it used).
+pub fn key_principal_until(rec: &KeyRecord, rbac: &Rbac, now: u64) -> (Principal, Option<u64>) {
     let mut subjects = vec![format!("key:{}", rec.id)];
     if let Some(u) = &rec.user {
         subjects.push(format!("user:{u}"));
     }
-    Principal {
+    let (grants, until) = rbac.grants_until(
+        rec.roles.iter().map(String::as_str),
+        &subjects,
+        &rec.org,
+        now,
+    );
+    let p = Principal {
         org: Arc::from(rec.org.as_str()),
         team: rec.team.as_deref().map(Arc::from),
         user: rec.user.as_deref().map(Arc::from),
         key_id: Some(Arc::from(rec.id.as_str())),
         cost_center: rec.cost_center.as_deref().map(Arc::from),
         models: rec.models.as_ref().map(|m| Arc::from(m.as_slice())),
-        grants: rbac.grants(
-            rec.roles.iter().map(String::as_str),
-            &subjects,
-            &rec.org,
-            now,
-        ),
+        grants,
         unrestricted: false,
+    };
+    (p, until)
+}
+
+/// Principals of keys, computed once per key and config generation. An entry is used only
+/// while its key record is the very one the store holds (any change to the key — revocation,
+/// rotation — replaces the record) and before the first expiry of a binding it used.
+pub struct PrincipalCache {
+    cache: moka::sync::Cache<String, Arc<CachedPrincipal>>,
+}
+
+pub struct CachedPrincipal {
+    record: Arc<KeyRecord>,
+    until: Option<u64>,
+    principal: Arc<Principal>,
+}
+
+impl Default for PrincipalCache {
+    fn default() -> Self {
+        Self {
+            cache: moka::sync::Cache::new(100_000),
+        }
+    }
+}
+
+impl PrincipalCache {
+    pub fn get(&self, rec: &Arc<KeyRecord>, rbac: &Rbac, now: u64) -> Arc<Principal> {
+        if let Some(c) = self.cache.get(&rec.id) {
+            if Arc::ptr_eq(&c.record, rec) && c.until.is_none_or(|u| now < u) {
+                return c.principal.clone();
+            }
+        }
+        let (p, until) = key_principal_until(rec, rbac, now);
+        let p = Arc::new(p);
+        self.cache.insert(
+            rec.id.clone(),
+            Arc::new(CachedPrincipal {
+                record: rec.clone(),
+                until,
+                principal: p.clone(),
+            }),
+        );
+        p
     }
 }
 

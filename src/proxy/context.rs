@@ -20,7 +20,7 @@ pub struct Ctx {
     pub alias: Option<Arc<str>>,
     pub ttft: Option<Duration>,
     pub usage: Option<(Usage, UsageSource)>,
-    pub principal: Principal,
+    pub principal: std::sync::Arc<Principal>,
     pub record: UsageRecord,
 }
 
@@ -35,6 +35,7 @@ impl Ctx {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
         let generation = live.generation;
+        let principal = live.anonymous.clone();
         Self {
             started: Instant::now(),
             live,
@@ -42,7 +43,7 @@ impl Ctx {
             alias: None,
             ttft: None,
             usage: None,
-            principal: Principal::anonymous(),
+            principal,
             record: UsageRecord {
                 ts_ms,
                 request_id: new_request_id(),

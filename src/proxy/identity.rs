@@ -11,6 +11,7 @@ use crate::metrics::METRICS;
 use crate::routing::{Endpoint, ModelRoute};
 use crate::state::{Live, Shared};
 use pingora_core::protocols::http::ServerSession;
+use std::sync::Arc;
 
 fn header<'a>(s: &'a ServerSession, name: &str) -> Option<&'a str> {
     s.get_header(name).and_then(|v| v.to_str().ok())
@@ -46,7 +47,7 @@ pub async fn principal_of(
     live: &Live,
     fetch: &dyn crate::auth::jwt::JwksFetch,
     cred: Option<&str>,
-) -> Result<Option<Principal>, AuthFailure> {
+) -> Result<Option<Arc<Principal>>, AuthFailure> {
     let (Some(a), Some(store)) = (&live.config.auth, shared.keys()) else {
         return Ok(None);
     };
@@ -56,10 +57,10 @@ pub async fn principal_of(
         (None, _) => Err(AuthFailure::Missing),
         (Some(c), Some(jwt)) if JwtVerifier::looks_like_jwt(c) => {
             let id = jwt.verify(c, fetch).await?;
-            auth::jwt_principal(&id, &cfg.orgs, &cfg.rbac, now).map(Some)
+            auth::jwt_principal(&id, &cfg.orgs, &cfg.rbac, now).map(|p| Some(Arc::new(p)))
         }
         (Some(c), _) => auth::authenticate_key(c, &a.keys, store.as_ref(), now)
-            .map(|rec| Some(auth::key_principal(&rec, &cfg.rbac, now))),
+            .map(|rec| Some(live.principals.get(&rec, &cfg.rbac, now))),
     }
 }
 
@@ -77,7 +78,7 @@ pub async fn authenticate(
         s.get_header("api-key").map(|v| v.as_bytes()),
     );
     let principal = match principal_of(shared, &live, fetch, cred).await {
-        Ok(p) => p.unwrap_or_else(Principal::anonymous),
+        Ok(p) => p.unwrap_or_else(|| live.anonymous.clone()),
         Err(f) => {
             METRICS.auth_failures.with_label_values(&[f.label()]).inc();
             // The key id (never the secret) helps trace probing of a known key.

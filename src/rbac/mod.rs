@@ -335,24 +335,36 @@ impl Rbac {
         org: &str,
         now: u64,
     ) -> Grants {
+        self.grants_until(own, subjects, org, now).0
+    }
+
+    /// `grants`, and the first time (Unix seconds) at which a binding it used expires: the
+    /// decision may be cached until then.
+    pub fn grants_until<'a>(
+        &self,
+        own: impl IntoIterator<Item = &'a str>,
+        subjects: &[String],
+        org: &str,
+        now: u64,
+    ) -> (Grants, Option<u64>) {
         let mut names: Vec<&str> = own.into_iter().collect();
+        let mut until: Option<u64> = None;
         for s in subjects {
             for b in self.bindings.get(s).into_iter().flatten() {
                 let live = b.expires_at.is_none_or(|e| now < e);
                 let in_org = b.org.as_deref().is_none_or(|o| o == org);
                 if live && in_org {
                     names.extend(b.roles.iter().map(String::as_str));
+                    if let Some(e) = b.expires_at {
+                        until = Some(until.map_or(e, |u| u.min(e)));
+                    }
                 }
             }
         }
         names.sort_unstable();
         names.dedup();
-        Grants(
-            names
-                .iter()
-                .filter_map(|n| self.roles.get(*n).cloned())
-                .collect(),
-        )
+        let roles = names.iter().filter_map(|n| self.roles.get(*n).cloned());
+        (Grants(roles.collect()), until)
     }
 
     pub fn bindings(&self) -> Vec<&Binding> {
