@@ -105,17 +105,19 @@ fn auth(c: &mut Criterion) {
         key = k;
     }
     let config_keys = Default::default();
-    c.bench_function(
-        "auth: key lookup + verify + principal + RBAC decision (warm)",
-        |b| {
-            b.iter(|| {
-                let rec = auth::authenticate_key(black_box(&key), &config_keys, &store, 1)
-                    .unwrap_or_else(|_| panic!("auth"));
-                let p = auth::key_principal(&rec, &rbac, 1);
-                black_box(p.can_invoke("model-7") && p.allows_endpoint(0))
-            })
-        },
-    );
+    let cache = auth::PrincipalCache::default();
+    c.bench_function("auth: verify key + cached principal + RBAC decision", |b| {
+        b.iter(|| {
+            let rec = auth::authenticate_key(black_box(&key), &config_keys, &store, 1)
+                .unwrap_or_else(|_| panic!("auth"));
+            let p = cache.get(&rec, &rbac, 1);
+            black_box(p.can_invoke("model-7") && p.allows_endpoint(0))
+        })
+    });
+    let rec = store.list(None).pop().unwrap_or_else(|| panic!("no key"));
+    c.bench_function("auth: principal computed uncached", |b| {
+        b.iter(|| black_box(auth::key_principal(&rec, &rbac, 1)))
+    });
 }
 
 criterion_group!(benches, rewrite, sse, json_usage, auth);
