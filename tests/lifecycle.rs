@@ -259,3 +259,21 @@ async fn sigterm_drains_in_flight_streams() {
     let rec = g.record(&rid);
     assert_eq!(rec["completion_tokens"], 20, "usage flushed before exit");
 }
+
+#[test]
+fn shipped_configs_pass_check() {
+    for (file, env) in [
+        ("config/dev.toml", None),
+        ("config/gateway.toml", Some(("OPENAI_API_KEY", "sk-test"))),
+        ("config/auth-example.toml", None),
+    ] {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_model-bridge"));
+        cmd.args(["check", "--config"])
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/").to_string() + file);
+        if let Some((k, v)) = env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{file}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
