@@ -274,6 +274,48 @@ fn shipped_configs_pass_check() {
             cmd.env(k, v);
         }
         let out = cmd.output().unwrap();
-        assert!(out.status.success(), "{file}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{file}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
+}
+
+#[test]
+fn readme_policy_example_compiles_and_decides() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let start = readme
+        .find("[roles.analyst]")
+        .expect("policy example in README");
+    let block = &readme[start..start + readme[start..].find("```").unwrap()];
+    let roles =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/policies/roles.toml"))
+            .unwrap();
+    let rbac = model_bridge::rbac::Rbac::compile(
+        &[
+            ("roles.toml".into(), roles),
+            ("README.toml".into(), block.to_string()),
+        ],
+        &["gpt-4o-mini", "gpt-4o"],
+    )
+    .unwrap_or_else(|e| panic!("{e:?}"));
+    let analyst = rbac.grants(["analyst"], &[], "acme", 0);
+    assert!(analyst.can_invoke("gpt-4o-mini") && !analyst.can_invoke("gpt-4o"));
+    assert!(
+        analyst.allows("attribution:override"),
+        "inherited from finance"
+    );
+    let group = rbac.grants([], &["group:ml-engineers".to_string()], "acme", 0);
+    assert!(group.can_invoke("gpt-4o") && group.allows("endpoint:passthrough"));
+    let other_org = rbac.grants([], &["group:ml-engineers".to_string()], "globex", 0);
+    assert!(!other_org.can_invoke("gpt-4o"));
+    let expired = rbac.grants(
+        [],
+        &["group:ml-engineers".to_string()],
+        "acme",
+        1_900_000_000,
+    );
+    assert!(!expired.can_invoke("gpt-4o"));
 }

@@ -120,7 +120,7 @@ fn list_cost_centers(ctx: &Ctx<'_>, org: &str) -> Reply {
         .map(|(id, c)| {
             (
                 id.clone(),
-                json!({"id": id, "org": org, "name": c.name, "department": c.department}),
+                json!({"id": id, "org": org, "name": c.name, "department": c.department, "monthly_budget_usd": c.monthly_budget_usd}),
             )
         })
         .collect();

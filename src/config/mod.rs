@@ -113,6 +113,7 @@ impl std::fmt::Debug for AuthSettings {
 pub struct CostCenter {
     pub name: Option<String>,
     pub department: Option<String>,
+    pub monthly_budget_usd: Option<f64>,
 }
 
 #[derive(Debug, Clone)]
@@ -435,6 +436,16 @@ fn validate_orgs(raw: &RawConfig, err: &mut dyn FnMut(&str, String)) -> BTreeMap
                 format!("unknown cost center `{cc}` in org `{id}`"),
             );
         }
+        for (cc, c) in &o.cost_centers {
+            if c.monthly_budget_usd
+                .is_some_and(|b| !b.is_finite() || b < 0.0)
+            {
+                err(
+                    &format!("orgs.{id}.cost_centers.{cc}.monthly_budget_usd"),
+                    "must be a non-negative number".into(),
+                );
+            }
+        }
         for (t, team) in &o.teams {
             if let Some(cc) = team.default_cost_center.as_deref().filter(|cc| !has_cc(cc)) {
                 err(
@@ -470,6 +481,7 @@ fn validate_orgs(raw: &RawConfig, err: &mut dyn FnMut(&str, String)) -> BTreeMap
                             CostCenter {
                                 name: c.name.clone(),
                                 department: c.department.clone(),
+                                monthly_budget_usd: c.monthly_budget_usd,
                             },
                         )
                     })

@@ -185,6 +185,9 @@ pub struct RawCostCenter {
     pub name: Option<String>,
     #[serde(default)]
     pub department: Option<String>,
+    /// Budget per calendar month (UTC), in USD; enforced by the limits work.
+    #[serde(default)]
+    pub monthly_budget_usd: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
