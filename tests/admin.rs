@@ -102,9 +102,9 @@ async fn admin_api_rbac_isolation_lifecycle_and_audit() {
     let (admin_b, _) = cli_key(&g, &["--org", "b", "--role", "org-admin"]);
     let (root, _) = cli_key(&g, &["--org", "a", "--role", "super-admin"]);
     let (invoker, _) = cli_key(&g, &["--org", "a", "--role", "invoker"]);
-    // The store file was written by another process: wait until the gateway has it.
+    // The store file was written by another process: wait until the gateway has the last key.
     for _ in 0..200 {
-        if admin(&g, Some(&root), "GET", "/admin/v1/whoami", None)
+        if admin(&g, Some(&invoker), "GET", "/admin/v1/whoami", None)
             .await
             .0
             == 200
@@ -362,4 +362,49 @@ async fn admin_api_rbac_isolation_lifecycle_and_audit() {
     for s in [&secret, &new_secret, &admin_a, &root] {
         assert!(!audit.contains(s.as_str()) && !g.log_text().contains(s.as_str()));
     }
+}
+
+#[tokio::test]
+async fn keys_created_through_the_api_survive_a_crash() {
+    let (mut g, _dir) = start();
+    let (root, _) = cli_key(&g, &["--org", "a", "--role", "super-admin"]);
+    for _ in 0..200 {
+        if admin(&g, Some(&root), "GET", "/admin/v1/whoami", None)
+            .await
+            .0
+            == 200
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    let (_, kept) = admin(
+        &g,
+        Some(&root),
+        "POST",
+        "/admin/v1/orgs/a/keys",
+        Some(json!({"roles": ["invoker"]})),
+    )
+    .await;
+    let (_, gone) = admin(
+        &g,
+        Some(&root),
+        "POST",
+        "/admin/v1/orgs/a/keys",
+        Some(json!({"roles": ["invoker"]})),
+    )
+    .await;
+    let gone_id = gone["id"].as_str().unwrap();
+    let (s, _) = admin(
+        &g,
+        Some(&root),
+        "POST",
+        &format!("/admin/v1/orgs/a/keys/{gone_id}/revoke"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200);
+    g.crash_and_restart();
+    assert_eq!(chat_status(&g, kept["key"].as_str().unwrap()).await, 200);
+    assert_eq!(chat_status(&g, gone["key"].as_str().unwrap()).await, 401);
 }

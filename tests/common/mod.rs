@@ -139,6 +139,31 @@ impl Gateway {
         Self::start_with(&[], "")
     }
 
+    fn spawn(config: &Path, log: &Path) -> Child {
+        let logf = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        Command::new(env!("CARGO_BIN_EXE_model-bridge"))
+            .args(["serve", "--config"])
+            .arg(config)
+            .env("MB_TEST_PROVIDER_KEY", PROVIDER_KEY)
+            .env("RUST_LOG", "info")
+            .stdout(logf.try_clone().unwrap())
+            .stderr(logf)
+            .spawn()
+            .expect("start gateway")
+    }
+
+    /// Kills the gateway without warning (a crash) and starts it again on the same config.
+    pub fn crash_and_restart(&mut self) {
+        let _ = self.proc.0.kill();
+        let _ = self.proc.0.wait();
+        self.proc = Proc(Self::spawn(&self.config, &self.log));
+        self.wait_ready();
+    }
+
     pub fn start_with(mock_args: &[&str], extra: &str) -> Gateway {
         let mock = Mock::start(mock_args);
         let dir = tempfile::tempdir().expect("tempdir");
@@ -148,16 +173,7 @@ impl Gateway {
         let config = dir.path().join("gateway.toml");
         std::fs::write(&config, config_text(port, ops, &mock.url(), &usage, extra)).unwrap();
         let log = dir.path().join("gateway.log");
-        let logf = std::fs::File::create(&log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_model-bridge"))
-            .args(["serve", "--config"])
-            .arg(&config)
-            .env("MB_TEST_PROVIDER_KEY", PROVIDER_KEY)
-            .env("RUST_LOG", "info")
-            .stdout(logf.try_clone().unwrap())
-            .stderr(logf)
-            .spawn()
-            .expect("start gateway");
+        let child = Self::spawn(&config, &log);
         let g = Gateway {
             port,
             ops,
