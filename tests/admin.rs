@@ -335,12 +335,19 @@ async fn admin_api_rbac_isolation_lifecycle_and_audit() {
     );
 
     // Audit of every write, without secrets.
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    let audit = std::fs::read_to_string(g.dir.path().join("audit.jsonl")).unwrap();
-    let events: Vec<Value> = audit
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let audit_path = g.dir.path().join("audit.jsonl");
+    let wanted = [
+        "key.create",
+        "key.rotate",
+        "key.revoke",
+        "config.reload",
+        "config.reload.request",
+        "admin.denied",
+    ];
+    let events = wait_lines(&audit_path, |ev| {
+        wanted.iter().all(|a| ev.iter().any(|e| e["action"] == *a))
+    });
+    let audit = std::fs::read_to_string(&audit_path).unwrap();
     let writes: Vec<&str> = events
         .iter()
         .filter(|e| e["outcome"] == "succeeded")

@@ -164,10 +164,6 @@ async fn keys_tenancy_rbac_attribution_and_audit() {
         &g,
         &["--org", "a", "--user", "old@a.test", "--role", "invoker"],
     );
-    let (k_listed, _) = create_key(
-        &g,
-        &["--org", "a", "--role", "invoker", "--model", "gpt-4o-mini"],
-    );
     let (k_expired, _) = create_key(
         &g,
         &[
@@ -178,6 +174,11 @@ async fn keys_tenancy_rbac_attribution_and_audit() {
             "--expires-at",
             "2021-01-01T00:00:00Z",
         ],
+    );
+    // Created last, so waiting for it below means every earlier key is loaded too.
+    let (k_listed, _) = create_key(
+        &g,
+        &["--org", "a", "--role", "invoker", "--model", "gpt-4o-mini"],
     );
     for k in [&ka, &ka_ml, &kb, &k_mini, &k_alice, &k_old, &k_listed] {
         wait_key(&g, k).await;
@@ -350,12 +351,12 @@ async fn keys_tenancy_rbac_attribution_and_audit() {
     }
 
     // Audit: failures and denials, never secrets; no secret anywhere on disk or in logs.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let audit = std::fs::read_to_string(g.dir.path().join("audit.jsonl")).unwrap();
-    let events: Vec<Value> = audit
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let audit_path = g.dir.path().join("audit.jsonl");
+    let events = wait_lines(&audit_path, |ev| {
+        ev.iter()
+            .any(|e| e["action"] == "auth.failed" && e["reason"] == "revoked")
+    });
+    let audit = std::fs::read_to_string(&audit_path).unwrap();
     assert!(events
         .iter()
         .any(|e| e["action"] == "auth.failed" && e["reason"] == "expired"));

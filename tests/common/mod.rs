@@ -285,3 +285,22 @@ pub fn mock_usage(r: &reqwest::Response) -> (u64, u64, u64) {
 pub fn fnv1a(bytes: &[u8]) -> String {
     format!("{:016x}", model_bridge::mock::fnv1a(bytes))
 }
+
+/// JSON lines of `path`, re-read until `done` holds for them (at most 10 s).
+pub fn wait_lines(
+    path: &Path,
+    done: impl Fn(&[serde_json::Value]) -> bool,
+) -> Vec<serde_json::Value> {
+    let start = Instant::now();
+    loop {
+        let lines: Vec<serde_json::Value> = std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        if done(&lines) || start.elapsed() > Duration::from_secs(10) {
+            return lines;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
