@@ -107,15 +107,6 @@ impl Ctx {
         let provider = r.provider.as_deref().unwrap_or("none");
         let endpoint = r.endpoint;
         METRICS
-            .requests
-            .with_label_values(&[
-                endpoint,
-                model,
-                provider,
-                status_class(r.status, r.cancelled),
-            ])
-            .inc();
-        METRICS
             .request_duration
             .with_label_values(&[endpoint, model])
             .observe(elapsed.as_secs_f64());
@@ -137,6 +128,16 @@ impl Ctx {
                 METRICS.tokens.with_label_values(&[model, kind]).inc_by(n);
             }
         }
+        // Counted last: a request that shows in requests_total has all its other metrics.
+        METRICS
+            .requests
+            .with_label_values(&[
+                endpoint,
+                model,
+                provider,
+                status_class(r.status, r.cancelled),
+            ])
+            .inc();
         shared.sink.submit(self.record);
     }
 }
