@@ -69,7 +69,8 @@ def sso(tmp_path_factory, idp, keys):
     (policies / "roles.toml").write_text((ROOT / "policies" / "roles.toml").read_text())
     (policies / "bindings.toml").write_text(
         '[[bindings]]\nsubject = "group:ml-eng"\nroles = ["invoker"]\norg = "a"\n\n'
-        '[[bindings]]\nsubject = "group:ops"\nroles = ["invoker"]\norg = "b"\n')
+        '[[bindings]]\nsubject = "group:ops"\nroles = ["invoker"]\norg = "b"\n\n'
+        '[[bindings]]\nsubject = "group:a-admins"\nroles = ["org-admin"]\norg = "a"\n')
     extra = f"""
 [auth]
 key_store = "keys.json"
@@ -84,7 +85,9 @@ hs256_secret = "{SECRET}"
 leeway_s = 5
 
 [orgs.a]
+[orgs.a.cost_centers.a-cc]
 [orgs.b]
+[orgs.b.cost_centers.b-cc]
 
 [models."a-private"]
 provider = "mock"
@@ -160,3 +163,26 @@ def test_groups_bind_roles_and_orgs_isolate(sso, keys):
     assert chat(sso, b_token).parse().choices
     with pytest.raises(openai.NotFoundError):
         chat(sso, b_token, model="a-private")
+
+
+def test_jwt_admin_is_confined_to_its_org(sso, keys):
+    import httpx
+    tok = token(keys["rsa"], "RS256", kid="rsa-1", groups=["a-admins"])
+    ops = f"http://127.0.0.1:{sso.ops}/admin/v1"
+    h = {"Authorization": f"Bearer {tok}"}
+    with httpx.Client() as c:
+        who = c.get(f"{ops}/whoami", headers=h).json()
+        assert who["org"] == "a" and who["user"] == "ann@a.test" and "org-admin" in who["roles"]
+        assert c.get(f"{ops}/orgs/a/keys", headers=h).status_code == 200
+        made = c.post(f"{ops}/orgs/a/keys", headers=h, json={"roles": ["invoker"]})
+        assert made.status_code == 201 and made.json()["key"].startswith("mbk_")
+        for method, path in [("GET", "/orgs/b"), ("GET", "/orgs/b/keys"), ("POST", "/orgs/b/keys"),
+                             ("GET", "/orgs/b/cost_centers")]:
+            r = c.request(method, f"{ops}{path}", headers=h, json={"roles": []} if method == "POST" else None)
+            assert r.status_code == 404, (method, path, r.status_code)
+    # Attribution into the other org's cost center is refused on the data plane too.
+    with pytest.raises(openai.PermissionDeniedError):
+        OpenAI(base_url=sso.base_url, api_key=tok, max_retries=0).chat.completions.create(
+            model="gpt-4o-mini", messages=MESSAGES, extra_headers={"x-model-bridge-cost-center": "b-cc"})
+    assert OpenAI(base_url=sso.base_url, api_key=tok, max_retries=0).chat.completions.create(
+        model="gpt-4o-mini", messages=MESSAGES, extra_headers={"x-model-bridge-cost-center": "a-cc"}).choices
