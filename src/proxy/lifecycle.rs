@@ -96,6 +96,14 @@ fn fingerprint(path: &std::path::Path) -> Option<(u64, SystemTime, u64)> {
     Some((meta.len(), meta.modified().ok()?, h))
 }
 
+/// The key store is only ever replaced whole (write, fsync, rename), so its inode, size and
+/// mtime identify a version without reading a possibly large file every poll.
+fn store_fingerprint(path: &std::path::Path) -> Option<(u64, u64, SystemTime)> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.ino(), meta.len(), meta.modified().ok()?))
+}
+
 #[async_trait]
 impl BackgroundService for Reloader {
     async fn start(&self, mut shutdown: ShutdownWatch) {
@@ -104,7 +112,7 @@ impl BackgroundService for Reloader {
             return;
         };
         let mut last = fingerprint(&self.path);
-        let mut keys_seen = self.shared.keys().and_then(|k| fingerprint(k.path()));
+        let mut keys_seen = self.shared.keys().and_then(|k| store_fingerprint(k.path()));
         loop {
             let settings = self.shared.live().config.reload.clone();
             tokio::select! {
@@ -116,7 +124,7 @@ impl BackgroundService for Reloader {
                 _ = tokio::time::sleep(settings.poll_interval) => {
                     // Keys written by another process (the `keys` CLI) take effect here.
                     if let Some(store) = self.shared.keys() {
-                        let fp = fingerprint(store.path());
+                        let fp = store_fingerprint(store.path());
                         if fp.is_some() && fp != keys_seen {
                             if let Err(e) = store.refresh() {
                                 log::error!("key store refresh: {e}");
