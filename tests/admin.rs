@@ -6,17 +6,10 @@ mod common;
 
 use common::*;
 use serde_json::{json, Value};
-use std::process::Command;
 
 fn start() -> (Gateway, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let policies = dir.path().join("policies");
-    std::fs::create_dir_all(&policies).unwrap();
-    std::fs::copy(
-        concat!(env!("CARGO_MANIFEST_DIR"), "/policies/roles.toml"),
-        policies.join("roles.toml"),
-    )
-    .unwrap();
+    let policies = policies_dir(dir.path(), "");
     let extra = format!(
         r#"
 [auth]
@@ -38,26 +31,6 @@ department = "R&D"
         policies.display()
     );
     (Gateway::start_with(&[], &extra), dir)
-}
-
-fn cli_key(g: &Gateway, args: &[&str]) -> (String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_model-bridge"))
-        .args(["keys", "create", "--config"])
-        .arg(&g.config)
-        .args(args)
-        .env("MB_TEST_PROVIDER_KEY", PROVIDER_KEY)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    (
-        v["key"].as_str().unwrap().into(),
-        v["id"].as_str().unwrap().into(),
-    )
 }
 
 async fn admin(
@@ -98,10 +71,10 @@ async fn chat_status(g: &Gateway, key: &str) -> u16 {
 #[tokio::test]
 async fn admin_api_rbac_isolation_lifecycle_and_audit() {
     let (g, _dir) = start();
-    let (admin_a, admin_a_id) = cli_key(&g, &["--org", "a", "--role", "org-admin"]);
-    let (admin_b, _) = cli_key(&g, &["--org", "b", "--role", "org-admin"]);
-    let (root, _) = cli_key(&g, &["--org", "a", "--role", "super-admin"]);
-    let (invoker, _) = cli_key(&g, &["--org", "a", "--role", "invoker"]);
+    let (admin_a, admin_a_id) = g.create_key(&["--org", "a", "--role", "org-admin"]);
+    let (admin_b, _) = g.create_key(&["--org", "b", "--role", "org-admin"]);
+    let (root, _) = g.create_key(&["--org", "a", "--role", "super-admin"]);
+    let (invoker, _) = g.create_key(&["--org", "a", "--role", "invoker"]);
     // The store file was written by another process: wait until the gateway has the last key.
     for _ in 0..200 {
         if admin(&g, Some(&invoker), "GET", "/admin/v1/whoami", None)
@@ -374,7 +347,7 @@ async fn admin_api_rbac_isolation_lifecycle_and_audit() {
 #[tokio::test]
 async fn keys_created_through_the_api_survive_a_crash() {
     let (mut g, _dir) = start();
-    let (root, _) = cli_key(&g, &["--org", "a", "--role", "super-admin"]);
+    let (root, _) = g.create_key(&["--org", "a", "--role", "super-admin"]);
     for _ in 0..200 {
         if admin(&g, Some(&root), "GET", "/admin/v1/whoami", None)
             .await

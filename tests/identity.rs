@@ -10,15 +10,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 fn auth_config(dir: &std::path::Path) -> String {
-    let policies = dir.join("policies");
-    std::fs::create_dir_all(&policies).unwrap();
-    std::fs::copy(
-        concat!(env!("CARGO_MANIFEST_DIR"), "/policies/roles.toml"),
-        policies.join("roles.toml"),
-    )
-    .unwrap();
-    std::fs::write(
-        policies.join("test.toml"),
+    let policies = policies_dir(
+        dir,
         r#"
 [roles.mini-only]
 permissions = ["model:invoke:gpt-4o*", "endpoint:chat_completions"]
@@ -33,8 +26,7 @@ subject = "user:old@a.test"
 roles = ["finance"]
 expires_at = "2020-01-01T00:00:00Z"
 "#,
-    )
-    .unwrap();
+    );
     format!(
         r#"
 [auth]
@@ -74,28 +66,6 @@ fn start() -> (Gateway, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let extra = auth_config(dir.path());
     (Gateway::start_with(&[], &extra), dir)
-}
-
-/// `model-bridge keys create …` against the running gateway's config; returns (key, id).
-fn create_key(g: &Gateway, args: &[&str]) -> (String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_model-bridge"))
-        .args(["keys", "create", "--config"])
-        .arg(&g.config)
-        .args(args)
-        .env("MB_TEST_PROVIDER_KEY", PROVIDER_KEY)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert!(v.get("hash").is_none(), "the hash is never shown");
-    (
-        v["key"].as_str().unwrap().to_string(),
-        v["id"].as_str().unwrap().to_string(),
-    )
 }
 
 async fn call(
@@ -152,34 +122,23 @@ async fn models_of(g: &Gateway, key: &str) -> Vec<String> {
 #[tokio::test]
 async fn keys_tenancy_rbac_attribution_and_audit() {
     let (g, _policies) = start();
-    let (ka, ida) = create_key(&g, &["--org", "a", "--role", "invoker", "--name", "a-app"]);
-    let (ka_ml, _) = create_key(&g, &["--org", "a", "--team", "ml", "--role", "invoker"]);
-    let (kb, _) = create_key(&g, &["--org", "b", "--role", "developer"]);
-    let (k_mini, _) = create_key(&g, &["--org", "a", "--role", "mini-only"]);
-    let (k_alice, _) = create_key(
-        &g,
-        &["--org", "a", "--user", "alice@a.test", "--role", "invoker"],
-    );
-    let (k_old, _) = create_key(
-        &g,
-        &["--org", "a", "--user", "old@a.test", "--role", "invoker"],
-    );
-    let (k_expired, _) = create_key(
-        &g,
-        &[
-            "--org",
-            "a",
-            "--role",
-            "invoker",
-            "--expires-at",
-            "2021-01-01T00:00:00Z",
-        ],
-    );
+    let (ka, ida) = g.create_key(&["--org", "a", "--role", "invoker", "--name", "a-app"]);
+    let (ka_ml, _) = g.create_key(&["--org", "a", "--team", "ml", "--role", "invoker"]);
+    let (kb, _) = g.create_key(&["--org", "b", "--role", "developer"]);
+    let (k_mini, _) = g.create_key(&["--org", "a", "--role", "mini-only"]);
+    let (k_alice, _) = g.create_key(&["--org", "a", "--user", "alice@a.test", "--role", "invoker"]);
+    let (k_old, _) = g.create_key(&["--org", "a", "--user", "old@a.test", "--role", "invoker"]);
+    let (k_expired, _) = g.create_key(&[
+        "--org",
+        "a",
+        "--role",
+        "invoker",
+        "--expires-at",
+        "2021-01-01T00:00:00Z",
+    ]);
     // Created last, so waiting for it below means every earlier key is loaded too.
-    let (k_listed, _) = create_key(
-        &g,
-        &["--org", "a", "--role", "invoker", "--model", "gpt-4o-mini"],
-    );
+    let (k_listed, _) =
+        g.create_key(&["--org", "a", "--role", "invoker", "--model", "gpt-4o-mini"]);
     for k in [&ka, &ka_ml, &kb, &k_mini, &k_alice, &k_old, &k_listed] {
         wait_key(&g, k).await;
     }

@@ -246,6 +246,29 @@ impl Gateway {
         }
     }
 
+    /// `model-bridge keys create …` against this gateway's config (the CLI, while it runs);
+    /// returns (the key, its id). The printed record never carries the hash.
+    pub fn create_key(&self, args: &[&str]) -> (String, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_model-bridge"))
+            .args(["keys", "create", "--config"])
+            .arg(&self.config)
+            .args(args)
+            .env("MB_TEST_PROVIDER_KEY", PROVIDER_KEY)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert!(v.get("hash").is_none(), "the hash is never shown");
+        (
+            v["key"].as_str().unwrap().to_string(),
+            v["id"].as_str().unwrap().to_string(),
+        )
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -303,4 +326,17 @@ pub fn wait_lines(
         }
         std::thread::sleep(Duration::from_millis(25));
     }
+}
+
+/// A policy directory under `dir` with the shipped roles and `extra` policy text.
+pub fn policies_dir(dir: &Path, extra: &str) -> PathBuf {
+    let policies = dir.join("policies");
+    std::fs::create_dir_all(&policies).unwrap();
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/policies/roles.toml"),
+        policies.join("roles.toml"),
+    )
+    .unwrap();
+    std::fs::write(policies.join("test.toml"), extra).unwrap();
+    policies
 }
