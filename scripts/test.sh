@@ -1,10 +1,18 @@
 #!/usr/bin/env bash
 # The whole test suite: lints, Rust unit and integration tests, then the official OpenAI Python
 # SDK against the gateway and the mock provider. Every server runs on loopback ephemeral ports
-# and is stopped by the tests themselves.
+# and is stopped by the tests themselves; ClickHouse runs on 18123/19000 (MB_CH_HTTP_PORT,
+# MB_CH_TCP_PORT) for the duration of this script.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
+
+echo "== ClickHouse (Debian's clickhouse-server on loopback, temp data dir)"
+export MB_CH_DIR="$(mktemp -d)"
+trap 'scripts/clickhouse.sh stop; rm -rf "$MB_CH_DIR"' EXIT
+MB_CLICKHOUSE_URL="$(scripts/clickhouse.sh start)"
+export MB_CLICKHOUSE_URL
+echo "$MB_CLICKHOUSE_URL"
 
 echo "== cargo fmt --check"
 cargo fmt --check

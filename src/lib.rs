@@ -24,3 +24,4 @@ pub mod routing;
 pub mod state;
 pub mod time;
 pub mod usage;
+pub mod warehouse;

@@ -33,6 +33,12 @@ enum Command {
         #[arg(long, short, default_value = "config/gateway.toml")]
         config: PathBuf,
     },
+    /// Apply the ClickHouse schema migrations (idempotent).
+    Migrate {
+        /// Gateway config file (its `[clickhouse]` section).
+        #[arg(long, short, default_value = "config/gateway.toml")]
+        config: PathBuf,
+    },
     /// Manage virtual API keys in the key store (bootstrap without the admin API).
     Keys {
         /// Gateway config file (names the key store, orgs and roles).
@@ -100,6 +106,45 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("model-bridge keys: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Migrate { config } => {
+            let cfg = match Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let Some(ch) = cfg.clickhouse else {
+                eprintln!(
+                    "model-bridge migrate: {} has no [clickhouse] section",
+                    config.display()
+                );
+                return ExitCode::FAILURE;
+            };
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("model-bridge migrate: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(model_bridge::warehouse::migrate::run(&ch)) {
+                Ok(r) => {
+                    println!(
+                        "ClickHouse {}.{} at {}: database {} — applied {:?}, already applied {:?}",
+                        r.server.0, r.server.1, ch.url, ch.database, r.applied, r.already
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("model-bridge migrate: {e}");
                     ExitCode::FAILURE
                 }
             }

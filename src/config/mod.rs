@@ -147,6 +147,7 @@ pub struct Config {
     pub rbac: Rbac,
     pub orgs: BTreeMap<String, Org>,
     pub audit_path: PathBuf,
+    pub clickhouse: Option<crate::warehouse::ClickHouseSettings>,
 }
 
 impl Config {
@@ -360,6 +361,31 @@ fn validate(raw: RawConfig, path: &Path, err: &mut dyn FnMut(&str, String)) -> C
         rbac,
         orgs,
         audit_path: base.join(&raw.audit.path),
+        clickhouse: raw.clickhouse.as_ref().map(|c| {
+            let ident = |v: &str| {
+                !v.is_empty() && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            };
+            if !(c.url.starts_with("http://") || c.url.starts_with("https://")) {
+                err("clickhouse.url", "must be an http(s) URL".into());
+            }
+            if !ident(&c.database) {
+                err("clickhouse.database", "letters, digits and _ only".into());
+            }
+            if c.cluster.as_deref().is_some_and(|v| !ident(v)) {
+                err("clickhouse.cluster", "letters, digits and _ only".into());
+            }
+            crate::warehouse::ClickHouseSettings {
+                url: c.url.trim_end_matches('/').to_string(),
+                user: c.user.clone(),
+                password: c
+                    .password
+                    .clone()
+                    .filter(|p| !p.is_empty())
+                    .map(crate::routing::Secret::new),
+                database: c.database.clone(),
+                cluster: c.cluster.clone().filter(|v| !v.is_empty()),
+            }
+        }),
     }
 }
 

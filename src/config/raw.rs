@@ -35,6 +35,26 @@ pub struct RawConfig {
     /// Tenants: organizations with their teams and cost centers.
     #[serde(default)]
     pub orgs: BTreeMap<String, RawOrg>,
+    /// The ClickHouse warehouse for usage and audit rows.
+    #[serde(default)]
+    pub clickhouse: Option<RawClickHouse>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClickHouse {
+    /// HTTP(S) endpoint, e.g. `http://127.0.0.1:8123` or a ClickHouse Cloud URL on 8443.
+    pub url: String,
+    #[serde(default = "default_ch_user")]
+    pub user: String,
+    /// Use `${CLICKHOUSE_PASSWORD}`; never logged.
+    #[serde(default)]
+    pub password: Option<String>,
+    #[serde(default = "default_ch_database")]
+    pub database: String,
+    /// Cluster name: DDL runs `ON CLUSTER <name>`.
+    #[serde(default)]
+    pub cluster: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -364,6 +384,12 @@ pub struct RawPassthrough {
     pub provider: String,
 }
 
+fn default_ch_user() -> String {
+    "default".into()
+}
+fn default_ch_database() -> String {
+    "model_bridge".into()
+}
 fn default_jwks_refresh_s() -> u64 {
     10
 }

@@ -1,0 +1,142 @@
+//! Versioned migrations: `config/clickhouse/NNN_name.sql`, embedded in the binary, applied in
+//! order and recorded in `<database>.schema_migrations`. Every statement is idempotent
+//! (`IF NOT EXISTS`), so a run interrupted between a statement and its record is safely re-run.
+
+use super::ClickHouseSettings;
+
+/// (version, name, SQL with `{database}` and `{on_cluster}` placeholders).
+pub const MIGRATIONS: &[(u32, &str, &str)] = &[
+    (
+        1,
+        "usage_events",
+        include_str!("../../config/clickhouse/001_usage_events.sql"),
+    ),
+    (
+        2,
+        "spend_daily",
+        include_str!("../../config/clickhouse/002_spend_daily.sql"),
+    ),
+    (
+        3,
+        "audit_events",
+        include_str!("../../config/clickhouse/003_audit_events.sql"),
+    ),
+];
+
+fn render(sql: &str, s: &ClickHouseSettings) -> String {
+    let on_cluster = s
+        .cluster
+        .as_deref()
+        .map_or(String::new(), |c| format!("ON CLUSTER {c}"));
+    sql.replace("{database}", &s.database)
+        .replace("{on_cluster}", &on_cluster)
+}
+
+/// Statements of a migration file: split on `;` at line ends, comments dropped.
+fn statements(sql: &str) -> Vec<String> {
+    let body: String = sql
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("--"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    body.split(";\n")
+        .chain(std::iter::once(""))
+        .map(|s| s.trim().trim_end_matches(';').trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+/// What a run did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Report {
+    pub applied: Vec<u32>,
+    pub already: Vec<u32>,
+    pub server: (u32, u32),
+}
+
+fn valid_ident(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+pub async fn run(s: &ClickHouseSettings) -> Result<Report, String> {
+    if !valid_ident(&s.database) || s.cluster.as_deref().is_some_and(|c| !valid_ident(c)) {
+        return Err("database and cluster names must be letters, digits and _".into());
+    }
+    let client = s.client();
+    let server = super::server_version(&client).await?;
+    let exec = |sql: String| {
+        let client = client.clone();
+        async move {
+            client
+                .query(&sql)
+                .execute()
+                .await
+                .map_err(|e| format!("{e}\n  in: {}", sql.lines().next().unwrap_or("")))
+        }
+    };
+    let on_cluster = render("{on_cluster}", s);
+    exec(format!(
+        "CREATE DATABASE IF NOT EXISTS {} {on_cluster}",
+        s.database
+    ))
+    .await?;
+    exec(format!(
+        "CREATE TABLE IF NOT EXISTS {}.schema_migrations {on_cluster} \
+         (version UInt32, name String, applied_at DateTime('UTC')) \
+         ENGINE = MergeTree() ORDER BY version",
+        s.database
+    ))
+    .await?;
+    let done: Vec<u32> = client
+        .query(&format!(
+            "SELECT DISTINCT version FROM {}.schema_migrations ORDER BY version",
+            s.database
+        ))
+        .fetch_all()
+        .await
+        .map_err(|e| format!("reading schema_migrations: {e}"))?;
+    let mut report = Report {
+        server,
+        ..Default::default()
+    };
+    for (version, name, sql) in MIGRATIONS {
+        if done.contains(version) {
+            report.already.push(*version);
+            continue;
+        }
+        for stmt in statements(&render(sql, s)) {
+            exec(stmt)
+                .await
+                .map_err(|e| format!("migration {version} {name}: {e}"))?;
+        }
+        exec(format!(
+            "INSERT INTO {}.schema_migrations (version, name, applied_at) VALUES ({version}, '{name}', now())",
+            s.database
+        ))
+        .await?;
+        report.applied.push(*version);
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_and_splits() {
+        let s = ClickHouseSettings {
+            url: String::new(),
+            user: "default".into(),
+            password: None,
+            database: "mb".into(),
+            cluster: Some("c1".into()),
+        };
+        for (_, _, sql) in MIGRATIONS {
+            let stmts = statements(&render(sql, &s));
+            assert_eq!(stmts.len(), 1);
+            assert!(stmts[0].contains("mb.") && stmts[0].contains("ON CLUSTER c1"));
+            assert!(!stmts[0].ends_with(';'));
+        }
+    }
+}
