@@ -50,7 +50,8 @@ XML
   <quotas><default><interval><duration>3600</duration><queries>0</queries><errors>0</errors><result_rows>0</result_rows><read_rows>0</read_rows><execution_time>0</execution_time></interval></default></quotas>
 </yandex>
 XML
-  nohup clickhouse-server --config-file="$DIR/config.xml" --pid-file="$PIDFILE" >"$DIR/log/stdout.log" 2>&1 &
+  nohup clickhouse-server --config-file="$DIR/config.xml" >"$DIR/log/stdout.log" 2>&1 &
+  echo $! > "$PIDFILE"
   for _ in $(seq 300); do
     if ready; then echo "http://127.0.0.1:$HTTP_PORT"; return; fi
     sleep 0.1
