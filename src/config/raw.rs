@@ -222,6 +222,10 @@ pub struct RawServer {
     /// Worker threads of the data plane.
     #[serde(default = "default_threads")]
     pub threads: usize,
+    /// Tokio work stealing between data-plane threads; off pins each connection to one
+    /// single-threaded runtime (less cross-thread traffic, no rebalancing of long streams).
+    #[serde(default = "default_true")]
+    pub work_stealing: bool,
     /// Largest request body accepted, in bytes (413 above).
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: usize,
@@ -245,6 +249,7 @@ impl Default for RawServer {
             listen: default_listen(),
             ops_listen: default_ops_listen(),
             threads: default_threads(),
+            work_stealing: true,
             max_body_bytes: default_max_body_bytes(),
             h2c: true,
             keepalive_timeout_s: default_keepalive_s(),

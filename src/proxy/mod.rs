@@ -50,6 +50,7 @@ pub fn serve(config: Config, config_path: &Path) -> Result<(), String> {
 
     let conf = ServerConf {
         threads: server_cfg.threads,
+        work_stealing: server_cfg.work_stealing,
         // We drain ourselves (lifecycle::Signals) before pingora's shutdown starts.
         grace_period_seconds: Some(0),
         graceful_shutdown_timeout_seconds: Some(1),
