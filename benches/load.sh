@@ -9,6 +9,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DUR=${1:-10}
 CONCS=${2:-"32 1"}
+# Cores: the prescribed layout pins nginx and the gateway to core 0, wrk and the mock to core 1.
+PROXY_CPU=${PROXY_CPU:-0}
+LOAD_CPU=${LOAD_CPU:-1}
 command -v wrk >/dev/null && command -v nginx >/dev/null || {
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq wrk nginx >/dev/null
@@ -24,7 +27,7 @@ port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); 
 MOCK=$(port); NGX=$(port); GW=$(port); OPS=$(port); GWA=$(port); OPSA=$(port)
 wait_port() { for _ in $(seq 200); do (echo > /dev/tcp/127.0.0.1/$1) 2>/dev/null && return; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
 
-taskset -c 1 ./target/release/mock-openai --listen 127.0.0.1:$MOCK --threads 1 --chunks 8 >/dev/null 2>&1 &
+taskset -c $LOAD_CPU ./target/release/mock-openai --listen 127.0.0.1:$MOCK --threads 1 --chunks 8 >/dev/null 2>&1 &
 pids+=($!)
 
 cat > "$WORK/nginx.conf" <<NGX
@@ -49,7 +52,7 @@ http {
   }
 }
 NGX
-taskset -c 0 nginx -c "$WORK/nginx.conf" &
+taskset -c $PROXY_CPU nginx -c "$WORK/nginx.conf" &
 pids+=($!)
 
 cat > "$WORK/gateway.toml" <<TOML
@@ -70,7 +73,7 @@ api_key = "sk-bench"
 provider = "mock"
 model = "mock-1"
 TOML
-RUST_LOG=warn taskset -c 0 ./target/release/model-bridge serve --config "$WORK/gateway.toml" >"$WORK/gw.log" 2>&1 &
+RUST_LOG=warn taskset -c $PROXY_CPU ./target/release/model-bridge serve --config "$WORK/gateway.toml" >"$WORK/gw.log" 2>&1 &
 pids+=($!)
 
 # The same gateway with authentication on: a virtual key, RBAC from policies/, an org.
@@ -86,7 +89,7 @@ path = "$WORK/audit.jsonl"
 TOML
 KEY=$(./target/release/model-bridge keys create --config "$WORK/gateway-auth.toml" --org bench --role invoker --cost-center cc 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])')
 export MB_KEY=$KEY
-RUST_LOG=warn taskset -c 0 ./target/release/model-bridge serve --config "$WORK/gateway-auth.toml" >"$WORK/gwa.log" 2>&1 &
+RUST_LOG=warn taskset -c $PROXY_CPU ./target/release/model-bridge serve --config "$WORK/gateway-auth.toml" >"$WORK/gwa.log" 2>&1 &
 pids+=($!)
 wait_port $MOCK; wait_port $NGX; wait_port $GW; wait_port $GWA
 
@@ -103,11 +106,11 @@ end
 LUA
 
 run() { # name port conc -> "rps p50 p99 errors"
-  taskset -c 1 wrk -t1 -c"$3" -d"${DUR}s" -s "$WORK/post.lua" "http://127.0.0.1:$2/v1/chat/completions" 2>&1 | awk '/^RESULT/ {print $2, $3, $4, $5}'
+  taskset -c $LOAD_CPU wrk -t1 -c"$3" -d"${DUR}s" -s "$WORK/post.lua" "http://127.0.0.1:$2/v1/chat/completions" 2>&1 | awk '/^RESULT/ {print $2, $3, $4, $5}'
 }
 
 # Warm up every path (connection pools, caches).
-for p in $MOCK $NGX $GW $GWA; do taskset -c 1 wrk -t1 -c8 -d2s -s "$WORK/post.lua" "http://127.0.0.1:$p/v1/chat/completions" >/dev/null 2>&1; done
+for p in $MOCK $NGX $GW $GWA; do taskset -c $LOAD_CPU wrk -t1 -c8 -d2s -s "$WORK/post.lua" "http://127.0.0.1:$p/v1/chat/completions" >/dev/null 2>&1; done
 
 for c in $CONCS; do
   echo "== non-streaming chat, concurrency $c, ${DUR}s each (latency in us)"
