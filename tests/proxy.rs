@@ -700,3 +700,50 @@ provider = "slow"
         (Some("GET"), Some(0))
     );
 }
+
+#[tokio::test]
+async fn cost_is_exact_and_unpriced_models_are_unknown_not_zero() {
+    let g = Gateway::start();
+    let r = client()
+        .post(g.url("/v1/chat/completions"))
+        .header("x-mock-cached-tokens", "3")
+        .header("x-mock-chunks", "11")
+        .json(&chat("gpt-4o-mini", true))
+        .send()
+        .await
+        .unwrap();
+    let rid = header(&r, "x-request-id").to_string();
+    let (p, c, cached) = mock_usage(&r);
+    let _ = r.bytes().await.unwrap();
+    // 0.15 / 0.075 / 0.60 USD per 1M tokens = 150 / 75 / 600 nano-USD per token.
+    let expected = (p - cached) * 150 + cached * 75 + c * 600;
+    assert_eq!(g.record(&rid)["cost_nanousd"], expected);
+
+    let r = client()
+        .post(g.url("/v1/chat/completions"))
+        .json(&chat("same-name", false))
+        .send()
+        .await
+        .unwrap();
+    let rid = header(&r, "x-request-id").to_string();
+    let _ = r.bytes().await.unwrap();
+    let rec = g.record(&rid);
+    assert!(
+        rec["cost_nanousd"].is_null(),
+        "unpriced is unknown, not 0: {rec}"
+    );
+    assert!(rec["prompt_tokens"].as_u64().unwrap() > 0);
+    let m = client()
+        .get(g.ops_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        m.contains(r#"model_bridge_unpriced_requests_total{model="same-name"} 1"#),
+        "{m}"
+    );
+    assert!(m.contains(r#"model_bridge_cost_usd_total{model="gpt-4o-mini"}"#));
+}

@@ -281,10 +281,11 @@ fn validate(raw: RawConfig, path: &Path, err: &mut dyn FnMut(&str, String)) -> C
                 err(&format!("models.{alias}.org"), format!("unknown org `{o}`"));
             }
         }
-        models.insert(
-            alias.clone(),
-            ModelRoute::new(alias, provider.clone(), provider_model, m.org.clone()),
-        );
+        let mut route = ModelRoute::new(alias, provider.clone(), provider_model, m.org.clone());
+        if let Some(p) = &m.price {
+            route.price = parse_price(p, &format!("models.{alias}.price"), err);
+        }
+        models.insert(alias.clone(), route);
     }
     let orgs = validate_orgs(&raw, err);
     let (auth, rbac) = match &raw.auth {
@@ -389,6 +390,40 @@ fn validate(raw: RawConfig, path: &Path, err: &mut dyn FnMut(&str, String)) -> C
             }
         }),
     }
+}
+
+fn parse_price(
+    p: &raw::RawPrice,
+    at: &str,
+    err: &mut dyn FnMut(&str, String),
+) -> Option<crate::usage::pricing::Price> {
+    use crate::usage::pricing::{parse_usd, Price};
+    let mut one = |v: &toml::Value, key: &str| -> Option<i128> {
+        let text = match v {
+            toml::Value::String(s) => s.clone(),
+            toml::Value::Integer(i) => i.to_string(),
+            // Shortest round-trip text of the number as written, e.g. 0.15 → "0.15".
+            toml::Value::Float(f) => f.to_string(),
+            _ => String::new(),
+        };
+        parse_usd(&text)
+            .map_err(|e| err(&format!("{at}.{key}"), e))
+            .ok()
+    };
+    let input = one(&p.input_per_1m, "input_per_1m")?;
+    let cached_input = match &p.cached_input_per_1m {
+        Some(v) => one(v, "cached_input_per_1m")?,
+        None => input,
+    };
+    let output = match &p.output_per_1m {
+        Some(v) => one(v, "output_per_1m")?,
+        None => 0,
+    };
+    Some(Price {
+        input,
+        cached_input,
+        output,
+    })
 }
 
 fn jwt_verifier(
@@ -663,6 +698,26 @@ provider = "mock"
         assert_eq!(e.path, "models.gpt-4o-mini.provider");
         assert_eq!(e.line, Some(11));
         assert!(e.reason.contains("unknown provider `nope`"));
+    }
+
+    #[test]
+    fn prices_parse_exactly_or_name_the_key() {
+        let priced = GOOD.replace(
+            "model = \"mock-1\"",
+            "model = \"mock-1\"\nprice = { input_per_1m = 0.15, output_per_1m = \"0.6\" }",
+        );
+        let c = parse(&priced).unwrap();
+        let p = c.models["gpt-4o-mini"].price.unwrap();
+        assert_eq!(
+            (p.input, p.cached_input, p.output),
+            (150_000_000, 150_000_000, 600_000_000)
+        );
+        let bad = GOOD.replace(
+            "model = \"mock-1\"",
+            "model = \"mock-1\"\nprice = { input_per_1m = -1 }",
+        );
+        let e = parse(&bad).unwrap_err().to_string();
+        assert!(e.contains("models.gpt-4o-mini.price.input_per_1m"), "{e}");
     }
 
     #[test]

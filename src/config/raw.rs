@@ -380,6 +380,23 @@ pub struct RawModel {
     /// Owning org: only its callers see and use the alias. Shared by all orgs when absent.
     #[serde(default)]
     pub org: Option<String>,
+    /// USD per one million tokens; absent: cost is recorded as unknown (never as zero).
+    #[serde(default)]
+    pub price: Option<RawPrice>,
+}
+
+/// Prices as decimal USD per 1M tokens, written as numbers or strings (`0.15` or `"0.15"`);
+/// parsed from their decimal text, never through binary floating point arithmetic.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPrice {
+    pub input_per_1m: toml::Value,
+    /// Cached prompt tokens; defaults to the input price.
+    #[serde(default)]
+    pub cached_input_per_1m: Option<toml::Value>,
+    /// Completion tokens; 0 for embeddings when absent.
+    #[serde(default)]
+    pub output_per_1m: Option<toml::Value>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -19,6 +19,10 @@ pub struct Metrics {
     pub upstream_duration: HistogramVec,
     /// {model, kind}
     pub tokens: IntCounterVec,
+    /// {model}: spend in USD (display only; the exact figure is nano-USD in the usage rows).
+    pub cost_usd: prometheus::CounterVec,
+    /// {model}: requests routed to a model without a price (cost unknown, never counted as 0).
+    pub unpriced: IntCounterVec,
     /// {provider, reason}
     pub upstream_errors: IntCounterVec,
     /// {provider}
@@ -119,6 +123,25 @@ impl Metrics {
                 "tokens_total",
                 "Tokens by model alias and kind (prompt, completion, cached).",
                 &["model", "kind"],
+            ),
+            cost_usd: {
+                let c = prometheus::CounterVec::new(
+                    Opts::new(
+                        "model_bridge_cost_usd_total",
+                        "Spend in USD by model alias.",
+                    ),
+                    &["model"],
+                )
+                .unwrap_or_else(|e| panic!("metric cost_usd_total: {e}"));
+                r.register(Box::new(c.clone()))
+                    .unwrap_or_else(|e| panic!("register cost_usd_total: {e}"));
+                c
+            },
+            unpriced: counter(
+                &r,
+                "unpriced_requests_total",
+                "Requests to a model without a configured price.",
+                &["model"],
             ),
             upstream_errors: counter(
                 &r,

@@ -18,6 +18,8 @@ pub struct Ctx {
     pub endpoint: Endpoint,
     /// Configured alias (bounded label) once routing found one.
     pub alias: Option<Arc<str>>,
+    /// Price of the routed model; `Some(None)`: routed to an unpriced model.
+    pub price: Option<Option<crate::usage::pricing::Price>>,
     pub ttft: Option<Duration>,
     pub usage: Option<(Usage, UsageSource)>,
     pub principal: std::sync::Arc<Principal>,
@@ -41,6 +43,7 @@ impl Ctx {
             live,
             endpoint: Endpoint::Passthrough,
             alias: None,
+            price: None,
             ttft: None,
             usage: None,
             principal,
@@ -61,6 +64,7 @@ impl Ctx {
                 cached_tokens: 0,
                 completion_tokens: 0,
                 usage_source: UsageSource::None,
+                cost_nanousd: None,
                 latency_ms: 0.0,
                 ttft_ms: None,
                 upstream_latency_ms: None,
@@ -104,6 +108,25 @@ impl Ctx {
             r.usage_source = source;
         }
         let model = self.alias.as_deref().unwrap_or(UNKNOWN);
+        match self.price {
+            Some(Some(p)) => {
+                let usage = crate::usage::Usage {
+                    prompt_tokens: r.prompt_tokens,
+                    cached_tokens: r.cached_tokens,
+                    completion_tokens: r.completion_tokens,
+                };
+                let cost = p.cost_nanousd(&usage);
+                r.cost_nanousd = Some(cost);
+                if cost > 0 {
+                    METRICS
+                        .cost_usd
+                        .with_label_values(&[model])
+                        .inc_by(cost as f64 / 1e9);
+                }
+            }
+            Some(None) => METRICS.unpriced.with_label_values(&[model]).inc(),
+            None => {}
+        }
         let provider = r.provider.as_deref().unwrap_or("none");
         let endpoint = r.endpoint;
         METRICS

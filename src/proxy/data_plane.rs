@@ -205,6 +205,7 @@ impl DataPlane {
             .ok_or(GatewayError::ModelNotFound(model))?;
         identity::authorize_model(&self.shared, s, ctx, route)?;
         ctx.alias = Some(route.alias.clone());
+        ctx.price = Some(route.price);
         ctx.record.provider = Some(route.provider.name.clone());
         ctx.record.provider_model = Some(route.provider_model.clone());
 

@@ -88,6 +88,8 @@ pub struct ModelRoute {
     pub provider_model_json: Vec<u8>,
     /// Owning org; `None`: shared by all orgs.
     pub org: Option<String>,
+    /// `None`: unpriced (cost recorded as unknown).
+    pub price: Option<crate::usage::pricing::Price>,
 }
 
 impl ModelRoute {
@@ -104,6 +106,7 @@ impl ModelRoute {
             provider_model,
             provider_model_json,
             org,
+            price: None,
         }
     }
 

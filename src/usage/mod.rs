@@ -2,6 +2,7 @@
 //! and the sink that takes one record per request without blocking the request path.
 
 pub mod json;
+pub mod pricing;
 pub mod record;
 pub mod sink;
 pub mod sse;

@@ -39,6 +39,8 @@ pub struct UsageRecord {
     pub cached_tokens: u64,
     pub completion_tokens: u64,
     pub usage_source: UsageSource,
+    /// Cost in nano-USD (exact integer); `None` when the model has no price.
+    pub cost_nanousd: Option<i64>,
     pub latency_ms: f64,
     pub ttft_ms: Option<f64>,
     pub upstream_latency_ms: Option<f64>,

@@ -104,6 +104,7 @@ connect_timeout_ms = 500
 [models."gpt-4o-mini"]
 provider = "mock"
 model = "mock-1"
+price = {{ input_per_1m = 0.15, cached_input_per_1m = "0.075", output_per_1m = 0.60 }}
 
 [models."same-name"]
 provider = "mock"
