@@ -29,8 +29,20 @@ struct FileFormat {
     keys: Vec<KeyRecord>,
 }
 
+/// Identity of one version of the store file: it is only ever replaced whole (rename), so
+/// inode, size and mtime tell versions apart without reading it.
+type FileVersion = Option<(u64, u64, std::time::SystemTime)>;
+
+fn file_version(path: &Path) -> FileVersion {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.ino(), meta.len(), meta.modified().ok()?))
+}
+
 pub struct FileKeyStore {
     path: PathBuf,
+    /// The file version the in-memory map was read from or written as.
+    loaded: Mutex<FileVersion>,
     map: ArcSwap<HashMap<String, Arc<KeyRecord>>>,
     /// Serializes writers; readers never take it.
     write: Mutex<()>,
@@ -39,9 +51,11 @@ pub struct FileKeyStore {
 impl FileKeyStore {
     /// Opens (or starts) the store at `path`.
     pub fn open(path: &Path) -> std::io::Result<Self> {
+        let version = file_version(path);
         let map = Self::read_file(path)?;
         Ok(Self {
             path: path.to_path_buf(),
+            loaded: Mutex::new(version),
             map: ArcSwap::from_pointee(map),
             write: Mutex::new(()),
         })
@@ -86,10 +100,30 @@ impl FileKeyStore {
         }
     }
 
-    /// Re-reads the file (another process, such as `model-bridge keys`, changed it).
-    pub fn refresh(&self) -> std::io::Result<()> {
+    /// Re-reads the file if another process (such as `model-bridge keys`) replaced it since it
+    /// was last read or written here.
+    pub fn refresh_if_changed(&self) -> std::io::Result<()> {
+        let version = file_version(&self.path);
+        {
+            let loaded = self
+                .loaded
+                .lock()
+                .map_err(|_| std::io::Error::other("key store poisoned"))?;
+            if *loaded == version {
+                return Ok(());
+            }
+        }
+        let _w = self
+            .write
+            .lock()
+            .map_err(|_| std::io::Error::other("key store writer poisoned"))?;
+        // The version is taken before reading: a replacement during the read shows up as a
+        // newer version on the next check.
         let map = Self::read_file(&self.path)?;
         self.map.store(Arc::new(map));
+        if let Ok(mut l) = self.loaded.lock() {
+            *l = version;
+        }
         Ok(())
     }
 
@@ -123,6 +157,9 @@ impl FileKeyStore {
         f(&mut next)?;
         self.persist(&next)?;
         self.map.store(Arc::new(next));
+        if let Ok(mut l) = self.loaded.lock() {
+            *l = file_version(&self.path);
+        }
         Ok(())
     }
 }

@@ -149,6 +149,17 @@ pub struct Config {
     pub orgs: BTreeMap<String, Org>,
     pub audit_path: PathBuf,
     pub clickhouse: Option<crate::warehouse::ClickHouseSettings>,
+    /// Hash of the text this config was parsed from (the file watcher compares against it).
+    pub source_hash: u64,
+}
+
+/// FNV-1a 64 of config text: identifies one version of a config file.
+pub fn source_hash(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for &b in bytes {
+        h = (h ^ b as u64).wrapping_mul(0x100000001b3);
+    }
+    h
 }
 
 impl Config {
@@ -197,7 +208,8 @@ impl Config {
             ConfigErrors(vec![err(&p, reason)])
         })?;
         let mut errors = Vec::new();
-        let cfg = validate(raw, path, &mut |k: &str, r: String| errors.push(err(k, r)));
+        let mut cfg = validate(raw, path, &mut |k: &str, r: String| errors.push(err(k, r)));
+        cfg.source_hash = source_hash(text.as_bytes());
         if errors.is_empty() {
             Ok(cfg)
         } else {
@@ -389,6 +401,7 @@ fn validate(raw: RawConfig, path: &Path, err: &mut dyn FnMut(&str, String)) -> C
                 cluster: c.cluster.clone().filter(|v| !v.is_empty()),
             }
         }),
+        source_hash: 0,
     }
 }
 

@@ -7,7 +7,7 @@ use pingora_core::server::{ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
 use pingora_core::services::background::BackgroundService;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 use tokio::signal::unix::{signal, SignalKind};
 
 /// How long a changed config file must stay unchanged before it is reloaded.
@@ -84,24 +84,10 @@ pub struct Reloader {
     pub path: std::path::PathBuf,
 }
 
-/// What identifies one version of the file: size, mtime and a content hash (mtime alone misses
-/// same-second edits; ConfigMap symlink swaps change the target, which this follows).
-fn fingerprint(path: &std::path::Path) -> Option<(u64, SystemTime, u64)> {
-    let meta = std::fs::metadata(path).ok()?;
-    let bytes = std::fs::read(path).ok()?;
-    let mut h: u64 = 0xcbf29ce484222325;
-    for b in bytes {
-        h = (h ^ b as u64).wrapping_mul(0x100000001b3);
-    }
-    Some((meta.len(), meta.modified().ok()?, h))
-}
-
-/// The key store is only ever replaced whole (write, fsync, rename), so its inode, size and
-/// mtime identify a version without reading a possibly large file every poll.
-fn store_fingerprint(path: &std::path::Path) -> Option<(u64, u64, SystemTime)> {
-    use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::metadata(path).ok()?;
-    Some((meta.ino(), meta.len(), meta.modified().ok()?))
+fn content_hash(path: &std::path::Path) -> Option<u64> {
+    std::fs::read(path)
+        .ok()
+        .map(|b| crate::config::source_hash(&b))
 }
 
 #[async_trait]
@@ -111,47 +97,44 @@ impl BackgroundService for Reloader {
             log::error!("cannot install SIGHUP handler; reload by file change only");
             return;
         };
-        let mut last = fingerprint(&self.path);
-        let mut keys_seen = self.shared.keys().and_then(|k| store_fingerprint(k.path()));
+        // Compared with what the live generation was actually parsed from (not with the file
+        // as first seen here), so a change between loading and this task starting is not missed.
+        let mut failed: Option<u64> = None;
         loop {
             let settings = self.shared.live().config.reload.clone();
             tokio::select! {
                 _ = hup.recv() => {
                     log::info!("SIGHUP: reloading {}", self.path.display());
-                    let _ = self.shared.reload();
-                    last = fingerprint(&self.path);
+                    failed = self.shared.reload().err().and(content_hash(&self.path));
                 }
                 _ = tokio::time::sleep(settings.poll_interval) => {
                     // Keys written by another process (the `keys` CLI) take effect here.
                     if let Some(store) = self.shared.keys() {
-                        let fp = store_fingerprint(store.path());
-                        if fp.is_some() && fp != keys_seen {
-                            if let Err(e) = store.refresh() {
-                                log::error!("key store refresh: {e}");
-                            }
-                            keys_seen = fp;
+                        if let Err(e) = store.refresh_if_changed() {
+                            log::error!("key store refresh: {e}");
                         }
                     }
                     if !settings.watch {
                         continue;
                     }
-                    let mut now = fingerprint(&self.path);
-                    if now.is_none() || now == last {
+                    let Some(mut now) = content_hash(&self.path) else {
+                        continue;
+                    };
+                    if now == self.shared.live().config.source_hash || Some(now) == failed {
                         continue;
                     }
                     // A file being written in place (truncate, then write) can parse while
                     // half-written: reload only once its contents hold still.
                     loop {
                         tokio::time::sleep(SETTLE).await;
-                        let again = fingerprint(&self.path);
-                        if again == now {
-                            break;
+                        match content_hash(&self.path) {
+                            Some(again) if again == now => break,
+                            Some(again) => now = again,
+                            None => break,
                         }
-                        now = again;
                     }
                     log::info!("{} changed: reloading", self.path.display());
-                    let _ = self.shared.reload();
-                    last = now;
+                    failed = self.shared.reload().err().map(|_| now);
                 }
                 _ = shutdown.changed() => return,
             }
