@@ -326,14 +326,7 @@ async fn keys_tenancy_rbac_attribution_and_audit() {
     assert!(events
         .iter()
         .any(|e| e["action"] == "key.revoke" && e["resource"] == format!("key:{ida}")));
-    let m = client()
-        .get(g.ops_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = g.metrics().await;
     assert!(
         m.contains(r#"model_bridge_auth_failures_total{reason="revoked"}"#),
         "{m}"

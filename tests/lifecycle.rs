@@ -88,14 +88,7 @@ async fn reload_on_change_and_sighup_rejects_bad_configs() {
     .unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(status_of(&c, &g, "new-alias").await, 200);
-    let m = c
-        .get(g.ops_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = g.metrics().await;
     assert!(
         m.contains(r#"model_bridge_config_reloads_total{result="failure"}"#),
         "{m}"
@@ -187,14 +180,7 @@ async fn reload_under_load_fails_no_request() {
     for t in tasks {
         t.await.unwrap();
     }
-    let m = client()
-        .get(g.ops_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = g.metrics().await;
     let reloads: u64 = m
         .lines()
         .find_map(|l| l.strip_prefix(r#"model_bridge_config_reloads_total{result="success"} "#))

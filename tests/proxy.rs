@@ -571,14 +571,7 @@ async fn metrics_and_health() {
     let want = r#"model_bridge_requests_total{endpoint="chat_completions",model="gpt-4o-mini",provider="mock",status_class="2xx"} 1"#;
     let mut m = String::new();
     for _ in 0..100 {
-        m = c
-            .get(g.ops_url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        m = g.metrics().await;
         if m.contains(want) {
             break;
         }
@@ -733,14 +726,7 @@ async fn cost_is_exact_and_unpriced_models_are_unknown_not_zero() {
         "unpriced is unknown, not 0: {rec}"
     );
     assert!(rec["prompt_tokens"].as_u64().unwrap() > 0);
-    let m = client()
-        .get(g.ops_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = g.metrics().await;
     assert!(
         m.contains(r#"model_bridge_unpriced_requests_total{model="same-name"} 1"#),
         "{m}"

@@ -56,14 +56,9 @@ impl MockApp {
     }
 }
 
-/// FNV-1a 64: a cheap fingerprint of the received body for byte-exactness checks.
-pub fn fnv1a(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf29ce484222325;
-    for &b in bytes {
-        h = (h ^ b as u64).wrapping_mul(0x100000001b3);
-    }
-    h
-}
+/// FNV-1a 64: a cheap fingerprint of the received body for byte-exactness checks (the same
+/// function that identifies config versions).
+pub use crate::config::source_hash as fnv1a;
 
 fn base64(bytes: &[u8]) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";

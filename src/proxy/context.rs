@@ -26,7 +26,8 @@ pub struct Ctx {
     pub record: UsageRecord,
 }
 
-fn new_request_id() -> String {
+/// `req_` and 96 random bits in hex: the id in `x-request-id`, usage rows and audit events.
+pub(super) fn new_request_id() -> String {
     let v: u128 = rand::random();
     format!("req_{:024x}", v & ((1u128 << 96) - 1))
 }

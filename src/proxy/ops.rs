@@ -58,7 +58,7 @@ impl OpsPlane {
                 .map(|v| v.as_bytes()),
             s.get_header("api-key").map(|v| v.as_bytes()),
         );
-        let request_id = format!("req_{:024x}", rand::random::<u128>() & ((1u128 << 96) - 1));
+        let request_id = super::context::new_request_id();
         let client_ip = s
             .client_addr()
             .and_then(|a| a.as_inet())

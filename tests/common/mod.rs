@@ -270,6 +270,18 @@ impl Gateway {
         )
     }
 
+    /// The ops plane's Prometheus text.
+    pub async fn metrics(&self) -> String {
+        client()
+            .get(self.ops_url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
