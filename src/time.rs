@@ -8,6 +8,12 @@ pub fn now_unix() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+pub fn now_unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// Parses `YYYY-MM-DDTHH:MM:SSZ` (or `+00:00`, optional fraction) into Unix seconds.
 pub fn parse_rfc3339(s: &str) -> Option<u64> {
     let s = s.trim();

@@ -148,6 +148,7 @@ pub struct Config {
     pub rbac: Rbac,
     pub orgs: BTreeMap<String, Org>,
     pub audit_path: PathBuf,
+    pub audit_sink: raw::AuditSinkKind,
     pub clickhouse: Option<crate::warehouse::ClickHouseSettings>,
     /// Hash of the text this config was parsed from (the file watcher compares against it).
     pub source_hash: u64,
@@ -336,6 +337,20 @@ fn validate(raw: RawConfig, path: &Path, err: &mut dyn FnMut(&str, String)) -> C
         }
         _ => (None, Rbac::default()),
     };
+    if raw.clickhouse.is_none() {
+        if raw.usage.sink == SinkKind::Clickhouse {
+            err(
+                "usage.sink",
+                "`clickhouse` needs a [clickhouse] section".into(),
+            );
+        }
+        if raw.audit.sink == raw::AuditSinkKind::Clickhouse {
+            err(
+                "audit.sink",
+                "`clickhouse` needs a [clickhouse] section".into(),
+            );
+        }
+    }
     let passthrough = raw.passthrough.as_ref().and_then(|p| {
         let found = providers.get(&p.provider).cloned();
         if found.is_none() && !raw.providers.contains_key(&p.provider) {
@@ -376,6 +391,7 @@ fn validate(raw: RawConfig, path: &Path, err: &mut dyn FnMut(&str, String)) -> C
         rbac,
         orgs,
         audit_path: base.join(&raw.audit.path),
+        audit_sink: raw.audit.sink,
         clickhouse: raw.clickhouse.as_ref().map(|c| {
             let ident = |v: &str| {
                 !v.is_empty() && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
@@ -389,6 +405,18 @@ fn validate(raw: RawConfig, path: &Path, err: &mut dyn FnMut(&str, String)) -> C
             if c.cluster.as_deref().is_some_and(|v| !ident(v)) {
                 err("clickhouse.cluster", "letters, digits and _ only".into());
             }
+            if c.batch_rows == 0 {
+                err("clickhouse.batch_rows", "must be at least 1".into());
+            }
+            if c.node.as_deref().is_some_and(|n| {
+                !n.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
+            }) {
+                err(
+                    "clickhouse.node",
+                    "letters, digits, '.' and '_' only".into(),
+                );
+            }
             crate::warehouse::ClickHouseSettings {
                 url: c.url.trim_end_matches('/').to_string(),
                 user: c.user.clone(),
@@ -399,6 +427,21 @@ fn validate(raw: RawConfig, path: &Path, err: &mut dyn FnMut(&str, String)) -> C
                     .map(crate::routing::Secret::new),
                 database: c.database.clone(),
                 cluster: c.cluster.clone().filter(|v| !v.is_empty()),
+                migrate_on_start: c.migrate_on_start,
+                batch_rows: c.batch_rows,
+                batch_interval: Duration::from_millis(c.batch_interval_ms.max(1)),
+                insert_timeout: Duration::from_millis(c.insert_timeout_ms.max(1)),
+                max_inflight_inserts: c.max_inflight_inserts.max(1),
+                spool_dir: base.join(&c.spool_dir),
+                spool_max_bytes: c.spool_max_bytes,
+                node: c
+                    .node
+                    .clone()
+                    .filter(|n| !n.is_empty())
+                    .unwrap_or_else(crate::warehouse::host_name),
+                usage_retention_months: c.usage_retention_months,
+                audit_retention_months: c.audit_retention_months,
+                retention_interval: Duration::from_secs(c.retention_interval_hours * 3600),
             }
         }),
         source_hash: 0,

@@ -55,6 +55,40 @@ pub struct RawClickHouse {
     /// Cluster name: DDL runs `ON CLUSTER <name>`.
     #[serde(default)]
     pub cluster: Option<String>,
+    /// Apply migrations when `serve` starts (otherwise run `model-bridge migrate`).
+    #[serde(default)]
+    pub migrate_on_start: bool,
+    /// A batch is inserted when it has this many rows…
+    #[serde(default = "default_batch_rows")]
+    pub batch_rows: usize,
+    /// …or when its oldest row is this old (milliseconds).
+    #[serde(default = "default_batch_interval_ms")]
+    pub batch_interval_ms: u64,
+    /// An insert not acknowledged within this time is spooled (milliseconds).
+    #[serde(default = "default_insert_timeout_ms")]
+    pub insert_timeout_ms: u64,
+    /// Inserts in flight at once per sink; further batches are spooled.
+    #[serde(default = "default_max_inflight_inserts")]
+    pub max_inflight_inserts: usize,
+    /// Where batches wait while ClickHouse is unreachable (relative to this file). One gateway
+    /// process per directory.
+    #[serde(default = "default_spool_dir")]
+    pub spool_dir: String,
+    /// Spool size limit per sink, bytes; a loud metric fires at 80%.
+    #[serde(default = "default_spool_max_bytes")]
+    pub spool_max_bytes: u64,
+    /// Names this gateway in batch ids and audit chains (default: the host name).
+    #[serde(default)]
+    pub node: Option<String>,
+    /// Months of usage rows kept by `model-bridge retention apply` (0: keep all).
+    #[serde(default)]
+    pub usage_retention_months: u32,
+    /// Months of audit rows kept (0: keep all).
+    #[serde(default)]
+    pub audit_retention_months: u32,
+    /// Apply retention this often while serving (hours; 0: only by the CLI).
+    #[serde(default)]
+    pub retention_interval_hours: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -162,6 +196,9 @@ pub struct RawKey {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawAudit {
+    /// `jsonl` (the file below) or `clickhouse` (the `[clickhouse]` warehouse).
+    #[serde(default = "default_audit_sink")]
+    pub sink: AuditSinkKind,
     /// JSON-lines file for audit events (relative to this file).
     #[serde(default = "default_audit_path")]
     pub path: String,
@@ -170,6 +207,7 @@ pub struct RawAudit {
 impl Default for RawAudit {
     fn default() -> Self {
         Self {
+            sink: default_audit_sink(),
             path: default_audit_path(),
         }
     }
@@ -275,6 +313,15 @@ pub enum SinkKind {
     Jsonl,
     /// One JSON object per line on standard output.
     Stdout,
+    /// Rows in the `[clickhouse]` warehouse (spooled while it is unreachable).
+    Clickhouse,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditSinkKind {
+    Jsonl,
+    Clickhouse,
 }
 
 #[derive(Debug, Deserialize)]
@@ -456,6 +503,27 @@ fn default_keepalive_s() -> u64 {
 }
 fn default_drain_timeout_ms() -> u64 {
     30_000
+}
+fn default_audit_sink() -> AuditSinkKind {
+    AuditSinkKind::Jsonl
+}
+fn default_batch_rows() -> usize {
+    10_000
+}
+fn default_batch_interval_ms() -> u64 {
+    1_000
+}
+fn default_insert_timeout_ms() -> u64 {
+    5_000
+}
+fn default_max_inflight_inserts() -> usize {
+    2
+}
+fn default_spool_dir() -> String {
+    "data/spool".into()
+}
+fn default_spool_max_bytes() -> u64 {
+    1 << 30
 }
 fn default_sink() -> SinkKind {
     SinkKind::Jsonl

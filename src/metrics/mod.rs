@@ -2,8 +2,8 @@
 //! (configured aliases and providers, enum labels) — never from request data.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 use std::sync::LazyLock;
 
@@ -46,6 +46,18 @@ pub struct Metrics {
     /// {model}: streams the client left early.
     pub cancelled: IntCounterVec,
     pub body_bytes: Histogram,
+    /// {sink, outcome}: warehouse batches (inserted, spooled, replayed, failed).
+    pub sink_batches: IntCounterVec,
+    /// {sink}: ClickHouse insert latency, successful or not.
+    pub sink_insert_duration: HistogramVec,
+    /// {sink}: bytes in the on-disk spool, its limit, segments waiting for replay.
+    pub sink_spool_bytes: IntGaugeVec,
+    pub sink_spool_limit: IntGaugeVec,
+    pub sink_spool_segments: IntGaugeVec,
+    /// {sink}: 1 when the spool is over 80% of its limit (rows are lost when it is full).
+    pub sink_spool_near_full: IntGaugeVec,
+    /// {sink}: 1 while the last ClickHouse insert or probe succeeded.
+    pub sink_clickhouse_up: IntGaugeVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -70,6 +82,14 @@ fn histogram(r: &Registry, name: &str, help: &str, labels: &[&str]) -> Histogram
     r.register(Box::new(h.clone()))
         .unwrap_or_else(|e| panic!("register {name}: {e}"));
     h
+}
+
+fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(format!("model_bridge_{name}"), help), labels)
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    r.register(Box::new(g.clone()))
+        .unwrap_or_else(|e| panic!("register {name}: {e}"));
+    g
 }
 
 fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
@@ -192,7 +212,7 @@ impl Metrics {
             audit_events: counter(
                 &r,
                 "audit_events_total",
-                "Audit events by outcome (inserted, lost).",
+                "Audit events by outcome (inserted, spooled, replayed, lost).",
                 &["outcome"],
             ),
             auth_failures: counter(
@@ -214,6 +234,48 @@ impl Metrics {
                 &["model"],
             ),
             body_bytes,
+            sink_batches: counter(
+                &r,
+                "sink_batches_total",
+                "Warehouse batches by sink and outcome (inserted, spooled, replayed, failed).",
+                &["sink", "outcome"],
+            ),
+            sink_insert_duration: histogram(
+                &r,
+                "sink_insert_duration_seconds",
+                "ClickHouse insert latency by sink.",
+                &["sink"],
+            ),
+            sink_spool_bytes: gauge_vec(
+                &r,
+                "sink_spool_bytes",
+                "Bytes of spooled batches waiting for ClickHouse.",
+                &["sink"],
+            ),
+            sink_spool_limit: gauge_vec(
+                &r,
+                "sink_spool_limit_bytes",
+                "Spool size limit; rows are lost beyond it.",
+                &["sink"],
+            ),
+            sink_spool_segments: gauge_vec(
+                &r,
+                "sink_spool_segments",
+                "Spooled batches waiting for ClickHouse.",
+                &["sink"],
+            ),
+            sink_spool_near_full: gauge_vec(
+                &r,
+                "sink_spool_near_full",
+                "1 when the spool is over 80% of its limit.",
+                &["sink"],
+            ),
+            sink_clickhouse_up: gauge_vec(
+                &r,
+                "sink_clickhouse_up",
+                "1 while ClickHouse accepts inserts.",
+                &["sink"],
+            ),
             registry: r,
         }
     }

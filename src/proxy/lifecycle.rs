@@ -13,8 +13,9 @@ use tokio::signal::unix::{signal, SignalKind};
 /// How long a changed config file must stay unchanged before it is reloaded.
 const SETTLE: Duration = Duration::from_millis(100);
 
-/// How long usage records may take to reach the sink at exit.
-const SINK_FLUSH: Duration = Duration::from_secs(5);
+/// How long usage records and audit events may take to reach their sinks at exit (an insert
+/// that does not finish within its own timeout is spooled, so this covers that timeout).
+const SINK_FLUSH: Duration = Duration::from_secs(15);
 
 pub struct Signals {
     pub shared: Arc<Shared>,
@@ -42,7 +43,14 @@ impl Signals {
 
     async fn flush_sink(&self) {
         let sink = self.shared.sink.clone();
-        let _ = tokio::task::spawn_blocking(move || sink.flush(SINK_FLUSH)).await;
+        let audit = self.shared.audit.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            // Each sink inserts or spools what it holds; both run within the same bound.
+            let a = std::thread::spawn(move || audit.flush(SINK_FLUSH));
+            sink.flush(SINK_FLUSH);
+            let _ = a.join();
+        })
+        .await;
     }
 }
 

@@ -10,12 +10,11 @@ mod jwks;
 mod lifecycle;
 mod ops;
 mod relay;
+mod sinks;
 mod upstream;
 
 use crate::config::Config;
 use crate::state::Shared;
-use crate::usage::sink::JsonLinesSink;
-use crate::usage::UsageSink;
 use pingora_core::listeners::tls::TlsSettings;
 use pingora_core::listeners::TcpSocketOptions;
 use pingora_core::server::configuration::ServerConf;
@@ -23,25 +22,11 @@ use pingora_core::server::{RunArgs, Server};
 use pingora_core::services::background::background_service;
 use pingora_core::services::listening::Service;
 use std::path::Path;
-use std::sync::Arc;
 
 /// Builds the server from a validated config and runs it until shutdown.
 pub fn serve(config: Config, config_path: &Path) -> Result<(), String> {
-    let path = match config.usage.sink {
-        crate::config::raw::SinkKind::Jsonl => Some(config.usage.path.clone()),
-        crate::config::raw::SinkKind::Stdout => None,
-    };
-    let sink: Arc<dyn UsageSink> = JsonLinesSink::start(
-        path,
-        config.usage.queue_capacity,
-        config.usage.flush_interval,
-    )
-    .map_err(|e| format!("usage sink {}: {e}", config.usage.path.display()))?;
-
+    let (sink, audit) = sinks::start(&config)?;
     let server_cfg = config.server.clone();
-    let audit: Arc<dyn crate::audit::AuditSink> =
-        crate::audit::JsonLinesAudit::start(config.audit_path.clone())
-            .map_err(|e| format!("audit sink {}: {e}", config.audit_path.display()))?;
     if config.auth.is_none() {
         log::warn!("authentication is disabled ([auth] absent): every caller is unrestricted");
     }

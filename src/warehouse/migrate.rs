@@ -126,11 +126,9 @@ mod tests {
     #[test]
     fn renders_and_splits() {
         let s = ClickHouseSettings {
-            url: String::new(),
-            user: "default".into(),
-            password: None,
             database: "mb".into(),
             cluster: Some("c1".into()),
+            ..ClickHouseSettings::local("http://127.0.0.1:8123")
         };
         for (_, _, sql) in MIGRATIONS {
             let stmts = statements(&render(sql, &s));

@@ -2,9 +2,16 @@
 //! SQL stays portable across Debian's 18.16 and current servers (see DESIGN §4); anything newer
 //! is gated on `version()`.
 
+pub mod chain;
 pub mod migrate;
+pub mod rows;
+pub mod sink;
+pub mod sinks;
+pub mod spool;
 
 use crate::routing::Secret;
+use std::path::PathBuf;
+use std::time::Duration;
 
 /// Where usage and audit rows go.
 #[derive(Debug, Clone)]
@@ -15,9 +22,42 @@ pub struct ClickHouseSettings {
     pub database: String,
     /// `ON CLUSTER <name>` for every DDL statement, when set.
     pub cluster: Option<String>,
+    pub migrate_on_start: bool,
+    pub batch_rows: usize,
+    pub batch_interval: Duration,
+    pub insert_timeout: Duration,
+    pub max_inflight_inserts: usize,
+    pub spool_dir: PathBuf,
+    pub spool_max_bytes: u64,
+    pub node: String,
+    pub usage_retention_months: u32,
+    pub audit_retention_months: u32,
+    pub retention_interval: Duration,
 }
 
 impl ClickHouseSettings {
+    /// Defaults for a server at `url` (tests and tools; `serve` takes them from config).
+    pub fn local(url: &str) -> Self {
+        Self {
+            url: url.to_string(),
+            user: "default".into(),
+            password: None,
+            database: "model_bridge".into(),
+            cluster: None,
+            migrate_on_start: false,
+            batch_rows: 10_000,
+            batch_interval: Duration::from_secs(1),
+            insert_timeout: Duration::from_secs(5),
+            max_inflight_inserts: 2,
+            spool_dir: PathBuf::from("data/spool"),
+            spool_max_bytes: 1 << 30,
+            node: host_name(),
+            usage_retention_months: 0,
+            audit_retention_months: 0,
+            retention_interval: Duration::ZERO,
+        }
+    }
+
     /// A client without a default database (migrations create it).
     pub fn client(&self) -> clickhouse::Client {
         let mut c = clickhouse::Client::default()
@@ -29,6 +69,48 @@ impl ClickHouseSettings {
             c = c.with_password(p.expose());
         }
         c
+    }
+
+    /// A client whose default database is ours (sinks, queries).
+    pub fn db_client(&self) -> clickhouse::Client {
+        self.client().with_database(&self.database)
+    }
+
+    /// Pipeline settings for one sink; each has its own spool below `spool_dir`.
+    pub fn pipeline(&self, sink: &str, queue_capacity: usize) -> sink::PipelineSettings {
+        sink::PipelineSettings {
+            batch_rows: self.batch_rows,
+            batch_interval: self.batch_interval,
+            insert_timeout: self.insert_timeout,
+            max_inflight_inserts: self.max_inflight_inserts,
+            queue_capacity,
+            spool_dir: self.spool_dir.join(sink),
+            spool_max_bytes: self.spool_max_bytes,
+            node: self.node.clone(),
+        }
+    }
+}
+
+/// This machine's name, reduced to the characters batch ids and chain ids allow.
+pub fn host_name() -> String {
+    let raw = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .unwrap_or_default();
+    let name: String = raw
+        .trim()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if name.is_empty() {
+        "node".into()
+    } else {
+        name
     }
 }
 

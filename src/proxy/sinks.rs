@@ -1,0 +1,63 @@
+//! Which usage and audit sinks `serve` starts: JSON lines, or the ClickHouse warehouse (with
+//! migrations first when `migrate_on_start` is set).
+
+use crate::audit::{AuditSink, JsonLinesAudit};
+use crate::config::raw::{AuditSinkKind, SinkKind};
+use crate::config::Config;
+use crate::usage::{JsonLinesSink, UsageSink};
+use crate::warehouse::sinks::{ClickHouseAudit, ClickHouseUsage};
+use std::sync::Arc;
+
+type Sinks = (Arc<dyn UsageSink>, Arc<dyn AuditSink>);
+
+pub fn start(config: &Config) -> Result<Sinks, String> {
+    if let Some(ch) = config.clickhouse.as_ref().filter(|c| c.migrate_on_start) {
+        migrate(ch)?;
+    }
+    let usage: Arc<dyn UsageSink> = match (config.usage.sink, &config.clickhouse) {
+        (SinkKind::Clickhouse, Some(ch)) => ClickHouseUsage::start(
+            ch.db_client(),
+            ch.pipeline("usage", config.usage.queue_capacity),
+        )
+        .map_err(|e| format!("usage sink: {e}"))?,
+        (kind, _) => {
+            let path = (kind == SinkKind::Jsonl).then(|| config.usage.path.clone());
+            JsonLinesSink::start(
+                path,
+                config.usage.queue_capacity,
+                config.usage.flush_interval,
+            )
+            .map_err(|e| format!("usage sink {}: {e}", config.usage.path.display()))?
+        }
+    };
+    let audit: Arc<dyn AuditSink> = match (config.audit_sink, &config.clickhouse) {
+        (AuditSinkKind::Clickhouse, Some(ch)) => {
+            ClickHouseAudit::start(ch.db_client(), ch.pipeline("audit", 16_384))
+                .map_err(|e| format!("audit sink: {e}"))?
+        }
+        _ => JsonLinesAudit::start(config.audit_path.clone())
+            .map_err(|e| format!("audit sink {}: {e}", config.audit_path.display()))?,
+    };
+    Ok((usage, audit))
+}
+
+/// Applies migrations before serving; a gateway that cannot reach ClickHouse still starts
+/// (rows spool until it answers), but one whose schema is wrong would spool forever, so a
+/// migration that ClickHouse refuses stops the start.
+fn migrate(ch: &crate::warehouse::ClickHouseSettings) -> Result<(), String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    match rt.block_on(crate::warehouse::migrate::run(ch)) {
+        Ok(r) => {
+            log::info!("migrations: applied {:?}", r.applied);
+            Ok(())
+        }
+        Err(e) if e.contains("connect") || e.contains("Network") => {
+            log::warn!("migrations skipped, ClickHouse unreachable: {e}");
+            Ok(())
+        }
+        Err(e) => Err(format!("migrations: {e}")),
+    }
+}

@@ -1,0 +1,129 @@
+//! The usage and audit sinks on top of the warehouse pipeline: which table, which key the
+//! duplicate check compares, and how an item becomes a row.
+
+use super::chain::Chain;
+use super::rows::{AuditRow, UsageRow};
+use super::sink::{Pipeline, PipelineSettings, Stamp, Table};
+use crate::audit::{AuditEvent, AuditSink};
+use crate::metrics::METRICS;
+use crate::usage::{UsageRecord, UsageSink};
+use clickhouse::Client;
+use std::sync::Arc;
+use std::time::Duration;
+
+impl Table for UsageRow {
+    const TABLE: &'static str = "usage_events";
+
+    fn key(&self) -> String {
+        self.request_id.clone()
+    }
+
+    fn stored_keys(client: &Client, batch_id: &str, rows: &[Self]) -> clickhouse::query::Query {
+        // The time bounds let ClickHouse skip every partition the batch cannot be in.
+        let lo = rows.iter().map(|r| r.ts).min().unwrap_or(0);
+        let hi = rows.iter().map(|r| r.ts).max().unwrap_or(u32::MAX);
+        client
+            .query(
+                "SELECT request_id FROM usage_events \
+                 WHERE batch_id = ? AND ts >= toDateTime(?) AND ts <= toDateTime(?)",
+            )
+            .bind(batch_id)
+            .bind(lo)
+            .bind(hi)
+    }
+}
+
+impl Table for AuditRow {
+    const TABLE: &'static str = "audit_events";
+
+    fn key(&self) -> String {
+        self.seq.to_string()
+    }
+
+    fn stored_keys(client: &Client, _batch_id: &str, rows: &[Self]) -> clickhouse::query::Query {
+        let chain = rows.first().map(|r| r.chain.as_str()).unwrap_or("");
+        let lo = rows.iter().map(|r| r.seq).min().unwrap_or(0);
+        let hi = rows.iter().map(|r| r.seq).max().unwrap_or(0);
+        client
+            .query(
+                "SELECT toString(seq) FROM audit_events WHERE chain = ? AND seq >= ? AND seq <= ?",
+            )
+            .bind(chain)
+            .bind(lo)
+            .bind(hi)
+    }
+}
+
+struct UsageStamp;
+
+impl Stamp<UsageRecord, UsageRow> for UsageStamp {
+    fn row(&mut self, item: UsageRecord, batch_id: &str) -> UsageRow {
+        UsageRow::from_record(item, batch_id)
+    }
+}
+
+impl Stamp<AuditEvent, AuditRow> for Chain {
+    fn row(&mut self, item: AuditEvent, _batch_id: &str) -> AuditRow {
+        let mut row = AuditRow::from_event(item);
+        self.stamp(&mut row);
+        row
+    }
+
+    fn durable(&mut self) {
+        self.persist();
+    }
+}
+
+pub struct ClickHouseUsage(Pipeline<UsageRecord>);
+
+impl ClickHouseUsage {
+    pub fn start(client: Client, settings: PipelineSettings) -> std::io::Result<Arc<Self>> {
+        Pipeline::start::<UsageRow, _>(
+            "usage",
+            client,
+            settings,
+            UsageStamp,
+            METRICS.usage_sink_queue_depth.clone(),
+            &METRICS.usage_rows,
+        )
+        .map(|p| Arc::new(Self(p)))
+    }
+}
+
+impl UsageSink for ClickHouseUsage {
+    fn submit(&self, record: UsageRecord) {
+        self.0.submit(record)
+    }
+
+    fn flush(&self, timeout: Duration) -> bool {
+        self.0.flush(timeout)
+    }
+}
+
+pub struct ClickHouseAudit(Pipeline<AuditEvent>);
+
+impl ClickHouseAudit {
+    pub fn start(client: Client, settings: PipelineSettings) -> std::io::Result<Arc<Self>> {
+        let chain = Chain::start(&settings.node, &settings.spool_dir);
+        log::info!("audit chain {}", chain.id);
+        Pipeline::start::<AuditRow, _>(
+            "audit",
+            client,
+            settings,
+            chain,
+            METRICS.audit_queue_depth.clone(),
+            &METRICS.audit_events,
+        )
+        .map(|p| Arc::new(Self(p)))
+    }
+}
+
+impl AuditSink for ClickHouseAudit {
+    fn record(&self, event: AuditEvent) {
+        self.0.submit(event)
+    }
+
+    fn flush(&self, timeout: Duration) -> bool {
+        self.0.flush(timeout)
+    }
+}
