@@ -2,6 +2,8 @@
 //! ports, a temp dir with the config and the usage file, and helpers to read usage records.
 #![allow(dead_code)]
 
+pub mod clickhouse;
+
 use std::io::Write;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -166,13 +168,23 @@ impl Gateway {
     }
 
     pub fn start_with(mock_args: &[&str], extra: &str) -> Gateway {
+        Self::start_edited(mock_args, extra, |t| t)
+    }
+
+    /// Like `start_with`, with the whole config text passed through `edit` first.
+    pub fn start_edited(
+        mock_args: &[&str],
+        extra: &str,
+        edit: impl FnOnce(String) -> String,
+    ) -> Gateway {
         let mock = Mock::start(mock_args);
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         let ops = free_port();
         let usage = dir.path().join("usage.jsonl");
         let config = dir.path().join("gateway.toml");
-        std::fs::write(&config, config_text(port, ops, &mock.url(), &usage, extra)).unwrap();
+        let text = edit(config_text(port, ops, &mock.url(), &usage, extra));
+        std::fs::write(&config, text).unwrap();
         let log = dir.path().join("gateway.log");
         let child = Self::spawn(&config, &log);
         let g = Gateway {
@@ -187,6 +199,51 @@ impl Gateway {
         };
         g.wait_ready();
         g
+    }
+
+    /// Stops the gateway with SIGTERM (drain, flush) and waits for it to exit.
+    pub fn stop(&mut self) {
+        signal(&self.proc.0, "TERM");
+        let start = Instant::now();
+        while self.proc.0.try_wait().unwrap().is_none() {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "gateway did not exit"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts the gateway again on its config (after `stop`).
+    pub fn restart(&mut self) {
+        self.proc = Proc(Self::spawn(&self.config, &self.log));
+        self.wait_ready();
+    }
+
+    /// Runs the `model-bridge` CLI on this gateway's config: (success, stdout, stderr).
+    pub fn cli(&self, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_model-bridge"))
+            .args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .env("MB_TEST_PROVIDER_KEY", PROVIDER_KEY)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    }
+
+    /// The value of one unlabelled-or-labelled sample in `/metrics` (0 when absent).
+    pub async fn metric(&self, sample: &str) -> f64 {
+        self.metrics()
+            .await
+            .lines()
+            .find_map(|l| l.strip_prefix(sample).and_then(|v| v.strip_prefix(' ')))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
     }
 
     fn wait_ready(&self) {
