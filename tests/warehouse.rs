@@ -14,6 +14,9 @@ fn chat(model: &str, stream: bool) -> Value {
     json!({"model": model, "stream": stream, "messages": [{"role": "user", "content": "hello there"}]})
 }
 
+/// (prompt, completion, cached) as the mock reported them.
+type Tokens = (u64, u64, u64);
+
 /// 0.15 / 0.075 / 0.60 USD per 1M tokens = 150 / 75 / 600 nano-USD per token.
 fn mini_cost(p: u64, c: u64, cached: u64) -> u64 {
     (p - cached) * 150 + cached * 75 + c * 600
@@ -193,7 +196,7 @@ async fn every_request_is_one_row_with_exact_tokens_cost_and_attribution() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
 
     // (request id, expected (prompt, completion, cached) or None when cancelled / refused)
-    let mut expect: Vec<(String, Option<(u64, u64, u64)>, &str)> = Vec::new();
+    let mut expect: Vec<(String, Option<Tokens>, &str)> = Vec::new();
     let c = client();
     for (i, (stream, include)) in [(false, false), (true, false), (true, true)]
         .into_iter()
