@@ -39,6 +39,31 @@ enum Command {
         #[arg(long, short, default_value = "config/gateway.toml")]
         config: PathBuf,
     },
+    /// Audit trail operations.
+    Audit {
+        #[arg(long, short, default_value = "config/gateway.toml", global = true)]
+        config: PathBuf,
+        #[command(subcommand)]
+        action: AuditAction,
+    },
+    /// Anonymise a user's usage rows in ClickHouse (right to erasure); audited.
+    Erase {
+        #[arg(long, short, default_value = "config/gateway.toml")]
+        config: PathBuf,
+        /// The user id (as authenticated, or as sent in OpenAI's `user` field).
+        #[arg(long)]
+        user: String,
+        /// Only this org's rows.
+        #[arg(long)]
+        org: Option<String>,
+    },
+    /// Retention of warehouse rows.
+    Retention {
+        #[arg(long, short, default_value = "config/gateway.toml", global = true)]
+        config: PathBuf,
+        #[command(subcommand)]
+        action: RetentionAction,
+    },
     /// Manage virtual API keys in the key store (bootstrap without the admin API).
     Keys {
         /// Gateway config file (names the key store, orgs and roles).
@@ -47,6 +72,19 @@ enum Command {
         #[command(subcommand)]
         action: KeysAction,
     },
+}
+
+#[derive(Subcommand)]
+enum AuditAction {
+    /// Recompute every audit hash chain from ClickHouse; exits 1 at the first break.
+    Verify,
+}
+
+#[derive(Subcommand)]
+enum RetentionAction {
+    /// Drop monthly partitions older than `[clickhouse] usage_retention_months` /
+    /// `audit_retention_months`.
+    Apply,
 }
 
 #[derive(Subcommand)]
@@ -110,45 +148,26 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Migrate { config } => {
-            let cfg = match Config::load(&config) {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("{e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            let Some(ch) = cfg.clickhouse else {
-                eprintln!(
-                    "model-bridge migrate: {} has no [clickhouse] section",
-                    config.display()
-                );
-                return ExitCode::FAILURE;
-            };
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("model-bridge migrate: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match rt.block_on(model_bridge::warehouse::migrate::run(&ch)) {
-                Ok(r) => {
-                    println!(
-                        "ClickHouse {}.{} at {}: database {} — applied {:?}, already applied {:?}",
-                        r.server.0, r.server.1, ch.url, ch.database, r.applied, r.already
-                    );
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("model-bridge migrate: {e}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
+        Command::Migrate { config } => warehouse_cmd(&config, "migrate", |c| {
+            model_bridge::cli::warehouse::run_migrate(c).map(|()| true)
+        }),
+        Command::Audit {
+            config,
+            action: AuditAction::Verify,
+        } => warehouse_cmd(
+            &config,
+            "audit verify",
+            model_bridge::cli::warehouse::audit_verify,
+        ),
+        Command::Erase { config, user, org } => warehouse_cmd(&config, "erase", |c| {
+            model_bridge::cli::warehouse::erase(c, &user, org.as_deref()).map(|()| true)
+        }),
+        Command::Retention {
+            config,
+            action: RetentionAction::Apply,
+        } => warehouse_cmd(&config, "retention apply", |c| {
+            model_bridge::cli::warehouse::retention_apply(c).map(|()| true)
+        }),
         Command::Serve { config } => {
             let cfg = match Config::load(&config) {
                 Ok(c) => c,
@@ -164,6 +183,29 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+/// Loads the config and runs a warehouse command: exit 0 on Ok(true), 1 otherwise.
+fn warehouse_cmd(
+    config: &std::path::Path,
+    name: &str,
+    f: impl FnOnce(&Config) -> Result<bool, String>,
+) -> ExitCode {
+    let cfg = match Config::load(config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match f(&cfg) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("model-bridge {name}: {e}");
+            ExitCode::FAILURE
         }
     }
 }

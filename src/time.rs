@@ -38,6 +38,31 @@ pub fn parse_rfc3339(s: &str) -> Option<u64> {
     u64::try_from(days * 86_400 + hh * 3600 + mm * 60 + ss).ok()
 }
 
+/// (year, month, day) of Unix seconds, UTC (civil from days, Howard Hinnant's algorithm).
+pub fn civil(unix: u64) -> (i64, u32, u32) {
+    let z = (unix / 86_400) as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+/// (year, month) of Unix seconds, UTC.
+pub fn year_month(unix: u64) -> (i64, u32) {
+    let (y, m, _) = civil(unix);
+    (y, m)
+}
+
+/// `YYYY-MM-DD` of Unix seconds, UTC.
+pub fn date(unix: u64) -> String {
+    let (y, m, d) = civil(unix);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -52,6 +77,9 @@ mod tests {
             Some(1_709_209_815)
         );
         assert_eq!(super::parse_rfc3339("2024-13-01T00:00:00Z"), None);
+        assert_eq!(super::date(1_709_209_815), "2024-02-29");
+        assert_eq!(super::date(1_798_761_599), "2026-12-31");
+        assert_eq!(super::date(0), "1970-01-01");
         assert_eq!(super::parse_rfc3339("2024-01-01T00:00:00+02:00"), None);
     }
 }

@@ -27,10 +27,12 @@ pub async fn run(ctx: &Ctx<'_>, op: Op, p: &Params<'_>) -> Reply {
         Op::ListRoles => list_roles(ctx),
         Op::ListBindings => list_bindings(ctx),
         Op::Reload => reload(ctx),
+        Op::Spend => super::warehouse::spend(ctx).await,
+        Op::EraseUser => super::warehouse::erase_user(ctx, org, p.id.unwrap_or_default()).await,
     }
 }
 
-fn query<'a>(ctx: &'a Ctx<'_>, name: &str) -> Option<&'a str> {
+pub(super) fn query<'a>(ctx: &'a Ctx<'_>, name: &str) -> Option<&'a str> {
     ctx.req
         .query?
         .split('&')

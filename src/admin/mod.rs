@@ -4,6 +4,7 @@
 //! is audited with before / after (secrets redacted).
 
 mod handlers;
+mod warehouse;
 
 use crate::audit::AuditEvent;
 use crate::auth::Principal;
@@ -29,6 +30,8 @@ pub enum Op {
     ListRoles,
     ListBindings,
     Reload,
+    Spend,
+    EraseUser,
 }
 
 pub struct Route {
@@ -138,6 +141,20 @@ pub const ROUTES: &[Route] = &[
         permission: Some("admin:reload:write"),
         op: Op::Reload,
         summary: "Reload the config file now.",
+    },
+    Route {
+        method: "GET",
+        path: "/admin/v1/spend",
+        permission: Some("admin:spend:read"),
+        op: Op::Spend,
+        summary: "Spend from the daily rollup: totals and groups (from, to, group_by=org,cost_center,model,day, org, cost_center).",
+    },
+    Route {
+        method: "POST",
+        path: "/admin/v1/orgs/{org}/users/{id}/erase",
+        permission: Some("admin:users:erase"),
+        op: Op::EraseUser,
+        summary: "Anonymise a user's usage rows in the org (right to erasure); audited.",
     },
 ];
 
@@ -317,9 +334,26 @@ pub fn openapi() -> Value {
     for r in ROUTES {
         let entry = paths.entry(r.path.to_string()).or_insert_with(|| json!({}));
         let mut params = Vec::new();
-        for (name, desc) in [("org", "Org id"), ("id", "Key id")] {
+        for (name, desc) in [("org", "Org id"), ("id", "Key id (user id for erase)")] {
             if r.path.contains(&format!("{{{name}}}")) {
                 params.push(json!({"name": name, "in": "path", "required": true, "description": desc, "schema": {"type": "string"}}));
+            }
+        }
+        if r.op == Op::Spend {
+            for (name, desc) in [
+                (
+                    "from",
+                    "First day, YYYY-MM-DD (default: first of this month)",
+                ),
+                ("to", "Last day, inclusive (default: today)"),
+                ("group_by", "Comma-separated: org, cost_center, model, day"),
+                (
+                    "org",
+                    "Org id, or * for all (needs admin:all_orgs); default: the caller's",
+                ),
+                ("cost_center", "Only this cost center"),
+            ] {
+                params.push(json!({"name": name, "in": "query", "description": desc, "schema": {"type": "string"}}));
             }
         }
         if r.op == Op::ListKeys {

@@ -1,12 +1,11 @@
 //! `model-bridge keys create|list|revoke`: bootstrap and operate the key store without the
 //! admin API (e.g. the first admin key). The running gateway picks the change up on its own.
 
-use crate::audit::{AuditEvent, AuditSink, JsonLinesAudit};
+use crate::audit::AuditEvent;
 use crate::auth::issue::{issue, redacted, KeySpec};
 use crate::auth::keys::KeyRecord;
 use crate::auth::store::{FileKeyStore, KeyStore};
 use crate::config::Config;
-use std::time::Duration;
 
 #[derive(Debug, clap::Args)]
 pub struct CreateArgs {
@@ -41,18 +40,10 @@ fn store_of(cfg: &Config) -> Result<FileKeyStore, String> {
 }
 
 fn audit(cfg: &Config, action: &'static str, rec: &KeyRecord, before: Option<&KeyRecord>) {
-    let Ok(sink) = JsonLinesAudit::start(cfg.audit_path.clone()) else {
-        eprintln!(
-            "warning: audit log {} not writable",
-            cfg.audit_path.display()
-        );
-        return;
-    };
-    let actor = std::env::var("USER").map_or_else(|_| "cli".into(), |u| format!("cli:{u}"));
-    sink.record(AuditEvent {
-        ts_ms: crate::time::now_unix() * 1000,
+    let event = AuditEvent {
+        ts_ms: crate::time::now_unix_ms(),
         request_id: String::new(),
-        actor,
+        actor: super::warehouse::cli_actor(),
         org: Some(rec.org.clone()),
         action,
         resource: format!("key:{}", rec.id),
@@ -62,8 +53,11 @@ fn audit(cfg: &Config, action: &'static str, rec: &KeyRecord, before: Option<&Ke
         after: serde_json::to_value(redacted(rec)).ok(),
         client_ip: None,
         user_agent: Some("model-bridge-cli".into()),
-    });
-    sink.flush(Duration::from_secs(5));
+    };
+    // The key change itself is done and durable; a missing audit row is reported, not fatal.
+    if let Err(e) = super::warehouse::audit(cfg, event) {
+        eprintln!("warning: {e}");
+    }
 }
 
 pub fn create(cfg: &Config, a: CreateArgs) -> Result<(), String> {

@@ -38,7 +38,55 @@ pub fn start(config: &Config) -> Result<Sinks, String> {
         _ => JsonLinesAudit::start(config.audit_path.clone())
             .map_err(|e| format!("audit sink {}: {e}", config.audit_path.display()))?,
     };
+    if let Some(ch) = config
+        .clickhouse
+        .as_ref()
+        .filter(|c| !c.retention_interval.is_zero())
+    {
+        schedule_retention(ch.clone(), audit.clone());
+    }
     Ok((usage, audit))
+}
+
+/// Applies retention a minute after start and then every `retention_interval`, on a thread of
+/// its own (DDL can take seconds; nothing here may touch the request path).
+fn schedule_retention(ch: crate::warehouse::ClickHouseSettings, audit: Arc<dyn AuditSink>) {
+    let spawned = std::thread::Builder::new()
+        .name("retention".into())
+        .spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            let mut wait = std::time::Duration::from_secs(60);
+            loop {
+                std::thread::sleep(wait);
+                wait = ch.retention_interval;
+                let now = crate::time::now_unix();
+                match rt.block_on(crate::warehouse::compliance::apply_retention(&ch, now)) {
+                    Ok(r) => audit.record(crate::audit::AuditEvent {
+                        ts_ms: crate::time::now_unix_ms(),
+                        request_id: String::new(),
+                        actor: "gateway:retention".into(),
+                        org: None,
+                        action: "retention.apply",
+                        resource: format!("database:{}", ch.database),
+                        outcome: "succeeded",
+                        reason: None,
+                        before: None,
+                        after: serde_json::to_value(&r).ok(),
+                        client_ip: None,
+                        user_agent: None,
+                    }),
+                    Err(e) => log::warn!("scheduled retention: {e}"),
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        log::error!("retention thread: {e}");
+    }
 }
 
 /// Applies migrations before serving; a gateway that cannot reach ClickHouse still starts

@@ -71,6 +71,17 @@ impl Chain {
         }
     }
 
+    /// A chain of its own for a one-off writer (the CLI), starting at genesis.
+    pub fn detached(node: &str, what: &str) -> Self {
+        let started = crate::time::now_unix_ms();
+        Self {
+            id: format!("{node}-{what}-{started}-{}", std::process::id()),
+            seq: 0,
+            last_hash: GENESIS.to_string(),
+            head_path: PathBuf::new(),
+        }
+    }
+
     /// Places a row at the end of the chain.
     pub fn stamp(&mut self, row: &mut AuditRow) {
         self.seq += 1;
@@ -84,6 +95,9 @@ impl Chain {
     /// Records the head once the rows up to it are durable (inserted or spooled), so the next
     /// process links to a row that exists.
     pub fn persist(&self) {
+        if self.head_path.as_os_str().is_empty() {
+            return;
+        }
         let text = format!("{} {} {}\n", self.id, self.seq, self.last_hash);
         let tmp = self.head_path.with_extension("tmp");
         let ok = std::fs::write(&tmp, text)

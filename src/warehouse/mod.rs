@@ -3,11 +3,15 @@
 //! is gated on `version()`.
 
 pub mod chain;
+pub mod compliance;
 pub mod migrate;
+pub mod oneshot;
 pub mod rows;
 pub mod sink;
 pub mod sinks;
+pub mod spend;
 pub mod spool;
+pub mod verify;
 
 use crate::routing::Secret;
 use std::path::PathBuf;

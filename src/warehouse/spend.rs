@@ -1,0 +1,174 @@
+//! Spend: the one definition of "how much was spent" that the admin API, dashboards and budget
+//! checks share — sums over the `spend_daily` rollup (never the raw rows), in exact nano-USD.
+
+use crate::usage::pricing::format_usd;
+use serde_json::{json, Map, Value};
+use std::collections::BTreeMap;
+
+/// Dimensions a spend answer can be grouped by.
+pub const DIMENSIONS: &[&str] = &["org", "cost_center", "model", "day"];
+
+#[derive(Debug, Clone)]
+pub struct SpendQuery {
+    /// `None`: every org.
+    pub org: Option<String>,
+    /// Inclusive `YYYY-MM-DD` bounds (UTC days).
+    pub from: String,
+    pub to: String,
+    pub group_by: Vec<&'static str>,
+    pub cost_center: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub requests: u64,
+    pub prompt_tokens: u64,
+    pub cached_tokens: u64,
+    pub completion_tokens: u64,
+    pub cost_nanousd: i64,
+    pub unpriced_requests: u64,
+}
+
+impl Totals {
+    fn add(&mut self, r: &RollupRow) {
+        self.requests += r.requests;
+        self.prompt_tokens += r.prompt_tokens;
+        self.cached_tokens += r.cached_tokens;
+        self.completion_tokens += r.completion_tokens;
+        self.cost_nanousd += r.cost_nanousd;
+        self.unpriced_requests += r.unpriced_requests;
+    }
+
+    fn json(&self, into: &mut Map<String, Value>) {
+        into.insert("requests".into(), json!(self.requests));
+        into.insert("prompt_tokens".into(), json!(self.prompt_tokens));
+        into.insert("cached_tokens".into(), json!(self.cached_tokens));
+        into.insert("completion_tokens".into(), json!(self.completion_tokens));
+        into.insert("cost_nanousd".into(), json!(self.cost_nanousd));
+        into.insert("cost_usd".into(), json!(format_usd(self.cost_nanousd)));
+        into.insert("unpriced_requests".into(), json!(self.unpriced_requests));
+    }
+}
+
+#[derive(Debug, clickhouse::Row, serde::Deserialize)]
+struct RollupRow {
+    org: String,
+    cost_center: String,
+    model: String,
+    day: String,
+    requests: u64,
+    prompt_tokens: u64,
+    cached_tokens: u64,
+    completion_tokens: u64,
+    cost_nanousd: i64,
+    unpriced_requests: u64,
+}
+
+/// Checks a `YYYY-MM-DD` day.
+pub fn valid_day(d: &str) -> bool {
+    crate::time::parse_rfc3339(&format!("{d}T00:00:00Z")).is_some() && d.len() == 10
+}
+
+/// Parses a comma-separated `group_by`.
+pub fn parse_group_by(text: &str) -> Result<Vec<&'static str>, String> {
+    let mut out = Vec::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let Some(d) = DIMENSIONS.iter().find(|d| **d == part) else {
+            return Err(format!(
+                "unknown group_by `{part}` (one of {})",
+                DIMENSIONS.join(", ")
+            ));
+        };
+        if !out.contains(d) {
+            out.push(*d);
+        }
+    }
+    Ok(out)
+}
+
+/// Totals over the range, and one entry per group.
+pub async fn spend(client: &clickhouse::Client, q: &SpendQuery) -> Result<Value, String> {
+    let mut sql = String::from(
+        "SELECT org, cost_center, model, toString(day) AS day, \
+         sum(requests) AS requests, sum(prompt_tokens) AS prompt_tokens, \
+         sum(cached_tokens) AS cached_tokens, sum(completion_tokens) AS completion_tokens, \
+         sum(cost_nanousd) AS cost_nanousd, sum(unpriced_requests) AS unpriced_requests \
+         FROM spend_daily WHERE day >= toDate(?) AND day <= toDate(?)",
+    );
+    if q.org.is_some() {
+        sql.push_str(" AND org = ?");
+    }
+    if q.cost_center.is_some() {
+        sql.push_str(" AND cost_center = ?");
+    }
+    // The rollup merges rows of one key lazily: always sum.
+    sql.push_str(" GROUP BY org, cost_center, model, day");
+    let mut query = client.query(&sql).bind(&q.from).bind(&q.to);
+    if let Some(o) = &q.org {
+        query = query.bind(o);
+    }
+    if let Some(c) = &q.cost_center {
+        query = query.bind(c);
+    }
+    let rows: Vec<RollupRow> = query.fetch_all().await.map_err(|e| e.to_string())?;
+    let mut total = Totals::default();
+    let mut groups: BTreeMap<Vec<String>, Totals> = BTreeMap::new();
+    for r in &rows {
+        total.add(r);
+        let key = q
+            .group_by
+            .iter()
+            .map(|d| match *d {
+                "org" => r.org.clone(),
+                "cost_center" => r.cost_center.clone(),
+                "model" => r.model.clone(),
+                _ => r.day.clone(),
+            })
+            .collect();
+        groups.entry(key).or_default().add(r);
+    }
+    let mut t = Map::new();
+    total.json(&mut t);
+    let data: Vec<Value> = if q.group_by.is_empty() {
+        Vec::new()
+    } else {
+        groups
+            .into_iter()
+            .map(|(key, totals)| {
+                let mut m = Map::new();
+                for (d, v) in q.group_by.iter().zip(key) {
+                    m.insert((*d).to_string(), json!(v));
+                }
+                totals.json(&mut m);
+                Value::Object(m)
+            })
+            .collect()
+    };
+    Ok(json!({
+        "object": "spend",
+        "org": q.org,
+        "from": q.from,
+        "to": q.to,
+        "group_by": q.group_by,
+        "currency": "USD",
+        "total": t,
+        "data": data,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn group_by_and_days() {
+        assert_eq!(
+            parse_group_by("cost_center, model,day,model").unwrap(),
+            vec!["cost_center", "model", "day"]
+        );
+        assert!(parse_group_by("user").is_err());
+        assert!(valid_day("2026-11-01"));
+        assert!(!valid_day("2026-13-01"));
+        assert!(!valid_day("2026-11-01' OR 1"));
+    }
+}
