@@ -64,7 +64,7 @@ pub async fn spend(ctx: &Ctx<'_>) -> Reply {
         Ok(v) => Reply::ok(v),
         Err(e) => {
             log::warn!("spend query: {e}");
-            Reply::error(503, "warehouse_unavailable", "ClickHouse did not answer.")
+            Reply::error(503, "warehouse_unavailable", format!("ClickHouse: {e}"))
         }
     }
 }
@@ -92,7 +92,7 @@ pub async fn erase_user(ctx: &Ctx<'_>, org: &str, user: &str) -> Reply {
         }
         Err(e) => {
             log::warn!("erase: {e}");
-            Reply::error(503, "warehouse_unavailable", "ClickHouse did not answer.")
+            Reply::error(503, "warehouse_unavailable", format!("ClickHouse: {e}"))
         }
     }
 }

@@ -89,7 +89,7 @@ pub fn parse_group_by(text: &str) -> Result<Vec<&'static str>, String> {
 /// Totals over the range, and one entry per group.
 pub async fn spend(client: &clickhouse::Client, q: &SpendQuery) -> Result<Value, String> {
     let mut sql = String::from(
-        "SELECT org, cost_center, model, toString(day) AS day, \
+        "SELECT org, cost_center, model, toString(day) AS day_text, \
          sum(requests) AS requests, sum(prompt_tokens) AS prompt_tokens, \
          sum(cached_tokens) AS cached_tokens, sum(completion_tokens) AS completion_tokens, \
          sum(cost_nanousd) AS cost_nanousd, sum(unpriced_requests) AS unpriced_requests \

@@ -1,0 +1,304 @@
+//! Warehouse operations against the real server: the audit trail's hash chains verify and a
+//! tampered row is found; erasure anonymises a user's rows (CLI and admin API) and is audited;
+//! retention drops old months; the spend API answers from the rollup, RBAC-checked and
+//! org-scoped, with totals equal to an independent computation.
+
+mod common;
+
+use common::clickhouse::*;
+use common::*;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+fn extra(dir: &std::path::Path) -> String {
+    let policies = policies_dir(dir, "");
+    format!(
+        r#"
+[auth]
+key_store = "keys.json"
+policies = "{}"
+
+[audit]
+sink = "clickhouse"
+
+[orgs.a]
+default_cost_center = "a-eng"
+[orgs.a.cost_centers.a-eng]
+[orgs.a.cost_centers.a-research]
+[orgs.b]
+[orgs.b.cost_centers.b-ops]
+"#,
+        policies.display()
+    )
+}
+
+async fn admin(g: &Gateway, key: &str, method: &str, path: &str) -> (u16, Value) {
+    let c = client();
+    let req = match method {
+        "GET" => c.get(g.ops_url(path)),
+        _ => c.post(g.ops_url(path)),
+    };
+    let r = req.bearer_auth(key).send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+/// Waits until the gateway accepts `key` (it polls the key store the CLI wrote).
+async fn wait_key(g: &Gateway, key: &str) {
+    for _ in 0..400 {
+        if admin(g, key, "GET", "/admin/v1/whoami").await.0 == 200 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("key never accepted");
+}
+
+/// Sends a priced chat as `key`; returns the cost an independent computation gives.
+async fn chat(g: &Gateway, key: &str, cost_center: Option<&str>) -> u64 {
+    let mut req = client()
+        .post(g.url("/v1/chat/completions"))
+        .bearer_auth(key)
+        .header("x-mock-cached-tokens", "2");
+    if let Some(cc) = cost_center {
+        req = req.header("x-model-bridge-cost-center", cc);
+    }
+    let r = req
+        .json(&json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let (p, c, cached) = mock_usage(&r);
+    let _ = r.bytes().await;
+    (p - cached) * 150 + cached * 75 + c * 600
+}
+
+fn verify(g: &Gateway) -> (bool, String) {
+    let (ok, out, err) = g.cli(&["audit", "verify"]);
+    (ok, format!("{out}{err}"))
+}
+
+#[tokio::test]
+async fn the_audit_trail_verifies_and_a_tampered_row_is_found() {
+    let Some(url) = shared_url() else { return };
+    let db = new_db();
+    let dir = tempfile::tempdir().unwrap();
+    let mut g = Gateway::start_edited(&[], &extra(dir.path()), |t| sink_config(t, &url, &db, ""));
+    // A CLI key creation (its own chain), auth failures and admin denials (the gateway's chain).
+    let (invoker, _) = g.create_key(&["--org", "a", "--role", "invoker"]);
+    wait_key(&g, &invoker).await;
+    for _ in 0..4 {
+        let r = client()
+            .post(g.url("/v1/chat/completions"))
+            .bearer_auth("mbk_nothere12345_0000000000000000000000000000000000000000")
+            .json(&json!({"model": "gpt-4o-mini", "messages": []}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+    }
+    assert_eq!(admin(&g, &invoker, "POST", "/admin/v1/reload").await.0, 403);
+    // A restart starts a new chain linked to the last one.
+    g.stop();
+    g.restart();
+    let r = client()
+        .post(g.url("/v1/chat/completions"))
+        .json(&json!({"model": "gpt-4o-mini", "messages": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let chains = wait_for(
+        &url,
+        &format!("SELECT uniqExact(chain) FROM {db}.audit_events"),
+        "3",
+        15,
+    )
+    .await;
+    assert_eq!(chains, "3", "CLI chain and two gateway lifetimes");
+    let (ok, out) = verify(&g);
+    assert!(ok, "{out}");
+    assert!(out.contains("intact"), "{out}");
+
+    // Someone turns a denial into an allowance.
+    let chain = query(
+        &url,
+        &format!("SELECT chain FROM {db}.audit_events WHERE action = 'auth.failed' ORDER BY ts_ms LIMIT 1"),
+    )
+    .await;
+    let chain = chain.trim();
+    query(
+        &url,
+        &format!("ALTER TABLE {db}.audit_events UPDATE outcome = 'allowed' WHERE chain = '{chain}' AND seq = 2"),
+    )
+    .await;
+    wait_for(
+        &url,
+        &format!("SELECT count() FROM system.mutations WHERE database = '{db}' AND is_done = 0"),
+        "0",
+        30,
+    )
+    .await;
+    let (ok, out) = verify(&g);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("BROKEN") && out.contains(&format!("chain {chain} seq 2")),
+        "{out}"
+    );
+    query(&url, &format!("DROP DATABASE {db}")).await;
+}
+
+#[tokio::test]
+async fn erasure_retention_and_spend() {
+    let Some(url) = shared_url() else { return };
+    let db = new_db();
+    let dir = tempfile::tempdir().unwrap();
+    let g = Gateway::start_edited(&[], &extra(dir.path()), |t| {
+        sink_config(t, &url, &db, "usage_retention_months = 3")
+    });
+    let (carol, _) = g.create_key(&["--org", "a", "--user", "carol@a.test", "--role", "invoker"]);
+    let (dave, _) = g.create_key(&[
+        "--org",
+        "a",
+        "--user",
+        "dave@a.test",
+        "--role",
+        "invoker",
+        "--role",
+        "finance",
+    ]);
+    let (bob, _) = g.create_key(&["--org", "b", "--role", "invoker"]);
+    let (b_admin, _) = g.create_key(&["--org", "b", "--role", "org-admin"]);
+    let (root, _) = g.create_key(&["--org", "a", "--role", "super-admin"]);
+    wait_key(&g, &root).await;
+
+    let mut cost_a = 0;
+    let mut cost_research = 0;
+    for _ in 0..3 {
+        cost_a += chat(&g, &carol, None).await;
+    }
+    for _ in 0..2 {
+        let c = chat(&g, &dave, Some("a-research")).await;
+        cost_a += c;
+        cost_research += c;
+    }
+    let cost_b = chat(&g, &bob, None).await;
+    wait_for(
+        &url,
+        &format!("SELECT count() FROM {db}.usage_events"),
+        "6",
+        15,
+    )
+    .await;
+    // Rows from long ago, as if the gateway had run then.
+    query(
+        &url,
+        &format!(
+            "INSERT INTO {db}.usage_events (ts, ts_ms, request_id, org, user, cost_nanousd, cost_known) VALUES \
+             ('2020-01-15 00:00:00', 0, 'old1', 'a', 'carol@a.test', 5, 1), ('2020-02-15 00:00:00', 0, 'old2', 'a', 'x', 5, 1)"
+        ),
+    )
+    .await;
+
+    // Spend: the caller's org by default, grouped; totals equal the independent sums.
+    let today = query(&url, "SELECT toString(today())").await;
+    let q = format!(
+        "/admin/v1/spend?from={}&to={}&group_by=cost_center,model",
+        today.trim(),
+        today.trim()
+    );
+    let (s, v) = admin(&g, &dave, "GET", &q).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["org"], "a");
+    assert_eq!(v["total"]["requests"], 5);
+    assert_eq!(v["total"]["cost_nanousd"], cost_a);
+    let research = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["cost_center"] == "a-research")
+        .unwrap();
+    assert_eq!(research["cost_nanousd"], cost_research);
+    assert_eq!(research["model"], "gpt-4o-mini");
+    let (s, v) = admin(&g, &b_admin, "GET", &q).await;
+    assert_eq!(
+        (s, v["total"]["cost_nanousd"].as_u64()),
+        (200, Some(cost_b))
+    );
+    assert_eq!(
+        admin(&g, &b_admin, "GET", &format!("{q}&org=a")).await.0,
+        404
+    );
+    assert_eq!(
+        admin(&g, &b_admin, "GET", &format!("{q}&org=*")).await.0,
+        403
+    );
+    assert_eq!(admin(&g, &carol, "GET", &q).await.0, 403, "invoker");
+    let all = format!(
+        "/admin/v1/spend?from={}&to={}&org=*&group_by=org",
+        today.trim(),
+        today.trim()
+    );
+    let (s, v) = admin(&g, &root, "GET", &all).await;
+    assert_eq!(s, 200);
+    assert_eq!(v["total"]["cost_nanousd"], cost_a + cost_b);
+    assert_eq!(v["data"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        admin(&g, &dave, "GET", "/admin/v1/spend?from=2026-13-01")
+            .await
+            .0,
+        400
+    );
+
+    // Erasure by the CLI: carol's rows anonymised, tokens and cost kept.
+    let (ok, out, err) = g.cli(&["erase", "--user", "carol@a.test"]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("4 usage rows"), "{out}");
+    let left = query(
+        &url,
+        &format!("SELECT countIf(user = 'carol@a.test'), countIf(user = 'erased'), sum(cost_nanousd) FROM {db}.usage_events WHERE org = 'a' FORMAT TSV"),
+    )
+    .await;
+    assert_eq!(left.trim(), format!("0\t4\t{}", cost_a + 10));
+    // … and by the admin API, which needs its own permission.
+    let path = "/admin/v1/orgs/a/users/dave%40a.test/erase";
+    assert_eq!(admin(&g, &dave, "POST", path).await.0, 403);
+    let (s, v) = admin(&g, &root, "POST", path).await;
+    assert_eq!((s, v["usage_rows"].as_u64()), (200, Some(2)), "{v}");
+    let dave_left = query(
+        &url,
+        &format!("SELECT count() FROM {db}.usage_events WHERE user = 'dave@a.test'"),
+    )
+    .await;
+    assert_eq!(dave_left.trim(), "0");
+
+    // Retention: three months kept, so 2020 goes; today stays.
+    let (ok, out, err) = g.cli(&["retention", "apply"]);
+    assert!(ok, "{out}{err}");
+    let rows = query(
+        &url,
+        &format!("SELECT count(), countIf(toYear(ts) = 2020) FROM {db}.usage_events FORMAT TSV"),
+    )
+    .await;
+    assert_eq!(rows.trim(), "6\t0");
+
+    // Every one of those actions is in the audit trail, which still verifies.
+    let audited = wait_for(
+        &url,
+        &format!("SELECT count() FROM {db}.audit_events WHERE action IN ('user.erase', 'retention.apply')"),
+        "3",
+        15,
+    )
+    .await;
+    assert_eq!(audited, "3");
+    let erased_by_api = query(
+        &url,
+        &format!("SELECT actor FROM {db}.audit_events WHERE action = 'user.erase' AND resource = 'user:dave@a.test'"),
+    )
+    .await;
+    assert!(erased_by_api.starts_with("key:"), "{erased_by_api}");
+    let (ok, out) = verify(&g);
+    assert!(ok, "{out}");
+    query(&url, &format!("DROP DATABASE {db}")).await;
+}
