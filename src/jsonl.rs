@@ -100,12 +100,24 @@ impl<T: Serialize + Send + 'static> JsonLines<T> {
     }
 }
 
+/// Background writers (this one, the warehouse sinks) run at a lower CPU priority: when they
+/// share a core with request workers, a burst of serialization or compression must not delay a
+/// response. They still get the CPU whenever the workers leave it idle.
+pub fn lower_priority() {
+    // SAFETY: plain syscalls on the calling thread; no memory is shared with them.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, 10);
+    }
+}
+
 fn writer<T: Serialize>(
     rx: Receiver<Msg<T>>,
     out: Box<dyn Write + Send>,
     flush_interval: Duration,
     counters: Counters,
 ) {
+    lower_priority();
     let mut out = std::io::BufWriter::with_capacity(256 * 1024, out);
     let mut last_flush = Instant::now();
     loop {

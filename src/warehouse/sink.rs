@@ -183,6 +183,7 @@ impl<I: Send + 'static> Pipeline<I> {
         std::thread::Builder::new()
             .name(format!("{what}-sink"))
             .spawn(move || {
+                crate::jsonl::lower_priority();
                 let rt = match tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
@@ -248,6 +249,7 @@ async fn run<I, R: Table, S: Stamp<I, R>>(
     let mut inserts: JoinSet<()> = JoinSet::new();
     let mut replay: Option<tokio::task::JoinHandle<()>> = None;
     let mut last_replay = Instant::now() - REPLAY_RETRY;
+    let hold_limit = core.settings.batch_rows.saturating_mul(4).max(1);
     loop {
         let mut acks = Vec::new();
         let mut closed = false;
@@ -259,7 +261,8 @@ async fn run<I, R: Table, S: Stamp<I, R>>(
                         opened = Instant::now();
                     }
                     rows.push(stamp.row(item, &batch_id));
-                    if rows.len() >= core.settings.batch_rows {
+                    if rows.len() >= hold_limit {
+                        // Inserts have been busy for a while: the spool takes the overflow.
                         dispatch(
                             &core,
                             &mut inserts,
@@ -277,8 +280,22 @@ async fn run<I, R: Table, S: Stamp<I, R>>(
                 }
             }
         }
-        let due = !rows.is_empty() && opened.elapsed() >= core.settings.batch_interval;
-        if due || (!rows.is_empty() && (closed || !acks.is_empty())) {
+        while inserts.try_join_next().is_some() {}
+        let must = closed || !acks.is_empty();
+        if must {
+            // Each insert ends within its timeout and spools on failure.
+            while inserts.join_next().await.is_some() {}
+        }
+        let due = !rows.is_empty()
+            && (must
+                || rows.len() >= core.settings.batch_rows
+                || opened.elapsed() >= core.settings.batch_interval);
+        let busy =
+            core.inflight.load(Ordering::Acquire) >= core.settings.max_inflight_inserts as u64;
+        // While ClickHouse is healthy but every insert slot is taken, the batch keeps growing
+        // (up to `hold_limit`) rather than going to disk.
+        let wait_for_slot = busy && core.up.load(Ordering::Acquire);
+        if due && !wait_for_slot {
             dispatch(
                 &core,
                 &mut inserts,
@@ -287,9 +304,7 @@ async fn run<I, R: Table, S: Stamp<I, R>>(
             );
             batch_id = new_batch_id();
         }
-        while inserts.try_join_next().is_some() {}
-        if !acks.is_empty() || closed {
-            // Each insert ends within its timeout and spools on failure.
+        if must {
             while inserts.join_next().await.is_some() {}
         }
         // Rows dispatched above are durable once their insert task ended or they were spooled.
