@@ -24,7 +24,7 @@ fn record(i: u64, org: &Arc<str>, cc: &Arc<str>, provider: &Arc<str>) -> UsageRe
         requested_model: Some("gpt-4o-mini".into()),
         provider: Some(provider.clone()),
         provider_model: Some("gpt-4o-mini-2024-07-18".into()),
-        stream: i % 2 == 0,
+        stream: i.is_multiple_of(2),
         status: 200,
         error_type: None,
         cancelled: false,
