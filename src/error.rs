@@ -41,6 +41,8 @@ pub enum GatewayError {
     Unauthenticated(crate::auth::AuthFailure),
     /// The principal may not do this.
     PermissionDenied(String),
+    /// A rate limit, token limit, concurrency limit or budget refused the request.
+    Limited(Box<crate::limits::Refusal>),
 }
 
 impl GatewayError {
@@ -57,6 +59,7 @@ impl GatewayError {
             Self::Unauthenticated(_) => 401,
             Self::PermissionDenied(_) => 403,
             Self::UpstreamTimeout { .. } => 504,
+            Self::Limited(_) => 429,
         }
     }
 
@@ -73,6 +76,9 @@ impl GatewayError {
             | Self::ClientClosed
             | Self::Unauthenticated(_) => "invalid_request_error",
             Self::PermissionDenied(_) => "permission_error",
+            Self::Limited(r) if r.kind == crate::limits::Kind::Budget => "insufficient_quota",
+            Self::Limited(r) if r.kind == crate::limits::Kind::Tokens => "tokens",
+            Self::Limited(_) => "requests",
             Self::UpstreamUnreachable { .. }
             | Self::UpstreamTimeout { .. }
             | Self::UpstreamProtocol { .. }
@@ -96,6 +102,7 @@ impl GatewayError {
             Self::ClientClosed => "client_closed_request",
             Self::Unauthenticated(_) => "invalid_api_key",
             Self::PermissionDenied(_) => "permission_denied",
+            Self::Limited(r) => r.kind.code(),
         }
     }
 
@@ -143,6 +150,7 @@ impl GatewayError {
             }
             Self::Unauthenticated(_) => "Incorrect API key provided.".to_string(),
             Self::PermissionDenied(m) => m.clone(),
+            Self::Limited(r) => r.message.clone(),
         }
     }
 

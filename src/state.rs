@@ -71,6 +71,8 @@ pub struct Shared {
     pub draining: AtomicBool,
     /// Requests in progress on the data plane.
     pub inflight: AtomicI64,
+    /// Limit and budget counters: outlive config generations (a reload keeps unchanged ones).
+    pub limiter: Arc<crate::limits::Limiter>,
 }
 
 impl Shared {
@@ -85,7 +87,9 @@ impl Shared {
         if let Some(a) = &config.auth {
             keys.store(Some(Arc::new(FileKeyStore::open(&a.key_store)?)));
         }
+        let limiter = Arc::new(crate::limits::Limiter::new(&config));
         Ok(Arc::new(Self {
+            limiter,
             keys,
             audit,
             live: ArcSwap::from_pointee(Live::new(config, 1)),

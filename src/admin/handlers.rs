@@ -122,7 +122,15 @@ fn list_cost_centers(ctx: &Ctx<'_>, org: &str) -> Reply {
         .map(|(id, c)| {
             (
                 id.clone(),
-                json!({"id": id, "org": org, "name": c.name, "department": c.department, "monthly_budget_usd": c.monthly_budget_usd}),
+                json!({"id": id, "org": org, "name": c.name, "department": c.department,
+                "budget": c.budget.as_ref().map(|b| json!({
+                    "usd": crate::usage::pricing::format_usd(b.nano),
+                    "period": match b.period {
+                        crate::limits::spec::Period::Month => "month".to_string(),
+                        crate::limits::spec::Period::Rolling { days } => format!("{days}d"),
+                    },
+                    "soft": b.soft,
+                }))}),
             )
         })
         .collect();

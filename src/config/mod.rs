@@ -6,6 +6,7 @@ pub mod raw;
 mod span;
 
 use crate::auth::keys::KeyRecord;
+use crate::limits::spec::{Backend, Budget, LimitSet, LimitSettings, LimitValues, Period};
 use crate::rbac::Rbac;
 use crate::routing::{ModelRoute, Provider};
 use raw::{RawConfig, SinkKind};
@@ -114,13 +115,15 @@ impl std::fmt::Debug for AuthSettings {
 pub struct CostCenter {
     pub name: Option<String>,
     pub department: Option<String>,
-    pub monthly_budget_usd: Option<f64>,
+    pub budget: Option<Budget>,
 }
 
 #[derive(Debug, Clone)]
 pub struct Team {
     pub name: Option<String>,
     pub default_cost_center: Option<String>,
+    pub limits: Option<LimitSet>,
+    pub budget: Option<Budget>,
 }
 
 #[derive(Debug, Clone)]
@@ -130,6 +133,10 @@ pub struct Org {
     pub teams: BTreeMap<String, Team>,
     pub cost_centers: BTreeMap<String, CostCenter>,
     pub default_cost_center: Option<String>,
+    pub limits: Option<LimitSet>,
+    /// Applied to each key of the org separately.
+    pub key_limits: Option<LimitSet>,
+    pub budget: Option<Budget>,
 }
 
 /// The validated, runtime form of one config file.
@@ -150,6 +157,7 @@ pub struct Config {
     pub audit_path: PathBuf,
     pub audit_sink: raw::AuditSinkKind,
     pub clickhouse: Option<crate::warehouse::ClickHouseSettings>,
+    pub limits: LimitSettings,
     /// Hash of the text this config was parsed from (the file watcher compares against it).
     pub source_hash: u64,
 }
@@ -392,6 +400,7 @@ fn validate(raw: RawConfig, path: &Path, err: &mut dyn FnMut(&str, String)) -> C
         orgs,
         audit_path: base.join(&raw.audit.path),
         audit_sink: raw.audit.sink,
+        limits: limit_settings(&raw.limits, err),
         clickhouse: raw.clickhouse.as_ref().map(|c| {
             let ident = |v: &str| {
                 !v.is_empty() && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
@@ -555,15 +564,49 @@ fn validate_orgs(raw: &RawConfig, err: &mut dyn FnMut(&str, String)) -> BTreeMap
                 format!("unknown cost center `{cc}` in org `{id}`"),
             );
         }
+        let mut cc_budgets = BTreeMap::new();
         for (cc, c) in &o.cost_centers {
-            if c.monthly_budget_usd
-                .is_some_and(|b| !b.is_finite() || b < 0.0)
-            {
-                err(
-                    &format!("orgs.{id}.cost_centers.{cc}.monthly_budget_usd"),
-                    "must be a non-negative number".into(),
-                );
-            }
+            let at = format!("orgs.{id}.cost_centers.{cc}");
+            let b = match (&c.budget, &c.monthly_budget_usd) {
+                (Some(_), Some(_)) => {
+                    err(
+                        &format!("{at}.monthly_budget_usd"),
+                        "set either budget or monthly_budget_usd".into(),
+                    );
+                    None
+                }
+                (Some(b), None) => budget(b, &format!("{at}.budget"), err),
+                (None, Some(usd)) => budget(
+                    &raw::RawBudget {
+                        usd: usd.clone(),
+                        period: "month".into(),
+                        soft: vec![0.8],
+                    },
+                    &format!("{at}.monthly_budget_usd"),
+                    err,
+                ),
+                (None, None) => None,
+            };
+            cc_budgets.insert(cc.clone(), b);
+        }
+        let limits_of =
+            |l: &Option<raw::RawLimits>, at: String, err: &mut dyn FnMut(&str, String)| {
+                l.as_ref().map(|l| limit_set(l, &at, raw, err))
+            };
+        let org_limits = limits_of(&o.limits, format!("orgs.{id}.limits"), err);
+        let key_limits = limits_of(&o.key_limits, format!("orgs.{id}.key_limits"), err);
+        let org_budget = o
+            .budget
+            .as_ref()
+            .and_then(|b| budget(b, &format!("orgs.{id}.budget"), err));
+        let mut team_extras = BTreeMap::new();
+        for (t, team) in &o.teams {
+            let l = limits_of(&team.limits, format!("orgs.{id}.teams.{t}.limits"), err);
+            let b = team
+                .budget
+                .as_ref()
+                .and_then(|b| budget(b, &format!("orgs.{id}.teams.{t}.budget"), err));
+            team_extras.insert(t.clone(), (l, b));
         }
         for (t, team) in &o.teams {
             if let Some(cc) = team.default_cost_center.as_deref().filter(|cc| !has_cc(cc)) {
@@ -587,6 +630,8 @@ fn validate_orgs(raw: &RawConfig, err: &mut dyn FnMut(&str, String)) -> BTreeMap
                             Team {
                                 name: t.name.clone(),
                                 default_cost_center: t.default_cost_center.clone(),
+                                limits: team_extras.get(k).and_then(|e| e.0.clone()),
+                                budget: team_extras.get(k).and_then(|e| e.1.clone()),
                             },
                         )
                     })
@@ -600,16 +645,135 @@ fn validate_orgs(raw: &RawConfig, err: &mut dyn FnMut(&str, String)) -> BTreeMap
                             CostCenter {
                                 name: c.name.clone(),
                                 department: c.department.clone(),
-                                monthly_budget_usd: c.monthly_budget_usd,
+                                budget: cc_budgets.get(k).cloned().flatten(),
                             },
                         )
                     })
                     .collect(),
                 default_cost_center: o.default_cost_center.clone(),
+                limits: org_limits,
+                key_limits,
+                budget: org_budget,
             },
         );
     }
     orgs
+}
+
+fn limit_settings(l: &raw::RawLimitSettings, err: &mut dyn FnMut(&str, String)) -> LimitSettings {
+    let d = LimitSettings::default();
+    let backend = match l.backend {
+        raw::LimitBackend::Local => Backend::Local,
+        raw::LimitBackend::Redis => Backend::Redis,
+    };
+    let url_ok = |u: &str| u.starts_with("redis://") || u.starts_with("rediss://");
+    match (&l.redis_url, backend) {
+        (None, Backend::Redis) => err("limits.redis_url", "needed with backend = \"redis\"".into()),
+        (Some(u), _) if !url_ok(u) => err(
+            "limits.redis_url",
+            "must be a redis:// or rediss:// URL".into(),
+        ),
+        _ => {}
+    }
+    let share = l.fallback_share.unwrap_or(d.fallback_share);
+    if !(share > 0.0 && share <= 1.0) {
+        err("limits.fallback_share", "must be in (0, 1]".into());
+    }
+    LimitSettings {
+        backend,
+        redis_url: l.redis_url.clone(),
+        redis_timeout: l
+            .redis_timeout_ms
+            .map_or(d.redis_timeout, |ms| Duration::from_millis(ms.max(1))),
+        fallback_share: share,
+        default_max_tokens: l.default_max_tokens.unwrap_or(d.default_max_tokens),
+        reconcile_interval: l
+            .reconcile_interval_s
+            .map_or(d.reconcile_interval, |s| Duration::from_secs(s.max(1))),
+    }
+}
+
+fn limit_values(
+    v: &raw::RawLimitValues,
+    at: &str,
+    err: &mut dyn FnMut(&str, String),
+) -> LimitValues {
+    for (key, val) in [
+        ("requests_per_second", v.requests_per_second),
+        ("requests_per_minute", v.requests_per_minute),
+        ("tokens_per_minute", v.tokens_per_minute),
+        ("concurrent_requests", v.concurrent_requests),
+    ] {
+        if val == Some(0) {
+            err(
+                &format!("{at}.{key}"),
+                "must be at least 1 (omit it for no limit)".into(),
+            );
+        }
+    }
+    LimitValues {
+        rps: v.requests_per_second,
+        rpm: v.requests_per_minute,
+        tpm: v.tokens_per_minute,
+        concurrent: v.concurrent_requests,
+    }
+}
+
+fn limit_set(
+    l: &raw::RawLimits,
+    at: &str,
+    raw: &RawConfig,
+    err: &mut dyn FnMut(&str, String),
+) -> LimitSet {
+    let base = limit_values(&l.values, at, err);
+    let mut models = HashMap::new();
+    for (alias, v) in &l.models {
+        let m_at = format!("{at}.models.{alias}");
+        if !raw.models.contains_key(alias) {
+            err(&m_at, format!("unknown model alias `{alias}`"));
+        }
+        models.insert(alias.clone(), limit_values(v, &m_at, err));
+    }
+    LimitSet { base, models }
+}
+
+fn budget(b: &raw::RawBudget, at: &str, err: &mut dyn FnMut(&str, String)) -> Option<Budget> {
+    let text = match &b.usd {
+        toml::Value::String(s) => s.clone(),
+        toml::Value::Integer(i) => i.to_string(),
+        toml::Value::Float(f) => f.to_string(),
+        _ => String::new(),
+    };
+    let nano = match crate::usage::pricing::parse_usd(&text) {
+        Ok(n) => i64::try_from(n).ok(),
+        Err(e) => {
+            err(&format!("{at}.usd"), e);
+            return None;
+        }
+    };
+    let Some(nano) = nano else {
+        err(&format!("{at}.usd"), "too large".into());
+        return None;
+    };
+    let Some(period) = Period::parse(&b.period) else {
+        err(
+            &format!("{at}.period"),
+            format!("`{}`: use `month` or a rolling window like `30d`", b.period),
+        );
+        return None;
+    };
+    let mut soft = b.soft.clone();
+    if soft
+        .iter()
+        .any(|f| !(f.is_finite() && *f > 0.0 && *f < 1.0))
+    {
+        err(
+            &format!("{at}.soft"),
+            "fractions between 0 and 1, e.g. [0.8, 0.9]".into(),
+        );
+    }
+    soft.sort_by(f64::total_cmp);
+    Some(Budget { nano, period, soft })
 }
 
 fn validate_keys(

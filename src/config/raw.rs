@@ -38,6 +38,79 @@ pub struct RawConfig {
     /// The ClickHouse warehouse for usage and audit rows.
     #[serde(default)]
     pub clickhouse: Option<RawClickHouse>,
+    /// Where rate-limit and budget counters live, and how admission estimates tokens.
+    #[serde(default)]
+    pub limits: RawLimitSettings,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitBackend {
+    /// Counters in this process.
+    #[default]
+    Local,
+    /// Counters shared by every replica in Redis.
+    Redis,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimitSettings {
+    #[serde(default)]
+    pub backend: LimitBackend,
+    /// `redis://host:port[/db]` (or `rediss://` for TLS) when `backend = "redis"`.
+    #[serde(default)]
+    pub redis_url: Option<String>,
+    /// A Redis answer slower than this counts as Redis being down (milliseconds).
+    #[serde(default)]
+    pub redis_timeout_ms: Option<u64>,
+    /// While Redis is down each replica enforces this share of every limit locally (e.g. 0.34
+    /// with three replicas). Default 1.0.
+    #[serde(default)]
+    pub fallback_share: Option<f64>,
+    /// Completion tokens reserved for a request that sets no `max_tokens` (default 4096).
+    #[serde(default)]
+    pub default_max_tokens: Option<u64>,
+    /// How often budgets are reconciled with ClickHouse spend (seconds; default 60).
+    #[serde(default)]
+    pub reconcile_interval_s: Option<u64>,
+}
+
+/// Limit values; every one optional.
+#[derive(Debug, Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimitValues {
+    #[serde(default)]
+    pub requests_per_second: Option<u64>,
+    #[serde(default)]
+    pub requests_per_minute: Option<u64>,
+    #[serde(default)]
+    pub tokens_per_minute: Option<u64>,
+    #[serde(default)]
+    pub concurrent_requests: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    #[serde(flatten)]
+    pub values: RawLimitValues,
+    /// Per model alias: these values replace the ones above for requests to that alias.
+    #[serde(default)]
+    pub models: BTreeMap<String, RawLimitValues>,
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RawBudget {
+    /// USD (decimal text or number).
+    pub usd: toml::Value,
+    /// `month` (calendar month, UTC) or a rolling window like `30d`.
+    #[serde(default = "default_budget_period")]
+    pub period: String,
+    /// Fractions of the budget that raise a warning (metric, audit event, response header).
+    #[serde(default = "default_soft")]
+    pub soft: Vec<f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -225,6 +298,14 @@ pub struct RawOrg {
     /// Cost center of this org's callers that name none.
     #[serde(default)]
     pub default_cost_center: Option<String>,
+    /// Limits of the whole org.
+    #[serde(default)]
+    pub limits: Option<RawLimits>,
+    /// Limits of each key of the org, counted per key.
+    #[serde(default)]
+    pub key_limits: Option<RawLimits>,
+    #[serde(default)]
+    pub budget: Option<RawBudget>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -234,6 +315,10 @@ pub struct RawTeam {
     pub name: Option<String>,
     #[serde(default)]
     pub default_cost_center: Option<String>,
+    #[serde(default)]
+    pub limits: Option<RawLimits>,
+    #[serde(default)]
+    pub budget: Option<RawBudget>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -243,9 +328,11 @@ pub struct RawCostCenter {
     pub name: Option<String>,
     #[serde(default)]
     pub department: Option<String>,
-    /// Budget per calendar month (UTC), in USD; enforced by the limits work.
+    /// Shorthand for `budget = { usd = …, period = "month" }`.
     #[serde(default)]
-    pub monthly_budget_usd: Option<f64>,
+    pub monthly_budget_usd: Option<toml::Value>,
+    #[serde(default)]
+    pub budget: Option<RawBudget>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -503,6 +590,12 @@ fn default_keepalive_s() -> u64 {
 }
 fn default_drain_timeout_ms() -> u64 {
     30_000
+}
+fn default_budget_period() -> String {
+    "month".into()
+}
+fn default_soft() -> Vec<f64> {
+    vec![0.8]
 }
 fn default_audit_sink() -> AuditSinkKind {
     AuditSinkKind::Jsonl

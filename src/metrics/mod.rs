@@ -58,6 +58,18 @@ pub struct Metrics {
     pub sink_spool_near_full: IntGaugeVec,
     /// {sink}: 1 while the last ClickHouse insert or probe succeeded.
     pub sink_clickhouse_up: IntGaugeVec,
+    /// {kind, org}: requests refused by a limit or budget.
+    pub rate_limited: IntCounterVec,
+    /// {budget}: spend of the current period and the hard limit, USD (`org`, `org/team`,
+    /// `org/cost_center` — from config, bounded).
+    pub budget_spend: prometheus::GaugeVec,
+    pub budget_limit: prometheus::GaugeVec,
+    /// {budget, threshold}: soft thresholds crossed.
+    pub budget_warnings: IntCounterVec,
+    pub limits_redis_up: IntGauge,
+    pub limits_redis_duration: Histogram,
+    /// Admissions decided locally because Redis was unreachable.
+    pub limits_fallbacks: prometheus::IntCounter,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -86,6 +98,14 @@ fn histogram(r: &Registry, name: &str, help: &str, labels: &[&str]) -> Histogram
 
 fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     let g = IntGaugeVec::new(Opts::new(format!("model_bridge_{name}"), help), labels)
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    r.register(Box::new(g.clone()))
+        .unwrap_or_else(|e| panic!("register {name}: {e}"));
+    g
+}
+
+fn fgauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> prometheus::GaugeVec {
+    let g = prometheus::GaugeVec::new(Opts::new(format!("model_bridge_{name}"), help), labels)
         .unwrap_or_else(|e| panic!("metric {name}: {e}"));
     r.register(Box::new(g.clone()))
         .unwrap_or_else(|e| panic!("register {name}: {e}"));
@@ -276,6 +296,53 @@ impl Metrics {
                 "1 while ClickHouse accepts inserts.",
                 &["sink"],
             ),
+            rate_limited: counter(
+                &r,
+                "rate_limited_total",
+                "Requests refused by a limit, by kind (requests, tokens, concurrency, budget) and org.",
+                &["kind", "org"],
+            ),
+            budget_spend: fgauge_vec(
+                &r,
+                "budget_spend_usd",
+                "Spend of the current budget period, USD.",
+                &["budget"],
+            ),
+            budget_limit: fgauge_vec(&r, "budget_limit_usd", "Hard budget limit, USD.", &["budget"]),
+            budget_warnings: counter(
+                &r,
+                "budget_warnings_total",
+                "Soft budget thresholds crossed.",
+                &["budget", "threshold"],
+            ),
+            limits_redis_up: {
+                let g = gauge(&r, "limits_redis_up", "1 while Redis decides admissions (distributed mode).");
+                g.set(1);
+                g
+            },
+            limits_redis_duration: {
+                let h = Histogram::with_opts(
+                    HistogramOpts::new(
+                        "model_bridge_limits_redis_duration_seconds",
+                        "Redis round trip of one admission or settlement.",
+                    )
+                    .buckets(LATENCY_BUCKETS.to_vec()),
+                )
+                .unwrap_or_else(|e| panic!("metric redis duration: {e}"));
+                r.register(Box::new(h.clone()))
+                    .unwrap_or_else(|e| panic!("register redis duration: {e}"));
+                h
+            },
+            limits_fallbacks: {
+                let c = prometheus::IntCounter::new(
+                    "model_bridge_limits_fallback_total",
+                    "Admissions decided by local limits because Redis was unreachable.",
+                )
+                .unwrap_or_else(|e| panic!("metric fallbacks: {e}"));
+                r.register(Box::new(c.clone()))
+                    .unwrap_or_else(|e| panic!("register fallbacks: {e}"));
+                c
+            },
             registry: r,
         }
     }

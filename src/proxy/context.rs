@@ -24,6 +24,10 @@ pub struct Ctx {
     pub usage: Option<(Usage, UsageSource)>,
     pub principal: std::sync::Arc<Principal>,
     pub record: UsageRecord,
+    /// What admission reserved; settled in `finish`.
+    pub admission: Option<crate::limits::Admission>,
+    /// `x-ratelimit-*`, `retry-after`, budget warning: added to whatever response is sent.
+    pub limit_headers: Vec<(&'static str, String)>,
 }
 
 /// `req_` and 96 random bits in hex: the id in `x-request-id`, usage rows and audit events.
@@ -48,6 +52,8 @@ impl Ctx {
             ttft: None,
             usage: None,
             principal,
+            admission: None,
+            limit_headers: Vec::new(),
             record: UsageRecord {
                 ts_ms,
                 request_id: new_request_id(),
@@ -152,6 +158,15 @@ impl Ctx {
                 METRICS.tokens.with_label_values(&[model, kind]).inc_by(n);
             }
         }
+        if let Some(adm) = self.admission.take() {
+            let actual = crate::limits::Actual {
+                tokens: r.prompt_tokens + r.completion_tokens,
+                cost: r.cost_nanousd.unwrap_or(0),
+            };
+            for c in adm.settle(actual) {
+                budget_crossed(shared, r, &c);
+            }
+        }
         // Counted last: a request that shows in requests_total has all its other metrics.
         METRICS
             .requests
@@ -164,4 +179,38 @@ impl Ctx {
             .inc();
         shared.sink.submit(self.record);
     }
+}
+
+/// A soft budget threshold was crossed: metric and audit event (the warning header follows on
+/// the next responses).
+fn budget_crossed(shared: &Shared, r: &UsageRecord, c: &crate::limits::Crossing) {
+    let pct = format!("{:.0}", c.fraction * 100.0);
+    METRICS
+        .budget_warnings
+        .with_label_values(&[&c.budget, &pct])
+        .inc();
+    log::warn!(
+        "budget {} passed {pct}% ({} of {} USD)",
+        c.budget,
+        crate::usage::pricing::format_usd(c.spent),
+        crate::usage::pricing::format_usd(c.limit)
+    );
+    shared.audit.record(crate::audit::AuditEvent {
+        ts_ms: crate::time::now_unix_ms(),
+        request_id: r.request_id.clone(),
+        actor: "gateway:budget".into(),
+        org: r.org.as_deref().map(str::to_string),
+        action: "budget.threshold",
+        resource: format!("budget:{}", c.budget),
+        outcome: "warned",
+        reason: Some(format!("{pct}% of the budget spent")),
+        before: None,
+        after: Some(serde_json::json!({
+            "spent_usd": crate::usage::pricing::format_usd(c.spent),
+            "limit_usd": crate::usage::pricing::format_usd(c.limit),
+            "threshold": c.fraction,
+        })),
+        client_ip: r.client_ip.clone(),
+        user_agent: None,
+    });
 }

@@ -206,6 +206,7 @@ impl DataPlane {
         identity::authorize_model(&self.shared, s, ctx, route)?;
         ctx.alias = Some(route.alias.clone());
         ctx.price = Some(route.price);
+        super::admission::admit(&self.shared, ctx, route, ep, &fields, body.len()).await?;
         ctx.record.provider = Some(route.provider.name.clone());
         ctx.record.provider_model = Some(route.provider_model.clone());
 
@@ -297,9 +298,10 @@ async fn write_json(
     status: u16,
     body: Bytes,
 ) -> Result<Outcome, GatewayError> {
-    let Some(h) = headers::local_response(status, body.len(), ctx.id(), false) else {
+    let Some(mut h) = headers::local_response(status, body.len(), ctx.id(), false) else {
         return Ok(Outcome::Abort);
     };
+    headers::add(&mut h, &ctx.limit_headers);
     ctx.record.status = status;
     ctx.record.response_bytes = body.len() as u64;
     if s.write_response_header(Box::new(h)).await.is_err()
@@ -376,9 +378,10 @@ async fn write_error(s: &mut ServerSession, ctx: &mut Ctx, e: &GatewayError) -> 
     let body = Bytes::from(e.body());
     let status = e.status();
     ctx.record.status = status;
-    let Some(h) = headers::local_response(status, body.len(), ctx.id(), close) else {
+    let Some(mut h) = headers::local_response(status, body.len(), ctx.id(), close) else {
         return Outcome::Abort;
     };
+    headers::add(&mut h, &ctx.limit_headers);
     ctx.record.response_bytes = body.len() as u64;
     if s.write_response_header(Box::new(h)).await.is_err()
         || s.write_response_body(body, true).await.is_err()

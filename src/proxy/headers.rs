@@ -149,3 +149,11 @@ pub fn local_response(
     }
     Some(h)
 }
+
+/// Adds extra headers (limits, budget warning) to a response; a value that is not a valid
+/// header is skipped rather than failing the response.
+pub fn add(h: &mut ResponseHeader, extra: &[(&'static str, String)]) {
+    for (name, value) in extra {
+        let _ = h.insert_header(*name, value.as_str());
+    }
+}

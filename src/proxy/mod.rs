@@ -1,6 +1,7 @@
 //! The only pingora-facing code: the server, its two planes, the request loop and the upstream
 //! client. Domain modules below never see a pingora type.
 
+mod admission;
 pub mod body;
 mod context;
 mod data_plane;
@@ -32,6 +33,12 @@ pub fn serve(config: Config, config_path: &Path) -> Result<(), String> {
     }
     let shared =
         Shared::new(config, config_path, sink, audit).map_err(|e| format!("key store: {e}"))?;
+
+    {
+        let live = shared.live();
+        crate::limits::reconcile::load_at_start(&live.config, &shared.limiter);
+    }
+    crate::limits::reconcile::spawn(shared.clone());
 
     let conf = ServerConf {
         threads: server_cfg.threads,

@@ -84,8 +84,9 @@ pub async fn relay(
     let ok = (200..300).contains(&status);
     let mut scanner = (sse && mode.account && ok).then(|| SseScanner::new(mode.strip_usage_chunk));
     let rewrites_body = scanner.is_some() && mode.strip_usage_chunk;
-    let header =
+    let mut header =
         headers::client_response(up, !rewrites_body, !s.is_http2(), ctx.id(), &resp.provider)?;
+    headers::add(&mut header, &ctx.limit_headers);
     ctx.record.upstream_latency_ms = Some(resp.header_latency.as_secs_f64() * 1e3);
     ctx.record.retries = resp.retries;
     if s.write_response_header(Box::new(header)).await.is_err() {

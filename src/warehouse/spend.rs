@@ -156,6 +156,36 @@ pub async fn spend(client: &clickhouse::Client, q: &SpendQuery) -> Result<Value,
     }))
 }
 
+/// Spend (nano-USD) since `since` (Unix seconds, a day boundary) of an org, or of one of its
+/// cost centers or teams. Org and cost center read the rollup; teams are not in it, so they
+/// read the rows.
+pub async fn period_spend(
+    client: &clickhouse::Client,
+    org: &str,
+    cost_center: Option<&str>,
+    team: Option<&str>,
+    since: u64,
+) -> Result<i64, String> {
+    let day = crate::time::date(since);
+    let q = match (cost_center, team) {
+        (Some(cc), _) => client
+            .query("SELECT sum(cost_nanousd) FROM spend_daily WHERE org = ? AND cost_center = ? AND day >= toDate(?)")
+            .bind(org)
+            .bind(cc)
+            .bind(day),
+        (None, Some(t)) => client
+            .query("SELECT sum(cost_nanousd) FROM usage_events WHERE org = ? AND team = ? AND ts >= toDateTime(?)")
+            .bind(org)
+            .bind(t)
+            .bind(since as u32),
+        (None, None) => client
+            .query("SELECT sum(cost_nanousd) FROM spend_daily WHERE org = ? AND day >= toDate(?)")
+            .bind(org)
+            .bind(day),
+    };
+    q.fetch_one::<i64>().await.map_err(|e| e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

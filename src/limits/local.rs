@@ -1,0 +1,317 @@
+//! Limits counted in this process: `governor` (GCRA) for request rates, a weighted GCRA with
+//! refunds for tokens, an atomic counter for concurrency, `BudgetState` for budgets. Counters
+//! are found by the identity of their check, so a reload that keeps a limit keeps its counts.
+
+use super::budget::BudgetState;
+use super::gcra::{now_ns, Gcra};
+use super::spec::LimitValues;
+use super::{Actual, BudgetCheck, Crossing, Kind, LimitCheck, Refusal, Request, Status, Window};
+use crate::metrics::METRICS;
+use dashmap::DashMap;
+use governor::clock::{Clock, QuantaClock};
+use governor::middleware::StateInformationMiddleware;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{Quota, RateLimiter};
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+type Gov = RateLimiter<NotKeyed, InMemoryState, QuantaClock, StateInformationMiddleware>;
+
+struct Rate {
+    gov: Gov,
+    limit: u64,
+    period: Duration,
+}
+
+impl Rate {
+    fn new(limit: u64, period: Duration) -> Self {
+        let n =
+            NonZeroU32::new(limit.clamp(1, u64::from(u32::MAX)) as u32).unwrap_or(NonZeroU32::MIN);
+        let quota = if period.as_secs() == 1 {
+            Quota::per_second(n)
+        } else {
+            Quota::per_minute(n)
+        };
+        Self {
+            gov: RateLimiter::direct(quota).with_middleware::<StateInformationMiddleware>(),
+            limit,
+            period,
+        }
+    }
+
+    fn check(&self) -> Result<Window, Duration> {
+        match self.gov.check() {
+            Ok(snap) => {
+                let remaining = u64::from(snap.remaining_burst_capacity());
+                let per = self.period / self.limit.max(1) as u32;
+                Ok(Window {
+                    limit: self.limit,
+                    remaining,
+                    reset: per * (self.limit - remaining.min(self.limit)) as u32,
+                })
+            }
+            Err(nu) => Err(nu.wait_time_from(self.gov.clock().now())),
+        }
+    }
+}
+
+pub struct Entity {
+    rps: Option<Rate>,
+    rpm: Option<Rate>,
+    tpm: Option<Gcra>,
+    concurrent: Option<(AtomicU64, u64)>,
+}
+
+impl Entity {
+    fn new(v: &LimitValues) -> Self {
+        Self {
+            rps: v.rps.map(|l| Rate::new(l, Duration::from_secs(1))),
+            rpm: v.rpm.map(|l| Rate::new(l, Duration::from_secs(60))),
+            tpm: v.tpm.map(|l| Gcra::new(l, Duration::from_secs(60))),
+            concurrent: v.concurrent.map(|l| (AtomicU64::new(0), l)),
+        }
+    }
+}
+
+/// A replica's share of a limit while Redis is down (never below 1).
+pub fn scale(v: LimitValues, share: f64) -> LimitValues {
+    let s = |x: Option<u64>| x.map(|x| ((x as f64 * share).floor() as u64).max(1));
+    LimitValues {
+        rps: s(v.rps),
+        rpm: s(v.rpm),
+        tpm: s(v.tpm),
+        concurrent: s(v.concurrent),
+    }
+}
+
+#[derive(Default)]
+pub struct Local {
+    entities: DashMap<u64, Arc<Entity>>,
+    budgets: DashMap<u64, Arc<BudgetState>>,
+}
+
+#[derive(Default)]
+pub struct Holds {
+    tokens: Vec<(Arc<Entity>, u64)>,
+    concurrency: Vec<Arc<Entity>>,
+    budgets: Vec<(Arc<BudgetState>, i64)>,
+}
+
+impl Holds {
+    pub fn settle(self, actual: Actual) -> Vec<Crossing> {
+        let now = now_ns();
+        for (e, reserved) in &self.tokens {
+            if let Some(g) = &e.tpm {
+                g.adjust(actual.tokens as i64 - *reserved as i64, now);
+            }
+        }
+        for e in &self.concurrency {
+            if let Some((n, _)) = &e.concurrent {
+                n.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        let unix = crate::time::now_unix();
+        let mut crossings = Vec::new();
+        for (b, worst) in &self.budgets {
+            let (level, crossed) = b.settle(*worst, actual.cost, unix);
+            METRICS
+                .budget_spend
+                .with_label_values(&[&b.label])
+                .set(level.spent as f64 / 1e9);
+            for fraction in crossed {
+                crossings.push(Crossing {
+                    budget: b.label.clone(),
+                    fraction,
+                    spent: level.spent,
+                    limit: b.limit,
+                });
+            }
+        }
+        crossings
+    }
+}
+
+fn refuse(
+    kind: Kind,
+    who: String,
+    what: String,
+    retry: Duration,
+    status: Status,
+    org: &str,
+) -> Box<Refusal> {
+    let secs = retry.as_secs_f64().max(0.001);
+    Box::new(Refusal {
+        kind,
+        message: format!(
+            "{} for {who}: {what}. Please try again in {}.",
+            match kind {
+                Kind::Requests => "Rate limit reached",
+                Kind::Tokens => "Token rate limit reached",
+                Kind::Concurrency => "Too many concurrent requests",
+                Kind::Budget => "Budget exhausted",
+            },
+            super::headers::duration_text(Duration::from_secs_f64(secs))
+        ),
+        retry_after: retry,
+        status,
+        org: org.to_string(),
+    })
+}
+
+impl Local {
+    fn entity(&self, c: &LimitCheck) -> Arc<Entity> {
+        let id = c.identity();
+        if let Some(e) = self.entities.get(&id) {
+            return e.clone();
+        }
+        self.entities
+            .entry(id)
+            .or_insert_with(|| Arc::new(Entity::new(&c.values)))
+            .clone()
+    }
+
+    pub fn budget(&self, b: &BudgetCheck, now: u64) -> Arc<BudgetState> {
+        let id = b.identity();
+        if let Some(s) = self.budgets.get(&id) {
+            return s.clone();
+        }
+        self.budgets
+            .entry(id)
+            .or_insert_with(|| {
+                METRICS
+                    .budget_limit
+                    .with_label_values(&[&b.label()])
+                    .set(b.budget.nano as f64 / 1e9);
+                Arc::new(BudgetState::new(b.label(), b.budget, now))
+            })
+            .clone()
+    }
+
+    pub fn admit(
+        &self,
+        limits: &[LimitCheck],
+        budgets: &[BudgetCheck],
+        r: &Request<'_>,
+        now: u64,
+    ) -> Result<(Status, Holds), Box<Refusal>> {
+        let mut status = Status::default();
+        let mut holds = Holds::default();
+        let org = r.org.unwrap_or("");
+        let entities: Vec<(Arc<Entity>, &LimitCheck)> =
+            limits.iter().map(|c| (self.entity(c), c)).collect();
+        // Request rates first (the most common refusal, and the cheapest to undo: nothing).
+        for (e, c) in &entities {
+            for (rate, unit) in [(&e.rps, "second"), (&e.rpm, "minute")] {
+                let Some(rate) = rate else { continue };
+                match rate.check() {
+                    Ok(w) => Status::offer(&mut status.requests, w),
+                    Err(retry) => {
+                        status.requests = Some(Window {
+                            limit: rate.limit,
+                            remaining: 0,
+                            reset: retry,
+                        });
+                        return Err(refuse(
+                            Kind::Requests,
+                            c.describe(),
+                            format!("{} requests per {unit}", rate.limit),
+                            retry,
+                            status,
+                            org,
+                        ));
+                    }
+                }
+            }
+        }
+        let ns = now_ns();
+        for (e, c) in &entities {
+            if let Some(g) = &e.tpm {
+                match g.take(r.tokens, ns) {
+                    Ok(s) => {
+                        holds.tokens.push((e.clone(), r.tokens));
+                        Status::offer(
+                            &mut status.tokens,
+                            Window {
+                                limit: g.limit,
+                                remaining: s.remaining,
+                                reset: s.reset,
+                            },
+                        );
+                    }
+                    Err(retry) => {
+                        let peek = g.peek(ns);
+                        status.tokens = Some(Window {
+                            limit: g.limit,
+                            remaining: peek.remaining,
+                            reset: peek.reset,
+                        });
+                        holds.settle(Actual::default());
+                        // A request larger than the whole limit can never fit.
+                        let what = if r.tokens > g.limit {
+                            format!(
+                                "{} tokens per minute, and this request may use up to {} (lower max_tokens)",
+                                g.limit, r.tokens
+                            )
+                        } else {
+                            format!("{} tokens per minute, {} requested", g.limit, r.tokens)
+                        };
+                        return Err(refuse(Kind::Tokens, c.describe(), what, retry, status, org));
+                    }
+                }
+            }
+        }
+        for (e, c) in &entities {
+            if let Some((n, limit)) = &e.concurrent {
+                if n.fetch_add(1, Ordering::AcqRel) >= *limit {
+                    n.fetch_sub(1, Ordering::AcqRel);
+                    holds.settle(Actual::default());
+                    return Err(refuse(
+                        Kind::Concurrency,
+                        c.describe(),
+                        format!("{limit} requests at once"),
+                        Duration::from_secs(1),
+                        status,
+                        org,
+                    ));
+                }
+                holds.concurrency.push(e.clone());
+            }
+        }
+        for b in budgets {
+            let state = self.budget(b, now);
+            match state.reserve(r.worst_cost, now) {
+                Ok(level) => {
+                    if level.over_soft {
+                        status.budget_warning = Some(super::headers::budget_warning(b, level));
+                    }
+                    holds.budgets.push((state, r.worst_cost));
+                }
+                Err(level) => {
+                    holds.settle(Actual::default());
+                    let retry = super::headers::until_period_end(b.budget.period, now);
+                    return Err(refuse(
+                        Kind::Budget,
+                        super::headers::budget_name(b),
+                        format!(
+                            "{} of {} USD spent this period, and this request may cost up to {} USD",
+                            crate::usage::pricing::format_usd(level.spent),
+                            crate::usage::pricing::format_usd(b.budget.nano),
+                            crate::usage::pricing::format_usd(r.worst_cost)
+                        ),
+                        retry,
+                        status,
+                        org,
+                    ));
+                }
+            }
+        }
+        Ok((status, holds))
+    }
+
+    /// Every budget state, for reconciliation.
+    pub fn budget_states(&self) -> Vec<Arc<BudgetState>> {
+        self.budgets.iter().map(|e| e.value().clone()).collect()
+    }
+}

@@ -1,0 +1,423 @@
+//! Admission control: request, token and concurrency limits per org, team and key (with
+//! per-model overrides) and USD budgets per org, team and cost center. `admit` runs on the
+//! request path before anything goes upstream; the returned `Admission` holds what the request
+//! reserved (tokens, a concurrency slot, worst-case cost) and `settle` replaces the estimates
+//! with the real usage when the response ends. Counters live in this process (`local`) or in
+//! Redis shared by every replica (`shared`), with local limits as the fallback when Redis is
+//! unreachable.
+
+pub mod budget;
+pub mod gcra;
+pub mod headers;
+mod local;
+pub mod reconcile;
+pub mod shared;
+pub mod spec;
+
+use crate::config::Config;
+use spec::{Budget, LimitValues};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Which limit refused a request; also the `code` of the 429.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Requests,
+    Tokens,
+    Concurrency,
+    Budget,
+}
+
+impl Kind {
+    pub fn code(self) -> &'static str {
+        match self {
+            Kind::Requests => "rate_limit_exceeded",
+            Kind::Tokens => "tokens_limit_exceeded",
+            Kind::Concurrency => "concurrency_limit_exceeded",
+            Kind::Budget => "budget_exceeded",
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Kind::Requests => "requests",
+            Kind::Tokens => "tokens",
+            Kind::Concurrency => "concurrency",
+            Kind::Budget => "budget",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Scope {
+    Org,
+    Team,
+    Key,
+    CostCenter,
+}
+
+/// One set of limit values that applies to a request.
+#[derive(Debug, Clone, Copy)]
+pub struct LimitCheck<'a> {
+    pub scope: Scope,
+    pub org: &'a str,
+    /// Team id, key id, or the org id again.
+    pub id: &'a str,
+    /// The alias when the values are its override (its own counters).
+    pub model: Option<&'a str>,
+    pub values: LimitValues,
+}
+
+impl LimitCheck<'_> {
+    /// Identity of the counters: scope, names and values. A reload that keeps all of them keeps
+    /// the counters; changed values start fresh ones.
+    pub fn identity(&self) -> u64 {
+        let mut h = Fnv::new();
+        h.u8(self.scope as u8);
+        h.str(self.org);
+        h.str(self.id);
+        h.str(self.model.unwrap_or(""));
+        for v in [
+            self.values.rps,
+            self.values.rpm,
+            self.values.tpm,
+            self.values.concurrent,
+        ] {
+            h.u64(v.map_or(u64::MAX, |v| v));
+        }
+        h.finish()
+    }
+
+    pub fn describe(&self) -> String {
+        let who = match self.scope {
+            Scope::Org => format!("org {}", self.org),
+            Scope::Team => format!("team {}/{}", self.org, self.id),
+            Scope::Key => format!("key {}", self.id),
+            Scope::CostCenter => format!("cost center {}/{}", self.org, self.id),
+        };
+        match self.model {
+            Some(m) => format!("{who} (model {m})"),
+            None => who,
+        }
+    }
+}
+
+/// One budget that applies to a request.
+#[derive(Debug, Clone, Copy)]
+pub struct BudgetCheck<'a> {
+    pub scope: Scope,
+    pub org: &'a str,
+    pub id: &'a str,
+    pub budget: &'a Budget,
+}
+
+impl BudgetCheck<'_> {
+    pub fn identity(&self) -> u64 {
+        let mut h = Fnv::new();
+        h.u8(self.scope as u8 | 0x80);
+        h.str(self.org);
+        h.str(self.id);
+        h.u64(self.budget.nano as u64);
+        h.u64(match self.budget.period {
+            spec::Period::Month => 0,
+            spec::Period::Rolling { days } => u64::from(days),
+        });
+        h.finish()
+    }
+
+    /// Bounded metric label and message name: `org/cost_center`, `org/team`, or `org`.
+    pub fn label(&self) -> String {
+        match self.scope {
+            Scope::Org => self.org.to_string(),
+            _ => format!("{}/{}", self.org, self.id),
+        }
+    }
+}
+
+/// The caller and request as admission sees them.
+pub struct Request<'a> {
+    pub org: Option<&'a str>,
+    pub team: Option<&'a str>,
+    pub key_id: Option<&'a str>,
+    pub cost_center: Option<&'a str>,
+    pub alias: &'a str,
+    /// Prompt estimate + completion bound.
+    pub tokens: u64,
+    /// Worst-case cost, nano-USD (0 when the model has no price).
+    pub worst_cost: i64,
+    pub request_id: &'a str,
+}
+
+/// What the limits that apply look like after a decision: OpenAI's `x-ratelimit-*` values for
+/// the most constrained request and token limits, and a budget warning.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Status {
+    pub requests: Option<Window>,
+    pub tokens: Option<Window>,
+    pub budget_warning: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    pub limit: u64,
+    pub remaining: u64,
+    pub reset: Duration,
+}
+
+impl Status {
+    /// Keeps the window with the least left.
+    pub fn offer(slot: &mut Option<Window>, w: Window) {
+        if slot.is_none_or(|s| w.remaining < s.remaining) {
+            *slot = Some(w);
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub kind: Kind,
+    pub message: String,
+    pub retry_after: Duration,
+    pub status: Status,
+    /// Org label for the rejection metric.
+    pub org: String,
+}
+
+/// What a request holds until it is settled.
+pub struct Admission {
+    pub status: Status,
+    holds: Holds,
+}
+
+enum Holds {
+    None,
+    Local(local::Holds),
+    Shared(shared::Holds),
+}
+
+/// The usage a request really had.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Actual {
+    pub tokens: u64,
+    pub cost: i64,
+}
+
+/// A soft budget threshold crossed by a request's spend (for the audit trail).
+#[derive(Debug, Clone)]
+pub struct Crossing {
+    pub budget: String,
+    pub fraction: f64,
+    pub spent: i64,
+    pub limit: i64,
+}
+
+impl Admission {
+    pub fn unlimited() -> Self {
+        Self {
+            status: Status::default(),
+            holds: Holds::None,
+        }
+    }
+
+    /// Replaces the reservations with the real usage; returns soft thresholds crossed.
+    pub fn settle(mut self, actual: Actual) -> Vec<Crossing> {
+        match std::mem::replace(&mut self.holds, Holds::None) {
+            Holds::None => Vec::new(),
+            Holds::Local(h) => h.settle(actual),
+            Holds::Shared(h) => h.settle(actual),
+        }
+    }
+}
+
+impl Drop for Admission {
+    /// An admission dropped without settling (the request failed before any usage) gives
+    /// everything back.
+    fn drop(&mut self) {
+        match std::mem::replace(&mut self.holds, Holds::None) {
+            Holds::None => {}
+            Holds::Local(h) => {
+                h.settle(Actual::default());
+            }
+            Holds::Shared(h) => {
+                h.settle(Actual::default());
+            }
+        }
+    }
+}
+
+/// The checks that apply to a request under `cfg`, in a fixed order (org, team, key).
+pub fn plan<'a>(cfg: &'a Config, r: &Request<'a>) -> (Vec<LimitCheck<'a>>, Vec<BudgetCheck<'a>>) {
+    let mut limits = Vec::new();
+    let mut budgets = Vec::new();
+    let Some(org_id) = r.org else {
+        return (limits, budgets);
+    };
+    let Some(org) = cfg.orgs.get(org_id) else {
+        return (limits, budgets);
+    };
+    let mut add = |scope, id: &'a str, set: &'a spec::LimitSet| {
+        let (values, own) = set.for_model(r.alias);
+        if !values.is_empty() {
+            limits.push(LimitCheck {
+                scope,
+                org: &org.id,
+                id,
+                model: own.then_some(r.alias),
+                values,
+            });
+        }
+    };
+    if let Some(set) = &org.limits {
+        add(Scope::Org, &org.id, set);
+    }
+    let team = r.team.and_then(|t| org.teams.get_key_value(t));
+    if let Some((tid, t)) = team {
+        if let Some(set) = &t.limits {
+            add(Scope::Team, tid, set);
+        }
+    }
+    if let (Some(set), Some(key)) = (&org.key_limits, r.key_id) {
+        add(Scope::Key, key, set);
+    }
+    if let Some(b) = &org.budget {
+        budgets.push(BudgetCheck {
+            scope: Scope::Org,
+            org: &org.id,
+            id: &org.id,
+            budget: b,
+        });
+    }
+    if let Some((tid, t)) = team {
+        if let Some(b) = &t.budget {
+            budgets.push(BudgetCheck {
+                scope: Scope::Team,
+                org: &org.id,
+                id: tid,
+                budget: b,
+            });
+        }
+    }
+    if let Some((cid, cc)) = r
+        .cost_center
+        .and_then(|c| org.cost_centers.get_key_value(c))
+    {
+        if let Some(b) = &cc.budget {
+            budgets.push(BudgetCheck {
+                scope: Scope::CostCenter,
+                org: &org.id,
+                id: cid,
+                budget: b,
+            });
+        }
+    }
+    (limits, budgets)
+}
+
+/// The process's limiter: local counters always (they are the fallback), Redis when configured.
+pub struct Limiter {
+    local: Arc<local::Local>,
+    shared: Option<Arc<shared::Shared>>,
+}
+
+impl Limiter {
+    pub fn new(cfg: &Config) -> Self {
+        let shared = match (cfg.limits.backend, &cfg.limits.redis_url) {
+            (spec::Backend::Redis, Some(url)) => match shared::Shared::new(url, &cfg.limits) {
+                Ok(s) => Some(Arc::new(s)),
+                Err(e) => {
+                    log::error!("limits: Redis URL rejected ({e}); enforcing limits locally");
+                    None
+                }
+            },
+            _ => None,
+        };
+        Self {
+            local: Arc::new(local::Local::default()),
+            shared,
+        }
+    }
+
+    /// Decides one request.
+    pub async fn admit(&self, cfg: &Config, r: &Request<'_>) -> Result<Admission, Box<Refusal>> {
+        let (limits, budgets) = plan(cfg, r);
+        if limits.is_empty() && budgets.is_empty() {
+            return Ok(Admission::unlimited());
+        }
+        let now = crate::time::now_unix();
+        if let Some(sh) = &self.shared {
+            match sh.admit(&limits, &budgets, r, now).await {
+                Ok(Ok((status, holds))) => {
+                    return Ok(Admission {
+                        status,
+                        holds: Holds::Shared(holds),
+                    })
+                }
+                Ok(Err(refusal)) => return Err(refusal),
+                Err(()) => {
+                    // Redis is unreachable: local limits, scaled to this replica's share.
+                    let share = cfg.limits.fallback_share;
+                    let scaled: Vec<LimitCheck> = limits
+                        .iter()
+                        .map(|c| LimitCheck {
+                            values: local::scale(c.values, share),
+                            ..*c
+                        })
+                        .collect();
+                    return self.admit_local(&scaled, &budgets, r, now);
+                }
+            }
+        }
+        self.admit_local(&limits, &budgets, r, now)
+    }
+
+    fn admit_local(
+        &self,
+        limits: &[LimitCheck],
+        budgets: &[BudgetCheck],
+        r: &Request<'_>,
+        now: u64,
+    ) -> Result<Admission, Box<Refusal>> {
+        self.local
+            .admit(limits, budgets, r, now)
+            .map(|(status, holds)| Admission {
+                status,
+                holds: Holds::Local(holds),
+            })
+    }
+
+    /// Budget states this process keeps (reconciliation and metrics).
+    pub fn local(&self) -> &Arc<local::Local> {
+        &self.local
+    }
+
+    pub fn shared(&self) -> Option<&Arc<shared::Shared>> {
+        self.shared.as_ref()
+    }
+}
+
+/// FNV-1a over typed fields: the identity hashes above.
+struct Fnv(u64);
+
+impl Fnv {
+    fn new() -> Self {
+        Self(0xcbf29ce484222325)
+    }
+    fn bytes(&mut self, b: &[u8]) {
+        for &x in b {
+            self.0 = (self.0 ^ u64::from(x)).wrapping_mul(0x100000001b3);
+        }
+    }
+    fn u8(&mut self, v: u8) {
+        self.bytes(&[v]);
+    }
+    fn u64(&mut self, v: u64) {
+        self.bytes(&v.to_le_bytes());
+    }
+    fn str(&mut self, s: &str) {
+        self.u64(s.len() as u64);
+        self.bytes(s.as_bytes());
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}

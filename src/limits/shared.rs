@@ -1,0 +1,495 @@
+//! Limits shared by every replica in Redis: one Lua script decides a request against all of
+//! its limits and budgets atomically (one round trip), using Redis's clock so replicas agree;
+//! another settles it when it ends (off the request path). Request and token limits are GCRA
+//! (the same algorithm as locally), concurrency is a sorted set of leases that expire if a
+//! replica dies mid-request, budgets are a hash of spend and reservations with expiring leases.
+//!
+//! When Redis errors or answers slower than `redis_timeout`, the caller falls back to local
+//! limits scaled to `fallback_share`; Redis is skipped for a second before it is tried again.
+
+use super::{Actual, BudgetCheck, Crossing, Kind, LimitCheck, Refusal, Request, Status, Window};
+use crate::metrics::METRICS;
+use redis::aio::ConnectionManager;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::OnceCell;
+
+/// A request may hold a concurrency slot or a budget reservation at most this long if its
+/// replica dies before settling it.
+const LEASE_TTL_US: u64 = 15 * 60 * 1_000_000;
+/// How long Redis is skipped after a failure.
+const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
+
+const ADMIT: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local ttl = tonumber(ARGV[1])
+local rid = ARGV[2]
+local n = tonumber(ARGV[3])
+local keep = {}
+for i = 1, n do
+  local b = 3 + (i - 1) * 4
+  local kind, limit, period, amount = ARGV[b + 1], tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4])
+  local key = KEYS[i]
+  if kind == 'r' or kind == 't' then
+    local T = period / limit
+    local tat = tonumber(redis.call('GET', key) or '0')
+    if tat < now then tat = now end
+    local new = tat + amount * T
+    if new - now > period then
+      return {0, i, math.ceil(new - now - period), math.floor((period - (tat - now)) / T), math.ceil(tat - now)}
+    end
+    keep[i] = new
+  elseif kind == 'c' then
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+    local c = redis.call('ZCARD', key)
+    if c >= limit then return {0, i, 1000000, 0, 0} end
+    keep[i] = c
+  else
+    local leases, amounts = key .. ':l', key .. ':a'
+    for _, m in ipairs(redis.call('ZRANGEBYSCORE', leases, '-inf', now)) do
+      redis.call('HINCRBY', key, 'reserved', -tonumber(redis.call('HGET', amounts, m) or '0'))
+      redis.call('HDEL', amounts, m)
+    end
+    redis.call('ZREMRANGEBYSCORE', leases, '-inf', now)
+    local spent = tonumber(redis.call('HGET', key, 'spent') or '0')
+    local reserved = tonumber(redis.call('HGET', key, 'reserved') or '0')
+    if spent + reserved + amount > limit or (amount == 0 and spent + reserved >= limit) then
+      return {0, i, 0, spent, 0}
+    end
+    keep[i] = spent
+  end
+end
+local out = {1}
+for i = 1, n do
+  local b = 3 + (i - 1) * 4
+  local kind, limit, period, amount = ARGV[b + 1], tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4])
+  local key = KEYS[i]
+  if kind == 'r' or kind == 't' then
+    local T = period / limit
+    redis.call('SET', key, string.format('%.0f', keep[i]), 'PX', math.ceil(period / 1000) + 1000)
+    out[#out + 1] = math.floor((period - (keep[i] - now)) / T)
+    out[#out + 1] = math.ceil(keep[i] - now)
+  elseif kind == 'c' then
+    redis.call('ZADD', key, now + ttl, rid)
+    redis.call('PEXPIRE', key, math.ceil(ttl / 1000))
+    out[#out + 1] = limit - keep[i] - 1
+    out[#out + 1] = 0
+  else
+    redis.call('ZADD', key .. ':l', now + ttl, rid)
+    redis.call('HSET', key .. ':a', rid, amount)
+    redis.call('HINCRBY', key, 'reserved', amount)
+    for _, k in ipairs({key, key .. ':l', key .. ':a'}) do redis.call('PEXPIRE', k, period) end
+    out[#out + 1] = keep[i]
+    out[#out + 1] = 0
+  end
+end
+return out
+"#;
+
+const SETTLE: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local rid = ARGV[1]
+local n = tonumber(ARGV[2])
+local out = {}
+for i = 1, n do
+  local b = 2 + (i - 1) * 4
+  local kind, limit, period, amount = ARGV[b + 1], tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4])
+  local key = KEYS[i]
+  if kind == 't' then
+    local T = period / limit
+    local tat = tonumber(redis.call('GET', key) or '0')
+    local new
+    if amount >= 0 then
+      new = math.max(tat, now) + amount * T
+    else
+      new = math.max(tat + amount * T, math.min(now, tat))
+    end
+    redis.call('SET', key, string.format('%.0f', new), 'PX', math.ceil(period / 1000) + 1000)
+    out[#out + 1] = 0
+  elseif kind == 'c' then
+    redis.call('ZREM', key, rid)
+    out[#out + 1] = 0
+  else
+    local a = redis.call('HGET', key .. ':a', rid)
+    if a then
+      redis.call('HINCRBY', key, 'reserved', -tonumber(a))
+      redis.call('HDEL', key .. ':a', rid)
+      redis.call('ZREM', key .. ':l', rid)
+    end
+    out[#out + 1] = redis.call('HINCRBY', key, 'spent', amount)
+  end
+end
+return out
+"#;
+
+/// Spend of a budget period known elsewhere (ClickHouse): Redis keeps the larger value.
+const SEED: &str = r#"
+local s = tonumber(redis.call('HGET', KEYS[1], 'spent') or '-1')
+if s < tonumber(ARGV[1]) then redis.call('HSET', KEYS[1], 'spent', ARGV[1]) end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return tonumber(redis.call('HGET', KEYS[1], 'spent'))
+"#;
+
+pub struct Shared {
+    client: redis::Client,
+    conn: OnceCell<ConnectionManager>,
+    timeout: Duration,
+    admit: redis::Script,
+    settle: redis::Script,
+    seed: redis::Script,
+    /// Unix ms until which Redis is skipped.
+    skip_until: AtomicU64,
+    up: AtomicBool,
+}
+
+/// One line of a script call.
+struct Item {
+    key: String,
+    kind: &'static str,
+    limit: u64,
+    period_us: u64,
+    amount: i64,
+    /// What it describes (messages) and, for budgets, the metric label and limit.
+    who: String,
+    budget: Option<(String, i64)>,
+}
+
+pub struct Holds {
+    shared: Arc<Shared>,
+    request_id: String,
+    items: Vec<Item>,
+    reserved_tokens: u64,
+}
+
+impl Holds {
+    /// Settles in the background: the response is already on its way.
+    pub fn settle(self, actual: Actual) -> Vec<Crossing> {
+        let Holds {
+            shared,
+            request_id,
+            items,
+            reserved_tokens,
+        } = self;
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let delta = actual.tokens as i64 - reserved_tokens as i64;
+                let items: Vec<Item> = items
+                    .into_iter()
+                    .filter(|i| i.kind != "r")
+                    .map(|mut i| {
+                        i.amount = match i.kind {
+                            "t" => delta,
+                            "c" => 0,
+                            _ => actual.cost,
+                        };
+                        i
+                    })
+                    .collect();
+                if items.is_empty() {
+                    return;
+                }
+                match shared.run(&shared.settle, &request_id, &items, false).await {
+                    Ok(spent) => {
+                        for (item, s) in items.iter().zip(spent) {
+                            if let Some((label, _)) = &item.budget {
+                                METRICS
+                                    .budget_spend
+                                    .with_label_values(&[label])
+                                    .set(s as f64 / 1e9);
+                            }
+                        }
+                    }
+                    Err(e) => log::debug!("limits: settling in Redis failed ({e}); leases expire"),
+                }
+            });
+        }
+        Vec::new()
+    }
+}
+
+impl Shared {
+    pub fn new(url: &str, s: &super::spec::LimitSettings) -> Result<Self, String> {
+        Ok(Self {
+            client: redis::Client::open(url).map_err(|e| e.to_string())?,
+            conn: OnceCell::new(),
+            timeout: s.redis_timeout,
+            admit: redis::Script::new(ADMIT),
+            settle: redis::Script::new(SETTLE),
+            seed: redis::Script::new(SEED),
+            skip_until: AtomicU64::new(0),
+            up: AtomicBool::new(true),
+        })
+    }
+
+    async fn conn(&self) -> Result<ConnectionManager, String> {
+        let c = self
+            .conn
+            .get_or_try_init(|| async {
+                let cfg = redis::aio::ConnectionManagerConfig::new()
+                    .set_connection_timeout(self.timeout.max(Duration::from_millis(200)))
+                    .set_response_timeout(self.timeout)
+                    .set_number_of_retries(1);
+                ConnectionManager::new_with_config(self.client.clone(), cfg)
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+            .await?;
+        Ok(c.clone())
+    }
+
+    fn mark(&self, ok: bool, why: &str) {
+        let was = self.up.swap(ok, Ordering::AcqRel);
+        METRICS.limits_redis_up.set(i64::from(ok));
+        if ok && !was {
+            log::warn!("limits: Redis answers again; shared limits restored");
+        }
+        if !ok {
+            self.skip_until.store(
+                crate::time::now_unix_ms() + RETRY_AFTER_FAILURE.as_millis() as u64,
+                Ordering::Release,
+            );
+            if was {
+                log::error!("limits: Redis unreachable ({why}); enforcing local limits scaled to this replica's share");
+            }
+        }
+    }
+
+    /// Runs a script over `items`; Ok(reply) or Err when Redis failed (marks it down).
+    async fn run(
+        &self,
+        script: &redis::Script,
+        request_id: &str,
+        items: &[Item],
+        admit: bool,
+    ) -> Result<Vec<i64>, String> {
+        let mut inv = script.prepare_invoke();
+        for i in items {
+            inv.key(&i.key);
+        }
+        if admit {
+            inv.arg(LEASE_TTL_US);
+        }
+        inv.arg(request_id).arg(items.len());
+        for i in items {
+            inv.arg(i.kind).arg(i.limit).arg(i.period_us).arg(i.amount);
+        }
+        let start = Instant::now();
+        let mut conn = self.conn().await?;
+        let out = tokio::time::timeout(self.timeout, inv.invoke_async::<Vec<i64>>(&mut conn)).await;
+        METRICS
+            .limits_redis_duration
+            .observe(start.elapsed().as_secs_f64());
+        match out {
+            Ok(Ok(v)) => {
+                self.mark(true, "");
+                Ok(v)
+            }
+            Ok(Err(e)) => {
+                let e = e.to_string();
+                self.mark(false, &e);
+                Err(e)
+            }
+            Err(_) => {
+                self.mark(false, "timed out");
+                Err("timed out".into())
+            }
+        }
+    }
+
+    /// `Ok(decision)`, or `Err(())` when Redis cannot decide (the caller falls back).
+    pub async fn admit(
+        self: &Arc<Self>,
+        limits: &[LimitCheck<'_>],
+        budgets: &[BudgetCheck<'_>],
+        r: &Request<'_>,
+        now: u64,
+    ) -> Result<Result<(Status, Holds), Box<Refusal>>, ()> {
+        if crate::time::now_unix_ms() < self.skip_until.load(Ordering::Acquire) {
+            METRICS.limits_fallbacks.inc();
+            return Err(());
+        }
+        let mut items = Vec::with_capacity(limits.len() * 4 + budgets.len());
+        for c in limits {
+            let id = format!("mb:l:{:016x}", c.identity());
+            let v = c.values;
+            for (kind, limit, period, amount, suffix) in [
+                ("r", v.rps, 1_000_000u64, 1i64, "s"),
+                ("r", v.rpm, 60_000_000, 1, "m"),
+                ("t", v.tpm, 60_000_000, r.tokens as i64, "t"),
+                ("c", v.concurrent, 0, 0, "c"),
+            ] {
+                if let Some(limit) = limit {
+                    items.push(Item {
+                        key: format!("{id}:{suffix}"),
+                        kind,
+                        limit,
+                        period_us: period,
+                        amount,
+                        who: c.describe(),
+                        budget: None,
+                    });
+                }
+            }
+        }
+        for b in budgets {
+            let period_ms = match b.budget.period {
+                super::spec::Period::Month => 40 * 86_400_000u64,
+                super::spec::Period::Rolling { days } => u64::from(days + 1) * 86_400_000,
+            };
+            items.push(Item {
+                key: format!("mb:b:{:016x}:{}", b.identity(), b.budget.period.label(now)),
+                kind: "b",
+                limit: b.budget.nano as u64,
+                period_us: period_ms,
+                amount: r.worst_cost,
+                who: super::headers::budget_name(b),
+                budget: Some((b.label(), b.budget.nano)),
+            });
+        }
+        let reply = match self.run(&self.admit, r.request_id, &items, true).await {
+            Ok(v) => v,
+            Err(_) => {
+                METRICS.limits_fallbacks.inc();
+                return Err(());
+            }
+        };
+        let mut status = Status::default();
+        if reply.first() == Some(&1) {
+            for (i, item) in items.iter().enumerate() {
+                let (a, b) = (
+                    reply.get(1 + 2 * i).copied().unwrap_or(0),
+                    reply.get(2 + 2 * i).copied().unwrap_or(0),
+                );
+                let w = Window {
+                    limit: item.limit,
+                    remaining: a.max(0) as u64,
+                    reset: Duration::from_micros(b.max(0) as u64),
+                };
+                match item.kind {
+                    "r" => Status::offer(&mut status.requests, w),
+                    "t" => Status::offer(&mut status.tokens, w),
+                    "b" => {
+                        if let (Some((_, limit)), Some(bc)) = (
+                            &item.budget,
+                            budgets.iter().find(|bc| {
+                                bc.label()
+                                    == item
+                                        .budget
+                                        .as_ref()
+                                        .map(|x| x.0.clone())
+                                        .unwrap_or_default()
+                            }),
+                        ) {
+                            let level = super::budget::Level {
+                                spent: a,
+                                fraction: a as f64 / (*limit).max(1) as f64,
+                                over_soft: bc
+                                    .budget
+                                    .soft
+                                    .first()
+                                    .is_some_and(|s| a as f64 / (*limit).max(1) as f64 >= *s),
+                            };
+                            if level.over_soft {
+                                status.budget_warning =
+                                    Some(super::headers::budget_warning(bc, level));
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            return Ok(Ok((
+                status,
+                Holds {
+                    shared: self.clone(),
+                    request_id: r.request_id.to_string(),
+                    items,
+                    reserved_tokens: r.tokens,
+                },
+            )));
+        }
+        // Refused: which item, how long to wait.
+        let idx = reply.get(1).copied().unwrap_or(1).max(1) as usize - 1;
+        let item = &items[idx.min(items.len() - 1)];
+        let retry_us = reply.get(2).copied().unwrap_or(0).max(0) as u64;
+        let kind = match item.kind {
+            "r" => Kind::Requests,
+            "t" => Kind::Tokens,
+            "c" => Kind::Concurrency,
+            _ => Kind::Budget,
+        };
+        let mut retry = Duration::from_micros(retry_us);
+        let what = match kind {
+            Kind::Requests => format!(
+                "{} requests per {}",
+                item.limit,
+                if item.period_us == 1_000_000 {
+                    "second"
+                } else {
+                    "minute"
+                }
+            ),
+            Kind::Tokens => format!("{} tokens per minute, {} requested", item.limit, r.tokens),
+            Kind::Concurrency => format!("{} requests at once", item.limit),
+            Kind::Budget => {
+                let b = budgets
+                    .iter()
+                    .find(|b| Some(b.label()) == item.budget.as_ref().map(|x| x.0.clone()));
+                retry = b.map_or(Duration::from_secs(3600), |b| {
+                    super::headers::until_period_end(b.budget.period, now)
+                });
+                format!(
+                    "{} of {} USD spent this period, and this request may cost up to {} USD",
+                    crate::usage::pricing::format_usd(reply.get(3).copied().unwrap_or(0)),
+                    crate::usage::pricing::format_usd(item.limit as i64),
+                    crate::usage::pricing::format_usd(r.worst_cost)
+                )
+            }
+        };
+        let window = Window {
+            limit: item.limit,
+            remaining: reply.get(3).copied().unwrap_or(0).max(0) as u64,
+            reset: Duration::from_micros(reply.get(4).copied().unwrap_or(0).max(0) as u64),
+        };
+        match kind {
+            Kind::Requests => status.requests = Some(window),
+            Kind::Tokens => status.tokens = Some(window),
+            _ => {}
+        }
+        Ok(Err(Box::new(Refusal {
+            kind,
+            message: format!(
+                "{} for {}: {what}. Please try again in {}.",
+                match kind {
+                    Kind::Requests => "Rate limit reached",
+                    Kind::Tokens => "Token rate limit reached",
+                    Kind::Concurrency => "Too many concurrent requests",
+                    Kind::Budget => "Budget exhausted",
+                },
+                item.who,
+                super::headers::duration_text(retry.max(Duration::from_millis(1)))
+            ),
+            retry_after: retry,
+            status,
+            org: r.org.unwrap_or("").to_string(),
+        })))
+    }
+
+    /// Raises a budget period's shared spend to at least `spent` (ClickHouse's figure).
+    pub async fn seed(&self, b: &BudgetCheck<'_>, spent: i64, now: u64) -> Result<i64, String> {
+        let key = format!("mb:b:{:016x}:{}", b.identity(), b.budget.period.label(now));
+        let mut conn = self.conn().await?;
+        let mut inv = self.seed.prepare_invoke();
+        inv.key(key).arg(spent).arg(40u64 * 86_400_000);
+        tokio::time::timeout(
+            self.timeout.max(Duration::from_secs(1)),
+            inv.invoke_async::<i64>(&mut conn),
+        )
+        .await
+        .map_err(|_| "timed out".to_string())?
+        .map_err(|e| e.to_string())
+    }
+}

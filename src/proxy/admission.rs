@@ -1,0 +1,66 @@
+//! Admission on the request path: estimate what the request may use (tokens and worst-case
+//! cost) and ask the limiter; a refusal becomes the 429, an admission travels in the context
+//! until `finish` settles it.
+
+use super::context::Ctx;
+use crate::error::GatewayError;
+use crate::limits::{headers, Request};
+use crate::metrics::METRICS;
+use crate::routing::rewrite::RequestFields;
+use crate::routing::{Endpoint, ModelRoute};
+use crate::state::Shared;
+
+/// Prompt tokens an estimate assumes per body byte (over-estimates English and JSON, so
+/// reservations err on the safe side and are settled to the real count).
+const BYTES_PER_TOKEN: u64 = 3;
+
+pub async fn admit(
+    shared: &Shared,
+    ctx: &mut Ctx,
+    route: &ModelRoute,
+    ep: Endpoint,
+    fields: &RequestFields,
+    body_len: usize,
+) -> Result<(), GatewayError> {
+    let cfg = &ctx.live.config;
+    let prompt = (body_len as u64).div_ceil(BYTES_PER_TOKEN);
+    let completion = if ep == Endpoint::Embeddings {
+        0
+    } else {
+        fields.max_tokens.unwrap_or(cfg.limits.default_max_tokens)
+    };
+    let worst_cost = route.price.map_or(0, |p| {
+        p.cost_nanousd(&crate::usage::Usage {
+            prompt_tokens: prompt,
+            cached_tokens: 0,
+            completion_tokens: completion,
+        })
+    });
+    let r = &ctx.record;
+    let req = Request {
+        org: r.org.as_deref(),
+        team: r.team.as_deref(),
+        key_id: r.key_id.as_deref(),
+        cost_center: r.cost_center.as_deref(),
+        alias: &route.alias,
+        tokens: prompt + completion,
+        worst_cost,
+        request_id: &r.request_id,
+    };
+    let live = ctx.live.clone();
+    match shared.limiter.admit(&live.config, &req).await {
+        Ok(adm) => {
+            ctx.limit_headers = headers::pairs(&adm.status, None);
+            ctx.admission = Some(adm);
+            Ok(())
+        }
+        Err(refusal) => {
+            METRICS
+                .rate_limited
+                .with_label_values(&[refusal.kind.label(), &refusal.org])
+                .inc();
+            ctx.limit_headers = headers::pairs(&refusal.status, Some(refusal.retry_after));
+            Err(GatewayError::Limited(refusal))
+        }
+    }
+}
