@@ -2,7 +2,7 @@
 # The whole test suite: lints, Rust unit and integration tests, then the official OpenAI Python
 # SDK against the gateway and the mock provider. Every server runs on loopback ephemeral ports
 # and is stopped by the tests themselves; ClickHouse runs on 18123/19000 (MB_CH_HTTP_PORT,
-# MB_CH_TCP_PORT) for the duration of this script.
+# MB_CH_TCP_PORT) for the duration of this script; tests start their own redis-server processes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -13,6 +13,9 @@ trap 'scripts/clickhouse.sh stop; rm -rf "$MB_CH_DIR"' EXIT
 MB_CLICKHOUSE_URL="$(scripts/clickhouse.sh start)"
 export MB_CLICKHOUSE_URL
 echo "$MB_CLICKHOUSE_URL"
+
+echo "== Redis (Debian's redis-server; tests start their own instances on ephemeral ports)"
+scripts/redis.sh install
 
 echo "== cargo fmt --check"
 cargo fmt --check

@@ -150,7 +150,11 @@ mod tests {
             let (_, crossed) = s.settle(100, 100, now);
             crossings.extend(crossed);
         }
-        assert_eq!(crossings, vec![0.5], "announced once, when 500 of 1000 was reached");
+        assert_eq!(
+            crossings,
+            vec![0.5],
+            "announced once, when 500 of 1000 was reached"
+        );
         assert_eq!(s.spent(), 500);
         // ClickHouse knows of more (another replica): it wins; it never lowers what we know.
         s.reconcile(800, "2026-11", now);

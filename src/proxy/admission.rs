@@ -60,6 +60,10 @@ pub async fn admit(
                 .with_label_values(&[refusal.kind.label(), &refusal.org])
                 .inc();
             ctx.limit_headers = headers::pairs(&refusal.status, Some(refusal.retry_after));
+            if refusal.kind == crate::limits::Kind::Budget {
+                // Retrying cannot help before the period ends; the OpenAI SDKs honour this.
+                ctx.limit_headers.push(("x-should-retry", "false".into()));
+            }
             Err(GatewayError::Limited(refusal))
         }
     }

@@ -410,3 +410,50 @@ pub fn policies_dir(dir: &Path, extra: &str) -> PathBuf {
     std::fs::write(policies.join("test.toml"), extra).unwrap();
     policies
 }
+
+/// A redis-server of one test, on an ephemeral loopback port, without persistence; it can be
+/// killed and started again (empty, as after a crash without persistence).
+pub struct PrivateRedis {
+    pub port: u16,
+    proc: Option<Proc>,
+}
+
+impl PrivateRedis {
+    pub fn start() -> PrivateRedis {
+        let mut r = PrivateRedis {
+            port: free_port(),
+            proc: None,
+        };
+        r.restart();
+        r
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn restart(&mut self) {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server (scripts/redis.sh install)");
+        self.proc = Some(Proc(child));
+        wait_tcp(self.port);
+    }
+
+    /// SIGKILL.
+    pub fn kill(&mut self) {
+        self.proc = None;
+    }
+}

@@ -1,0 +1,359 @@
+//! Limits and budgets through the real HTTP surface: request-limit accuracy under a concurrent
+//! burst (one gateway, and three replicas sharing Redis), a stream's tokens counting while it
+//! runs, concurrency, the budget race, month-to-date spend restored from ClickHouse after a
+//! restart, and a Redis outage falling back to local limits and recovering.
+
+mod common;
+
+use common::clickhouse::*;
+use common::*;
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+fn chat(stream: bool, max_tokens: Option<u64>) -> Value {
+    let mut b = json!({"model": "gpt-4o-mini", "stream": stream, "messages": [{"role": "user", "content": "hi"}]});
+    if let Some(m) = max_tokens {
+        b["max_tokens"] = json!(m);
+    }
+    b
+}
+
+/// Fires `n` requests at once, spread over `urls`; returns the statuses.
+async fn burst(urls: &[String], n: usize) -> Vec<(u16, reqwest::header::HeaderMap, String)> {
+    let c = client();
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let c = c.clone();
+        let url = urls[i % urls.len()].clone();
+        tasks.push(tokio::spawn(async move {
+            let r = c.post(&url).json(&chat(false, None)).send().await.unwrap();
+            let s = r.status().as_u16();
+            let h = r.headers().clone();
+            (s, h, r.text().await.unwrap_or_default())
+        }));
+    }
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
+fn limits_extra(limits: &str, settings: &str) -> String {
+    format!("[limits]\n{settings}\n[orgs.default]\n[orgs.default.limits]\n{limits}\n")
+}
+
+fn accepted(results: &[(u16, reqwest::header::HeaderMap, String)]) -> usize {
+    results.iter().filter(|r| r.0 == 200).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_burst_gets_exactly_the_request_limit() {
+    let g = Gateway::start_with(&[], &limits_extra("requests_per_minute = 40", ""));
+    let results = burst(&[g.url("/v1/chat/completions")], 120).await;
+    let ok = accepted(&results);
+    assert!(
+        (39..=41).contains(&ok),
+        "accepted {ok} of 120 with a limit of 40"
+    );
+    for (s, h, body) in &results {
+        assert_eq!(
+            h["x-ratelimit-limit-requests"], "40",
+            "every response says the limit"
+        );
+        assert!(h.contains_key("x-ratelimit-remaining-requests"));
+        assert!(h.contains_key("x-ratelimit-reset-requests"));
+        if *s == 429 {
+            let v: Value = serde_json::from_str(body).unwrap();
+            assert_eq!(v["error"]["code"], "rate_limit_exceeded");
+            assert!(h["retry-after"].to_str().unwrap().parse::<u64>().unwrap() >= 1);
+            assert_eq!(h["x-ratelimit-remaining-requests"], "0");
+        }
+    }
+    let m = g.metrics().await;
+    assert!(
+        m.contains(&format!(
+            "model_bridge_rate_limited_total{{kind=\"requests\",org=\"default\"}} {}",
+            120 - ok
+        )),
+        "{m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_replicas_sharing_redis_admit_the_limit_once() {
+    let redis = PrivateRedis::start();
+    let extra = limits_extra(
+        "requests_per_minute = 30",
+        &format!(
+            "backend = \"redis\"\nredis_url = \"{}\"\nredis_timeout_ms = 500",
+            redis.url()
+        ),
+    );
+    let gs: Vec<Gateway> = (0..3).map(|_| Gateway::start_with(&[], &extra)).collect();
+    let urls: Vec<String> = gs.iter().map(|g| g.url("/v1/chat/completions")).collect();
+    let results = burst(&urls, 90).await;
+    let ok = accepted(&results);
+    assert!(
+        (29..=31).contains(&ok),
+        "accepted {ok} of 90 across 3 replicas, limit 30"
+    );
+    for g in &gs {
+        assert_eq!(g.metric("model_bridge_limits_redis_up").await, 1.0);
+        assert_eq!(g.metric("model_bridge_limits_fallback_total").await, 0.0);
+    }
+}
+
+/// A stream reserves its tokens when admitted and holds them while it runs; the end settles
+/// the reservation to what it really used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_running_stream_holds_its_tokens() {
+    let g = Gateway::start_with(&[], &limits_extra("tokens_per_minute = 3000", ""));
+    let c = client();
+    let url = g.url("/v1/chat/completions");
+    let long = c
+        .post(&url)
+        .header("x-mock-chunks", "40")
+        .header("x-mock-chunk-interval-ms", "50")
+        .json(&chat(true, Some(2000)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(long.status(), 200);
+    let remaining: u64 = header(&long, "x-ratelimit-remaining-tokens")
+        .parse()
+        .unwrap();
+    assert!(
+        remaining < 1000,
+        "the stream reserved its max_tokens: {remaining} left"
+    );
+    // While it streams, a second large request does not fit.
+    let r = c
+        .post(&url)
+        .json(&chat(false, Some(2000)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "tokens_limit_exceeded");
+    let (p, comp, _) = mock_usage(&long);
+    let _ = long.bytes().await.unwrap();
+    // Settled to ~prompt + 40 tokens: the large request fits now.
+    let start = Instant::now();
+    loop {
+        let r = c
+            .post(&url)
+            .json(&chat(false, Some(2000)))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 200 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "settlement should free the unused reservation (used {p}+{comp})"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrency_is_limited_while_requests_run() {
+    let g = Gateway::start_with(&[], &limits_extra("concurrent_requests = 2", ""));
+    let c = client();
+    let url = g.url("/v1/chat/completions");
+    let slow = || {
+        c.post(&url)
+            .header("x-mock-chunks", "20")
+            .header("x-mock-chunk-interval-ms", "50")
+            .json(&chat(true, None))
+            .send()
+    };
+    let (a, b) = tokio::join!(slow(), slow());
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!((a.status().as_u16(), b.status().as_u16()), (200, 200));
+    let r = c.post(&url).json(&chat(false, None)).send().await.unwrap();
+    assert_eq!(r.status(), 429);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "concurrency_limit_exceeded");
+    let _ = (a.bytes().await, b.bytes().await);
+    let r = c.post(&url).json(&chat(false, None)).send().await.unwrap();
+    assert_eq!(r.status(), 200, "slots are released when the streams end");
+}
+
+/// `pricey`: 1 USD per 1M completion tokens, prompts free — worst case of a request with
+/// `max_tokens = 100` is 100,000 nano-USD.
+const PRICEY: &str = r#"
+[models.pricey]
+provider = "mock"
+model = "mock-1"
+price = { input_per_1m = 0, output_per_1m = 1 }
+"#;
+
+fn budget_extra(usd: &str) -> String {
+    format!(
+        "{PRICEY}\n[orgs.default]\ndefault_cost_center = \"cc\"\n[orgs.default.cost_centers.cc]\nbudget = {{ usd = \"{usd}\", period = \"month\", soft = [0.5] }}\n"
+    )
+}
+
+async fn pricey(g: &Gateway) -> (u16, Value) {
+    let r = client()
+        .post(g.url("/v1/chat/completions"))
+        .json(&json!({"model": "pricey", "max_tokens": 100, "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    let s = r.status().as_u16();
+    (s, r.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_hundred_concurrent_requests_never_overshoot_the_budget() {
+    let Some(url) = shared_url() else { return };
+    let db = new_db();
+    // Fits 10 worst cases.
+    let g = Gateway::start_edited(&[], &budget_extra("0.001"), |t| {
+        sink_config(t, &url, &db, "")
+    });
+    let c = client();
+    let mut tasks = Vec::new();
+    for _ in 0..200 {
+        let c = c.clone();
+        let u = g.url("/v1/chat/completions");
+        tasks.push(tokio::spawn(async move {
+            let r = c
+                .post(&u)
+                .json(&json!({"model": "pricey", "max_tokens": 100, "messages": [{"role": "user", "content": "hi"}]}))
+                .send()
+                .await
+                .unwrap();
+            let s = r.status().as_u16();
+            let v: Value = r.json().await.unwrap_or(Value::Null);
+            (s, v)
+        }));
+    }
+    let mut ok = 0u64;
+    let mut spent = 0u64;
+    for t in tasks {
+        let (s, v) = t.await.unwrap();
+        match s {
+            200 => {
+                ok += 1;
+                spent += v["usage"]["completion_tokens"].as_u64().unwrap() * 1000;
+            }
+            429 => assert_eq!(v["error"]["code"], "budget_exceeded", "{v}"),
+            other => panic!("status {other}: {v}"),
+        }
+    }
+    assert!(ok >= 10, "the budget fits at least 10 worst cases: {ok}");
+    assert!(
+        spent <= 1_000_000,
+        "spent {spent} nano-USD of a 1,000,000 budget"
+    );
+    let rows = wait_for(
+        &url,
+        &format!("SELECT count(), sum(cost_nanousd) FROM {db}.usage_events WHERE status = 200 FORMAT TSV"),
+        &format!("{ok}\t{spent}"),
+        15,
+    )
+    .await;
+    assert_eq!(
+        rows,
+        format!("{ok}\t{spent}"),
+        "ClickHouse agrees with what was served"
+    );
+    let m = g.metrics().await;
+    let shown = m
+        .lines()
+        .find_map(|l| l.strip_prefix("model_bridge_budget_spend_usd{budget=\"default/cc\"} "))
+        .unwrap()
+        .parse::<f64>()
+        .unwrap();
+    assert!((shown * 1e9 - spent as f64).abs() < 1.0, "{shown}");
+    query(&url, &format!("DROP DATABASE {db}")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn month_to_date_spend_is_restored_from_clickhouse() {
+    let Some(url) = shared_url() else { return };
+    let db = new_db();
+    // 130,000 nano-USD: a request reserves 100,000 and costs a few thousand.
+    let mut g = Gateway::start_edited(&[], &budget_extra("0.00013"), |t| {
+        sink_config(t, &url, &db, "")
+    });
+    let mut admitted = 0;
+    loop {
+        let (s, v) = pricey(&g).await;
+        if s == 429 {
+            assert_eq!(v["error"]["code"], "budget_exceeded");
+            break;
+        }
+        assert_eq!(s, 200);
+        admitted += 1;
+        assert!(admitted < 20, "the budget must stop this");
+    }
+    assert!(admitted >= 2, "{admitted}");
+    g.stop();
+    g.restart();
+    let (s, v) = pricey(&g).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (429, Some("budget_exceeded")),
+        "spend restored after the restart: {v}"
+    );
+    assert!(g
+        .log_text()
+        .contains("period spend of 1 budgets loaded from ClickHouse"));
+    query(&url, &format!("DROP DATABASE {db}")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_redis_outage_falls_back_to_local_limits_and_recovers() {
+    let mut redis = PrivateRedis::start();
+    let extra = limits_extra(
+        "requests_per_minute = 20",
+        &format!(
+            "backend = \"redis\"\nredis_url = \"{}\"\nredis_timeout_ms = 200\nfallback_share = 0.5",
+            redis.url()
+        ),
+    );
+    let g = Gateway::start_with(&[], &extra);
+    let url = vec![g.url("/v1/chat/completions")];
+    assert_eq!(accepted(&burst(&url, 5).await), 5);
+    redis.kill();
+    // Local limits at this replica's share (10 of 20): still limited, never unlimited.
+    let during = burst(&url, 40).await;
+    let ok = accepted(&during);
+    assert!((9..=11).contains(&ok), "accepted {ok} while Redis is down");
+    assert!(during.iter().all(|r| r.0 == 200 || r.0 == 429));
+    assert_eq!(g.metric("model_bridge_limits_redis_up").await, 0.0);
+    assert!(g.metric("model_bridge_limits_fallback_total").await > 0.0);
+    assert!(g.log_text().contains("Redis unreachable"));
+    redis.restart();
+    // Redis is retried a second after the failure; the fresh Redis has empty counters.
+    let start = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let _ = burst(&url, 1).await;
+        if g.metric("model_bridge_limits_redis_up").await == 1.0 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "never back on Redis"
+        );
+    }
+    let after = burst(&url, 40).await;
+    let ok = accepted(&after);
+    assert!(
+        (18..=20).contains(&ok),
+        "shared limit again after recovery: {ok} {:?} {:?}",
+        after.iter().map(|r| &r.2).take(2).collect::<Vec<_>>(),
+        g.log_text()
+            .lines()
+            .filter(|l| l.contains("limits"))
+            .collect::<Vec<_>>()
+    );
+}
