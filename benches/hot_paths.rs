@@ -1,5 +1,5 @@
 //! Micro-benches of the per-request hot functions: body parse + rewrite, SSE usage scanning,
-//! JSON usage extraction.
+//! JSON usage extraction, authentication + RBAC, limit admission.
 
 use bytes::Bytes;
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
@@ -120,5 +120,62 @@ fn auth(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, rewrite, sse, json_usage, auth);
+/// Admission with every limit kind on at org, team and key level plus a cost-center budget
+/// (local counters), then settlement: what a limited request adds to the hot path.
+fn admission(c: &mut Criterion) {
+    use model_bridge::config::Config;
+    use model_bridge::limits::{Actual, Limiter, Request};
+    let text = r#"
+[providers.p]
+kind = "openai_compatible"
+base_url = "http://127.0.0.1:1/v1"
+[models."gpt-4o-mini"]
+provider = "p"
+price = { input_per_1m = 0.15, output_per_1m = 0.60 }
+[orgs.acme]
+default_cost_center = "eng"
+[orgs.acme.limits]
+requests_per_second = 1000000000
+requests_per_minute = 1000000000
+tokens_per_minute = 1000000000000
+concurrent_requests = 1000000
+[orgs.acme.key_limits]
+requests_per_minute = 1000000000
+tokens_per_minute = 1000000000000
+[orgs.acme.teams.ml.limits]
+requests_per_minute = 1000000000
+concurrent_requests = 1000000
+[orgs.acme.cost_centers.eng]
+budget = { usd = "1000000000", period = "month" }
+"#;
+    let cfg = Config::parse(text, std::path::Path::new("bench.toml"), &|_| None)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let limiter = Limiter::new(&cfg);
+    let req = Request {
+        org: Some("acme"),
+        team: Some("ml"),
+        key_id: Some("K0123456789a"),
+        cost_center: Some("eng"),
+        alias: "gpt-4o-mini",
+        tokens: 1200,
+        worst_cost: 700_000,
+        request_id: "req_0",
+    };
+    c.bench_function(
+        "admission: all limit kinds (org, team, key) + budget, admit + settle",
+        |b| {
+            b.iter(|| {
+                let a = limiter
+                    .admit_local(&cfg, black_box(&req))
+                    .unwrap_or_else(|_| panic!("refused"));
+                black_box(a.settle(Actual {
+                    tokens: 900,
+                    cost: 500_000,
+                }))
+            })
+        },
+    );
+}
+
+criterion_group!(benches, rewrite, sse, json_usage, auth, admission);
 criterion_main!(benches);

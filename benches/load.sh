@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # End-to-end load bench, one invocation: the same non-streaming chat load (wrk, POST) direct to the
 # mock provider, through a plain nginx reverse proxy (one worker, upstream keep-alive) and through
-# the gateway. nginx and the gateway are pinned to core 0, the loader and the mock to core 1.
+# the gateway (plain, with auth, with every limit kind on). nginx and the gateways are pinned to
+# core 0, the loader and the mock to core 1.
 # Prints RPS, p50 and p99 for each, and the gateway's ratios (RPS vs nginx, added p50 vs direct).
 #
 #   benches/load.sh [duration_s=10] [concurrency list="32 1"]
@@ -87,11 +88,26 @@ path = "$WORK/audit.jsonl"
 [orgs.bench]
 [orgs.bench.cost_centers.cc]
 TOML
+# The same gateway with every limit kind on (never reached) and an org budget.
+GWL=$(port); OPSL=$(port)
+sed -e "s/127.0.0.1:$GW/127.0.0.1:$GWL/; s/127.0.0.1:$OPS/127.0.0.1:$OPSL/; s#usage.jsonl#usage-limits.jsonl#" "$WORK/gateway.toml" > "$WORK/gateway-limits.toml"
+cat >> "$WORK/gateway-limits.toml" <<TOML
+[orgs.default.limits]
+requests_per_second = 1000000000
+requests_per_minute = 1000000000
+tokens_per_minute = 1000000000000
+concurrent_requests = 1000000
+[orgs.default.budget]
+usd = "1000000000"
+TOML
+RUST_LOG=warn taskset -c $PROXY_CPU ./target/release/model-bridge serve --config "$WORK/gateway-limits.toml" >"$WORK/gwl.log" 2>&1 &
+pids+=($!)
+
 KEY=$(./target/release/model-bridge keys create --config "$WORK/gateway-auth.toml" --org bench --role invoker --cost-center cc 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])')
 export MB_KEY=$KEY
 RUST_LOG=warn taskset -c $PROXY_CPU ./target/release/model-bridge serve --config "$WORK/gateway-auth.toml" >"$WORK/gwa.log" 2>&1 &
 pids+=($!)
-wait_port $MOCK; wait_port $NGX; wait_port $GW; wait_port $GWA
+wait_port $MOCK; wait_port $NGX; wait_port $GW; wait_port $GWA; wait_port $GWL
 
 cat > "$WORK/post.lua" <<'LUA'
 wrk.method = "POST"
@@ -110,14 +126,14 @@ run() { # name port conc -> "rps p50 p99 errors"
 }
 
 # Warm up every path (connection pools, caches).
-for p in $MOCK $NGX $GW $GWA; do taskset -c $LOAD_CPU wrk -t1 -c8 -d2s -s "$WORK/post.lua" "http://127.0.0.1:$p/v1/chat/completions" >/dev/null 2>&1; done
+for p in $MOCK $NGX $GW $GWA $GWL; do taskset -c $LOAD_CPU wrk -t1 -c8 -d2s -s "$WORK/post.lua" "http://127.0.0.1:$p/v1/chat/completions" >/dev/null 2>&1; done
 
 for c in $CONCS; do
   echo "== non-streaming chat, concurrency $c, ${DUR}s each (latency in us)"
   printf "%-10s %12s %10s %10s %8s\n" target rps p50_us p99_us errors
   declare -A R
-  for t in direct nginx gateway gw+auth; do
-    case $t in direct) p=$MOCK;; nginx) p=$NGX;; gateway) p=$GW;; gw+auth) p=$GWA;; esac
+  for t in direct nginx gateway gw+auth gw+limits; do
+    case $t in direct) p=$MOCK;; nginx) p=$NGX;; gateway) p=$GW;; gw+auth) p=$GWA;; gw+limits) p=$GWL;; esac
     R[$t]=$(run $t $p $c)
     read -r rps p50 p99 err <<<"${R[$t]}"
     printf "%-10s %12.0f %10.1f %10.1f %8s\n" $t "$rps" "$p50" "$p99" "$err"
@@ -126,9 +142,11 @@ for c in $CONCS; do
   read -r nrps np50 _ _ <<<"${R[nginx]}"
   read -r grps gp50 _ _ <<<"${R[gateway]}"
   read -r arps ap50 _ _ <<<"${R[gw+auth]}"
-  awk -v g="$grps" -v n="$nrps" -v gp="$gp50" -v dp="$dp50" -v np="$np50" -v a="$arps" -v ap="$ap50" 'BEGIN {
+  read -r lrps lp50 _ _ <<<"${R[gw+limits]}"
+  awk -v g="$grps" -v n="$nrps" -v gp="$gp50" -v dp="$dp50" -v np="$np50" -v a="$arps" -v ap="$ap50" -v l="$lrps" -v lp="$lp50" 'BEGIN {
     printf "gateway/nginx rps ratio: %.2f   gateway added p50: %.1f us   nginx added p50: %.1f us\n", g/n, gp-dp, np-dp
-    printf "auth on vs off: throughput %+.1f%%   p50 %+.1f us\n", (a/g-1)*100, ap-gp }'
+    printf "auth on vs off: throughput %+.1f%%   p50 %+.1f us\n", (a/g-1)*100, ap-gp
+    printf "limits on vs off: throughput %+.1f%%   p50 %+.1f us\n", (l/g-1)*100, lp-gp }'
 done
 rows=$(wc -l < "$WORK/usage.jsonl")
 echo "gateway wrote $rows usage records; RSS $(ps -o rss= -p "${pids[2]}" | tr -d ' ') KiB"

@@ -337,40 +337,47 @@ impl Limiter {
         }
     }
 
+    /// Decides one request with local counters only (what `admit` does without Redis).
+    pub fn admit_local(&self, cfg: &Config, r: &Request<'_>) -> Result<Admission, Box<Refusal>> {
+        let (limits, budgets) = plan(cfg, r);
+        if limits.is_empty() && budgets.is_empty() {
+            return Ok(Admission::unlimited());
+        }
+        self.admit_counted(&limits, &budgets, r, crate::time::now_unix())
+    }
+
     /// Decides one request.
     pub async fn admit(&self, cfg: &Config, r: &Request<'_>) -> Result<Admission, Box<Refusal>> {
+        let Some(sh) = &self.shared else {
+            return self.admit_local(cfg, r);
+        };
         let (limits, budgets) = plan(cfg, r);
         if limits.is_empty() && budgets.is_empty() {
             return Ok(Admission::unlimited());
         }
         let now = crate::time::now_unix();
-        if let Some(sh) = &self.shared {
-            match sh.admit(&limits, &budgets, r, now).await {
-                Ok(Ok((status, holds))) => {
-                    return Ok(Admission {
-                        status,
-                        holds: Holds::Shared(holds),
+        match sh.admit(&limits, &budgets, r, now).await {
+            Ok(Ok((status, holds))) => Ok(Admission {
+                status,
+                holds: Holds::Shared(holds),
+            }),
+            Ok(Err(refusal)) => Err(refusal),
+            Err(()) => {
+                // Redis is unreachable: local limits, scaled to this replica's share.
+                let share = cfg.limits.fallback_share;
+                let scaled: Vec<LimitCheck> = limits
+                    .iter()
+                    .map(|c| LimitCheck {
+                        values: local::scale(c.values, share),
+                        ..*c
                     })
-                }
-                Ok(Err(refusal)) => return Err(refusal),
-                Err(()) => {
-                    // Redis is unreachable: local limits, scaled to this replica's share.
-                    let share = cfg.limits.fallback_share;
-                    let scaled: Vec<LimitCheck> = limits
-                        .iter()
-                        .map(|c| LimitCheck {
-                            values: local::scale(c.values, share),
-                            ..*c
-                        })
-                        .collect();
-                    return self.admit_local(&scaled, &budgets, r, now);
-                }
+                    .collect();
+                self.admit_counted(&scaled, &budgets, r, now)
             }
         }
-        self.admit_local(&limits, &budgets, r, now)
     }
 
-    fn admit_local(
+    fn admit_counted(
         &self,
         limits: &[LimitCheck],
         budgets: &[BudgetCheck],
