@@ -146,7 +146,7 @@ tokens_per_minute = 1000000000000
 requests_per_minute = 1000000000
 concurrent_requests = 1000000
 [orgs.acme.cost_centers.eng]
-budget = { usd = "1000000000", period = "month" }
+budget = { usd = "1000000", period = "month" }
 "#;
     let cfg = Config::parse(text, std::path::Path::new("bench.toml"), &|_| None)
         .unwrap_or_else(|e| panic!("{e}"));

@@ -98,7 +98,7 @@ requests_per_minute = 1000000000
 tokens_per_minute = 1000000000000
 concurrent_requests = 1000000
 [orgs.default.budget]
-usd = "1000000000"
+usd = "1000000"
 TOML
 RUST_LOG=warn taskset -c $PROXY_CPU ./target/release/model-bridge serve --config "$WORK/gateway-limits.toml" >"$WORK/gwl.log" 2>&1 &
 pids+=($!)
