@@ -37,6 +37,8 @@ fn record(i: u64, org: &Arc<str>, cc: &Arc<str>, provider: &Arc<str>) -> UsageRe
         ttft_ms: Some(45.6),
         upstream_latency_ms: Some(120.0),
         retries: 0,
+        experiment: None,
+        variant: None,
         request_bytes: 512,
         response_bytes: 1024,
         client_ip: Some("10.1.2.3".into()),

@@ -73,6 +73,9 @@ pub struct Shared {
     pub inflight: AtomicI64,
     /// Limit and budget counters: outlive config generations (a reload keeps unchanged ones).
     pub limiter: Arc<crate::limits::Limiter>,
+    /// Circuit breakers by target identity: a reload keeps the state of unchanged targets.
+    pub breakers: dashmap::DashMap<Arc<str>, Arc<crate::routing::resilience::Breaker>>,
+    pub retry_budget: crate::routing::resilience::RetryBudget,
 }
 
 impl Shared {
@@ -88,8 +91,12 @@ impl Shared {
             keys.store(Some(Arc::new(FileKeyStore::open(&a.key_store)?)));
         }
         let limiter = Arc::new(crate::limits::Limiter::new(&config));
+        let retry_budget =
+            crate::routing::resilience::RetryBudget::new(config.routing.retry_budget_ratio, 10);
         Ok(Arc::new(Self {
             limiter,
+            breakers: Default::default(),
+            retry_budget,
             keys,
             audit,
             live: ArcSwap::from_pointee(Live::new(config, 1)),

@@ -8,7 +8,9 @@ mod span;
 use crate::auth::keys::KeyRecord;
 use crate::limits::spec::{Backend, Budget, LimitSet, LimitSettings, LimitValues, Period};
 use crate::rbac::Rbac;
-use crate::routing::{ModelRoute, Provider};
+use crate::routing::resilience::{BreakerSettings, RetryPolicy};
+use crate::routing::split::{Params, Split, Subject, Variant};
+use crate::routing::{ModelRoute, Provider, Target};
 use raw::{RawConfig, SinkKind};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -158,6 +160,7 @@ pub struct Config {
     pub audit_sink: raw::AuditSinkKind,
     pub clickhouse: Option<crate::warehouse::ClickHouseSettings>,
     pub limits: LimitSettings,
+    pub routing: RoutingSettings,
     /// Hash of the text this config was parsed from (the file watcher compares against it).
     pub source_hash: u64,
 }
@@ -306,6 +309,27 @@ fn validate(raw: RawConfig, path: &Path, err: &mut dyn FnMut(&str, String)) -> C
         if let Some(p) = &m.price {
             route.price = parse_price(p, &format!("models.{alias}.price"), err);
         }
+        let at = format!("models.{alias}");
+        route.chain.push(Target::new(
+            provider.clone(),
+            route.provider_model.clone(),
+            route.price,
+        ));
+        let fallbacks = targets(&m.fallbacks, &providers, &format!("{at}.fallbacks"), err);
+        route.chain.extend(fallbacks.iter().cloned());
+        if let Some(r) = &m.retry {
+            let d = RetryPolicy::default();
+            route.retry = RetryPolicy {
+                retries: r.retries.unwrap_or(d.retries),
+                backoff: r.backoff_ms.map_or(d.backoff, Duration::from_millis),
+                max_backoff: r
+                    .max_backoff_ms
+                    .map_or(d.max_backoff, Duration::from_millis),
+            };
+        }
+        if let Some(sp) = &m.split {
+            route.split = split(sp, &route, &fallbacks, &providers, &at, err);
+        }
         models.insert(alias.clone(), route);
     }
     let orgs = validate_orgs(&raw, err);
@@ -401,6 +425,7 @@ fn validate(raw: RawConfig, path: &Path, err: &mut dyn FnMut(&str, String)) -> C
         audit_path: base.join(&raw.audit.path),
         audit_sink: raw.audit.sink,
         limits: limit_settings(&raw.limits, err),
+        routing: routing_settings(&raw.routing, err),
         clickhouse: raw.clickhouse.as_ref().map(|c| {
             let ident = |v: &str| {
                 !v.is_empty() && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
@@ -658,6 +683,169 @@ fn validate_orgs(raw: &RawConfig, err: &mut dyn FnMut(&str, String)) -> BTreeMap
         );
     }
     orgs
+}
+
+#[derive(Debug, Clone)]
+pub struct RoutingSettings {
+    pub retry_budget_ratio: f64,
+    pub breaker: BreakerSettings,
+}
+
+fn routing_settings(r: &raw::RawRouting, err: &mut dyn FnMut(&str, String)) -> RoutingSettings {
+    let d = BreakerSettings::default();
+    let ratio = r.retry_budget_ratio.unwrap_or(0.2);
+    if !(0.0..=10.0).contains(&ratio) {
+        err(
+            "routing.retry_budget_ratio",
+            "must be between 0 and 10".into(),
+        );
+    }
+    let rate = r.breaker_error_rate.unwrap_or(d.error_rate);
+    if !(rate > 0.0 && rate <= 1.0) {
+        err("routing.breaker_error_rate", "must be in (0, 1]".into());
+    }
+    RoutingSettings {
+        retry_budget_ratio: ratio,
+        breaker: BreakerSettings {
+            consecutive_failures: r.breaker_failures.unwrap_or(d.consecutive_failures).max(1),
+            error_rate: rate,
+            window: r.breaker_window_ms.map_or(d.window, Duration::from_millis),
+            min_requests: r.breaker_min_requests.unwrap_or(d.min_requests).max(1),
+            open_for: r.breaker_open_ms.map_or(d.open_for, Duration::from_millis),
+        },
+    }
+}
+
+fn targets(
+    raw: &[raw::RawTarget],
+    providers: &BTreeMap<String, Arc<Provider>>,
+    at: &str,
+    err: &mut dyn FnMut(&str, String),
+) -> Vec<Target> {
+    let mut out = Vec::new();
+    for (i, t) in raw.iter().enumerate() {
+        let Some(p) = providers.get(&t.provider) else {
+            err(
+                &format!("{at}[{i}].provider"),
+                format!("unknown provider `{}`", t.provider),
+            );
+            continue;
+        };
+        let model = t.model.clone().unwrap_or_default();
+        if model.is_empty() {
+            err(
+                &format!("{at}[{i}].model"),
+                "needed (the provider's model name)".into(),
+            );
+            continue;
+        }
+        let price = t
+            .price
+            .as_ref()
+            .and_then(|pr| parse_price(pr, &format!("{at}[{i}].price"), err));
+        out.push(Target::new(p.clone(), model, price));
+    }
+    out
+}
+
+fn split(
+    sp: &raw::RawSplit,
+    route: &ModelRoute,
+    fallbacks: &[Target],
+    providers: &BTreeMap<String, Arc<Provider>>,
+    at: &str,
+    err: &mut dyn FnMut(&str, String),
+) -> Option<Split> {
+    let at = format!("{at}.split");
+    let ok_id = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    };
+    if !ok_id(&sp.experiment) {
+        err(
+            &format!("{at}.experiment"),
+            "letters, digits, '-', '_', '.' only".into(),
+        );
+    }
+    let Some(subject) = Subject::parse(&sp.subject) else {
+        err(
+            &format!("{at}.subject"),
+            "one of key, user, end_user".into(),
+        );
+        return None;
+    };
+    let time = |v: &Option<String>, key: &str, err: &mut dyn FnMut(&str, String)| {
+        v.as_ref().and_then(|t| {
+            let parsed = crate::time::parse_rfc3339(t);
+            if parsed.is_none() {
+                err(
+                    &format!("{at}.{key}"),
+                    format!("`{t}` is not an RFC 3339 UTC time"),
+                );
+            }
+            parsed
+        })
+    };
+    let start = time(&sp.start, "start", err).unwrap_or(0);
+    let end = time(&sp.end, "end", err);
+    if sp.variants.len() < 2 {
+        err(
+            &format!("{at}.variants"),
+            "an experiment needs at least two variants".into(),
+        );
+    }
+    let mut variants = Vec::new();
+    let mut names = std::collections::BTreeSet::new();
+    for (i, v) in sp.variants.iter().enumerate() {
+        let vat = format!("{at}.variants[{i}]");
+        if !ok_id(&v.name) || !names.insert(v.name.clone()) {
+            err(
+                &format!("{vat}.name"),
+                "unique; letters, digits, '-', '_', '.'".into(),
+            );
+        }
+        let targets = match &v.provider {
+            None => route.chain.clone(),
+            Some(pname) => {
+                let Some(p) = providers.get(pname) else {
+                    err(
+                        &format!("{vat}.provider"),
+                        format!("unknown provider `{pname}`"),
+                    );
+                    continue;
+                };
+                let model = v
+                    .model
+                    .clone()
+                    .unwrap_or_else(|| route.provider_model.clone());
+                let price = v
+                    .price
+                    .as_ref()
+                    .and_then(|pr| parse_price(pr, &format!("{vat}.price"), err));
+                let mut t = vec![Target::new(p.clone(), model, price)];
+                t.extend(fallbacks.iter().cloned());
+                t
+            }
+        };
+        variants.push(Variant {
+            name: Arc::from(v.name.as_str()),
+            weight: v.weight,
+            targets,
+            params: Params {
+                temperature: v.temperature,
+                max_tokens_cap: v.max_tokens_cap,
+            },
+        });
+    }
+    if variants.iter().all(|v| v.weight == 0) {
+        err(
+            &format!("{at}.variants"),
+            "at least one weight must be above 0".into(),
+        );
+        return None;
+    }
+    Some(Split::new(&sp.experiment, subject, start, end, variants))
 }
 
 fn limit_settings(l: &raw::RawLimitSettings, err: &mut dyn FnMut(&str, String)) -> LimitSettings {

@@ -41,6 +41,9 @@ pub struct RawConfig {
     /// Where rate-limit and budget counters live, and how admission estimates tokens.
     #[serde(default)]
     pub limits: RawLimitSettings,
+    /// Retry budget and circuit breakers.
+    #[serde(default)]
+    pub routing: RawRouting,
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
@@ -517,6 +520,94 @@ pub struct RawModel {
     /// USD per one million tokens; absent: cost is recorded as unknown (never as zero).
     #[serde(default)]
     pub price: Option<RawPrice>,
+    /// Tried in order when the primary target fails before anything reached the client.
+    #[serde(default)]
+    pub fallbacks: Vec<RawTarget>,
+    /// Retries per target before falling back.
+    #[serde(default)]
+    pub retry: Option<RawRetry>,
+    /// A/B experiment: weighted sticky variants.
+    #[serde(default)]
+    pub split: Option<RawSplit>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTarget {
+    pub provider: String,
+    #[serde(default)]
+    pub model: Option<String>,
+    #[serde(default)]
+    pub price: Option<RawPrice>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetry {
+    /// Extra attempts on the same target (default 1).
+    #[serde(default)]
+    pub retries: Option<u32>,
+    /// Base of the jittered exponential backoff, ms (default 50).
+    #[serde(default)]
+    pub backoff_ms: Option<u64>,
+    /// Backoff ceiling, ms (default 2000); a `retry-after` longer than this moves on to the next
+    /// target instead of waiting.
+    #[serde(default)]
+    pub max_backoff_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSplit {
+    pub experiment: String,
+    /// `key`, `user` or `end_user` (the request's `user` field).
+    #[serde(default = "default_subject")]
+    pub subject: String,
+    /// RFC 3339; default: always active.
+    #[serde(default)]
+    pub start: Option<String>,
+    #[serde(default)]
+    pub end: Option<String>,
+    pub variants: Vec<RawVariant>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawVariant {
+    pub name: String,
+    pub weight: u32,
+    /// Default: the alias's own provider, model and price.
+    #[serde(default)]
+    pub provider: Option<String>,
+    #[serde(default)]
+    pub model: Option<String>,
+    #[serde(default)]
+    pub price: Option<RawPrice>,
+    #[serde(default)]
+    pub temperature: Option<f64>,
+    #[serde(default)]
+    pub max_tokens_cap: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawRouting {
+    /// Retries may add at most this fraction of the request load (default 0.2).
+    #[serde(default)]
+    pub retry_budget_ratio: Option<f64>,
+    /// Breaker: consecutive failures that open it (default 5).
+    #[serde(default)]
+    pub breaker_failures: Option<u32>,
+    /// Breaker: error rate over the window that opens it (default 0.5, with at least 20 requests).
+    #[serde(default)]
+    pub breaker_error_rate: Option<f64>,
+    #[serde(default)]
+    pub breaker_window_ms: Option<u64>,
+    #[serde(default)]
+    pub breaker_min_requests: Option<u32>,
+    /// How long an open breaker stays open before one probe (default 5000).
+    #[serde(default)]
+    pub breaker_open_ms: Option<u64>,
 }
 
 /// Prices as decimal USD per 1M tokens, written as numbers or strings (`0.15` or `"0.15"`);
@@ -590,6 +681,9 @@ fn default_keepalive_s() -> u64 {
 }
 fn default_drain_timeout_ms() -> u64 {
     30_000
+}
+fn default_subject() -> String {
+    "key".into()
 }
 fn default_budget_period() -> String {
     "month".into()

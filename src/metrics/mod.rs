@@ -70,6 +70,14 @@ pub struct Metrics {
     pub limits_redis_duration: Histogram,
     /// Admissions decided locally because Redis was unreachable.
     pub limits_fallbacks: prometheus::IntCounter,
+    /// {model, variant}: requests routed by an experiment.
+    pub variant_requests: IntCounterVec,
+    /// {target, outcome}: upstream attempts (ok, 5xx, 429, timeout, error, breaker_open).
+    pub attempts: IntCounterVec,
+    /// {target}: 0 closed, 1 open, 2 half-open.
+    pub breaker_state: IntGaugeVec,
+    /// Retries not made because the retry budget was spent.
+    pub retry_budget_exhausted: prometheus::IntCounter,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -341,6 +349,34 @@ impl Metrics {
                 .unwrap_or_else(|e| panic!("metric fallbacks: {e}"));
                 r.register(Box::new(c.clone()))
                     .unwrap_or_else(|e| panic!("register fallbacks: {e}"));
+                c
+            },
+            variant_requests: counter(
+                &r,
+                "variant_requests_total",
+                "Requests routed by an experiment, by alias and variant.",
+                &["model", "variant"],
+            ),
+            attempts: counter(
+                &r,
+                "upstream_attempts_total",
+                "Upstream attempts by target (provider/model) and outcome.",
+                &["target", "outcome"],
+            ),
+            breaker_state: gauge_vec(
+                &r,
+                "breaker_state",
+                "Circuit breaker of a target: 0 closed, 1 open, 2 half-open.",
+                &["target"],
+            ),
+            retry_budget_exhausted: {
+                let c = prometheus::IntCounter::new(
+                    "model_bridge_retry_budget_exhausted_total",
+                    "Retries not made because retries would exceed their share of the load.",
+                )
+                .unwrap_or_else(|e| panic!("metric retry budget: {e}"));
+                r.register(Box::new(c.clone()))
+                    .unwrap_or_else(|e| panic!("register retry budget: {e}"));
                 c
             },
             registry: r,

@@ -41,6 +41,9 @@ pub struct Knobs {
     /// Never report usage, even when asked.
     #[arg(long, default_value_t = false)]
     pub no_usage: bool,
+    /// `retry-after` (seconds) on error responses (0 = none).
+    #[arg(long, default_value_t = 0)]
+    pub retry_after_s: u64,
 }
 
 pub struct MockApp {
@@ -141,6 +144,9 @@ fn knobs_for(base: &Knobs, s: &ServerSession) -> Knobs {
     if let Some(v) = header_u64(s, "x-mock-chunk-interval-ms") {
         k.chunk_interval_ms = v;
     }
+    if let Some(v) = header_u64(s, "x-mock-retry-after") {
+        k.retry_after_s = v;
+    }
     if let Some(v) = header_u64(s, "x-mock-status") {
         k.status = v as u16;
     }
@@ -215,6 +221,9 @@ fn header(
         return None;
     };
     let _ = h.insert_header("content-type", content_type);
+    if status >= 400 && req.knobs.retry_after_s > 0 {
+        let _ = h.insert_header("retry-after", req.knobs.retry_after_s);
+    }
     match len {
         Some(n) => {
             let _ = h.insert_header("content-length", n);

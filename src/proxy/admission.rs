@@ -18,6 +18,7 @@ pub async fn admit(
     shared: &Shared,
     ctx: &mut Ctx,
     route: &ModelRoute,
+    price: Option<crate::usage::pricing::Price>,
     ep: Endpoint,
     fields: &RequestFields,
     body_len: usize,
@@ -29,7 +30,7 @@ pub async fn admit(
     } else {
         fields.max_tokens.unwrap_or(cfg.limits.default_max_tokens)
     };
-    let worst_cost = route.price.map_or(0, |p| {
+    let worst_cost = price.map_or(0, |p| {
         p.cost_nanousd(&crate::usage::Usage {
             prompt_tokens: prompt,
             cached_tokens: 0,
@@ -50,7 +51,7 @@ pub async fn admit(
     let live = ctx.live.clone();
     match shared.limiter.admit(&live.config, &req).await {
         Ok(adm) => {
-            ctx.limit_headers = headers::pairs(&adm.status, None);
+            ctx.limit_headers.extend(headers::pairs(&adm.status, None));
             ctx.admission = Some(adm);
             Ok(())
         }
@@ -59,7 +60,8 @@ pub async fn admit(
                 .rate_limited
                 .with_label_values(&[refusal.kind.label(), &refusal.org])
                 .inc();
-            ctx.limit_headers = headers::pairs(&refusal.status, Some(refusal.retry_after));
+            ctx.limit_headers
+                .extend(headers::pairs(&refusal.status, Some(refusal.retry_after)));
             if refusal.kind == crate::limits::Kind::Budget {
                 // Retrying cannot help before the period ends; the OpenAI SDKs honour this.
                 ctx.limit_headers.push(("x-should-retry", "false".into()));

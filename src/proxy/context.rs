@@ -76,6 +76,8 @@ impl Ctx {
                 ttft_ms: None,
                 upstream_latency_ms: None,
                 retries: 0,
+                experiment: None,
+                variant: None,
                 request_bytes: 0,
                 response_bytes: 0,
                 client_ip,

@@ -205,28 +205,40 @@ impl DataPlane {
             .ok_or(GatewayError::ModelNotFound(model))?;
         identity::authorize_model(&self.shared, s, ctx, route)?;
         ctx.alias = Some(route.alias.clone());
-        ctx.price = Some(route.price);
-        super::admission::admit(&self.shared, ctx, route, ep, &fields, body.len()).await?;
-        ctx.record.provider = Some(route.provider.name.clone());
-        ctx.record.provider_model = Some(route.provider_model.clone());
-
-        let inject = fields.stream && ep.needs_include_usage();
-        let out = match fields.rewrite(&body, &route.provider_model_json, inject) {
-            Some(v) => Bytes::from(v),
-            None => body,
+        let plan = super::route::choose(ctx, route, &fields);
+        ctx.price = Some(plan.targets[0].price);
+        super::admission::admit(
+            &self.shared,
+            ctx,
+            route,
+            plan.targets[0].price,
+            ep,
+            &fields,
+            body.len(),
+        )
+        .await?;
+        let (body, fields) = match plan.params.and_then(|p| p.apply(&body)) {
+            Some(b) => {
+                let b = Bytes::from(b);
+                let f = RequestFields::parse(&b)?;
+                (b, f)
+            }
+            None => (body, fields),
         };
-        let provider = &route.provider;
-        let path = provider.endpoint_path(
-            ep.suffix(),
-            &route.provider_model,
-            s.req_header().uri.query(),
-        );
-        let header =
-            headers::upstream_request(s, provider, "POST", &path, Some(out.len()), ctx.id())?;
-        let resp = self
-            .upstream
-            .send(provider, header, out, ctx.started)
-            .await?;
+        let inject = fields.stream && ep.needs_include_usage();
+        let resp = super::route::send(
+            &self.shared,
+            &self.upstream,
+            s,
+            ctx,
+            route,
+            plan.targets,
+            ep,
+            &body,
+            &fields,
+            inject,
+        )
+        .await?;
         let mode = RelayMode {
             account: true,
             strip_usage_chunk: inject && !fields.include_usage,

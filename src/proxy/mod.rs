@@ -11,6 +11,7 @@ mod jwks;
 mod lifecycle;
 mod ops;
 mod relay;
+mod route;
 mod sinks;
 mod upstream;
 

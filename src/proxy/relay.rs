@@ -88,7 +88,8 @@ pub async fn relay(
         headers::client_response(up, !rewrites_body, !s.is_http2(), ctx.id(), &resp.provider)?;
     headers::add(&mut header, &ctx.limit_headers);
     ctx.record.upstream_latency_ms = Some(resp.header_latency.as_secs_f64() * 1e3);
-    ctx.record.retries = resp.retries;
+    // The routing loop already counted its attempts (including this response's own).
+    ctx.record.retries = ctx.record.retries.max(resp.retries);
     if s.write_response_header(Box::new(header)).await.is_err() {
         ctx.record.cancelled = true;
         return Ok(Outcome::Abort);

@@ -2,7 +2,9 @@
 //! body is rewritten for it.
 
 pub mod provider;
+pub mod resilience;
 pub mod rewrite;
+pub mod split;
 
 pub use provider::{Provider, Secret, Timeouts};
 use std::sync::Arc;
@@ -90,6 +92,51 @@ pub struct ModelRoute {
     pub org: Option<String>,
     /// `None`: unpriced (cost recorded as unknown).
     pub price: Option<crate::usage::pricing::Price>,
+    /// The primary target, then the fallbacks, in order.
+    pub chain: Vec<Target>,
+    /// Weighted variants of an experiment.
+    pub split: Option<split::Split>,
+    pub retry: resilience::RetryPolicy,
+}
+
+/// One place a request can go: a provider and its model name, with that model's price.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub provider: Arc<Provider>,
+    pub provider_model: String,
+    /// `provider_model` as a JSON string literal, ready to splice into a body.
+    pub provider_model_json: Vec<u8>,
+    pub price: Option<crate::usage::pricing::Price>,
+    /// `provider/model`: breaker identity (with the base URL) and metric label.
+    pub label: Arc<str>,
+    /// Identity of the breaker: provider name, base URL and model.
+    pub breaker_key: Arc<str>,
+}
+
+impl Target {
+    pub fn new(
+        provider: Arc<Provider>,
+        provider_model: String,
+        price: Option<crate::usage::pricing::Price>,
+    ) -> Self {
+        let label: Arc<str> = Arc::from(format!("{}/{}", provider.name, provider_model));
+        let breaker_key = Arc::from(format!(
+            "{}|{}://{}{}|{}",
+            provider.name,
+            if provider.tls { "https" } else { "http" },
+            provider.authority,
+            provider.base_path,
+            provider_model
+        ));
+        Self {
+            provider_model_json: serde_json::to_vec(&provider_model).unwrap_or_default(),
+            provider,
+            provider_model,
+            price,
+            label,
+            breaker_key,
+        }
+    }
 }
 
 impl ModelRoute {
@@ -107,6 +154,9 @@ impl ModelRoute {
             provider_model_json,
             org,
             price: None,
+            chain: Vec::new(),
+            split: None,
+            retry: resilience::RetryPolicy::default(),
         }
     }
 

@@ -44,8 +44,12 @@ pub struct UsageRecord {
     pub latency_ms: f64,
     pub ttft_ms: Option<f64>,
     pub upstream_latency_ms: Option<f64>,
-    /// Extra upstream attempts (a stale pooled connection retried on a fresh one).
+    /// Extra upstream attempts: retries of a target, fallbacks to the next, and a stale pooled
+    /// connection retried on a fresh one.
     pub retries: u32,
+    /// The A/B experiment and variant that routed the request.
+    pub experiment: Option<Arc<str>>,
+    pub variant: Option<Arc<str>>,
     pub request_bytes: u64,
     pub response_bytes: u64,
     pub client_ip: Option<String>,

@@ -39,7 +39,11 @@ pub struct Mock {
 
 impl Mock {
     pub fn start(args: &[&str]) -> Mock {
-        let port = free_port();
+        Self::start_on(free_port(), args)
+    }
+
+    /// A mock on a given port (to replace one that was stopped: a provider that recovers).
+    pub fn start_on(port: u16, args: &[&str]) -> Mock {
         let child = Command::new(env!("CARGO_BIN_EXE_mock-openai"))
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(args)
