@@ -15,6 +15,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod experiments;
 pub mod jsonl;
 pub mod limits;
 pub mod metrics;

@@ -64,6 +64,13 @@ enum Command {
         #[command(subcommand)]
         action: RetentionAction,
     },
+    /// Reports over ClickHouse data.
+    Report {
+        #[arg(long, short, default_value = "config/gateway.toml", global = true)]
+        config: PathBuf,
+        #[command(subcommand)]
+        what: ReportWhat,
+    },
     /// Manage virtual API keys in the key store (bootstrap without the admin API).
     Keys {
         /// Gateway config file (names the key store, orgs and roles).
@@ -71,6 +78,17 @@ enum Command {
         config: PathBuf,
         #[command(subcommand)]
         action: KeysAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum ReportWhat {
+    /// Per-variant results of an A/B experiment with significance tests and a verdict (JSON).
+    Experiment {
+        id: String,
+        /// Only this org's traffic.
+        #[arg(long)]
+        org: Option<String>,
     },
 }
 
@@ -159,6 +177,12 @@ fn main() -> ExitCode {
             "audit verify",
             model_bridge::cli::warehouse::audit_verify,
         ),
+        Command::Report {
+            config,
+            what: ReportWhat::Experiment { id, org },
+        } => warehouse_cmd(&config, "report experiment", |c| {
+            model_bridge::cli::warehouse::report_experiment(c, &id, org.as_deref()).map(|()| true)
+        }),
         Command::Erase { config, user, org } => warehouse_cmd(&config, "erase", |c| {
             model_bridge::cli::warehouse::erase(c, &user, org.as_deref()).map(|()| true)
         }),

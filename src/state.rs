@@ -76,6 +76,8 @@ pub struct Shared {
     /// Circuit breakers by target identity: a reload keeps the state of unchanged targets.
     pub breakers: dashmap::DashMap<Arc<str>, Arc<crate::routing::resilience::Breaker>>,
     pub retry_budget: crate::routing::resilience::RetryBudget,
+    /// Feedback scores (`POST /v1/feedback`); `None` without a warehouse.
+    pub feedback: Option<Arc<crate::warehouse::sinks::ClickHouseFeedback>>,
 }
 
 impl Shared {
@@ -84,6 +86,7 @@ impl Shared {
         config_path: &Path,
         sink: Arc<dyn UsageSink>,
         audit: Arc<dyn AuditSink>,
+        feedback: Option<Arc<crate::warehouse::sinks::ClickHouseFeedback>>,
     ) -> std::io::Result<Arc<Self>> {
         METRICS.config_generation.set(1);
         let keys = arc_swap::ArcSwapOption::empty();
@@ -96,6 +99,7 @@ impl Shared {
         Ok(Arc::new(Self {
             limiter,
             breakers: Default::default(),
+            feedback,
             retry_budget,
             keys,
             audit,

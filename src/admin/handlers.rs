@@ -28,6 +28,9 @@ pub async fn run(ctx: &Ctx<'_>, op: Op, p: &Params<'_>) -> Reply {
         Op::ListBindings => list_bindings(ctx),
         Op::Reload => reload(ctx),
         Op::Spend => super::warehouse::spend(ctx).await,
+        Op::ExperimentReport => {
+            super::warehouse::experiment_report(ctx, p.id.unwrap_or_default()).await
+        }
         Op::EraseUser => super::warehouse::erase_user(ctx, org, p.id.unwrap_or_default()).await,
     }
 }

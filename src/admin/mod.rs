@@ -32,6 +32,7 @@ pub enum Op {
     Reload,
     Spend,
     EraseUser,
+    ExperimentReport,
 }
 
 pub struct Route {
@@ -155,6 +156,13 @@ pub const ROUTES: &[Route] = &[
         permission: Some("admin:users:erase"),
         op: Op::EraseUser,
         summary: "Anonymise a user's usage rows in the org (right to erasure); audited.",
+    },
+    Route {
+        method: "GET",
+        path: "/admin/v1/experiments/{id}/report",
+        permission: Some("admin:experiments:read"),
+        op: Op::ExperimentReport,
+        summary: "Per-variant results of an experiment with significance tests and a verdict (the caller's org; all with admin:all_orgs).",
     },
 ];
 

@@ -97,6 +97,24 @@ pub async fn erase_user(ctx: &Ctx<'_>, org: &str, user: &str) -> Reply {
     }
 }
 
+/// `GET /admin/v1/experiments/{id}/report`: the caller's org's traffic, every org's with
+/// `admin:all_orgs`.
+pub async fn experiment_report(ctx: &Ctx<'_>, id: &str) -> Reply {
+    let ch = match warehouse(ctx) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let org = (!ctx.principal.allows(ALL_ORGS)).then(|| ctx.principal.org.to_string());
+    let control = crate::cli::warehouse::control_of(&ctx.live.config, id);
+    match crate::experiments::report(&ch.db_client(), id, org.as_deref(), control).await {
+        Ok(v) => Reply::ok(v),
+        Err(e) => {
+            log::warn!("experiment report: {e}");
+            Reply::error(503, "warehouse_unavailable", format!("ClickHouse: {e}"))
+        }
+    }
+}
+
 fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());

@@ -70,6 +70,9 @@ pub struct Metrics {
     pub limits_redis_duration: Histogram,
     /// Admissions decided locally because Redis was unreachable.
     pub limits_fallbacks: prometheus::IntCounter,
+    pub feedback_queue_depth: IntGauge,
+    /// {outcome}
+    pub feedback_rows: IntCounterVec,
     /// {model, variant}: requests routed by an experiment.
     pub variant_requests: IntCounterVec,
     /// {target, outcome}: upstream attempts (ok, 5xx, 429, timeout, error, breaker_open).
@@ -351,6 +354,17 @@ impl Metrics {
                     .unwrap_or_else(|e| panic!("register fallbacks: {e}"));
                 c
             },
+            feedback_queue_depth: gauge(
+                &r,
+                "feedback_queue_depth",
+                "Feedback scores waiting for the sink.",
+            ),
+            feedback_rows: counter(
+                &r,
+                "feedback_rows_total",
+                "Feedback scores by outcome (inserted, spooled, replayed, lost).",
+                &["outcome"],
+            ),
             variant_requests: counter(
                 &r,
                 "variant_requests_total",

@@ -161,6 +161,9 @@ impl DataPlane {
                     return Err(GatewayError::MethodNotAllowed);
                 }
                 identity::authorize_endpoint(&self.shared, s, ctx, ep)?;
+                if ep == Endpoint::Feedback {
+                    return self.feedback(s, ctx).await;
+                }
                 self.llm(s, ctx, ep).await
             }
             None => {
@@ -244,6 +247,27 @@ impl DataPlane {
             strip_usage_chunk: inject && !fields.include_usage,
         };
         relay(s, ctx, &self.upstream, resp, mode).await
+    }
+
+    /// `POST /v1/feedback` `{"request_id": "req_…", "score": 0.8, "comment": "…"}`.
+    async fn feedback(
+        &self,
+        s: &mut ServerSession,
+        ctx: &mut Ctx,
+    ) -> Result<Outcome, GatewayError> {
+        let body = body::read_bounded(s, 64 * 1024).await?;
+        ctx.record.request_bytes = body.len() as u64;
+        let row = super::feedback::parse(&body, ctx)?;
+        let Some(sink) = &self.shared.feedback else {
+            return Err(GatewayError::InvalidField {
+                param: "feedback",
+                message: "feedback needs a [clickhouse] warehouse on this gateway".into(),
+            });
+        };
+        let reply = serde_json::json!({"object": "feedback", "id": row.feedback_id,
+                                       "request_id": row.request_id, "score": row.score});
+        sink.submit(row);
+        write_json(s, ctx, 200, Bytes::from(reply.to_string())).await
     }
 
     async fn passthrough(

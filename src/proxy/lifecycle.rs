@@ -44,7 +44,11 @@ impl Signals {
     async fn flush_sink(&self) {
         let sink = self.shared.sink.clone();
         let audit = self.shared.audit.clone();
+        let feedback = self.shared.feedback.clone();
         let _ = tokio::task::spawn_blocking(move || {
+            if let Some(f) = feedback {
+                f.flush(SINK_FLUSH);
+            }
             // Each sink inserts or spools what it holds; both run within the same bound.
             let a = std::thread::spawn(move || audit.flush(SINK_FLUSH));
             sink.flush(SINK_FLUSH);

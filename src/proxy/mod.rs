@@ -5,6 +5,7 @@ mod admission;
 pub mod body;
 mod context;
 mod data_plane;
+mod feedback;
 mod headers;
 mod identity;
 mod jwks;
@@ -28,12 +29,13 @@ use std::path::Path;
 /// Builds the server from a validated config and runs it until shutdown.
 pub fn serve(config: Config, config_path: &Path) -> Result<(), String> {
     let (sink, audit) = sinks::start(&config)?;
+    let feedback = sinks::feedback(&config)?;
     let server_cfg = config.server.clone();
     if config.auth.is_none() {
         log::warn!("authentication is disabled ([auth] absent): every caller is unrestricted");
     }
-    let shared =
-        Shared::new(config, config_path, sink, audit).map_err(|e| format!("key store: {e}"))?;
+    let shared = Shared::new(config, config_path, sink, audit, feedback)
+        .map_err(|e| format!("key store: {e}"))?;
 
     {
         let live = shared.live();

@@ -5,7 +5,7 @@ use crate::audit::{AuditSink, JsonLinesAudit};
 use crate::config::raw::{AuditSinkKind, SinkKind};
 use crate::config::Config;
 use crate::usage::{JsonLinesSink, UsageSink};
-use crate::warehouse::sinks::{ClickHouseAudit, ClickHouseUsage};
+use crate::warehouse::sinks::{ClickHouseAudit, ClickHouseFeedback, ClickHouseUsage};
 use std::sync::Arc;
 
 type Sinks = (Arc<dyn UsageSink>, Arc<dyn AuditSink>);
@@ -46,6 +46,16 @@ pub fn start(config: &Config) -> Result<Sinks, String> {
         schedule_retention(ch.clone(), audit.clone());
     }
     Ok((usage, audit))
+}
+
+/// The feedback sink, when a warehouse is configured.
+pub fn feedback(config: &Config) -> Result<Option<Arc<ClickHouseFeedback>>, String> {
+    let Some(ch) = &config.clickhouse else {
+        return Ok(None);
+    };
+    ClickHouseFeedback::start(ch.db_client(), ch.pipeline("feedback", 16_384))
+        .map(Some)
+        .map_err(|e| format!("feedback sink: {e}"))
 }
 
 /// Applies retention a minute after start and then every `retention_interval`, on a thread of

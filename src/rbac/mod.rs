@@ -70,13 +70,14 @@ impl Patterns {
 }
 
 /// Data-plane endpoint permissions, decided per role at load (index = `Endpoint::index()`).
-pub const ENDPOINT_PERMISSIONS: [&str; 6] = [
+pub const ENDPOINT_PERMISSIONS: [&str; 7] = [
     "endpoint:chat_completions",
     "endpoint:completions",
     "endpoint:embeddings",
     "endpoint:responses",
     "endpoint:models",
     "endpoint:passthrough",
+    "endpoint:feedback",
 ];
 
 #[derive(Debug)]

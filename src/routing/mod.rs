@@ -18,6 +18,8 @@ pub enum Endpoint {
     Responses,
     Models,
     Passthrough,
+    /// `POST /v1/feedback`: a score for an earlier response (experiment reports).
+    Feedback,
 }
 
 impl Endpoint {
@@ -29,6 +31,7 @@ impl Endpoint {
             "/v1/embeddings" => Endpoint::Embeddings,
             "/v1/responses" => Endpoint::Responses,
             "/v1/models" => Endpoint::Models,
+            "/v1/feedback" => Endpoint::Feedback,
             _ => return None,
         })
     }
@@ -41,7 +44,7 @@ impl Endpoint {
             Endpoint::Embeddings => "/embeddings",
             Endpoint::Responses => "/responses",
             Endpoint::Models => "/models",
-            Endpoint::Passthrough => "",
+            Endpoint::Passthrough | Endpoint::Feedback => "",
         }
     }
 
@@ -54,6 +57,7 @@ impl Endpoint {
             Endpoint::Responses => "responses",
             Endpoint::Models => "models",
             Endpoint::Passthrough => "passthrough",
+            Endpoint::Feedback => "feedback",
         }
     }
 
@@ -66,6 +70,7 @@ impl Endpoint {
             Endpoint::Responses => 3,
             Endpoint::Models => 4,
             Endpoint::Passthrough => 5,
+            Endpoint::Feedback => 6,
         }
     }
 

@@ -21,6 +21,11 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
         "audit_events",
         include_str!("../../config/clickhouse/003_audit_events.sql"),
     ),
+    (
+        4,
+        "feedback",
+        include_str!("../../config/clickhouse/004_feedback.sql"),
+    ),
 ];
 
 fn render(sql: &str, s: &ClickHouseSettings) -> String {

@@ -97,6 +97,21 @@ impl UsageRow {
     }
 }
 
+/// One score a client gave a response.
+#[derive(Debug, Clone, PartialEq, clickhouse::Row, Serialize, Deserialize)]
+pub struct FeedbackRow {
+    pub ts: u32,
+    pub ts_ms: u64,
+    pub feedback_id: String,
+    pub batch_id: String,
+    pub request_id: String,
+    pub score: f64,
+    pub comment: String,
+    pub org: String,
+    pub key_id: String,
+    pub user: String,
+}
+
 #[derive(Debug, Clone, PartialEq, clickhouse::Row, Serialize, Deserialize)]
 pub struct AuditRow {
     pub ts: u32,

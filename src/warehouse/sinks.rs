@@ -2,7 +2,7 @@
 //! duplicate check compares, and how an item becomes a row.
 
 use super::chain::Chain;
-use super::rows::{AuditRow, UsageRow};
+use super::rows::{AuditRow, FeedbackRow, UsageRow};
 use super::sink::{Pipeline, PipelineSettings, Stamp, Table};
 use crate::audit::{AuditEvent, AuditSink};
 use crate::metrics::METRICS;
@@ -51,6 +51,54 @@ impl Table for AuditRow {
             .bind(chain)
             .bind(lo)
             .bind(hi)
+    }
+}
+
+impl Table for FeedbackRow {
+    const TABLE: &'static str = "feedback";
+
+    fn key(&self) -> String {
+        self.feedback_id.clone()
+    }
+
+    fn stored_keys(client: &Client, batch_id: &str, _rows: &[Self]) -> clickhouse::query::Query {
+        client
+            .query("SELECT feedback_id FROM feedback WHERE batch_id = ?")
+            .bind(batch_id)
+    }
+}
+
+struct FeedbackStamp;
+
+impl Stamp<FeedbackRow, FeedbackRow> for FeedbackStamp {
+    fn row(&mut self, mut item: FeedbackRow, batch_id: &str) -> FeedbackRow {
+        item.batch_id = batch_id.to_string();
+        item
+    }
+}
+
+/// Feedback scores, through the same never-lose pipeline as usage.
+pub struct ClickHouseFeedback(Pipeline<FeedbackRow>);
+
+impl ClickHouseFeedback {
+    pub fn start(client: Client, settings: PipelineSettings) -> std::io::Result<Arc<Self>> {
+        Pipeline::start::<FeedbackRow, _>(
+            "feedback",
+            client,
+            settings,
+            FeedbackStamp,
+            METRICS.feedback_queue_depth.clone(),
+            &METRICS.feedback_rows,
+        )
+        .map(|p| Arc::new(Self(p)))
+    }
+
+    pub fn submit(&self, row: FeedbackRow) {
+        self.0.submit(row)
+    }
+
+    pub fn flush(&self, timeout: Duration) -> bool {
+        self.0.flush(timeout)
     }
 }
 

@@ -1,0 +1,304 @@
+//! The experiment report over data the gateway produced: traffic split between two variants on
+//! two mock providers, some failures, streamed and non-streamed, feedback scores through
+//! `POST /v1/feedback`; then the report (CLI and admin API) is checked against an independent
+//! computation with scipy over the raw rows in ClickHouse.
+
+mod common;
+
+use common::clickhouse::*;
+use common::*;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+fn python() -> Option<std::path::PathBuf> {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    if p.exists() {
+        return Some(p);
+    }
+    assert!(
+        !matches!(std::env::var("CI").as_deref(), Ok("true" | "1")),
+        ".venv (scripts/setup.sh) must exist in CI"
+    );
+    eprintln!("SKIPPED: no .venv with scipy (run scripts/test.sh)");
+    None
+}
+
+const SCIPY: &str = r#"
+import json, math, sys
+from scipy import stats
+d = json.load(open(sys.argv[1]))
+rows, fb = d["rows"], d["feedback"]
+def col(v, k, cond=lambda r: True):
+    return [r[k] for r in rows if r["variant"] == v and cond(r)]
+out = {}
+for v in ("control", "treatment"):
+    n = len(col(v, "status"))
+    err = sum(1 for s in col(v, "status") if s >= 500 or s == 429)
+    out[v] = {"n": n, "errors": err,
+              "lat_mean": sum(col(v, "latency_ms")) / n,
+              "cost_mean": sum(col(v, "cost_nanousd")) / n / 1e9,
+              "score_mean": sum(f["score"] for f in fb if f["variant"] == v) / max(1, sum(1 for f in fb if f["variant"] == v))}
+def welch(k, scale=1.0, cond=lambda r: True, src=None):
+    if src is None:
+        a = [x * scale for x in col("control", k, cond)]; b = [x * scale for x in col("treatment", k, cond)]
+    else:
+        a = [f["score"] for f in fb if f["variant"] == "control"]; b = [f["score"] for f in fb if f["variant"] == "treatment"]
+    t = stats.ttest_ind(b, a, equal_var=False)
+    return {"statistic": float(t.statistic), "p_value": float(t.pvalue)}
+c, t = out["control"], out["treatment"]
+p = (c["errors"] + t["errors"]) / (c["n"] + t["n"])
+se = math.sqrt(p * (1 - p) * (1 / c["n"] + 1 / t["n"]))
+z = (t["errors"] / t["n"] - c["errors"] / c["n"]) / se
+out["tests"] = {
+    "latency_ms": welch("latency_ms"),
+    "ttft_ms": welch("ttft_ms", cond=lambda r: r["ttft_ms"] > 0),
+    "cost_per_request_usd": welch("cost_nanousd", scale=1e-9),
+    "score": welch(None, src="fb"),
+    "error_rate": {"statistic": z, "p_value": float(2 * stats.norm.sf(abs(z)))},
+}
+print(json.dumps(out))
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_report_matches_an_independent_computation() {
+    let Some(url) = shared_url() else { return };
+    let Some(py) = python() else { return };
+    let db = new_db();
+    let slow = Mock::start(&["--latency-ms", "4"]);
+    let pol = tempfile::tempdir().unwrap();
+    let policies = policies_dir(pol.path(), "");
+    let extra = format!(
+        r#"
+[auth]
+key_store = "keys.json"
+policies = "{}"
+
+[orgs.default]
+
+[providers.other]
+kind = "openai_compatible"
+base_url = "{}"
+
+[models.ab]
+provider = "mock"
+model = "mock-a"
+price = {{ input_per_1m = 0.15, output_per_1m = 0.60 }}
+[models.ab.split]
+experiment = "exp-r"
+subject = "end_user"
+[[models.ab.split.variants]]
+name = "control"
+weight = 50
+[[models.ab.split.variants]]
+name = "treatment"
+weight = 50
+provider = "other"
+model = "mock-b"
+price = {{ input_per_1m = 0.30, output_per_1m = 1.20 }}
+"#,
+        policies.display(),
+        slow.url()
+    );
+    let g = Gateway::start_edited(&[], &extra, |t| sink_config(t, &url, &db, ""));
+    let (key, _) = g.create_key(&["--org", "default", "--role", "super-admin"]);
+    let (viewer_b, _) = g.create_key(&["--org", "default", "--role", "invoker"]);
+    let c = client();
+    // The gateway picks keys up by polling its store.
+    for _ in 0..200 {
+        let r = c
+            .get(g.ops_url("/admin/v1/whoami"))
+            .bearer_auth(&viewer_b)
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let mut sent = 0;
+    for i in 0..320u32 {
+        let stream = i % 2 == 0;
+        let mut req = c
+            .post(g.url("/v1/chat/completions"))
+            .bearer_auth(&key)
+            .header("x-mock-chunks", (4 + i % 9).to_string());
+        if i % 13 == 0 {
+            req = req.header("x-mock-status", "500");
+        }
+        let r = req
+            .json(
+                &json!({"model": "ab", "stream": stream, "user": format!("u{}", i / 2),
+                          "messages": [{"role": "user", "content": "hello"}]}),
+            )
+            .send()
+            .await
+            .unwrap();
+        sent += 1;
+        let status = r.status().as_u16();
+        let variant = header(&r, "x-model-bridge-variant").to_string();
+        let rid = header(&r, "x-request-id").to_string();
+        let _ = r.bytes().await;
+        if status == 200 {
+            // The treatment is liked better: scores differ by 0.25 on average.
+            let jitter = f64::from((i * 7919) % 100) / 100.0;
+            let score = if variant == "treatment" {
+                0.5 + 0.5 * jitter
+            } else {
+                0.25 + 0.5 * jitter
+            };
+            let f = c
+                .post(g.url("/v1/feedback"))
+                .bearer_auth(&key)
+                .json(&json!({"request_id": rid, "score": score}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(f.status(), 200, "{}", f.text().await.unwrap());
+        }
+    }
+    let bad = c
+        .post(g.url("/v1/feedback"))
+        .bearer_auth(&key)
+        .json(&json!({"request_id": "nope", "score": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    wait_for(
+        &url,
+        &format!("SELECT count() FROM {db}.usage_events WHERE experiment = 'exp-r'"),
+        &sent.to_string(),
+        20,
+    )
+    .await;
+    let fb_rows = query(
+        &url,
+        &format!(
+            "SELECT count() FROM {db}.usage_events WHERE experiment = 'exp-r' AND status = 200"
+        ),
+    )
+    .await;
+    wait_for(
+        &url,
+        &format!("SELECT count() FROM {db}.feedback"),
+        fb_rows.trim(),
+        20,
+    )
+    .await;
+
+    // The raw rows, for scipy.
+    let rows = query(&url, &format!("SELECT variant, status, latency_ms, ttft_ms, cost_nanousd FROM {db}.usage_events WHERE experiment = 'exp-r' FORMAT JSONEachRow")).await;
+    let fb = query(&url, &format!("SELECT u.variant AS variant, score FROM {db}.feedback ALL INNER JOIN (SELECT request_id, org, variant FROM {db}.usage_events WHERE experiment = 'exp-r') AS u USING (request_id, org) FORMAT JSONEachRow")).await;
+    let parse = |t: &str| -> Vec<Value> {
+        t.lines()
+            .map(|l| {
+                let mut v: Value = serde_json::from_str(l).unwrap();
+                // ClickHouse quotes 64-bit integers in JSON.
+                if let Some(s) = v["cost_nanousd"].as_str() {
+                    v["cost_nanousd"] = json!(s.parse::<i64>().unwrap());
+                }
+                v
+            })
+            .collect()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("rows.json");
+    std::fs::write(
+        &data,
+        json!({"rows": parse(&rows), "feedback": parse(&fb)}).to_string(),
+    )
+    .unwrap();
+    let out = std::process::Command::new(py)
+        .args(["-c", SCIPY])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let want: Value = serde_json::from_slice(&out.stdout).unwrap();
+
+    let (ok, stdout, stderr) = g.cli(&["report", "experiment", "exp-r"]);
+    assert!(ok, "{stderr}");
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["control"], "control");
+    let close = |a: f64, b: f64, what: &str| {
+        assert!(
+            (a - b).abs() <= 1e-6 * b.abs().max(1e-9),
+            "{what}: report {a} vs scipy {b}"
+        );
+    };
+    for v in report["variants"].as_array().unwrap() {
+        let name = v["variant"].as_str().unwrap();
+        let w = &want[name];
+        assert_eq!(v["requests"], w["n"], "{name}");
+        assert_eq!(v["errors"], w["errors"], "{name}");
+        close(
+            v["latency_ms"]["mean"].as_f64().unwrap(),
+            w["lat_mean"].as_f64().unwrap(),
+            "latency mean",
+        );
+        close(
+            v["cost_per_request_usd"].as_f64().unwrap(),
+            w["cost_mean"].as_f64().unwrap(),
+            "cost",
+        );
+        close(
+            v["feedback"]["mean_score"].as_f64().unwrap(),
+            w["score_mean"].as_f64().unwrap(),
+            "score",
+        );
+        assert!(v["latency_ms"]["p50"].as_f64() <= v["latency_ms"]["p95"].as_f64());
+        if name == "treatment" {
+            for k in [
+                "latency_ms",
+                "ttft_ms",
+                "cost_per_request_usd",
+                "score",
+                "error_rate",
+            ] {
+                let got = &v["vs_control"][k];
+                close(
+                    got["statistic"].as_f64().unwrap(),
+                    want["tests"][k]["statistic"].as_f64().unwrap(),
+                    k,
+                );
+                close(
+                    got["p_value"].as_f64().unwrap(),
+                    want["tests"][k]["p_value"].as_f64().unwrap(),
+                    k,
+                );
+                assert!(got["mde"].as_f64().unwrap() > 0.0, "{k}");
+            }
+        }
+    }
+    assert_eq!(report["primary_metric"], "mean_score");
+    assert_eq!(
+        report["verdict"]["winner"], "treatment",
+        "{}",
+        report["verdict"]
+    );
+
+    // The admin API gives the same report, RBAC-checked.
+    let r = c
+        .get(g.ops_url("/admin/v1/experiments/exp-r/report"))
+        .bearer_auth(&viewer_b)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403, "an invoker may not read reports");
+    let r = c
+        .get(g.ops_url("/admin/v1/experiments/exp-r/report"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let api: Value = r.json().await.unwrap();
+    assert_eq!(api["verdict"], report["verdict"]);
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    query(&url, &format!("DROP DATABASE {db}")).await;
+}
