@@ -177,5 +177,31 @@ budget = { usd = "1000000", period = "month" }
     );
 }
 
-criterion_group!(benches, rewrite, sse, json_usage, auth, admission);
+/// Sticky variant assignment: hash(experiment, subject) → cumulative weights.
+fn variant_assignment(c: &mut Criterion) {
+    use model_bridge::routing::split::{Params, Split, Subject, Variant};
+    let variants = ["control", "a", "b"]
+        .iter()
+        .map(|n| Variant {
+            name: std::sync::Arc::from(*n),
+            weight: 33,
+            targets: Vec::new(),
+            params: Params::default(),
+        })
+        .collect();
+    let split = Split::new("exp-2026-11-checkout", Subject::Key, 0, None, variants);
+    c.bench_function("routing: variant assignment (3 variants)", |b| {
+        b.iter(|| black_box(split.assign(black_box("Kx7QpR2mW9aZ")).name.len()))
+    });
+}
+
+criterion_group!(
+    benches,
+    rewrite,
+    sse,
+    json_usage,
+    auth,
+    admission,
+    variant_assignment
+);
 criterion_main!(benches);

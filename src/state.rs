@@ -76,6 +76,8 @@ pub struct Shared {
     /// Circuit breakers by target identity: a reload keeps the state of unchanged targets.
     pub breakers: dashmap::DashMap<Arc<str>, Arc<crate::routing::resilience::Breaker>>,
     pub retry_budget: crate::routing::resilience::RetryBudget,
+    /// Monthly spend of shadow traffic, per alias.
+    pub shadow_budgets: dashmap::DashMap<Arc<str>, Arc<crate::limits::budget::BudgetState>>,
     /// Feedback scores (`POST /v1/feedback`); `None` without a warehouse.
     pub feedback: Option<Arc<crate::warehouse::sinks::ClickHouseFeedback>>,
 }
@@ -99,6 +101,7 @@ impl Shared {
         Ok(Arc::new(Self {
             limiter,
             breakers: Default::default(),
+            shadow_budgets: Default::default(),
             feedback,
             retry_budget,
             keys,

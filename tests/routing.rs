@@ -331,3 +331,81 @@ async fn retries_stay_within_the_retry_budget() {
     assert!(g.metric("model_bridge_retry_budget_exhausted_total").await > 0.0);
     let _ = Value::Null;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn shadow_traffic_is_recorded_budgeted_and_never_waited_for() {
+    // The candidate is slow and fails half the time: the caller must notice neither.
+    let cand = Mock::start(&["--latency-ms", "1500"]);
+    let extra = format!(
+        r#"
+[providers.cand]
+kind = "openai_compatible"
+base_url = "{}"
+
+[models.mirrored]
+provider = "mock"
+model = "mock-1"
+[models.mirrored.shadow]
+provider = "cand"
+model = "cand-1"
+price = {{ input_per_1m = 0, output_per_1m = 1 }}
+fraction = 1.0
+budget_usd = "0.0025"
+"#,
+        cand.url()
+    );
+    let g = Gateway::start_with(&[], &extra);
+    let c = client();
+    let mut ids = Vec::new();
+    let t = Instant::now();
+    for _ in 0..5 {
+        let r = c
+            .post(g.url("/v1/chat/completions"))
+            .json(&json!({"model": "mirrored", "max_tokens": 1000, "stream": true, "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        ids.push(header(&r, "x-request-id").to_string());
+        let _ = r.bytes().await;
+    }
+    // Five primary answers before the first shadow answer could exist.
+    assert!(
+        t.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        t.elapsed()
+    );
+    // Worst case of one copy: 1000 tokens at 1 USD / 1M = 0.001 USD: two fit in 0.0025.
+    let recs = wait_lines(&g.usage, |l| {
+        l.iter().filter(|r| r["experiment"] == "shadow").count() >= 2
+    });
+    let shadows: Vec<&Value> = recs
+        .iter()
+        .filter(|r| r["experiment"] == "shadow")
+        .collect();
+    assert_eq!(shadows.len(), 2, "the budget stops mirroring");
+    for s in &shadows {
+        let rid = s["request_id"].as_str().unwrap();
+        assert!(ids.iter().any(|i| format!("{i}-shadow") == rid), "{rid}");
+        assert_eq!(s["variant"], "cand/cand-1");
+        assert_eq!(s["provider_model"], "cand-1");
+        assert_eq!(s["stream"], false);
+        assert_eq!(
+            s["cost_nanousd"].as_u64().unwrap(),
+            s["completion_tokens"].as_u64().unwrap() * 1000
+        );
+    }
+    assert_eq!(
+        g.metric(
+            "model_bridge_shadow_requests_total{model=\"mirrored\",outcome=\"skipped_budget\"}"
+        )
+        .await,
+        3.0
+    );
+    // Primary rows are untouched by the mirror.
+    let primary: Vec<&Value> = recs
+        .iter()
+        .filter(|r| r["requested_model"] == "mirrored" && r["experiment"].is_null())
+        .collect();
+    assert_eq!(primary.len(), 5);
+}

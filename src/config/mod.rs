@@ -327,6 +327,40 @@ fn validate(raw: RawConfig, path: &Path, err: &mut dyn FnMut(&str, String)) -> C
                     .map_or(d.max_backoff, Duration::from_millis),
             };
         }
+        if let Some(sh) = &m.shadow {
+            let sat = format!("{at}.shadow");
+            match providers.get(&sh.provider) {
+                None => err(
+                    &format!("{sat}.provider"),
+                    format!("unknown provider `{}`", sh.provider),
+                ),
+                Some(p) => {
+                    if !(0.0..=1.0).contains(&sh.fraction) {
+                        err(&format!("{sat}.fraction"), "must be between 0 and 1".into());
+                    }
+                    let price = sh
+                        .price
+                        .as_ref()
+                        .and_then(|pr| parse_price(pr, &format!("{sat}.price"), err));
+                    let b = budget(
+                        &raw::RawBudget {
+                            usd: sh.budget_usd.clone(),
+                            period: "month".into(),
+                            soft: vec![],
+                        },
+                        &format!("{sat}.budget_usd"),
+                        err,
+                    );
+                    if let Some(b) = b {
+                        route.shadow = Some(crate::routing::Shadow {
+                            target: Target::new(p.clone(), sh.model.clone(), price),
+                            fraction: sh.fraction,
+                            budget: b,
+                        });
+                    }
+                }
+            }
+        }
         if let Some(sp) = &m.split {
             route.split = split(sp, &route, &fallbacks, &providers, &at, err);
         }

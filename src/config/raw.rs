@@ -529,6 +529,22 @@ pub struct RawModel {
     /// A/B experiment: weighted sticky variants.
     #[serde(default)]
     pub split: Option<RawSplit>,
+    /// Mirror a fraction of requests to a candidate (its answers are recorded, never returned).
+    #[serde(default)]
+    pub shadow: Option<RawShadow>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawShadow {
+    pub provider: String,
+    pub model: String,
+    #[serde(default)]
+    pub price: Option<RawPrice>,
+    /// Share of requests mirrored (0..=1).
+    pub fraction: f64,
+    /// USD per calendar month the shadow traffic may cost; mirroring stops when it is spent.
+    pub budget_usd: toml::Value,
 }
 
 #[derive(Debug, Deserialize)]

@@ -79,6 +79,8 @@ pub struct Metrics {
     pub attempts: IntCounterVec,
     /// {target}: 0 closed, 1 open, 2 half-open.
     pub breaker_state: IntGaugeVec,
+    /// {model, outcome}: mirrored requests (sent, skipped_budget, failed).
+    pub shadow_requests: IntCounterVec,
     /// Retries not made because the retry budget was spent.
     pub retry_budget_exhausted: prometheus::IntCounter,
 }
@@ -382,6 +384,12 @@ impl Metrics {
                 "breaker_state",
                 "Circuit breaker of a target: 0 closed, 1 open, 2 half-open.",
                 &["target"],
+            ),
+            shadow_requests: counter(
+                &r,
+                "shadow_requests_total",
+                "Shadow (mirrored) requests by alias and outcome.",
+                &["model", "outcome"],
             ),
             retry_budget_exhausted: {
                 let c = prometheus::IntCounter::new(

@@ -32,7 +32,7 @@ const LINGER: Duration = Duration::from_secs(2);
 
 pub struct DataPlane {
     shared: Arc<Shared>,
-    upstream: Upstream,
+    upstream: Arc<Upstream>,
     jwks: super::jwks::Fetcher,
     options: HttpServerOptions,
     keepalive_s: u64,
@@ -44,7 +44,7 @@ impl DataPlane {
         options.h2c = h2c;
         Self {
             shared,
-            upstream: Upstream::new(1024),
+            upstream: Arc::new(Upstream::new(1024)),
             jwks: super::jwks::Fetcher::new(),
             options,
             keepalive_s,
@@ -228,6 +228,9 @@ impl DataPlane {
             }
             None => (body, fields),
         };
+        if let Some(sh) = &route.shadow {
+            super::shadow::maybe_send(&self.shared, &self.upstream, s, ctx, route, sh, ep, &body);
+        }
         let inject = fields.stream && ep.needs_include_usage();
         let resp = super::route::send(
             &self.shared,

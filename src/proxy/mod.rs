@@ -13,6 +13,7 @@ mod lifecycle;
 mod ops;
 mod relay;
 mod route;
+mod shadow;
 mod sinks;
 mod upstream;
 

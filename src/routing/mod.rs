@@ -102,6 +102,17 @@ pub struct ModelRoute {
     /// Weighted variants of an experiment.
     pub split: Option<split::Split>,
     pub retry: resilience::RetryPolicy,
+    /// Mirror a fraction of requests to a candidate, off the request path.
+    pub shadow: Option<Shadow>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Shadow {
+    pub target: Target,
+    /// Share of requests mirrored, 0..=1.
+    pub fraction: f64,
+    /// What the mirrored traffic may cost per month.
+    pub budget: crate::limits::spec::Budget,
 }
 
 /// One place a request can go: a provider and its model name, with that model's price.
@@ -162,6 +173,7 @@ impl ModelRoute {
             chain: Vec::new(),
             split: None,
             retry: resilience::RetryPolicy::default(),
+            shadow: None,
         }
     }
 

@@ -66,3 +66,45 @@ def test_budget_exhaustion_is_a_rate_limit_error_with_its_own_code(limited):
     with pytest.raises(openai.RateLimitError):
         retrying.chat.completions.create(model="pricey", messages=MESSAGES, max_tokens=100)
     assert time.time() - start < 5
+
+
+@pytest.fixture(scope="module")
+def split_stack():
+    s = Stack("""
+[models.ab]
+provider = "mock"
+model = "mock-a"
+[models.ab.split]
+experiment = "sdk-exp"
+subject = "end_user"
+[[models.ab.split.variants]]
+name = "control"
+weight = 50
+[[models.ab.split.variants]]
+name = "treatment"
+weight = 50
+provider = "mock"
+model = "mock-b"
+""")
+    yield s
+    s.stop()
+
+
+def test_the_sdk_sees_no_difference_but_the_variant_header(split_stack):
+    client = OpenAI(base_url=split_stack.base_url, api_key="x", max_retries=0)
+    seen = set()
+    for i in range(40):
+        raw = client.chat.completions.with_raw_response.create(
+            model="ab", messages=MESSAGES, user=f"sdk-user-{i}")
+        out = raw.parse()
+        assert out.choices[0].message.content
+        assert out.usage.total_tokens > 0
+        seen.add(raw.headers["x-model-bridge-variant"])
+        again = client.chat.completions.with_raw_response.create(
+            model="ab", messages=MESSAGES, user=f"sdk-user-{i}")
+        assert again.headers["x-model-bridge-variant"] == raw.headers["x-model-bridge-variant"]
+    assert seen == {"control", "treatment"}
+    stream = client.chat.completions.create(model="ab", messages=MESSAGES, stream=True,
+                                            stream_options={"include_usage": True}, user="s")
+    chunks = list(stream)
+    assert chunks[-1].usage.completion_tokens > 0

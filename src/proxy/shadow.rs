@@ -1,0 +1,161 @@
+//! Shadow traffic: a sampled copy of a request goes to a candidate target in a task of its own
+//! — the caller's response never waits for it and never sees it. The copy asks for a plain JSON
+//! answer (no stream), its usage is recorded as its own row (`experiment = "shadow"`, variant =
+//! the target), and its cost is charged to the alias's monthly shadow budget; once that is spent
+//! mirroring stops until the next month.
+
+use super::context::Ctx;
+use super::headers;
+use super::upstream::Upstream;
+use crate::limits::budget::BudgetState;
+use crate::metrics::METRICS;
+use crate::routing::{Endpoint, ModelRoute, Shadow};
+use crate::state::Shared;
+use crate::usage::{Usage, UsageSource};
+use bytes::Bytes;
+use pingora_core::protocols::http::ServerSession;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Completion tokens a mirrored request is assumed to use at most, for its budget reservation.
+const SHADOW_MAX_TOKENS: u64 = 4096;
+
+/// The copy of `body` for the shadow target: its model, no streaming.
+fn shadow_body(body: &[u8], model: &str) -> Option<Vec<u8>> {
+    let mut v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let o = v.as_object_mut()?;
+    o.insert("model".into(), serde_json::json!(model));
+    o.insert("stream".into(), serde_json::json!(false));
+    o.remove("stream_options");
+    serde_json::to_vec(&v).ok()
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn maybe_send(
+    shared: &Arc<Shared>,
+    upstream: &Arc<Upstream>,
+    s: &ServerSession,
+    ctx: &Ctx,
+    route: &ModelRoute,
+    sh: &Shadow,
+    ep: Endpoint,
+    body: &Bytes,
+) {
+    if sh.fraction <= 0.0 || rand::random::<f64>() >= sh.fraction {
+        return;
+    }
+    let alias = route.alias.clone();
+    let now = crate::time::now_unix();
+    let budget = shared
+        .shadow_budgets
+        .entry(alias.clone())
+        .or_insert_with(|| Arc::new(BudgetState::new(format!("shadow:{alias}"), &sh.budget, now)))
+        .clone();
+    let max_tokens = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["max_tokens"].as_u64())
+        .unwrap_or(SHADOW_MAX_TOKENS);
+    let worst = sh.target.price.map_or(0, |p| {
+        p.cost_nanousd(&Usage {
+            prompt_tokens: (body.len() as u64).div_ceil(3),
+            cached_tokens: 0,
+            completion_tokens: max_tokens,
+        })
+    });
+    if budget.reserve(worst, now).is_err() {
+        METRICS
+            .shadow_requests
+            .with_label_values(&[&alias, "skipped_budget"])
+            .inc();
+        return;
+    }
+    let Some(out) = shadow_body(body, &sh.target.provider_model) else {
+        budget.settle(worst, 0, now);
+        return;
+    };
+    let provider = sh.target.provider.clone();
+    let path = provider.endpoint_path(ep.suffix(), &sh.target.provider_model, None);
+    let mut record = ctx.record.clone();
+    let Ok(header) = headers::upstream_request(
+        s,
+        &provider,
+        "POST",
+        &path,
+        Some(out.len()),
+        &format!("{}-shadow", record.request_id),
+    ) else {
+        budget.settle(worst, 0, now);
+        return;
+    };
+    let (shared, upstream, target) = (shared.clone(), upstream.clone(), sh.target.clone());
+    tokio::spawn(async move {
+        let started = Instant::now();
+        record.request_id.push_str("-shadow");
+        record.experiment = Some(Arc::from("shadow"));
+        record.variant = Some(target.label.clone());
+        record.provider = Some(provider.name.clone());
+        record.provider_model = Some(target.provider_model.clone());
+        record.stream = false;
+        record.request_bytes = out.len() as u64;
+        let mut cost = 0;
+        match upstream
+            .send(&provider, header, Bytes::from(out), started)
+            .await
+        {
+            Ok(mut resp) => {
+                record.status = resp.header().map_or(0, |h| h.status.as_u16());
+                record.upstream_latency_ms = Some(resp.header_latency.as_secs_f64() * 1e3);
+                let mut buf = Vec::new();
+                while let Ok(Some(chunk)) = resp.chunk().await {
+                    if buf.len() < 4 << 20 {
+                        buf.extend_from_slice(&chunk);
+                    }
+                }
+                record.response_bytes = buf.len() as u64;
+                if let Some(u) = crate::usage::json::from_body(&buf) {
+                    record.prompt_tokens = u.prompt_tokens;
+                    record.cached_tokens = u.cached_tokens;
+                    record.completion_tokens = u.completion_tokens;
+                    record.usage_source = UsageSource::Provider;
+                    if let Some(p) = target.price {
+                        cost = p.cost_nanousd(&u);
+                    }
+                }
+                record.cost_nanousd = target.price.map(|_| cost);
+                METRICS
+                    .shadow_requests
+                    .with_label_values(&[&alias, "sent"])
+                    .inc();
+            }
+            Err(e) => {
+                record.status = e.status();
+                record.error_type = Some(e.code());
+                METRICS
+                    .shadow_requests
+                    .with_label_values(&[&alias, "failed"])
+                    .inc();
+            }
+        }
+        budget.settle(worst, cost, crate::time::now_unix());
+        record.latency_ms = started.elapsed().as_secs_f64() * 1e3;
+        shared.sink.submit(record);
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn shadow_body_is_plain_json_for_the_candidate() {
+        let b = super::shadow_body(
+            br#"{"model":"a","stream":true,"stream_options":{"include_usage":true},"messages":[]}"#,
+            "cand",
+        )
+        .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
+        assert_eq!(
+            (v["model"].as_str(), v["stream"].as_bool()),
+            (Some("cand"), Some(false))
+        );
+        assert!(v.get("stream_options").is_none());
+    }
+}
