@@ -81,6 +81,45 @@ async fn a_burst_gets_exactly_the_request_limit() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_per_model_override_has_its_own_counter_and_a_reload_keeps_counters() {
+    let extra = format!(
+        "{PRICEY}\n{}[orgs.default.limits.models.pricey]\nrequests_per_minute = 2\n",
+        limits_extra("requests_per_minute = 5", "")
+    );
+    let g = Gateway::start_with(&[], &extra);
+    let c = client();
+    let send = |model: &'static str| {
+        c.post(g.url("/v1/chat/completions"))
+            .json(&json!({"model": model, "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+    };
+    let mut pricey = Vec::new();
+    for _ in 0..3 {
+        pricey.push(send("pricey").await.unwrap().status().as_u16());
+    }
+    assert_eq!(pricey, vec![200, 200, 429], "the alias's own limit of 2");
+    let mut mini = Vec::new();
+    for _ in 0..4 {
+        mini.push(send("gpt-4o-mini").await.unwrap().status().as_u16());
+    }
+    assert_eq!(
+        mini,
+        vec![200; 4],
+        "the org limit of 5 is counted apart from the override"
+    );
+    // A reload that keeps the limits keeps their counts: one request left under the org limit.
+    let text = std::fs::read_to_string(&g.config).unwrap();
+    std::fs::write(&g.config, format!("{text}\n# touched\n")).unwrap();
+    let start = Instant::now();
+    while g.metric("model_bridge_config_generation").await < 2.0 {
+        assert!(start.elapsed() < Duration::from_secs(10), "no reload");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(send("gpt-4o-mini").await.unwrap().status(), 200);
+    assert_eq!(send("gpt-4o-mini").await.unwrap().status(), 429);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_replicas_sharing_redis_admit_the_limit_once() {
     let redis = PrivateRedis::start();
     let extra = limits_extra(
@@ -194,7 +233,7 @@ price = { input_per_1m = 0, output_per_1m = 1 }
 
 fn budget_extra(usd: &str) -> String {
     format!(
-        "{PRICEY}\n[orgs.default]\ndefault_cost_center = \"cc\"\n[orgs.default.cost_centers.cc]\nbudget = {{ usd = \"{usd}\", period = \"month\", soft = [0.5] }}\n"
+        "{PRICEY}\n[orgs.default]\ndefault_cost_center = \"cc\"\n[orgs.default.cost_centers.cc]\nbudget = {{ usd = \"{usd}\", period = \"month\", soft = [0.05] }}\n"
     )
 }
 
@@ -272,6 +311,30 @@ async fn two_hundred_concurrent_requests_never_overshoot_the_budget() {
         .parse::<f64>()
         .unwrap();
     assert!((shown * 1e9 - spent as f64).abs() < 1.0, "{shown}");
+    // Passing 5% of the budget was announced: metric, audit event, and the warning header.
+    assert_eq!(
+        g.metric("model_bridge_budget_warnings_total{budget=\"default/cc\",threshold=\"5\"}")
+            .await,
+        1.0
+    );
+    let audit = wait_lines(&g.dir.path().join("audit.jsonl"), |l| {
+        l.iter().any(|e| e["action"] == "budget.threshold")
+    });
+    assert!(audit.iter().any(|e| e["action"] == "budget.threshold"));
+    let r = client()
+        .post(g.url("/v1/chat/completions"))
+        .json(&json!({"model": "pricey", "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    // (Unless the race spent the budget to the last nano-dollar.)
+    if r.status() == 200 {
+        assert!(
+            header(&r, "x-model-bridge-budget-warning").contains("cost center default/cc has used"),
+            "{:?}",
+            r.headers()
+        );
+    }
     query(&url, &format!("DROP DATABASE {db}")).await;
 }
 
