@@ -73,7 +73,7 @@ async fn a_burst_gets_exactly_the_request_limit() {
     let m = g.metrics().await;
     assert!(
         m.contains(&format!(
-            "model_bridge_rate_limited_total{{kind=\"requests\",org=\"default\"}} {}",
+            "model_bridge_ratelimit_rejections_total{{org=\"default\",reason=\"requests\"}} {}",
             120 - ok
         )),
         "{m}"

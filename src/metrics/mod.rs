@@ -58,7 +58,7 @@ pub struct Metrics {
     pub sink_spool_near_full: IntGaugeVec,
     /// {sink}: 1 while the last ClickHouse insert or probe succeeded.
     pub sink_clickhouse_up: IntGaugeVec,
-    /// {kind, org}: requests refused by a limit or budget.
+    /// {reason, org}: requests refused by a limit or budget.
     pub rate_limited: IntCounterVec,
     /// {budget}: spend of the current period and the hard limit, USD (`org`, `org/team`,
     /// `org/cost_center` — from config, bounded).
@@ -311,9 +311,9 @@ impl Metrics {
             ),
             rate_limited: counter(
                 &r,
-                "rate_limited_total",
-                "Requests refused by a limit, by kind (requests, tokens, concurrency, budget) and org.",
-                &["kind", "org"],
+                "ratelimit_rejections_total",
+                "Requests refused by a limit, by reason (requests, tokens, concurrency, budget) and org.",
+                &["reason", "org"],
             ),
             budget_spend: fgauge_vec(
                 &r,

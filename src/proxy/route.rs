@@ -139,6 +139,12 @@ pub async fn send(
                     tokio::time::sleep(wait).await;
                 }
             }
+            if attempts > 0 {
+                METRICS
+                    .retries
+                    .with_label_values(&[&target.provider.name])
+                    .inc();
+            }
             attempts += 1;
             drop(last_resp.take());
             wait_hint = None;
