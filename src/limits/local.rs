@@ -27,8 +27,10 @@ struct Rate {
 
 impl Rate {
     fn new(limit: u64, period: Duration) -> Self {
-        let n =
-            NonZeroU32::new(limit.clamp(1, u64::from(u32::MAX)) as u32).unwrap_or(NonZeroU32::MIN);
+        // governor counts in u32; a larger limit is effectively no limit, and clamping keeps the
+        // window arithmetic below from dividing by a truncated zero.
+        let limit = limit.clamp(1, u64::from(u32::MAX));
+        let n = NonZeroU32::new(limit as u32).unwrap_or(NonZeroU32::MIN);
         let quota = if period.as_secs() == 1 {
             Quota::per_second(n)
         } else {
@@ -313,5 +315,25 @@ impl Local {
     /// Every budget state, for reconciliation.
     pub fn budget_states(&self) -> Vec<Arc<BudgetState>> {
         self.budgets.iter().map(|e| e.value().clone()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn huge_limits_do_not_overflow() {
+        let r = Rate::new(10_000_000_000, Duration::from_secs(60));
+        let w = r.check().unwrap();
+        assert_eq!(w.limit, u64::from(u32::MAX));
+        let e = Entity::new(&LimitValues {
+            rps: Some(u64::MAX),
+            rpm: Some(u64::MAX),
+            tpm: Some(u64::MAX),
+            concurrent: Some(u64::MAX),
+        });
+        assert!(e.rps.as_ref().unwrap().check().is_ok());
+        assert!(e.tpm.as_ref().unwrap().take(1_000_000, now_ns()).is_ok());
     }
 }
