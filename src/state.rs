@@ -182,6 +182,23 @@ impl Shared {
                 {
                     log::warn!("reload: listener and thread settings take effect only on restart");
                 }
+                let (l, ol) = (&cfg.limits, &old.config.limits);
+                if l.backend != ol.backend || l.redis_url != ol.redis_url {
+                    log::warn!(
+                        "reload: the limits backend and Redis URL take effect only on restart"
+                    );
+                }
+                if cfg.usage.sink != old.config.usage.sink
+                    || cfg.audit_sink != old.config.audit_sink
+                    || cfg.clickhouse.as_ref().map(|c| (&c.url, &c.database))
+                        != old
+                            .config
+                            .clickhouse
+                            .as_ref()
+                            .map(|c| (&c.url, &c.database))
+                {
+                    log::warn!("reload: usage / audit sinks and the ClickHouse connection take effect only on restart");
+                }
                 let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
                 self.live.store(Arc::new(Live::new(cfg, generation)));
                 METRICS.config_reloads.with_label_values(&["success"]).inc();

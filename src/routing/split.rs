@@ -178,6 +178,16 @@ mod tests {
     }
 
     #[test]
+    fn window() {
+        let mut s = split(&[1, 1]);
+        s.start = 100;
+        s.end = Some(200);
+        assert!(!s.active(99));
+        assert!(s.active(100) && s.active(199));
+        assert!(!s.active(200));
+    }
+
+    #[test]
     fn params_override() {
         let p = Params {
             temperature: Some(0.2),
