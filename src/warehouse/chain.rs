@@ -48,6 +48,8 @@ pub struct Chain {
     seq: u64,
     last_hash: String,
     head_path: PathBuf,
+    /// The seq the head file holds: `persist` writes only when the chain moved on.
+    persisted: u64,
 }
 
 impl Chain {
@@ -59,15 +61,13 @@ impl Chain {
             .and_then(|t| t.split_whitespace().nth(2).map(str::to_string))
             .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
             .unwrap_or_else(|| GENESIS.to_string());
-        let started = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_millis();
+        let started = crate::time::now_unix_ms();
         Self {
             id: format!("{node}-{started}-{}", std::process::id()),
             seq: 0,
             last_hash,
             head_path,
+            persisted: 0,
         }
     }
 
@@ -79,6 +79,7 @@ impl Chain {
             seq: 0,
             last_hash: GENESIS.to_string(),
             head_path: PathBuf::new(),
+            persisted: 0,
         }
     }
 
@@ -94,8 +95,8 @@ impl Chain {
 
     /// Records the head once the rows up to it are durable (inserted or spooled), so the next
     /// process links to a row that exists.
-    pub fn persist(&self) {
-        if self.head_path.as_os_str().is_empty() {
+    pub fn persist(&mut self) {
+        if self.head_path.as_os_str().is_empty() || self.persisted == self.seq {
             return;
         }
         let text = format!("{} {} {}\n", self.id, self.seq, self.last_hash);
@@ -103,8 +104,9 @@ impl Chain {
         let ok = std::fs::write(&tmp, text)
             .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
             .and_then(|()| std::fs::rename(&tmp, &self.head_path));
-        if let Err(e) = ok {
-            log::warn!("audit chain head {}: {e}", self.head_path.display());
+        match ok {
+            Ok(()) => self.persisted = self.seq,
+            Err(e) => log::warn!("audit chain head {}: {e}", self.head_path.display()),
         }
     }
 }

@@ -307,8 +307,9 @@ async fn run<I, R: Table, S: Stamp<I, R>>(
         if must {
             while inserts.join_next().await.is_some() {}
         }
-        // Rows dispatched above are durable once their insert task ended or they were spooled.
-        if inserts.is_empty() {
+        // Every row stamped so far is durable once none waits in the open batch and every
+        // insert task has ended (inserted, or spooled on failure).
+        if rows.is_empty() && inserts.is_empty() {
             stamp.durable();
         }
         for ack in acks {
