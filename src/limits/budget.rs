@@ -34,6 +34,22 @@ pub struct Level {
     pub over_soft: bool,
 }
 
+impl Level {
+    /// How full a budget of `limit` with warning fractions `soft` is at `spent`.
+    pub fn of(spent: i64, limit: i64, soft: &[f64]) -> Level {
+        let fraction = if limit > 0 {
+            spent as f64 / limit as f64
+        } else {
+            1.0
+        };
+        Level {
+            spent,
+            fraction,
+            over_soft: soft.first().is_some_and(|s| fraction >= *s),
+        }
+    }
+}
+
 impl BudgetState {
     pub fn new(label: String, b: &Budget, now: u64) -> Self {
         Self {
@@ -67,16 +83,7 @@ impl BudgetState {
     }
 
     fn level(&self, spent: i64) -> Level {
-        let fraction = if self.limit > 0 {
-            spent as f64 / self.limit as f64
-        } else {
-            1.0
-        };
-        Level {
-            spent,
-            fraction,
-            over_soft: self.soft.first().is_some_and(|s| fraction >= *s),
-        }
+        Level::of(spent, self.limit, &self.soft)
     }
 
     /// Reserves `worst` nano-USD, or refuses.

@@ -5,7 +5,9 @@
 use super::budget::BudgetState;
 use super::gcra::{now_ns, Gcra};
 use super::spec::LimitValues;
-use super::{Actual, BudgetCheck, Crossing, Kind, LimitCheck, Refusal, Request, Status, Window};
+use super::{
+    Actual, BudgetCheck, Crossing, Exceeded, LimitCheck, Refusal, Request, Status, Window,
+};
 use crate::metrics::METRICS;
 use dashmap::DashMap;
 use governor::clock::{Clock, QuantaClock};
@@ -135,33 +137,6 @@ impl Holds {
     }
 }
 
-fn refuse(
-    kind: Kind,
-    who: String,
-    what: String,
-    retry: Duration,
-    status: Status,
-    org: &str,
-) -> Box<Refusal> {
-    let secs = retry.as_secs_f64().max(0.001);
-    Box::new(Refusal {
-        kind,
-        message: format!(
-            "{} for {who}: {what}. Please try again in {}.",
-            match kind {
-                Kind::Requests => "Rate limit reached",
-                Kind::Tokens => "Token rate limit reached",
-                Kind::Concurrency => "Too many concurrent requests",
-                Kind::Budget => "Budget exhausted",
-            },
-            super::headers::duration_text(Duration::from_secs_f64(secs))
-        ),
-        retry_after: retry,
-        status,
-        org: org.to_string(),
-    })
-}
-
 impl Local {
     fn entity(&self, c: &LimitCheck) -> Arc<Entity> {
         let id = c.identity();
@@ -200,12 +175,11 @@ impl Local {
     ) -> Result<(Status, Holds), Box<Refusal>> {
         let mut status = Status::default();
         let mut holds = Holds::default();
-        let org = r.org.unwrap_or("");
         let entities: Vec<(Arc<Entity>, &LimitCheck)> =
             limits.iter().map(|c| (self.entity(c), c)).collect();
         // Request rates first (the most common refusal, and the cheapest to undo: nothing).
         for (e, c) in &entities {
-            for (rate, unit) in [(&e.rps, "second"), (&e.rpm, "minute")] {
+            for (rate, per_second) in [(&e.rps, true), (&e.rpm, false)] {
                 let Some(rate) = rate else { continue };
                 match rate.check() {
                     Ok(w) => Status::offer(&mut status.requests, w),
@@ -215,14 +189,11 @@ impl Local {
                             remaining: 0,
                             reset: retry,
                         });
-                        return Err(refuse(
-                            Kind::Requests,
-                            c.describe(),
-                            format!("{} requests per {unit}", rate.limit),
-                            retry,
-                            status,
-                            org,
-                        ));
+                        let x = Exceeded::Requests {
+                            limit: rate.limit,
+                            per_second,
+                        };
+                        return Err(Refusal::new(x, &c.describe(), r, retry, status));
                     }
                 }
             }
@@ -250,16 +221,8 @@ impl Local {
                             reset: peek.reset,
                         });
                         holds.settle(Actual::default());
-                        // A request larger than the whole limit can never fit.
-                        let what = if r.tokens > g.limit {
-                            format!(
-                                "{} tokens per minute, and this request may use up to {} (lower max_tokens)",
-                                g.limit, r.tokens
-                            )
-                        } else {
-                            format!("{} tokens per minute, {} requested", g.limit, r.tokens)
-                        };
-                        return Err(refuse(Kind::Tokens, c.describe(), what, retry, status, org));
+                        let x = Exceeded::Tokens { limit: g.limit };
+                        return Err(Refusal::new(x, &c.describe(), r, retry, status));
                     }
                 }
             }
@@ -269,14 +232,9 @@ impl Local {
                 if n.fetch_add(1, Ordering::AcqRel) >= *limit {
                     n.fetch_sub(1, Ordering::AcqRel);
                     holds.settle(Actual::default());
-                    return Err(refuse(
-                        Kind::Concurrency,
-                        c.describe(),
-                        format!("{limit} requests at once"),
-                        Duration::from_secs(1),
-                        status,
-                        org,
-                    ));
+                    let x = Exceeded::Concurrency { limit: *limit };
+                    let retry = Duration::from_secs(1);
+                    return Err(Refusal::new(x, &c.describe(), r, retry, status));
                 }
                 holds.concurrency.push(e.clone());
             }
@@ -293,19 +251,12 @@ impl Local {
                 Err(level) => {
                     holds.settle(Actual::default());
                     let retry = super::headers::until_period_end(b.budget.period, now);
-                    return Err(refuse(
-                        Kind::Budget,
-                        super::headers::budget_name(b),
-                        format!(
-                            "{} of {} USD spent this period, and this request may cost up to {} USD",
-                            crate::usage::pricing::format_usd(level.spent),
-                            crate::usage::pricing::format_usd(b.budget.nano),
-                            crate::usage::pricing::format_usd(r.worst_cost)
-                        ),
-                        retry,
-                        status,
-                        org,
-                    ));
+                    let x = Exceeded::Budget {
+                        limit: b.budget.nano,
+                        spent: level.spent,
+                    };
+                    let who = super::headers::budget_name(b);
+                    return Err(Refusal::new(x, &who, r, retry, status));
                 }
             }
         }

@@ -183,6 +183,85 @@ pub struct Refusal {
     pub org: String,
 }
 
+/// What the refusing limit says, for the message: its value (and period for request rates, the
+/// period's spend for budgets).
+#[derive(Debug, Clone, Copy)]
+pub enum Exceeded {
+    Requests { limit: u64, per_second: bool },
+    Tokens { limit: u64 },
+    Concurrency { limit: u64 },
+    Budget { limit: i64, spent: i64 },
+}
+
+impl Exceeded {
+    fn kind(self) -> Kind {
+        match self {
+            Exceeded::Requests { .. } => Kind::Requests,
+            Exceeded::Tokens { .. } => Kind::Tokens,
+            Exceeded::Concurrency { .. } => Kind::Concurrency,
+            Exceeded::Budget { .. } => Kind::Budget,
+        }
+    }
+}
+
+impl Refusal {
+    /// The refusal of `r` by `who`'s limit (both backends word it alike).
+    pub fn new(
+        x: Exceeded,
+        who: &str,
+        r: &Request<'_>,
+        retry: Duration,
+        status: Status,
+    ) -> Box<Refusal> {
+        use crate::usage::pricing::format_usd;
+        let kind = x.kind();
+        let (head, what) = match x {
+            Exceeded::Requests { limit, per_second } => (
+                "Rate limit reached",
+                format!(
+                    "{limit} requests per {}",
+                    if per_second { "second" } else { "minute" }
+                ),
+            ),
+            // A request larger than the whole limit can never fit.
+            Exceeded::Tokens { limit } if r.tokens > limit => (
+                "Token rate limit reached",
+                format!(
+                    "{limit} tokens per minute, and this request may use up to {} (lower max_tokens)",
+                    r.tokens
+                ),
+            ),
+            Exceeded::Tokens { limit } => (
+                "Token rate limit reached",
+                format!("{limit} tokens per minute, {} requested", r.tokens),
+            ),
+            Exceeded::Concurrency { limit } => (
+                "Too many concurrent requests",
+                format!("{limit} requests at once"),
+            ),
+            Exceeded::Budget { limit, spent } => (
+                "Budget exhausted",
+                format!(
+                    "{} of {} USD spent this period, and this request may cost up to {} USD",
+                    format_usd(spent),
+                    format_usd(limit),
+                    format_usd(r.worst_cost)
+                ),
+            ),
+        };
+        Box::new(Refusal {
+            kind,
+            message: format!(
+                "{head} for {who}: {what}. Please try again in {}.",
+                headers::duration_text(retry.max(Duration::from_millis(1)))
+            ),
+            retry_after: retry,
+            status,
+            org: r.org.unwrap_or("").to_string(),
+        })
+    }
+}
+
 /// What a request holds until it is settled.
 pub struct Admission {
     pub status: Status,

@@ -7,7 +7,10 @@
 //! When Redis errors or answers slower than `redis_timeout`, the caller falls back to local
 //! limits scaled to `fallback_share`; Redis is skipped for a second before it is tried again.
 
-use super::{Actual, BudgetCheck, Crossing, Kind, LimitCheck, Refusal, Request, Status, Window};
+use super::budget::Level;
+use super::{
+    Actual, BudgetCheck, Crossing, Exceeded, LimitCheck, Refusal, Request, Status, Window,
+};
 use crate::metrics::METRICS;
 use redis::aio::ConnectionManager;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -152,9 +155,10 @@ struct Item {
     limit: u64,
     period_us: u64,
     amount: i64,
-    /// What it describes (messages) and, for budgets, the metric label and limit.
+    /// What it describes (messages) and, for budgets, their index in the admission's budget
+    /// checks and their metric label.
     who: String,
-    budget: Option<(String, i64)>,
+    budget: Option<(usize, String)>,
 }
 
 pub struct Holds {
@@ -194,7 +198,7 @@ impl Holds {
                 match shared.run(&shared.settle, &request_id, &items, false).await {
                     Ok(spent) => {
                         for (item, s) in items.iter().zip(spent) {
-                            if let Some((label, _)) = &item.budget {
+                            if let Some((_, label)) = &item.budget {
                                 METRICS
                                     .budget_spend
                                     .with_label_values(&[label])
@@ -334,7 +338,7 @@ impl Shared {
                 }
             }
         }
-        for b in budgets {
+        for (bi, b) in budgets.iter().enumerate() {
             let period_ms = match b.budget.period {
                 super::spec::Period::Month => 40 * 86_400_000u64,
                 super::spec::Period::Rolling { days } => u64::from(days + 1) * 86_400_000,
@@ -346,7 +350,7 @@ impl Shared {
                 period_us: period_ms,
                 amount: r.worst_cost,
                 who: super::headers::budget_name(b),
-                budget: Some((b.label(), b.budget.nano)),
+                budget: Some((bi, b.label())),
             });
         }
         let reply = match self.run(&self.admit, r.request_id, &items, true).await {
@@ -372,26 +376,8 @@ impl Shared {
                     "r" => Status::offer(&mut status.requests, w),
                     "t" => Status::offer(&mut status.tokens, w),
                     "b" => {
-                        if let (Some((_, limit)), Some(bc)) = (
-                            &item.budget,
-                            budgets.iter().find(|bc| {
-                                bc.label()
-                                    == item
-                                        .budget
-                                        .as_ref()
-                                        .map(|x| x.0.clone())
-                                        .unwrap_or_default()
-                            }),
-                        ) {
-                            let level = super::budget::Level {
-                                spent: a,
-                                fraction: a as f64 / (*limit).max(1) as f64,
-                                over_soft: bc
-                                    .budget
-                                    .soft
-                                    .first()
-                                    .is_some_and(|s| a as f64 / (*limit).max(1) as f64 >= *s),
-                            };
+                        if let Some(bc) = item.budget.as_ref().map(|(bi, _)| &budgets[*bi]) {
+                            let level = Level::of(a, bc.budget.nano, &bc.budget.soft);
                             if level.over_soft {
                                 status.budget_warning =
                                     Some(super::headers::budget_warning(bc, level));
@@ -415,67 +401,37 @@ impl Shared {
         let idx = reply.get(1).copied().unwrap_or(1).max(1) as usize - 1;
         let item = &items[idx.min(items.len() - 1)];
         let retry_us = reply.get(2).copied().unwrap_or(0).max(0) as u64;
-        let kind = match item.kind {
-            "r" => Kind::Requests,
-            "t" => Kind::Tokens,
-            "c" => Kind::Concurrency,
-            _ => Kind::Budget,
-        };
+        let spent_or_remaining = reply.get(3).copied().unwrap_or(0);
         let mut retry = Duration::from_micros(retry_us);
-        let what = match kind {
-            Kind::Requests => format!(
-                "{} requests per {}",
-                item.limit,
-                if item.period_us == 1_000_000 {
-                    "second"
-                } else {
-                    "minute"
-                }
-            ),
-            Kind::Tokens => format!("{} tokens per minute, {} requested", item.limit, r.tokens),
-            Kind::Concurrency => format!("{} requests at once", item.limit),
-            Kind::Budget => {
-                let b = budgets
-                    .iter()
-                    .find(|b| Some(b.label()) == item.budget.as_ref().map(|x| x.0.clone()));
+        let x = match item.kind {
+            "r" => Exceeded::Requests {
+                limit: item.limit,
+                per_second: item.period_us == 1_000_000,
+            },
+            "t" => Exceeded::Tokens { limit: item.limit },
+            "c" => Exceeded::Concurrency { limit: item.limit },
+            _ => {
+                let b = item.budget.as_ref().map(|(bi, _)| &budgets[*bi]);
                 retry = b.map_or(Duration::from_secs(3600), |b| {
                     super::headers::until_period_end(b.budget.period, now)
                 });
-                format!(
-                    "{} of {} USD spent this period, and this request may cost up to {} USD",
-                    crate::usage::pricing::format_usd(reply.get(3).copied().unwrap_or(0)),
-                    crate::usage::pricing::format_usd(item.limit as i64),
-                    crate::usage::pricing::format_usd(r.worst_cost)
-                )
+                Exceeded::Budget {
+                    limit: item.limit as i64,
+                    spent: spent_or_remaining,
+                }
             }
         };
         let window = Window {
             limit: item.limit,
-            remaining: reply.get(3).copied().unwrap_or(0).max(0) as u64,
+            remaining: spent_or_remaining.max(0) as u64,
             reset: Duration::from_micros(reply.get(4).copied().unwrap_or(0).max(0) as u64),
         };
-        match kind {
-            Kind::Requests => status.requests = Some(window),
-            Kind::Tokens => status.tokens = Some(window),
+        match x {
+            Exceeded::Requests { .. } => status.requests = Some(window),
+            Exceeded::Tokens { .. } => status.tokens = Some(window),
             _ => {}
         }
-        Ok(Err(Box::new(Refusal {
-            kind,
-            message: format!(
-                "{} for {}: {what}. Please try again in {}.",
-                match kind {
-                    Kind::Requests => "Rate limit reached",
-                    Kind::Tokens => "Token rate limit reached",
-                    Kind::Concurrency => "Too many concurrent requests",
-                    Kind::Budget => "Budget exhausted",
-                },
-                item.who,
-                super::headers::duration_text(retry.max(Duration::from_millis(1)))
-            ),
-            retry_after: retry,
-            status,
-            org: r.org.unwrap_or("").to_string(),
-        })))
+        Ok(Err(Refusal::new(x, &item.who, r, retry, status)))
     }
 
     /// Raises a budget period's shared spend to at least `spent` (ClickHouse's figure).
