@@ -134,6 +134,29 @@ impl BudgetCheck<'_> {
     }
 }
 
+/// Prompt tokens an estimate assumes per body byte (over-estimates English and JSON, so
+/// reservations err on the safe side and are settled to the real count).
+const BYTES_PER_TOKEN: u64 = 3;
+
+/// The most a request of `body_len` bytes with a completion bound of `completion` tokens may
+/// use: (tokens, cost in nano-USD at `price`, 0 when unpriced). Admission reserves this; the
+/// end settles the real usage.
+pub fn worst_case(
+    body_len: usize,
+    completion: u64,
+    price: Option<crate::usage::pricing::Price>,
+) -> (u64, i64) {
+    let prompt = (body_len as u64).div_ceil(BYTES_PER_TOKEN);
+    let cost = price.map_or(0, |p| {
+        p.cost_nanousd(&crate::usage::Usage {
+            prompt_tokens: prompt,
+            cached_tokens: 0,
+            completion_tokens: completion,
+        })
+    });
+    (prompt + completion, cost)
+}
+
 /// The caller and request as admission sees them.
 pub struct Request<'a> {
     pub org: Option<&'a str>,

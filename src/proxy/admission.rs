@@ -10,10 +10,6 @@ use crate::routing::rewrite::RequestFields;
 use crate::routing::{Endpoint, ModelRoute};
 use crate::state::Shared;
 
-/// Prompt tokens an estimate assumes per body byte (over-estimates English and JSON, so
-/// reservations err on the safe side and are settled to the real count).
-const BYTES_PER_TOKEN: u64 = 3;
-
 pub async fn admit(
     shared: &Shared,
     ctx: &mut Ctx,
@@ -24,19 +20,12 @@ pub async fn admit(
     body_len: usize,
 ) -> Result<(), GatewayError> {
     let cfg = &ctx.live.config;
-    let prompt = (body_len as u64).div_ceil(BYTES_PER_TOKEN);
     let completion = if ep == Endpoint::Embeddings {
         0
     } else {
         fields.max_tokens.unwrap_or(cfg.limits.default_max_tokens)
     };
-    let worst_cost = price.map_or(0, |p| {
-        p.cost_nanousd(&crate::usage::Usage {
-            prompt_tokens: prompt,
-            cached_tokens: 0,
-            completion_tokens: completion,
-        })
-    });
+    let (tokens, worst_cost) = crate::limits::worst_case(body_len, completion, price);
     let r = &ctx.record;
     let req = Request {
         org: r.org.as_deref(),
@@ -44,7 +33,7 @@ pub async fn admit(
         key_id: r.key_id.as_deref(),
         cost_center: r.cost_center.as_deref(),
         alias: &route.alias,
-        tokens: prompt + completion,
+        tokens,
         worst_cost,
         request_id: &r.request_id,
     };

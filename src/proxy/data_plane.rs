@@ -229,7 +229,17 @@ impl DataPlane {
             None => (body, fields),
         };
         if let Some(sh) = &route.shadow {
-            super::shadow::maybe_send(&self.shared, &self.upstream, s, ctx, route, sh, ep, &body);
+            super::shadow::maybe_send(
+                &self.shared,
+                &self.upstream,
+                s,
+                ctx,
+                route,
+                sh,
+                ep,
+                &body,
+                fields.max_tokens,
+            );
         }
         let inject = fields.stream && ep.needs_include_usage();
         let resp = super::route::send(

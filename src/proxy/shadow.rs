@@ -11,7 +11,7 @@ use crate::limits::budget::BudgetState;
 use crate::metrics::METRICS;
 use crate::routing::{Endpoint, ModelRoute, Shadow};
 use crate::state::Shared;
-use crate::usage::{Usage, UsageSource};
+use crate::usage::UsageSource;
 use bytes::Bytes;
 use pingora_core::protocols::http::ServerSession;
 use std::sync::Arc;
@@ -40,6 +40,7 @@ pub fn maybe_send(
     sh: &Shadow,
     ep: Endpoint,
     body: &Bytes,
+    max_tokens: Option<u64>,
 ) {
     if sh.fraction <= 0.0 || rand::random::<f64>() >= sh.fraction {
         return;
@@ -51,17 +52,8 @@ pub fn maybe_send(
         .entry(alias.clone())
         .or_insert_with(|| Arc::new(BudgetState::new(format!("shadow:{alias}"), &sh.budget, now)))
         .clone();
-    let max_tokens = serde_json::from_slice::<serde_json::Value>(body)
-        .ok()
-        .and_then(|v| v["max_tokens"].as_u64())
-        .unwrap_or(SHADOW_MAX_TOKENS);
-    let worst = sh.target.price.map_or(0, |p| {
-        p.cost_nanousd(&Usage {
-            prompt_tokens: (body.len() as u64).div_ceil(3),
-            cached_tokens: 0,
-            completion_tokens: max_tokens,
-        })
-    });
+    let max_tokens = max_tokens.unwrap_or(SHADOW_MAX_TOKENS);
+    let (_, worst) = crate::limits::worst_case(body.len(), max_tokens, sh.target.price);
     if budget.reserve(worst, now).is_err() {
         METRICS
             .shadow_requests
