@@ -17,6 +17,9 @@ pub struct BudgetState {
 
 struct Inner {
     period_label: String,
+    /// When the current period ends (Unix seconds): the request path compares a number instead
+    /// of formatting the label.
+    period_end: u64,
     /// Spend of the period known from ClickHouse at the last reconciliation.
     baseline: i64,
     /// Spend settled here since then.
@@ -59,6 +62,7 @@ impl BudgetState {
             soft: b.soft.clone(),
             inner: Mutex::new(Inner {
                 period_label: b.period.label(now),
+                period_end: b.period.end(now),
                 baseline: 0,
                 settled: 0,
                 reserved: 0,
@@ -72,10 +76,10 @@ impl BudgetState {
     }
 
     fn roll(&self, i: &mut Inner, now: u64) {
-        let label = self.period.label(now);
-        if i.period_label != label {
+        if now >= i.period_end {
             // A new month starts from zero; reservations in flight stay reserved.
-            i.period_label = label;
+            i.period_label = self.period.label(now);
+            i.period_end = self.period.end(now);
             i.baseline = 0;
             i.settled = 0;
             i.warned = 0;

@@ -69,10 +69,7 @@ pub fn budget_warning(b: &BudgetCheck, level: Level) -> String {
 /// Until the budget can admit again: the next month, or a day for a rolling window.
 pub fn until_period_end(p: Period, now: u64) -> Duration {
     match p {
-        Period::Month => {
-            let next = Period::Month.start(Period::Month.start(now) + 32 * 86_400);
-            Duration::from_secs(next.saturating_sub(now).max(1))
-        }
+        Period::Month => Duration::from_secs(p.end(now).saturating_sub(now).max(1)),
         Period::Rolling { .. } => Duration::from_secs(86_400 - now % 86_400),
     }
 }

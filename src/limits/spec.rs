@@ -70,6 +70,15 @@ impl Period {
         }
     }
 
+    /// When the period containing `now` ends: the next month's first second; never for a
+    /// rolling window (it moves with time, and reconciliation keeps it current).
+    pub fn end(&self, now: u64) -> u64 {
+        match self {
+            Period::Month => Period::Month.start(Period::Month.start(now) + 32 * 86_400),
+            Period::Rolling { .. } => u64::MAX,
+        }
+    }
+
     /// A label naming the current period (`2026-11`, or `30d`): Redis keys and reconciliation
     /// use it so a new month starts from zero.
     pub fn label(&self, now: u64) -> String {
@@ -135,5 +144,7 @@ mod tests {
             crate::time::date(now)
         );
         assert_eq!(Period::Month.label(now), "2026-11");
+        assert_eq!(crate::time::date(Period::Month.end(now)), "2026-12-01");
+        assert_eq!(Period::Rolling { days: 30 }.end(now), u64::MAX);
     }
 }
