@@ -2,11 +2,12 @@
 //! wakes the writer (it drains on a short tick), so callers on the request path pay only a
 //! `try_send`. Usage records and audit events both go through it.
 
+use crate::handoff::{self, Msg};
 use prometheus::{IntCounterVec, IntGauge};
 use serde::Serialize;
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
+use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError};
 use std::time::{Duration, Instant};
 
 /// How often the writer drains the queue: short, so each burst of serialization stays small next
@@ -19,11 +20,6 @@ pub enum Target {
     Stdout,
 }
 
-enum Msg<T> {
-    Item(Box<T>),
-    Flush(SyncSender<()>),
-}
-
 /// Metrics a writer reports into: queue depth and items by outcome (`inserted`, `lost`).
 #[derive(Clone)]
 pub struct Counters {
@@ -32,7 +28,7 @@ pub struct Counters {
 }
 
 pub struct JsonLines<T> {
-    tx: SyncSender<Msg<T>>,
+    tx: SyncSender<Msg<Box<T>>>,
     counters: Counters,
     what: &'static str,
 }
@@ -70,33 +66,19 @@ impl<T: Serialize + Send + 'static> JsonLines<T> {
 
     /// Queues one item; never blocks.
     pub fn submit(&self, item: T) {
-        match self.tx.try_send(Msg::Item(Box::new(item))) {
-            Ok(()) => self.counters.depth.inc(),
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                self.counters.outcomes.with_label_values(&["lost"]).inc();
-                log::error!("{} queue full: record lost", self.what);
-            }
-        }
+        let lost = self.counters.outcomes.with_label_values(&["lost"]);
+        handoff::submit(
+            &self.tx,
+            Box::new(item),
+            &self.counters.depth,
+            &lost,
+            self.what,
+        );
     }
 
     /// Waits (at most `timeout`) until everything queued so far is written out.
     pub fn flush(&self, timeout: Duration) -> bool {
-        let (ack_tx, ack_rx) = mpsc::sync_channel(1);
-        let deadline = Instant::now() + timeout;
-        let mut msg = Msg::Flush(ack_tx);
-        loop {
-            match self.tx.try_send(msg) {
-                Ok(()) => break,
-                Err(TrySendError::Full(m)) if Instant::now() < deadline => {
-                    msg = m;
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                Err(_) => return false,
-            }
-        }
-        ack_rx
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .is_ok()
+        handoff::flush(&self.tx, timeout)
     }
 }
 
@@ -112,7 +94,7 @@ pub fn lower_priority() {
 }
 
 fn writer<T: Serialize>(
-    rx: Receiver<Msg<T>>,
+    rx: Receiver<Msg<Box<T>>>,
     out: Box<dyn Write + Send>,
     flush_interval: Duration,
     counters: Counters,

@@ -14,6 +14,7 @@
 //! query, and it is bounded to the batch's time range and partitions.
 
 use super::spool::{self, ReadError, Spool};
+use crate::handoff::{self, Msg};
 use crate::metrics::METRICS;
 use clickhouse::Client;
 use prometheus::{Histogram, IntCounter, IntGauge};
@@ -21,7 +22,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
+use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
@@ -63,11 +64,6 @@ pub struct PipelineSettings {
     pub spool_max_bytes: u64,
     /// Names batches: unique per node and process start.
     pub node: String,
-}
-
-enum Msg<I> {
-    Item(I),
-    Flush(SyncSender<()>),
 }
 
 /// The metric handles of one sink, resolved once.
@@ -201,33 +197,13 @@ impl<I: Send + 'static> Pipeline<I> {
 
     /// Queues one item; never blocks.
     pub fn submit(&self, item: I) {
-        match self.tx.try_send(Msg::Item(item)) {
-            Ok(()) => self.meters.depth.inc(),
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                self.meters.lost.inc();
-                log::error!("{} sink queue full: row lost", self.what);
-            }
-        }
+        let m = &self.meters;
+        handoff::submit(&self.tx, item, &m.depth, &m.lost, self.what);
     }
 
     /// Waits (at most `timeout`) until everything queued so far is inserted or spooled.
     pub fn flush(&self, timeout: Duration) -> bool {
-        let (ack_tx, ack_rx) = mpsc::sync_channel(1);
-        let deadline = Instant::now() + timeout;
-        let mut msg = Msg::Flush(ack_tx);
-        loop {
-            match self.tx.try_send(msg) {
-                Ok(()) => break,
-                Err(TrySendError::Full(m)) if Instant::now() < deadline => {
-                    msg = m;
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                Err(_) => return false,
-            }
-        }
-        ack_rx
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .is_ok()
+        handoff::flush(&self.tx, timeout)
     }
 }
 
