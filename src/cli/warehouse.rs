@@ -4,21 +4,13 @@
 use crate::audit::{AuditEvent, AuditSink, JsonLinesAudit};
 use crate::config::raw::AuditSinkKind;
 use crate::config::Config;
-use crate::warehouse::{compliance, migrate, oneshot, verify, ClickHouseSettings};
+use crate::warehouse::{block_on, compliance, migrate, oneshot, verify, ClickHouseSettings};
 use std::time::Duration;
 
 fn settings(cfg: &Config) -> Result<&ClickHouseSettings, String> {
     cfg.clickhouse
         .as_ref()
         .ok_or_else(|| format!("{} has no [clickhouse] section", cfg.path.display()))
-}
-
-fn block_on<F: std::future::Future>(f: F) -> Result<F::Output, String> {
-    Ok(tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?
-        .block_on(f))
 }
 
 /// Who the CLI acts as in the audit trail.

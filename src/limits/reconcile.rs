@@ -88,15 +88,10 @@ pub fn load_at_start(cfg: &Config, limiter: &Limiter) {
     if cfg.clickhouse.is_none() || budgets(cfg).is_empty() {
         return;
     }
-    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    else {
-        return;
-    };
-    match rt.block_on(async {
+    let load = crate::warehouse::block_on(async {
         tokio::time::timeout(Duration::from_secs(10), reconcile(cfg, limiter)).await
-    }) {
+    });
+    match load.unwrap_or_else(|e| Ok(Err(e))) {
         Ok(Ok(n)) => log::info!("budgets: period spend of {n} budgets loaded from ClickHouse"),
         Ok(Err(e)) => {
             log::warn!("budgets: ClickHouse spend not loaded ({e}); retrying in the background")
@@ -109,25 +104,12 @@ pub fn load_at_start(cfg: &Config, limiter: &Limiter) {
 
 /// Reconciles every `reconcile_interval` on a thread of its own, with the live config.
 pub fn spawn(shared: std::sync::Arc<crate::state::Shared>) {
-    let spawned = std::thread::Builder::new()
-        .name("budget-reconcile".into())
-        .spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            loop {
-                let live = shared.live();
-                std::thread::sleep(live.config.limits.reconcile_interval);
-                let live = shared.live();
-                if let Err(e) = rt.block_on(reconcile(&live.config, &shared.limiter)) {
-                    log::warn!("budgets: reconciliation with ClickHouse failed: {e}");
-                }
-            }
-        });
-    if let Err(e) = spawned {
-        log::error!("budget reconcile thread: {e}");
-    }
+    let first = shared.live().config.limits.reconcile_interval;
+    crate::warehouse::every("budget-reconcile", first, move |rt| {
+        let live = shared.live();
+        if let Err(e) = rt.block_on(reconcile(&live.config, &shared.limiter)) {
+            log::warn!("budgets: reconciliation with ClickHouse failed: {e}");
+        }
+        live.config.limits.reconcile_interval
+    });
 }

@@ -7,6 +7,7 @@ use crate::config::Config;
 use crate::usage::{JsonLinesSink, UsageSink};
 use crate::warehouse::sinks::{ClickHouseAudit, ClickHouseFeedback, ClickHouseUsage};
 use std::sync::Arc;
+use std::time::Duration;
 
 type Sinks = (Arc<dyn UsageSink>, Arc<dyn AuditSink>);
 
@@ -61,53 +62,34 @@ pub fn feedback(config: &Config) -> Result<Option<Arc<ClickHouseFeedback>>, Stri
 /// Applies retention a minute after start and then every `retention_interval`, on a thread of
 /// its own (DDL can take seconds; nothing here may touch the request path).
 fn schedule_retention(ch: crate::warehouse::ClickHouseSettings, audit: Arc<dyn AuditSink>) {
-    let spawned = std::thread::Builder::new()
-        .name("retention".into())
-        .spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            let mut wait = std::time::Duration::from_secs(60);
-            loop {
-                std::thread::sleep(wait);
-                wait = ch.retention_interval;
-                let now = crate::time::now_unix();
-                match rt.block_on(crate::warehouse::compliance::apply_retention(&ch, now)) {
-                    Ok(r) => audit.record(crate::audit::AuditEvent {
-                        ts_ms: crate::time::now_unix_ms(),
-                        request_id: String::new(),
-                        actor: "gateway:retention".into(),
-                        org: None,
-                        action: "retention.apply",
-                        resource: format!("database:{}", ch.database),
-                        outcome: "succeeded",
-                        reason: None,
-                        before: None,
-                        after: serde_json::to_value(&r).ok(),
-                        client_ip: None,
-                        user_agent: None,
-                    }),
-                    Err(e) => log::warn!("scheduled retention: {e}"),
-                }
-            }
-        });
-    if let Err(e) = spawned {
-        log::error!("retention thread: {e}");
-    }
+    crate::warehouse::every("retention", Duration::from_secs(60), move |rt| {
+        let now = crate::time::now_unix();
+        match rt.block_on(crate::warehouse::compliance::apply_retention(&ch, now)) {
+            Ok(r) => audit.record(crate::audit::AuditEvent {
+                ts_ms: crate::time::now_unix_ms(),
+                request_id: String::new(),
+                actor: "gateway:retention".into(),
+                org: None,
+                action: "retention.apply",
+                resource: format!("database:{}", ch.database),
+                outcome: "succeeded",
+                reason: None,
+                before: None,
+                after: serde_json::to_value(&r).ok(),
+                client_ip: None,
+                user_agent: None,
+            }),
+            Err(e) => log::warn!("scheduled retention: {e}"),
+        }
+        ch.retention_interval
+    });
 }
 
 /// Applies migrations before serving; a gateway that cannot reach ClickHouse still starts
 /// (rows spool until it answers), but one whose schema is wrong would spool forever, so a
 /// migration that ClickHouse refuses stops the start.
 fn migrate(ch: &crate::warehouse::ClickHouseSettings) -> Result<(), String> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
-    match rt.block_on(crate::warehouse::migrate::run(ch)) {
+    match crate::warehouse::block_on(crate::warehouse::migrate::run(ch))? {
         Ok(r) => {
             log::info!("migrations: applied {:?}", r.applied);
             Ok(())

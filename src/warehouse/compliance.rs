@@ -32,11 +32,7 @@ pub async fn erase_user(
     if rows == 0 {
         return Ok((0, true));
     }
-    let on_cluster = s
-        .cluster
-        .as_ref()
-        .map(|c| format!(" ON CLUSTER {c}"))
-        .unwrap_or_default();
+    let on_cluster = s.on_cluster();
     let mut alter = client
         .query(&format!(
             "ALTER TABLE usage_events{on_cluster} UPDATE \
@@ -135,11 +131,7 @@ async fn drop_before(
         .fetch_all()
         .await
         .map_err(|e| e.to_string())?;
-    let on_cluster = s
-        .cluster
-        .as_ref()
-        .map(|c| format!(" ON CLUSTER {c}"))
-        .unwrap_or_default();
+    let on_cluster = s.on_cluster();
     let mut dropped = Vec::new();
     for p in parts {
         // Partitions are toYYYYMM(ts): a plain number, safe to splice.

@@ -29,12 +29,8 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
 ];
 
 fn render(sql: &str, s: &ClickHouseSettings) -> String {
-    let on_cluster = s
-        .cluster
-        .as_deref()
-        .map_or(String::new(), |c| format!("ON CLUSTER {c}"));
     sql.replace("{database}", &s.database)
-        .replace("{on_cluster}", &on_cluster)
+        .replace("{on_cluster}", &s.on_cluster())
 }
 
 /// Statements of a migration file: split on `;` at line ends, comments dropped.
@@ -79,7 +75,7 @@ pub async fn run(s: &ClickHouseSettings) -> Result<Report, String> {
                 .map_err(|e| format!("{e}\n  in: {}", sql.lines().next().unwrap_or("")))
         }
     };
-    let on_cluster = render("{on_cluster}", s);
+    let on_cluster = s.on_cluster();
     exec(format!(
         "CREATE DATABASE IF NOT EXISTS {} {on_cluster}",
         s.database

@@ -75,6 +75,13 @@ impl ClickHouseSettings {
         c
     }
 
+    /// ` ON CLUSTER <name>` for DDL and mutations, or nothing.
+    pub fn on_cluster(&self) -> String {
+        self.cluster
+            .as_deref()
+            .map_or(String::new(), |c| format!(" ON CLUSTER {c}"))
+    }
+
     /// A client whose default database is ours (sinks, queries).
     pub fn db_client(&self) -> clickhouse::Client {
         self.client().with_database(&self.database)
@@ -92,6 +99,43 @@ impl ClickHouseSettings {
             spool_max_bytes: self.spool_max_bytes,
             node: self.node.clone(),
         }
+    }
+}
+
+/// Runs a warehouse call from synchronous code (CLI, start-up) on a runtime of its own.
+pub fn block_on<F: std::future::Future>(f: F) -> Result<F::Output, String> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?
+        .block_on(f))
+}
+
+/// Runs `job` on a thread of its own with a runtime of its own — background warehouse work
+/// (DDL, reconciliation) never shares the request workers — first after `first`, then after
+/// the wait each run returns.
+pub fn every(
+    name: &str,
+    first: Duration,
+    mut job: impl FnMut(&tokio::runtime::Runtime) -> Duration + Send + 'static,
+) {
+    let spawned = std::thread::Builder::new()
+        .name(name.to_string())
+        .spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            let mut wait = first;
+            loop {
+                std::thread::sleep(wait);
+                wait = job(&rt);
+            }
+        });
+    if let Err(e) = spawned {
+        log::error!("{name} thread: {e}");
     }
 }
 
