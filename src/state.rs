@@ -216,3 +216,21 @@ impl Shared {
         }
     }
 }
+
+/// The shared value under `key`, created by `make` on first use: a read-locked lookup on the
+/// hot path, the shard's write lock only the first time (counters, breakers, budgets).
+pub fn get_or_insert<K, V>(
+    map: &dashmap::DashMap<K, Arc<V>>,
+    key: &K,
+    make: impl FnOnce() -> V,
+) -> Arc<V>
+where
+    K: std::hash::Hash + Eq + Clone,
+{
+    if let Some(v) = map.get(key) {
+        return v.clone();
+    }
+    map.entry(key.clone())
+        .or_insert_with(|| Arc::new(make()))
+        .clone()
+}

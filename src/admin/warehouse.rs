@@ -105,7 +105,7 @@ pub async fn experiment_report(ctx: &Ctx<'_>, id: &str) -> Reply {
         Err(r) => return r,
     };
     let org = (!ctx.principal.allows(ALL_ORGS)).then(|| ctx.principal.org.to_string());
-    let control = crate::cli::warehouse::control_of(&ctx.live.config, id);
+    let control = crate::experiments::control_of(&ctx.live.config, id);
     match crate::experiments::report(&ch.db_client(), id, org.as_deref(), control).await {
         Ok(v) => Reply::ok(v),
         Err(e) => {

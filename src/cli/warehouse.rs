@@ -136,19 +136,9 @@ pub fn retention_apply(cfg: &Config) -> Result<(), String> {
     Ok(())
 }
 
-/// The control of `experiment` as the config declares it (its first variant).
-pub fn control_of<'a>(cfg: &'a Config, experiment: &str) -> Option<&'a str> {
-    cfg.models
-        .values()
-        .filter_map(|m| m.split.as_ref())
-        .find(|s| &*s.experiment == experiment)
-        .and_then(|s| s.variants.first())
-        .map(|v| &*v.name)
-}
-
 pub fn report_experiment(cfg: &Config, id: &str, org: Option<&str>) -> Result<(), String> {
     let ch = settings(cfg)?;
-    let control = control_of(cfg, id);
+    let control = crate::experiments::control_of(cfg, id);
     let v = block_on(crate::experiments::report(
         &ch.db_client(),
         id,

@@ -66,6 +66,16 @@ fn test_json(t: Option<Test>) -> Value {
     }
 }
 
+/// The control of `experiment` as the config declares it (its first variant).
+pub fn control_of<'a>(cfg: &'a crate::config::Config, experiment: &str) -> Option<&'a str> {
+    cfg.models
+        .values()
+        .filter_map(|m| m.split.as_ref())
+        .find(|s| &*s.experiment == experiment)
+        .and_then(|s| s.variants.first())
+        .map(|v| &*v.name)
+}
+
 /// The report of `experiment`; `org` confines it to one org's rows; `control` names the
 /// control variant (default: `control` if present, else the first by name).
 pub async fn report(

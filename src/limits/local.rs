@@ -9,6 +9,7 @@ use super::{
     Actual, BudgetCheck, Crossing, Exceeded, LimitCheck, Refusal, Request, Status, Window,
 };
 use crate::metrics::METRICS;
+use crate::state::get_or_insert;
 use dashmap::DashMap;
 use governor::clock::{Clock, QuantaClock};
 use governor::middleware::StateInformationMiddleware;
@@ -139,31 +140,17 @@ impl Holds {
 
 impl Local {
     fn entity(&self, c: &LimitCheck) -> Arc<Entity> {
-        let id = c.identity();
-        if let Some(e) = self.entities.get(&id) {
-            return e.clone();
-        }
-        self.entities
-            .entry(id)
-            .or_insert_with(|| Arc::new(Entity::new(&c.values)))
-            .clone()
+        get_or_insert(&self.entities, &c.identity(), || Entity::new(&c.values))
     }
 
     pub fn budget(&self, b: &BudgetCheck, now: u64) -> Arc<BudgetState> {
-        let id = b.identity();
-        if let Some(s) = self.budgets.get(&id) {
-            return s.clone();
-        }
-        self.budgets
-            .entry(id)
-            .or_insert_with(|| {
-                METRICS
-                    .budget_limit
-                    .with_label_values(&[&b.label()])
-                    .set(b.budget.nano as f64 / 1e9);
-                Arc::new(BudgetState::new(b.label(), b.budget, now))
-            })
-            .clone()
+        get_or_insert(&self.budgets, &b.identity(), || {
+            METRICS
+                .budget_limit
+                .with_label_values(&[&b.label()])
+                .set(b.budget.nano as f64 / 1e9);
+            BudgetState::new(b.label(), b.budget, now)
+        })
     }
 
     pub fn admit(

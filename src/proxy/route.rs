@@ -65,14 +65,7 @@ pub fn choose<'a>(ctx: &mut Ctx, route: &'a ModelRoute, fields: &RequestFields) 
 }
 
 fn breaker(shared: &Shared, t: &Target) -> Arc<Breaker> {
-    if let Some(b) = shared.breakers.get(&t.breaker_key) {
-        return b.clone();
-    }
-    shared
-        .breakers
-        .entry(t.breaker_key.clone())
-        .or_default()
-        .clone()
+    crate::state::get_or_insert(&shared.breakers, &t.breaker_key, Breaker::default)
 }
 
 /// `retry-after` (seconds) or `retry-after-ms` of a response.

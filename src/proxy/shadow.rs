@@ -47,11 +47,9 @@ pub fn maybe_send(
     }
     let alias = route.alias.clone();
     let now = crate::time::now_unix();
-    let budget = shared
-        .shadow_budgets
-        .entry(alias.clone())
-        .or_insert_with(|| Arc::new(BudgetState::new(format!("shadow:{alias}"), &sh.budget, now)))
-        .clone();
+    let budget = crate::state::get_or_insert(&shared.shadow_budgets, &alias, || {
+        BudgetState::new(format!("shadow:{alias}"), &sh.budget, now)
+    });
     let max_tokens = max_tokens.unwrap_or(SHADOW_MAX_TOKENS);
     let (_, worst) = crate::limits::worst_case(body.len(), max_tokens, sh.target.price);
     if budget.reserve(worst, now).is_err() {
