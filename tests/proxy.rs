@@ -478,34 +478,7 @@ async fn passthrough_streams_other_v1_paths() {
 #[test]
 fn client_disconnect_mid_stream_records_cancelled_usage() {
     let g = Gateway::start();
-    let body = serde_json::to_vec(&chat("gpt-4o-mini", true)).unwrap();
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", g.port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let head = format!(
-        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nx-mock-chunks: 200\r\nx-mock-chunk-interval-ms: 20\r\ncontent-length: {}\r\n\r\n",
-        body.len()
-    );
-    s.write_all(head.as_bytes()).unwrap();
-    s.write_all(&body).unwrap();
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    while String::from_utf8_lossy(&got)
-        .matches("\"content\":\"tok")
-        .count()
-        < 3
-    {
-        let n = s.read(&mut buf).unwrap();
-        assert!(n > 0);
-        got.extend_from_slice(&buf[..n]);
-    }
-    let text = String::from_utf8_lossy(&got).to_string();
-    let rid = text
-        .lines()
-        .find_map(|l| l.strip_prefix("x-request-id: "))
-        .unwrap()
-        .trim()
-        .to_string();
-    drop(s);
+    let rid = abandon_stream(&g, None);
     let rec = g.record(&rid);
     assert_eq!(rec["cancelled"], true, "{rec}");
     assert_eq!(rec["usage_source"], "estimated");

@@ -7,7 +7,6 @@ mod common;
 use common::clickhouse::*;
 use common::*;
 use serde_json::{json, Value};
-use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 fn chat(model: &str, stream: bool) -> Value {
@@ -144,37 +143,6 @@ async fn migrations_apply_once_and_the_rollup_aggregates() {
     query(&url, &format!("DROP DATABASE {db}")).await;
 }
 
-/// Opens a stream on a raw connection, reads three content chunks and hangs up; returns the
-/// request id.
-fn cancel_stream(g: &Gateway, key: &str) -> String {
-    let body = serde_json::to_vec(&chat("gpt-4o-mini", true)).unwrap();
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", g.port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let head = format!(
-        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {key}\r\nx-mock-chunks: 200\r\nx-mock-chunk-interval-ms: 20\r\ncontent-length: {}\r\n\r\n",
-        body.len()
-    );
-    s.write_all(head.as_bytes()).unwrap();
-    s.write_all(&body).unwrap();
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    while String::from_utf8_lossy(&got)
-        .matches("\"content\":\"tok")
-        .count()
-        < 3
-    {
-        let n = s.read(&mut buf).unwrap();
-        assert!(n > 0);
-        got.extend_from_slice(&buf[..n]);
-    }
-    String::from_utf8_lossy(&got)
-        .lines()
-        .find_map(|l| l.strip_prefix("x-request-id: "))
-        .unwrap()
-        .trim()
-        .to_string()
-}
-
 #[tokio::test]
 async fn every_request_is_one_row_with_exact_tokens_cost_and_attribution() {
     let Some(url) = shared_url() else { return };
@@ -223,7 +191,7 @@ async fn every_request_is_one_row_with_exact_tokens_cost_and_attribution() {
         expect.push((rid, Some(usage), "chat"));
     }
     for _ in 0..2 {
-        expect.push((cancel_stream(&g, &key), None, "cancelled"));
+        expect.push((abandon_stream(&g, Some(&key)), None, "cancelled"));
     }
     let r = c
         .post(g.url("/v1/chat/completions"))

@@ -461,3 +461,38 @@ impl PrivateRedis {
         self.proc = None;
     }
 }
+
+/// Opens a slow chat stream on a raw connection (with `key`, if any), reads three content
+/// chunks and hangs up: a client leaving mid-stream. Returns the request id.
+pub fn abandon_stream(g: &Gateway, key: Option<&str>) -> String {
+    use std::io::Read;
+    let body = serde_json::to_vec(&serde_json::json!({"model": "gpt-4o-mini", "stream": true,
+        "messages": [{"role": "user", "content": "hello there"}]}))
+    .unwrap();
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", g.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let auth = key.map_or(String::new(), |k| format!("authorization: Bearer {k}\r\n"));
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n{auth}x-mock-chunks: 200\r\nx-mock-chunk-interval-ms: 20\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(&body).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while String::from_utf8_lossy(&got)
+        .matches("\"content\":\"tok")
+        .count()
+        < 3
+    {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0);
+        got.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&got)
+        .lines()
+        .find_map(|l| l.strip_prefix("x-request-id: "))
+        .unwrap()
+        .trim()
+        .to_string()
+}
