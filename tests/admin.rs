@@ -79,16 +79,7 @@ async fn admin_api_rbac_isolation_lifecycle_and_audit() {
     let (root, _) = g.create_key(&["--org", "a", "--role", "super-admin"]);
     let (invoker, _) = g.create_key(&["--org", "a", "--role", "invoker"]);
     // The store file was written by another process: wait until the gateway has the last key.
-    for _ in 0..200 {
-        if admin(&g, Some(&invoker), "GET", "/admin/v1/whoami", None)
-            .await
-            .0
-            == 200
-        {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
+    g.wait_key(&invoker).await;
 
     // Authentication and per-route permissions.
     assert_eq!(
@@ -351,16 +342,7 @@ async fn admin_api_rbac_isolation_lifecycle_and_audit() {
 async fn keys_created_through_the_api_survive_a_crash() {
     let (mut g, _dir) = start();
     let (root, _) = g.create_key(&["--org", "a", "--role", "super-admin"]);
-    for _ in 0..200 {
-        if admin(&g, Some(&root), "GET", "/admin/v1/whoami", None)
-            .await
-            .0
-            == 200
-        {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
+    g.wait_key(&root).await;
     let (_, kept) = admin(
         &g,
         Some(&root),

@@ -103,19 +103,7 @@ price = {{ input_per_1m = 0.30, output_per_1m = 1.20 }}
     let (key, _) = g.create_key(&["--org", "default", "--role", "super-admin"]);
     let (viewer_b, _) = g.create_key(&["--org", "default", "--role", "invoker"]);
     let c = client();
-    // The gateway picks keys up by polling its store.
-    for _ in 0..200 {
-        let r = c
-            .get(g.ops_url("/admin/v1/whoami"))
-            .bearer_auth(&viewer_b)
-            .send()
-            .await
-            .unwrap();
-        if r.status() == 200 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    g.wait_key(&viewer_b).await;
     let mut sent = 0;
     for i in 0..320u32 {
         let stream = i % 2 == 0;

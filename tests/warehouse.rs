@@ -160,8 +160,7 @@ async fn every_request_is_one_row_with_exact_tokens_cost_and_attribution() {
         "--role",
         "developer",
     ]);
-    // The gateway picks new keys up by polling its store.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    g.wait_key(&key).await;
 
     // (request id, expected (prompt, completion, cached) or None when cancelled / refused)
     let mut expect: Vec<(String, Option<Tokens>, &str)> = Vec::new();

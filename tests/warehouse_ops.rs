@@ -8,7 +8,6 @@ mod common;
 use common::clickhouse::*;
 use common::*;
 use serde_json::{json, Value};
-use std::time::Duration;
 
 fn extra(dir: &std::path::Path) -> String {
     let policies = policies_dir(dir, "");
@@ -41,17 +40,6 @@ async fn admin(g: &Gateway, key: &str, method: &str, path: &str) -> (u16, Value)
     let r = req.bearer_auth(key).send().await.unwrap();
     let status = r.status().as_u16();
     (status, r.json().await.unwrap_or(Value::Null))
-}
-
-/// Waits until the gateway accepts `key` (it polls the key store the CLI wrote).
-async fn wait_key(g: &Gateway, key: &str) {
-    for _ in 0..400 {
-        if admin(g, key, "GET", "/admin/v1/whoami").await.0 == 200 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("key never accepted");
 }
 
 /// Sends a priced chat as `key`; returns the cost an independent computation gives.
@@ -87,7 +75,7 @@ async fn the_audit_trail_verifies_and_a_tampered_row_is_found() {
     let mut g = Gateway::start_edited(&[], &extra(dir.path()), |t| sink_config(t, &url, &db, ""));
     // A CLI key creation (its own chain), auth failures and admin denials (the gateway's chain).
     let (invoker, _) = g.create_key(&["--org", "a", "--role", "invoker"]);
-    wait_key(&g, &invoker).await;
+    g.wait_key(&invoker).await;
     for _ in 0..4 {
         let r = client()
             .post(g.url("/v1/chat/completions"))
@@ -171,7 +159,7 @@ async fn erasure_retention_and_spend() {
     let (bob, _) = g.create_key(&["--org", "b", "--role", "invoker"]);
     let (b_admin, _) = g.create_key(&["--org", "b", "--role", "org-admin"]);
     let (root, _) = g.create_key(&["--org", "a", "--role", "super-admin"]);
-    wait_key(&g, &root).await;
+    g.wait_key(&root).await;
 
     let mut cost_a = 0;
     let mut cost_research = 0;

@@ -331,6 +331,28 @@ impl Gateway {
         )
     }
 
+    /// Waits until the gateway accepts `key`: keys created by the CLI reach it when it next polls
+    /// its key store.
+    pub async fn wait_key(&self, key: &str) {
+        let start = Instant::now();
+        loop {
+            let r = client()
+                .get(self.ops_url("/admin/v1/whoami"))
+                .bearer_auth(key)
+                .send()
+                .await
+                .unwrap();
+            if r.status() == 200 {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "gateway never saw the new key"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
     /// The ops plane's Prometheus text.
     pub async fn metrics(&self) -> String {
         client()
