@@ -178,9 +178,11 @@ impl Shared {
                 if cfg.server.listen != s.listen
                     || cfg.server.ops_listen != s.ops_listen
                     || cfg.server.threads != s.threads
+                    || cfg.server.work_stealing != s.work_stealing
+                    || cfg.server.busy_poll != s.busy_poll
                     || cfg.server.tls.is_some() != s.tls.is_some()
                 {
-                    log::warn!("reload: listener and thread settings take effect only on restart");
+                    log::warn!("reload: listener, thread and busy-poll settings take effect only on restart");
                 }
                 let (l, ol) = (&cfg.limits, &old.config.limits);
                 if l.backend != ol.backend || l.redis_url != ol.redis_url {

@@ -706,3 +706,83 @@ async fn cost_is_exact_and_unpriced_models_are_unknown_not_zero() {
     );
     assert!(m.contains(r#"model_bridge_cost_usd_total{model="gpt-4o-mini"}"#));
 }
+
+#[tokio::test]
+async fn head_passthrough_ends_without_a_body_and_the_next_request_works() {
+    let g = Gateway::start();
+    let c = client();
+    let mut heads = Vec::new();
+    for _ in 0..3 {
+        let r = c.head(g.url("/v1/files")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        heads.push(header(&r, "x-request-id").to_string());
+        assert!(r.bytes().await.unwrap().is_empty());
+        let r = c.get(g.url("/v1/files")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["method"], "GET");
+    }
+    for id in &heads {
+        let rec = g.record(id);
+        assert_eq!(
+            (&rec["method"], &rec["status"], &rec["cancelled"]),
+            (&json!("HEAD"), &json!(200), &json!(false)),
+            "{rec}"
+        );
+    }
+}
+
+/// CPU seconds (user + system) the process has used so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    // utime and stime are fields 14 and 15 of stat(5); `fields` starts at field 3.
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    ticks / 100.0
+}
+
+#[tokio::test]
+async fn latency_mode_serves_everything_and_sleeps_once_traffic_stops() {
+    let g = Gateway::start_edited(&[], "", |t| {
+        t.replacen(
+            "threads = 2",
+            "threads = 2\nwork_stealing = false\nbusy_poll_us = 2000",
+            1,
+        )
+    });
+    let c = client();
+    let mut ids = Vec::new();
+    for i in 0..40 {
+        let r = c
+            .post(g.url("/v1/chat/completions"))
+            .json(&chat("gpt-4o-mini", i % 2 == 0))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        ids.push(header(&r, "x-request-id").to_string());
+        assert!(!r.bytes().await.unwrap().is_empty());
+    }
+    let parallel = futures_util::future::join_all((0..16).map(|_| {
+        c.post(g.url("/v1/chat/completions"))
+            .json(&chat("gpt-4o-mini", false))
+            .send()
+    }))
+    .await;
+    assert!(parallel.iter().all(|r| r.as_ref().unwrap().status() == 200));
+    for id in &ids {
+        assert_eq!(g.record(id)["status"], 200);
+    }
+    // Spinning stops with the traffic: over a quiet second the process stays nearly idle
+    // (a worker that kept polling would burn the whole second).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = cpu_seconds(g.proc.0.id());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let used = cpu_seconds(g.proc.0.id()) - before;
+    assert!(used < 0.3, "idle gateway used {used:.2} s of CPU in 1 s");
+}

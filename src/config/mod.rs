@@ -72,6 +72,8 @@ pub struct ServerSettings {
     pub ops_listen: SocketAddr,
     pub threads: usize,
     pub work_stealing: bool,
+    /// Busy-poll window of the data-plane workers (zero: off).
+    pub busy_poll: Duration,
     pub max_body_bytes: usize,
     pub h2c: bool,
     pub keepalive_timeout_s: u64,
@@ -230,6 +232,9 @@ impl Config {
     }
 }
 
+/// Longest busy-poll window accepted (`server.busy_poll_us`).
+const MAX_BUSY_POLL_US: u64 = 10_000;
+
 fn validate(raw: RawConfig, path: &Path, err: &mut dyn FnMut(&str, String)) -> Config {
     let addr = |v: &str, key: &str, err: &mut dyn FnMut(&str, String)| {
         v.parse::<SocketAddr>().unwrap_or_else(|e| {
@@ -245,6 +250,18 @@ fn validate(raw: RawConfig, path: &Path, err: &mut dyn FnMut(&str, String)) -> C
     }
     if s.threads == 0 {
         err("server.threads", "must be at least 1".into());
+    }
+    if s.busy_poll_us > MAX_BUSY_POLL_US {
+        err(
+            "server.busy_poll_us",
+            format!("must be at most {MAX_BUSY_POLL_US} (a longer spin only burns CPU)"),
+        );
+    }
+    if s.busy_poll_us > 0 && s.work_stealing {
+        err(
+            "server.busy_poll_us",
+            "needs `work_stealing = false` (each worker polls its own sockets)".into(),
+        );
     }
     if s.max_body_bytes == 0 {
         err("server.max_body_bytes", "must be greater than 0".into());
@@ -434,6 +451,7 @@ fn validate(raw: RawConfig, path: &Path, err: &mut dyn FnMut(&str, String)) -> C
             ops_listen,
             threads: s.threads,
             work_stealing: s.work_stealing,
+            busy_poll: Duration::from_micros(s.busy_poll_us),
             max_body_bytes: s.max_body_bytes,
             h2c: s.h2c,
             keepalive_timeout_s: s.keepalive_timeout_s,
@@ -1185,5 +1203,21 @@ provider = "mock"
         let paths: Vec<_> = errs.0.iter().map(|e| e.path.as_str()).collect();
         assert!(paths.contains(&"server.listen"), "{paths:?}");
         assert!(paths.contains(&"providers.mock.base_url"), "{paths:?}");
+    }
+
+    #[test]
+    fn busy_poll_needs_per_thread_runtimes_and_a_bound() {
+        let with = |extra: &str| GOOD.replacen("[server]\n", &format!("[server]\n{extra}\n"), 1);
+        let c = parse(&with("work_stealing = false\nbusy_poll_us = 150")).unwrap();
+        assert_eq!(c.server.busy_poll, Duration::from_micros(150));
+        assert!(
+            parse(GOOD).unwrap().server.busy_poll.is_zero(),
+            "off by default"
+        );
+        let e = parse(&with("busy_poll_us = 150")).unwrap_err();
+        assert_eq!(e.0[0].path, "server.busy_poll_us");
+        assert!(e.0[0].reason.contains("work_stealing = false"), "{e}");
+        let e = parse(&with("work_stealing = false\nbusy_poll_us = 10001")).unwrap_err();
+        assert!(e.0[0].reason.contains("at most 10000"), "{e}");
     }
 }

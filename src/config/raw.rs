@@ -354,6 +354,12 @@ pub struct RawServer {
     /// single-threaded runtime (less cross-thread traffic, no rebalancing of long streams).
     #[serde(default = "default_true")]
     pub work_stealing: bool,
+    /// Latency mode: after each request arrives or finishes, a worker keeps polling its sockets
+    /// for this many microseconds instead of sleeping, so the provider's answer and the client's
+    /// next request are picked up without a cross-core wake-up. Costs CPU in idle gaps shorter
+    /// than the window; 0 (default) turns it off. Needs `work_stealing = false`; at most 10000.
+    #[serde(default)]
+    pub busy_poll_us: u64,
     /// Largest request body accepted, in bytes (413 above).
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: usize,
@@ -378,6 +384,7 @@ impl Default for RawServer {
             ops_listen: default_ops_listen(),
             threads: default_threads(),
             work_stealing: true,
+            busy_poll_us: 0,
             max_body_bytes: default_max_body_bytes(),
             h2c: true,
             keepalive_timeout_s: default_keepalive_s(),

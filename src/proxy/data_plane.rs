@@ -36,18 +36,20 @@ pub struct DataPlane {
     jwks: super::jwks::Fetcher,
     options: HttpServerOptions,
     keepalive_s: u64,
+    busy_poll: Duration,
 }
 
 impl DataPlane {
-    pub fn new(shared: Arc<Shared>, h2c: bool, keepalive_s: u64) -> Self {
+    pub fn new(shared: Arc<Shared>, server: &crate::config::ServerSettings) -> Self {
         let mut options = HttpServerOptions::default();
-        options.h2c = h2c;
+        options.h2c = server.h2c;
         Self {
             shared,
             upstream: Arc::new(Upstream::new(1024)),
             jwks: super::jwks::Fetcher::new(),
             options,
-            keepalive_s,
+            keepalive_s: server.keepalive_timeout_s,
+            busy_poll: server.busy_poll,
         }
     }
 }
@@ -87,12 +89,14 @@ impl HttpServerApp for DataPlane {
                 return None;
             }
         }
+        super::busy_poll::touch(self.busy_poll);
         let _inflight = Inflight::enter(&self.shared);
         let closing = *shutdown.borrow() || self.shared.is_draining();
         s.set_keepalive((!closing).then_some(self.keepalive_s));
         s.set_read_timeout(Some(CLIENT_READ_TIMEOUT));
         s.set_abort_on_close(true);
         let outcome = self.handle(&mut s).await;
+        super::busy_poll::touch(self.busy_poll);
         if outcome == Outcome::Abort {
             s.shutdown().await;
             return None;

@@ -3,6 +3,7 @@
 
 mod admission;
 pub mod body;
+mod busy_poll;
 mod context;
 mod data_plane;
 mod feedback;
@@ -58,11 +59,7 @@ pub fn serve(config: Config, config_path: &Path) -> Result<(), String> {
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
 
-    let data = data_plane::DataPlane::new(
-        shared.clone(),
-        server_cfg.h2c,
-        server_cfg.keepalive_timeout_s,
-    );
+    let data = data_plane::DataPlane::new(shared.clone(), &server_cfg);
     let mut data_svc = Service::new("data plane".to_string(), data);
     let listen = server_cfg.listen.to_string();
     match &server_cfg.tls {
