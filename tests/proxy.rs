@@ -786,3 +786,36 @@ async fn latency_mode_serves_everything_and_sleeps_once_traffic_stops() {
     let used = cpu_seconds(g.proc.0.id()) - before;
     assert!(used < 0.3, "idle gateway used {used:.2} s of CPU in 1 s");
 }
+
+/// Pooled provider connections that died while idle (the provider restarted) are never used
+/// for a request: the next requests go out on fresh connections and succeed, every one, with
+/// no retry spent on a dead connection.
+#[tokio::test]
+async fn provider_restart_leaves_no_dead_pooled_connection_in_the_way() {
+    let mut g = Gateway::start();
+    let c = client();
+    let url = g.url("/v1/chat/completions");
+    let burst = |c: &reqwest::Client| {
+        futures_util::future::join_all(
+            (0..8).map(|_| c.post(&url).json(&chat("gpt-4o-mini", false)).send()),
+        )
+    };
+    // Several connections in the pool.
+    for r in burst(&c).await {
+        assert_eq!(r.unwrap().status(), 200);
+    }
+    let port = g.mock.port;
+    let _ = g.mock.proc.0.kill();
+    let _ = g.mock.proc.0.wait();
+    g.mock = Mock::start_on(port, &[]);
+    for round in 0..3 {
+        for r in burst(&c).await {
+            let r = r.unwrap();
+            assert_eq!(r.status(), 200, "round {round}: {:?}", r.text().await);
+        }
+    }
+    let retries = g
+        .metric("model_bridge_retries_total{provider=\"mock\"}")
+        .await;
+    assert_eq!(retries, 0.0, "a dead pooled connection was tried");
+}

@@ -30,6 +30,8 @@ pub struct Metrics {
     /// {reason}: refusals the gateway itself produced.
     pub gateway_errors: IntCounterVec,
     pub inflight: IntGauge,
+    /// Idle pooled upstream connections, as of the last pool sweep.
+    pub upstream_idle_connections: IntGauge,
     pub usage_sink_queue_depth: IntGauge,
     /// {outcome}
     pub usage_rows: IntCounterVec,
@@ -215,6 +217,11 @@ impl Metrics {
                 &["reason"],
             ),
             inflight: gauge(&r, "inflight_requests", "Requests in progress."),
+            upstream_idle_connections: gauge(
+                &r,
+                "upstream_idle_connections",
+                "Idle keep-alive connections to providers (sampled every 5 s).",
+            ),
             usage_sink_queue_depth: gauge(
                 &r,
                 "usage_sink_queue_depth",

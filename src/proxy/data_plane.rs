@@ -54,6 +54,12 @@ impl DataPlane {
     }
 }
 
+impl DataPlane {
+    pub fn upstream_sweeper(&self) -> super::pool::Sweeper {
+        self.upstream.sweeper()
+    }
+}
+
 /// Counts a request in flight for metrics and for draining on shutdown.
 struct Inflight<'a>(&'a Shared);
 

@@ -12,6 +12,7 @@ mod identity;
 mod jwks;
 mod lifecycle;
 mod ops;
+mod pool;
 mod relay;
 mod route;
 mod shadow;
@@ -60,6 +61,7 @@ pub fn serve(config: Config, config_path: &Path) -> Result<(), String> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
 
     let data = data_plane::DataPlane::new(shared.clone(), &server_cfg);
+    let sweeper = background_service("upstream pool sweep", data.upstream_sweeper());
     let mut data_svc = Service::new("data plane".to_string(), data);
     let listen = server_cfg.listen.to_string();
     match &server_cfg.tls {
@@ -88,6 +90,7 @@ pub fn serve(config: Config, config_path: &Path) -> Result<(), String> {
     server.add_service(data_svc);
     server.add_service(ops_svc);
     server.add_service(reloader);
+    server.add_service(sweeper);
     log::info!(
         "model-bridge serving data plane on {} ({}), ops plane on {}",
         server_cfg.listen,

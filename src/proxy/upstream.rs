@@ -1,12 +1,13 @@
-//! The upstream client: pooled HTTP/1.1 connections to providers through pingora's transport
-//! connector (TCP + rustls, keep-alive pool), with per-provider timeouts and one transparent
-//! retry when a pooled connection turns out to be dead before any response byte.
+//! The upstream client: HTTP/1.1 connections to providers made by pingora's transport connector
+//! (TCP + rustls) and kept alive in our pool (`pool`), with per-provider timeouts and one
+//! transparent retry when a pooled connection turns out to be dead before any response byte.
 //!
 //! A request whose body is in hand goes out in one write: header and body serialized into one
 //! buffer (pingora's client session flushes the header on its own, which costs a second
 //! segment, or a TCP_CORK round trip to avoid it). Each segment that reaches a sleeping
 //! provider costs a wake-up; one write is one wake-up and a few syscalls fewer on the hot path.
 
+use super::pool::{Pool, Sweeper};
 use crate::error::GatewayError;
 use crate::metrics::METRICS;
 use crate::routing::Provider;
@@ -17,6 +18,7 @@ use pingora_core::protocols::Stream;
 use pingora_core::upstreams::peer::{HttpPeer, Peer};
 use pingora_error::ErrorType;
 use pingora_http::{RequestHeader, ResponseHeader};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 
@@ -29,6 +31,7 @@ const POOL_IDLE: Duration = Duration::from_secs(60);
 
 pub struct Upstream {
     transport: TransportConnector,
+    pool: Arc<Pool>,
 }
 
 /// A response being read from a provider.
@@ -79,10 +82,18 @@ fn count_error(provider: &Provider, e: &GatewayError) {
 }
 
 impl Upstream {
+    /// `pool_size`: idle connections kept per provider address.
     pub fn new(pool_size: usize) -> Self {
         Self {
-            transport: TransportConnector::new(Some(ConnectorOptions::new(pool_size))),
+            // Connections are pooled here, not in the connector.
+            transport: TransportConnector::new(Some(ConnectorOptions::new(0))),
+            pool: Arc::new(Pool::new(pool_size, POOL_IDLE)),
         }
+    }
+
+    /// The background service that closes idle connections gone stale.
+    pub fn sweeper(&self) -> Sweeper {
+        Sweeper(self.pool.clone())
     }
 
     async fn peer(provider: &Provider) -> Result<HttpPeer, GatewayError> {
@@ -120,7 +131,7 @@ impl Upstream {
             let (stream, reused) = if fresh_only {
                 (self.transport.new_stream(&peer).await, false)
             } else {
-                match self.transport.reused_stream(&peer).await {
+                match self.pool.take(peer.reuse_hash()) {
                     Some(s) => (Ok(s), true),
                     None => (self.transport.new_stream(&peer).await, false),
                 }
@@ -300,9 +311,7 @@ impl Response {
         }
         self.session.respect_keepalive();
         if let Some(stream) = self.session.reuse().await {
-            upstream
-                .transport
-                .release_stream(stream, self.reuse_hash, Some(POOL_IDLE));
+            upstream.pool.put(self.reuse_hash, stream);
         }
     }
 }
