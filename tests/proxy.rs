@@ -9,10 +9,6 @@ use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::time::Duration;
 
-fn chat(model: &str, stream: bool) -> Value {
-    json!({"model": model, "stream": stream, "messages": [{"role": "user", "content": "hello there"}]})
-}
-
 async fn error_of(r: reqwest::Response) -> (u16, Value) {
     let status = r.status().as_u16();
     let v: Value = r.json().await.expect("json error body");
@@ -756,18 +752,7 @@ async fn latency_mode_serves_everything_and_sleeps_once_traffic_stops() {
         )
     });
     let c = client();
-    let mut ids = Vec::new();
-    for i in 0..40 {
-        let r = c
-            .post(g.url("/v1/chat/completions"))
-            .json(&chat("gpt-4o-mini", i % 2 == 0))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
-        ids.push(header(&r, "x-request-id").to_string());
-        assert!(!r.bytes().await.unwrap().is_empty());
-    }
+    let ids = g.chats(&c, 40).await;
     let parallel = futures_util::future::join_all((0..16).map(|_| {
         c.post(g.url("/v1/chat/completions"))
             .json(&chat("gpt-4o-mini", false))

@@ -9,10 +9,6 @@ use common::*;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
-fn chat(model: &str, stream: bool) -> Value {
-    json!({"model": model, "stream": stream, "messages": [{"role": "user", "content": "hello there"}]})
-}
-
 /// (prompt, completion, cached) as the mock reported them.
 type Tokens = (u64, u64, u64);
 
@@ -447,18 +443,7 @@ async fn a_gateway_restarted_with_a_full_spool_replays_it() {
     let mut g = Gateway::start_edited(&[], "", |t| sink_config(t, &proxy.url(), &db, ""));
     proxy.set(Mode::Refuse);
     let c = client();
-    let mut ids = Vec::new();
-    for i in 0..20 {
-        let r = c
-            .post(g.url("/v1/chat/completions"))
-            .json(&chat("gpt-4o-mini", i % 2 == 0))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
-        ids.push(header(&r, "x-request-id").to_string());
-        let _ = r.bytes().await;
-    }
+    let ids = g.chats(&c, 20).await;
     // SIGTERM: the queue is flushed to the spool because ClickHouse does not answer.
     g.stop();
     let spool = g.dir.path().join("spool/usage");

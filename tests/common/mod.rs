@@ -370,6 +370,31 @@ impl Gateway {
     }
 }
 
+/// A small chat completion request for `model`.
+pub fn chat(model: &str, stream: bool) -> serde_json::Value {
+    serde_json::json!({"model": model, "stream": stream, "messages": [{"role": "user", "content": "hello there"}]})
+}
+
+impl Gateway {
+    /// Sends `n` chat completions one after another, streamed and not in turn; each must answer
+    /// 200 and is read to its end. Returns their request ids.
+    pub async fn chats(&self, c: &reqwest::Client, n: usize) -> Vec<String> {
+        let mut ids = Vec::with_capacity(n);
+        for i in 0..n {
+            let r = c
+                .post(self.url("/v1/chat/completions"))
+                .json(&chat("gpt-4o-mini", i % 2 == 0))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            ids.push(header(&r, "x-request-id").to_string());
+            assert!(!r.bytes().await.unwrap().is_empty());
+        }
+        ids
+    }
+}
+
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .no_proxy()
