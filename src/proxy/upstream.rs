@@ -125,13 +125,14 @@ impl Upstream {
         let deadline = started + provider.timeouts.total;
         let request = Wire::new(&header, body, provider)?;
         let head = header.method == http::Method::HEAD;
+        let key = peer.reuse_hash();
         let mut retries = 0;
         let mut fresh_only = false;
         loop {
             let (stream, reused) = if fresh_only {
                 (self.transport.new_stream(&peer).await, false)
             } else {
-                match self.pool.take(peer.reuse_hash()) {
+                match self.pool.take(key) {
                     Some(s) => (Ok(s), true),
                     None => (self.transport.new_stream(&peer).await, false),
                 }
@@ -145,7 +146,7 @@ impl Upstream {
             match exchange(stream, &peer, provider, &request, deadline).await {
                 Ok(session) => {
                     return Ok(Response::new(
-                        session, &peer, provider, deadline, sent_at, retries, head,
+                        session, key, provider, deadline, sent_at, retries, head,
                     ))
                 }
                 Err(e) if reused && !matches!(e, GatewayError::UpstreamTimeout { .. }) => {
@@ -200,15 +201,24 @@ async fn exchange(
     request: &Wire,
     deadline: Instant,
 ) -> Result<HttpSession, GatewayError> {
-    let io = |e: std::io::Error| GatewayError::UpstreamUnreachable {
-        provider: provider.name.to_string(),
-        detail: format!("writing the request: {}", e.kind()),
+    let write = async {
+        stream.write_all(&request.head).await?;
+        if let Some(body) = &request.body {
+            stream.write_all(body).await?;
+        }
+        stream.flush().await
     };
-    stream.write_all(&request.head).await.map_err(io)?;
-    if let Some(body) = &request.body {
-        stream.write_all(body).await.map_err(io)?;
-    }
-    stream.flush().await.map_err(io)?;
+    // A provider that stops reading cannot hold the request past its total timeout.
+    pingora_timeout::timeout(deadline.saturating_duration_since(Instant::now()), write)
+        .await
+        .map_err(|_| GatewayError::UpstreamTimeout {
+            provider: provider.name.to_string(),
+            which: "total",
+        })?
+        .map_err(|e| GatewayError::UpstreamUnreachable {
+            provider: provider.name.to_string(),
+            detail: format!("writing the request: {}", e.kind()),
+        })?;
     let mut session = HttpSession::new_with_options(stream, peer);
     read_head(&mut session, provider, deadline).await?;
     Ok(session)
@@ -235,9 +245,7 @@ async fn read_head(
         // Informational answers (100 Continue) are not the response.
         match session.resp_header() {
             Some(h) if h.status.is_informational() => continue,
-            Some(_) => {
-                return Ok(());
-            }
+            Some(_) => return Ok(()),
             None => {
                 return Err(GatewayError::UpstreamProtocol {
                     provider: provider.name.to_string(),
@@ -251,7 +259,7 @@ async fn read_head(
 impl Response {
     fn new(
         session: HttpSession,
-        peer: &HttpPeer,
+        reuse_hash: u64,
         provider: &Provider,
         deadline: Instant,
         sent_at: Instant,
@@ -265,7 +273,7 @@ impl Response {
             .observe(header_latency.as_secs_f64());
         Self {
             session,
-            reuse_hash: peer.reuse_hash(),
+            reuse_hash,
             head,
             provider: provider.name.clone(),
             idle: provider.timeouts.idle,
@@ -363,7 +371,15 @@ impl Upstream {
             .await
             .inspect_err(|g| count_error(provider, g))?;
         Ok((
-            Response::new(session, &peer, provider, deadline, sent_at, 0, false),
+            Response::new(
+                session,
+                peer.reuse_hash(),
+                provider,
+                deadline,
+                sent_at,
+                0,
+                false,
+            ),
             sent,
         ))
     }
