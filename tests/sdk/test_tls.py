@@ -9,7 +9,7 @@ import httpx
 import pytest
 from openai import OpenAI
 
-from conftest import BIN, PROVIDER_KEY, Stack, free_port, wait_http
+from conftest import BIN, CONFIG, PROVIDER_KEY, Stack, free_port, wait_http
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,8 @@ def tls_stack(tmp_path_factory):
     gw = subprocess.Popen([str(BIN / "model-bridge"), "serve", "--config", str(d / "gateway.toml")],
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     wait_http(f"http://127.0.0.1:{ops}/readyz")
-    yield SimpleNamespace(base_url=f"https://127.0.0.1:{port}/v1", cert=str(d / "cert.pem"))
+    yield SimpleNamespace(base_url=f"https://127.0.0.1:{port}/v1", cert=str(d / "cert.pem"),
+                          port=port, dir=d)
     gw.terminate()
     gw.wait(timeout=15)
     base.stop()
@@ -50,3 +51,45 @@ def test_sdk_over_tls(tls_stack, http2):
     chunks = list(c.chat.completions.create(
         model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], stream=True))
     assert "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices).startswith("tok0")
+
+
+def connections_to(port):
+    """Sockets in any state (established, time-wait, ...) whose remote end is 127.0.0.1:port."""
+    n = 0
+    for line in open("/proc/net/tcp").read().splitlines()[1:]:
+        remote = line.split()[2]
+        if int(remote.split(":")[1], 16) == port:
+            n += 1
+    return n
+
+
+def test_provider_over_tls_keeps_its_connections(tls_stack):
+    """The TLS gateway as the provider of a plain one: requests go out over rustls on pooled
+    connections (a late TLS 1.3 session ticket must not make a pooled connection look dead)."""
+    d = tls_stack.dir
+    port, ops = free_port(), free_port()
+    cfg = CONFIG.format(port=port, ops=ops, mock=0, usage=d / "usage-front.jsonl", extra="")
+    cfg = cfg.replace('base_url = "http://127.0.0.1:0/v1"',
+                      f'base_url = "https://127.0.0.1:{tls_stack.port}/v1"\nverify_tls = false')
+    cfg = cfg.replace('model = "mock-1"', 'model = "gpt-4o-mini"')
+    (d / "front.toml").write_text(cfg)
+    env = dict(os.environ, SDK_PROVIDER_KEY=PROVIDER_KEY)
+    gw = subprocess.Popen([str(BIN / "model-bridge"), "serve", "--config", str(d / "front.toml")],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    try:
+        wait_http(f"http://127.0.0.1:{ops}/readyz")
+        c = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="k", max_retries=0)
+        for i in range(30):
+            if i % 2:
+                chunks = list(c.chat.completions.create(
+                    model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], stream=True))
+                assert "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+            else:
+                r = c.chat.completions.create(
+                    model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+                assert r.usage.completion_tokens == 8
+        opened = connections_to(tls_stack.port)
+        assert 1 <= opened <= 3, f"{opened} connections for 30 sequential requests"
+    finally:
+        gw.terminate()
+        gw.wait(timeout=15)
