@@ -80,7 +80,8 @@ mod tests {
     use super::*;
 
     /// The spinner runs while the window is open, parks once it closes, and wakes on the next
-    /// touch — all without holding the runtime: a timer on the same thread still fires.
+    /// touch — all without holding the runtime: timers on the same thread still fire. (Windows
+    /// are either far longer or far shorter than the sleeps, so a slow machine cannot flip them.)
     #[test]
     fn spins_only_inside_the_window() {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -88,17 +89,19 @@ mod tests {
             .build()
             .unwrap();
         rt.block_on(async {
-            touch(Duration::from_millis(20));
+            touch(Duration::from_secs(5));
             assert!(WINDOW.with(|w| w.spinner.get()));
             // Other tasks and timers progress while it spins.
             tokio::time::sleep(Duration::from_millis(5)).await;
-            assert!(WINDOW.with(|w| w.parked.borrow().is_none()));
+            assert!(WINDOW.with(|w| w.parked.borrow().is_none()), "spinning");
+            // A window that is already over: the spinner parks.
+            touch(Duration::from_nanos(1));
             tokio::time::sleep(Duration::from_millis(30)).await;
             assert!(
                 WINDOW.with(|w| w.parked.borrow().is_some()),
                 "parked after the window"
             );
-            touch(Duration::from_millis(20));
+            touch(Duration::from_secs(5));
             assert!(
                 WINDOW.with(|w| w.parked.borrow().is_none()),
                 "woken by touch"
