@@ -52,9 +52,8 @@ impl DataPlane {
             busy_poll: server.busy_poll,
         }
     }
-}
 
-impl DataPlane {
+    /// The service that closes the upstream pool's stale idle connections.
     pub fn upstream_sweeper(&self) -> super::pool::Sweeper {
         self.upstream.sweeper()
     }
