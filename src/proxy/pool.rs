@@ -51,7 +51,7 @@ impl Pool {
         loop {
             // The map guard is dropped before the liveness check.
             let mut idle = self.idle.get_mut(&key)?.pop()?;
-            if idle.since.elapsed() < self.max_idle && open(&mut idle.stream) {
+            if self.usable(&mut idle) {
                 return Some(idle.stream);
             }
         }
@@ -71,14 +71,21 @@ impl Pool {
 
     /// Closes expired connections and those the provider closed; returns how many stay.
     fn sweep(&self) -> usize {
+        let mut kept = 0;
         for mut list in self.idle.iter_mut() {
-            let max_idle = self.max_idle;
-            list.retain_mut(|i| i.since.elapsed() < max_idle && open(&mut i.stream));
+            list.retain_mut(|i| self.usable(i));
+            kept += list.len();
         }
         self.idle.retain(|_, list| !list.is_empty());
-        self.len()
+        kept
     }
 
+    /// Not idle too long, and still open.
+    fn usable(&self, idle: &mut Idle) -> bool {
+        idle.since.elapsed() < self.max_idle && open(&mut idle.stream)
+    }
+
+    #[cfg(test)]
     fn len(&self) -> usize {
         self.idle.iter().map(|l| l.len()).sum()
     }
