@@ -19,6 +19,7 @@ pub mod experiments;
 pub mod handoff;
 pub mod jsonl;
 pub mod limits;
+pub mod logging;
 pub mod metrics;
 pub mod mock;
 pub mod proxy;

@@ -121,7 +121,7 @@ enum KeysAction {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    model_bridge::logging::init();
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => match Config::load(&config) {

@@ -11,8 +11,12 @@ use serde_json::{json, Value};
 const ROUTE_PATHS: usize = 16;
 
 fn start() -> (Gateway, tempfile::TempDir) {
+    start_with_policies("")
+}
+
+fn start_with_policies(bindings: &str) -> (Gateway, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let policies = policies_dir(dir.path(), "");
+    let policies = policies_dir(dir.path(), bindings);
     let extra = format!(
         r#"
 [auth]
@@ -372,4 +376,96 @@ async fn keys_created_through_the_api_survive_a_crash() {
     g.crash_and_restart();
     assert_eq!(chat_status(&g, kept["key"].as_str().unwrap()).await, 200);
     assert_eq!(chat_status(&g, gone["key"].as_str().unwrap()).await, 401);
+}
+
+/// A key carries every binding of the user it names: an org admin must not be able to name a
+/// super-admin (or a user of another org) and so mint a key with more power than its own.
+#[tokio::test]
+async fn a_key_cannot_exceed_its_creator_through_its_user() {
+    let (g, _dir) = start_with_policies(
+        r#"
+[[bindings]]
+subject = "user:boss@corp.test"
+roles = ["super-admin"]
+
+[[bindings]]
+subject = "user:bob@b.test"
+roles = ["invoker"]
+org = "b"
+
+[[bindings]]
+subject = "user:alice@a.test"
+roles = ["invoker"]
+org = "a"
+"#,
+    );
+    let (admin_a, _) = g.create_key(&["--org", "a", "--role", "org-admin"]);
+    let (root, _) = g.create_key(&["--org", "a", "--role", "super-admin"]);
+    g.wait_key(&root).await;
+    let create = |key: String, body: Value| {
+        let g = &g;
+        async move { admin(g, Some(&key), "POST", "/admin/v1/orgs/a/keys", Some(body)).await }
+    };
+    // The exploit: an allowed role plus a super-admin's user name.
+    let (s, v) = create(
+        admin_a.clone(),
+        json!({"roles": ["invoker"], "user": "boss@corp.test"}),
+    )
+    .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (403, Some("permission_denied")),
+        "{v}"
+    );
+    // A user of another org.
+    let (s, v) = create(
+        admin_a.clone(),
+        json!({"roles": ["invoker"], "user": "bob@b.test"}),
+    )
+    .await;
+    assert_eq!(s, 403, "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("org `b`"),
+        "{v}"
+    );
+    // A user of the caller's org, and a new user, are fine; the key does not list org B.
+    for user in ["alice@a.test", "new@a.test"] {
+        let (s, v) = create(admin_a.clone(), json!({"roles": ["invoker"], "user": user})).await;
+        assert_eq!(s, 201, "{user}: {v}");
+    }
+    // The super-admin may name the super-admin user; rotating that key as the org admin fails.
+    let (s, boss_key) = create(
+        root.clone(),
+        json!({"roles": ["invoker"], "user": "boss@corp.test"}),
+    )
+    .await;
+    assert_eq!(s, 201, "{boss_key}");
+    let id = boss_key["id"].as_str().unwrap();
+    let (s, _) = admin(
+        &g,
+        Some(&admin_a),
+        "POST",
+        &format!("/admin/v1/orgs/a/keys/{id}/rotate"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 403, "rotation re-issues the user's bindings too");
+    // No key the org admin created can reach org B.
+    let (_, keys) = admin(
+        &g,
+        Some(&admin_a),
+        "GET",
+        "/admin/v1/orgs/a/keys?limit=100",
+        None,
+    )
+    .await;
+    for k in keys["data"].as_array().unwrap() {
+        assert_ne!(k["user"], "bob@b.test");
+    }
+    assert_eq!(
+        admin(&g, Some(&admin_a), "GET", "/admin/v1/orgs/b/keys", None)
+            .await
+            .0,
+        404
+    );
 }

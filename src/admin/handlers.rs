@@ -208,19 +208,75 @@ fn get_key(ctx: &Ctx<'_>, org: &str, id: &str) -> Reply {
     }
 }
 
-/// A caller may hand out only roles it holds itself (or any, with `admin:roles:assign_any`).
-fn check_roles(ctx: &Ctx<'_>, roles: &[String]) -> Result<(), Reply> {
-    if ctx.principal.allows("admin:roles:assign_any") {
-        return Ok(());
+/// A caller may never mint a credential that can do more than it can itself. The key's
+/// *effective* grants count, not just the roles it names: its roles with their inheritance and
+/// every binding its user would pick up in `org`. Explicit roles must also be held by the caller
+/// (or any, with `admin:roles:assign_any` — which still cannot exceed the caller's own
+/// permissions). A key may name only a user of its own org.
+fn check_grant(
+    ctx: &Ctx<'_>,
+    org: &str,
+    roles: &[String],
+    user: Option<&str>,
+) -> Result<(), Reply> {
+    let denied = |msg: String| Err(Reply::error(403, "permission_denied", msg));
+    let caller = &ctx.principal.grants;
+    if !ctx.principal.allows("admin:roles:assign_any") {
+        if let Some(r) = roles.iter().find(|r| !caller.holds(r)) {
+            return denied(format!(
+                "You cannot grant role `{r}`, which you do not hold."
+            ));
+        }
     }
-    match roles.iter().find(|r| !ctx.principal.grants.holds(r)) {
-        Some(r) => Err(Reply::error(
-            403,
-            "permission_denied",
-            format!("You cannot grant role `{r}`, which you do not hold."),
-        )),
-        None => Ok(()),
+    let mut subjects = Vec::new();
+    if let Some(u) = user {
+        if let Some(other) = user_org_elsewhere(ctx, org, u) {
+            return denied(format!(
+                "User `{u}` belongs to org `{other}`; a key may only name a user of its own org."
+            ));
+        }
+        subjects.push(format!("user:{u}"));
     }
+    let rbac = &ctx.live.config.rbac;
+    let effective = rbac.grants(
+        roles.iter().map(String::as_str),
+        &subjects,
+        org,
+        crate::time::now_unix(),
+    );
+    if let Some(perm) = effective.uncovered_by(caller) {
+        return denied(format!(
+            "The key would hold permission `{perm}` (through its roles or its user's bindings), which you do not hold."
+        ));
+    }
+    Ok(())
+}
+
+/// Another org that `user` belongs to, if any: a binding of the user scoped to another org, or a
+/// key of another org naming the user.
+fn user_org_elsewhere(ctx: &Ctx<'_>, org: &str, user: &str) -> Option<String> {
+    let subject = format!("user:{user}");
+    let bound = ctx
+        .live
+        .config
+        .rbac
+        .bindings_of(&subject)
+        .iter()
+        .filter_map(|b| b.org.clone())
+        .find(|o| o != org);
+    if bound.is_some() {
+        return bound;
+    }
+    let mut keys: Vec<std::sync::Arc<KeyRecord>> = Vec::new();
+    if let Some(a) = &ctx.live.config.auth {
+        keys.extend(a.keys.values().cloned());
+    }
+    if let Some(store) = ctx.shared.keys() {
+        keys.extend(store.list(None));
+    }
+    keys.into_iter()
+        .find(|k| k.org != org && k.user.as_deref() == Some(user))
+        .map(|k| k.org.clone())
 }
 
 fn store(ctx: &Ctx<'_>) -> Result<std::sync::Arc<crate::auth::store::FileKeyStore>, Reply> {
@@ -263,7 +319,7 @@ fn create_key(ctx: &Ctx<'_>, org: &str) -> Reply {
             )
         }
     };
-    if let Err(r) = check_roles(ctx, &spec.roles) {
+    if let Err(r) = check_grant(ctx, org, &spec.roles, spec.user.as_deref()) {
         return r;
     }
     let (key, rec) = match issue(&ctx.live.config, org, spec) {
@@ -326,7 +382,7 @@ fn rotate_key(ctx: &Ctx<'_>, org: &str, id: &str) -> Reply {
             "This key is declared in the config file; rotate it there.",
         );
     }
-    if let Err(r) = check_roles(ctx, &old.roles) {
+    if let Err(r) = check_grant(ctx, org, &old.roles, old.user.as_deref()) {
         return r;
     }
     let spec = KeySpec {

@@ -54,6 +54,11 @@ pub fn issue(cfg: &Config, org_id: &str, spec: KeySpec) -> Result<(String, KeyRe
         Some(s) => Some(crate::time::parse_rfc3339(s).ok_or(format!("`{s}` is not RFC 3339 UTC"))?),
         None => None,
     };
+    if let Some(u) = &spec.user {
+        if u.is_empty() || u.len() > 200 || u.chars().any(char::is_control) {
+            return Err("user must be 1 to 200 characters without control characters".into());
+        }
+    }
     if spec.name.as_deref().is_some_and(|n| n.len() > 200) {
         return Err("name is longer than 200 characters".into());
     }

@@ -176,15 +176,25 @@ impl JwtVerifier {
         let mut v = Validation::new(alg);
         v.leeway = self.settings.leeway_s;
         v.validate_nbf = true;
-        v.set_required_spec_claims(&["exp"]);
+        // The library checks `iss` and `aud` only when the token carries them: a configured
+        // claim must also be present, or tokens the same IdP issued for other applications
+        // (no audience, another issuer left out) would replay here.
+        let mut required = vec!["exp"];
         match &self.settings.issuer {
-            Some(i) => v.set_issuer(&[i]),
+            Some(i) => {
+                v.set_issuer(&[i]);
+                required.push("iss");
+            }
             None => v.iss = None,
         }
         match &self.settings.audience {
-            Some(a) => v.set_audience(&[a]),
+            Some(a) => {
+                v.set_audience(&[a]);
+                required.push("aud");
+            }
             None => v.validate_aud = false,
         }
+        v.set_required_spec_claims(&required);
         let data =
             jsonwebtoken::decode::<Map<String, Value>>(token, &key, &v).map_err(|e| {
                 match e.kind() {
@@ -225,5 +235,80 @@ impl JwtVerifier {
             groups: list(&c.groups),
             roles: c.roles.as_deref().map(list).unwrap_or_default(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{encode, EncodingKey, Header};
+    use serde_json::json;
+
+    struct NoFetch;
+    impl JwksFetch for NoFetch {
+        fn fetch<'a>(
+            &'a self,
+            _url: &'a str,
+        ) -> Pin<Box<dyn Future<Output = Result<Vec<u8>, String>> + Send + 'a>> {
+            Box::pin(async { Err("no fetch in tests".to_string()) })
+        }
+    }
+
+    const SECRET: &str = "test-secret-of-enough-length-0123456789";
+
+    fn verifier(issuer: Option<&str>, audience: Option<&str>) -> JwtVerifier {
+        JwtVerifier::new(JwtSettings {
+            issuer: issuer.map(str::to_string),
+            audience: audience.map(str::to_string),
+            leeway_s: 0,
+            hs256_secret: Some(crate::routing::Secret::new(SECRET.to_string())),
+            jwks: None,
+            claims: ClaimMap {
+                org: "org".into(),
+                user: "sub".into(),
+                groups: "groups".into(),
+                roles: None,
+            },
+            default_org: None,
+            refresh_min: Duration::from_secs(1),
+        })
+        .unwrap()
+    }
+
+    fn token(claims: Value) -> String {
+        encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap()
+    }
+
+    fn verify(v: &JwtVerifier, claims: Value) -> Result<Identity, AuthFailure> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(v.verify(&token(claims), &NoFetch))
+    }
+
+    #[test]
+    fn configured_issuer_and_audience_must_be_present() {
+        let exp = crate::time::now_unix() + 600;
+        let v = verifier(Some("https://idp"), Some("model-bridge"));
+        let full = json!({"sub": "u", "org": "acme", "exp": exp, "iss": "https://idp", "aud": "model-bridge"});
+        assert!(verify(&v, full).is_ok());
+        let no_aud = json!({"sub": "u", "org": "acme", "exp": exp, "iss": "https://idp"});
+        assert_eq!(verify(&v, no_aud), Err(AuthFailure::Unknown));
+        let no_iss = json!({"sub": "u", "org": "acme", "exp": exp, "aud": "model-bridge"});
+        assert_eq!(verify(&v, no_iss), Err(AuthFailure::Unknown));
+        let other_aud =
+            json!({"sub": "u", "org": "acme", "exp": exp, "iss": "https://idp", "aud": "other"});
+        assert_eq!(verify(&v, other_aud), Err(AuthFailure::Unknown));
+        let no_exp =
+            json!({"sub": "u", "org": "acme", "iss": "https://idp", "aud": "model-bridge"});
+        assert_eq!(verify(&v, no_exp), Err(AuthFailure::Unknown));
+        // Nothing configured: neither claim is needed.
+        let open = verifier(None, None);
+        assert!(verify(&open, json!({"sub": "u", "org": "acme", "exp": exp})).is_ok());
     }
 }

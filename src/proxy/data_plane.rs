@@ -90,11 +90,16 @@ impl HttpServerApp for DataPlane {
             Ok(true) => {}
             Ok(false) => return None,
             Err(e) => {
-                log::debug!("reading request header: {e}");
+                // The error's text quotes the raw request (credentials included): kind only.
+                log::debug!("unreadable request ({:?})", e.etype());
                 return None;
             }
         }
         super::busy_poll::touch(self.busy_poll);
+        // Bytes after the request (a pipelined next request, or the stray CRLF RFC 9112 §2.2
+        // allows) are kept for the next request on this connection, never taken for a
+        // disconnect: a live stream is not cut by them.
+        s.set_pipelining_enabled(true);
         let _inflight = Inflight::enter(&self.shared);
         let closing = *shutdown.borrow() || self.shared.is_draining();
         s.set_keepalive((!closing).then_some(self.keepalive_s));
@@ -123,15 +128,25 @@ impl DataPlane {
         let live = self.shared.live();
         let req = s.req_header();
         let method = req.method.as_str().to_string();
-        let path = req.uri.path().to_string();
+        // One canonical path for routing, metering and forwarding (routing::path).
+        let path = crate::routing::path::normalize(req.uri.path()).map(|p| p.into_owned());
         let client_ip = s.client_addr().map(|a| match a.as_inet() {
             Some(i) => i.ip().to_string(),
             None => a.to_string(),
         });
-        let mut ctx = Ctx::new(live, &method, &path, client_ip);
-        let result = match identity::authenticate(&self.shared, &self.jwks, s, &mut ctx).await {
-            Ok(()) => self.dispatch(s, &mut ctx, &method, &path).await,
-            Err(e) => Err(e),
+        let shown = path.as_deref().unwrap_or("/");
+        let mut ctx = Ctx::new(live, &method, shown, client_ip);
+        // Classified before authentication, so refusals are labelled with their endpoint.
+        ctx.set_endpoint(Endpoint::classify(shown));
+        let result = match path {
+            Err(e) => Err(GatewayError::InvalidField {
+                param: "path",
+                message: e.message().into(),
+            }),
+            Ok(path) => match identity::authenticate(&self.shared, &self.jwks, s, &mut ctx).await {
+                Ok(()) => self.dispatch(s, &mut ctx, &method, &path).await,
+                Err(e) => Err(e),
+            },
         };
         let outcome = match result {
             Ok(o) => o,
@@ -305,12 +320,6 @@ impl DataPlane {
             .passthrough
             .as_ref()
             .ok_or(GatewayError::NoPassthrough)?;
-        if path.split('/').any(|seg| seg == ".." || seg == ".") {
-            return Err(GatewayError::InvalidField {
-                param: "path",
-                message: "the request path must not contain dot segments".into(),
-            });
-        }
         ctx.record.provider = Some(provider.name.clone());
         let suffix = &path["/v1".len()..];
         let up_path = provider.passthrough_path(suffix, s.req_header().uri.query());

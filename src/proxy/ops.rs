@@ -8,8 +8,10 @@ use crate::metrics::METRICS;
 use crate::state::Shared;
 use async_trait::async_trait;
 use http::Response;
-use pingora_core::apps::http_app::ServeHttp;
+use pingora_core::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
 use pingora_core::protocols::http::ServerSession;
+use pingora_core::server::ShutdownWatch;
+use pingora_http::ResponseHeader;
 use std::sync::Arc;
 
 pub struct OpsPlane {
@@ -121,8 +123,44 @@ fn reply(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
         .unwrap_or_default()
 }
 
+/// Our own request loop rather than pingora's `ServeHttp` adapter: that one logs a request it
+/// cannot parse at ERROR with the raw request bytes — `Authorization` header included. Here a
+/// failure is logged by its kind only; no request text reaches the log.
 #[async_trait]
-impl ServeHttp for OpsPlane {
+impl HttpServerApp for OpsPlane {
+    async fn process_new_http(
+        self: &Arc<Self>,
+        mut s: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        match s.read_request().await {
+            Ok(true) => {}
+            Ok(false) => return None,
+            Err(e) => {
+                log::debug!("ops plane: unreadable request ({:?})", e.etype());
+                return None;
+            }
+        }
+        s.set_keepalive((!*shutdown.borrow()).then_some(60));
+        let (parts, body) = self.response(&mut s).await.into_parts();
+        let header: ResponseHeader = parts.into();
+        if s.write_response_header(Box::new(header)).await.is_err()
+            || s.write_response_body(body.into(), true).await.is_err()
+        {
+            return None;
+        }
+        let settings = HttpPersistentSettings::for_session(&s);
+        match s.finish().await {
+            Ok(c) => c.map(|c| ReusedHttpStream::from_reusable_stream(c, settings)),
+            Err(e) => {
+                log::debug!("ops plane: finishing a request ({:?})", e.etype());
+                None
+            }
+        }
+    }
+}
+
+impl OpsPlane {
     async fn response(&self, s: &mut ServerSession) -> Response<Vec<u8>> {
         if s.req_header().uri.path().starts_with("/admin/") {
             return self.admin(s).await;

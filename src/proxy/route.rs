@@ -111,7 +111,7 @@ pub async fn send(
     'targets: for target in targets {
         let br = breaker(shared, target);
         for n in 0..=route.retry.retries {
-            if !br.allow(&settings) {
+            if br.open(&settings) {
                 attempt(target, "breaker_open");
                 continue 'targets;
             }
@@ -132,6 +132,12 @@ pub async fn send(
                     tokio::time::sleep(wait).await;
                 }
             }
+            // Taken only once the attempt will surely be made; dropped unsettled (an early
+            // return below) it hands a half-open probe back.
+            let Some(permit) = br.allow(&settings) else {
+                attempt(target, "breaker_open");
+                continue 'targets;
+            };
             if attempts > 0 {
                 METRICS
                     .retries
@@ -162,11 +168,11 @@ pub async fn send(
                     let status = resp.header().map_or(502, |h| h.status.as_u16());
                     ctx.record.retries = attempts - 1 + resp.retries;
                     if status != 429 && status < 500 {
-                        set_state(target, br.record(true, &settings));
+                        set_state(target, permit.record(true, &settings));
                         attempt(target, "ok");
                         return Ok(resp);
                     }
-                    set_state(target, br.record(false, &settings));
+                    set_state(target, permit.record(false, &settings));
                     attempt(target, if status == 429 { "429" } else { "5xx" });
                     wait_hint = retry_after(&resp);
                     last_resp = Some(resp);
@@ -181,7 +187,7 @@ pub async fn send(
                     | GatewayError::UpstreamTimeout { .. }
                     | GatewayError::UpstreamProtocol { .. }),
                 ) => {
-                    set_state(target, br.record(false, &settings));
+                    set_state(target, permit.record(false, &settings));
                     attempt(
                         target,
                         if matches!(e, GatewayError::UpstreamTimeout { .. }) {

@@ -149,6 +149,31 @@ impl Grants {
         self.0.iter().any(|r| r.closure.contains(role))
     }
 
+    /// The first permission these grants allow that `caller` does not (`None`: every
+    /// permission here is also the caller's). A pattern `p*` is covered only by a caller
+    /// pattern that is a prefix of it, so wildcards never widen.
+    pub fn uncovered_by(&self, caller: &Grants) -> Option<String> {
+        for r in &self.0 {
+            for e in &r.patterns.exact {
+                if !caller.allows(e) {
+                    return Some(e.clone());
+                }
+            }
+            for p in &r.patterns.prefixes {
+                let covered = caller.0.iter().any(|c| {
+                    c.patterns
+                        .prefixes
+                        .iter()
+                        .any(|q| p.starts_with(q.as_str()))
+                });
+                if !covered {
+                    return Some(format!("{p}*"));
+                }
+            }
+        }
+        None
+    }
+
     pub fn role_names(&self) -> Vec<&str> {
         self.0.iter().map(|r| r.name.as_str()).collect()
     }
@@ -368,6 +393,11 @@ impl Rbac {
         (Grants(roles.collect()), until)
     }
 
+    /// Bindings of one subject (`user:<id>`, `key:<id>`, `group:<name>`).
+    pub fn bindings_of(&self, subject: &str) -> &[Binding] {
+        self.bindings.get(subject).map_or(&[], Vec::as_slice)
+    }
+
     pub fn bindings(&self) -> Vec<&Binding> {
         let mut v: Vec<&Binding> = self.bindings.values().flatten().collect();
         v.sort_by(|a, b| a.subject.cmp(&b.subject));
@@ -487,6 +517,24 @@ expires_at = "2030-01-01T00:00:00Z"
             };
             assert_eq!(got, *want, "{own:?} {subjects:?} {org} {now} {what}");
         }
+    }
+
+    #[test]
+    fn coverage_of_grants() {
+        let r = rbac();
+        let g = |roles: &[&str]| r.grants(roles.iter().copied(), &[], "acme", 0);
+        assert_eq!(g(&["developer"]).uncovered_by(&g(&["developer"])), None);
+        assert_eq!(g(&["viewer"]).uncovered_by(&g(&["developer"])), None);
+        assert_eq!(g(&["developer"]).uncovered_by(&g(&["admin"])), None);
+        assert!(g(&["developer"]).uncovered_by(&g(&["viewer"])).is_some());
+        // `*` is covered only by `*`.
+        assert_eq!(
+            g(&["admin"]).uncovered_by(&g(&["developer"])).as_deref(),
+            Some("*")
+        );
+        // A user's binding counts: its admin role is not covered by a developer.
+        let bound = r.grants(["viewer"], &["user:temp@acme.test".to_string()], "acme", 0);
+        assert!(bound.uncovered_by(&g(&["developer"])).is_some());
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Routing: which provider and provider model serve a client's model alias, and how the request
 //! body is rewritten for it.
 
+pub mod path;
 pub mod provider;
 pub mod resilience;
 pub mod rewrite;
@@ -34,6 +35,16 @@ impl Endpoint {
             "/v1/feedback" => Endpoint::Feedback,
             _ => return None,
         })
+    }
+
+    /// The endpoint a (normalised) path is served as: an LLM endpoint, a model lookup, or
+    /// passthrough for every other path.
+    pub fn classify(path: &str) -> Endpoint {
+        match Endpoint::from_path(path) {
+            Some(e) => e,
+            None if path.starts_with("/v1/models/") => Endpoint::Models,
+            None => Endpoint::Passthrough,
+        }
     }
 
     /// The path after `/v1`, as providers expect it.

@@ -106,29 +106,80 @@ impl Default for Breaker {
     }
 }
 
+/// Leave to send one request to a target. It must end in `record`; a permit dropped without
+/// an outcome (the attempt was given up: retry budget, client gone, an early return) hands a
+/// half-open probe back, so the next request probes instead of the breaker staying shut.
+#[must_use = "a permit is settled with `record` or released by dropping it"]
+pub struct Permit<'a> {
+    breaker: &'a Breaker,
+    probe: bool,
+    settled: bool,
+}
+
+impl Permit<'_> {
+    /// Records the attempt's outcome; returns the breaker's state after it.
+    pub fn record(mut self, ok: bool, s: &BreakerSettings) -> State {
+        self.settled = true;
+        self.breaker.record(ok, self.probe, s)
+    }
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        if !self.settled && self.probe {
+            let mut i = self.breaker.lock();
+            if i.state == State::HalfOpen {
+                i.probe_out = false;
+            }
+        }
+    }
+}
+
 impl Breaker {
-    /// Whether a request may go to this target now (half-open lets one probe through).
-    pub fn allow(&self, s: &BreakerSettings) -> bool {
-        let mut i = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether a request could go to this target now, without taking a permit.
+    pub fn open(&self, s: &BreakerSettings) -> bool {
+        let i = self.lock();
         match i.state {
-            State::Closed => true,
-            State::Open if i.opened_at.elapsed() >= s.open_for => {
-                i.state = State::HalfOpen;
-                i.probe_out = true;
-                true
-            }
-            State::Open => false,
-            State::HalfOpen if !i.probe_out => {
-                i.probe_out = true;
-                true
-            }
-            State::HalfOpen => false,
+            State::Closed => false,
+            State::Open => i.opened_at.elapsed() < s.open_for,
+            State::HalfOpen => i.probe_out,
         }
     }
 
-    /// Records an outcome; returns the state after it.
-    pub fn record(&self, ok: bool, s: &BreakerSettings) -> State {
-        let mut i = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+    /// A permit to send now, if the breaker lets one through (half-open: one probe at a time).
+    pub fn allow(&self, s: &BreakerSettings) -> Option<Permit<'_>> {
+        let mut i = self.lock();
+        let probe = match i.state {
+            State::Closed => false,
+            State::Open if i.opened_at.elapsed() >= s.open_for => {
+                i.state = State::HalfOpen;
+                true
+            }
+            State::Open => return None,
+            State::HalfOpen if !i.probe_out => true,
+            State::HalfOpen => return None,
+        };
+        if probe {
+            i.probe_out = true;
+        }
+        Some(Permit {
+            breaker: self,
+            probe,
+            settled: false,
+        })
+    }
+
+    /// Records an outcome; returns the state after it. Outcomes of requests let through before
+    /// the breaker opened do not decide a half-open breaker: only its probe does.
+    fn record(&self, ok: bool, probe: bool, s: &BreakerSettings) -> State {
+        let mut i = self.lock();
+        if !probe && i.state != State::Closed {
+            return i.state;
+        }
         if i.window_start.elapsed() >= s.window {
             i.window_start = Instant::now();
             i.requests = 0;
@@ -148,6 +199,7 @@ impl Breaker {
                 i.window_start = Instant::now();
                 i.requests = 0;
                 i.failures = 0;
+                i.consecutive = 0;
                 State::Closed
             }
             (State::HalfOpen, false) => {
@@ -160,12 +212,14 @@ impl Breaker {
             }
             (st, _) => st,
         };
-        i.probe_out = false;
+        if probe {
+            i.probe_out = false;
+        }
         i.state
     }
 
     pub fn state(&self) -> State {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner()).state
+        self.lock().state
     }
 }
 
@@ -221,18 +275,43 @@ mod tests {
         };
         let b = Breaker::default();
         for _ in 0..3 {
-            assert!(b.allow(&s));
-            b.record(false, &s);
+            b.allow(&s).unwrap().record(false, &s);
         }
         assert_eq!(b.state(), State::Open);
-        assert!(!b.allow(&s));
+        assert!(b.allow(&s).is_none());
+        assert!(b.open(&s));
         std::thread::sleep(Duration::from_millis(40));
-        assert!(b.allow(&s), "one probe");
-        assert!(!b.allow(&s), "only one");
-        assert_eq!(b.record(false, &s), State::Open, "failed probe re-opens");
+        assert!(!b.open(&s));
+        let probe = b.allow(&s).expect("one probe");
+        assert!(b.allow(&s).is_none(), "only one");
+        assert_eq!(
+            probe.record(false, &s),
+            State::Open,
+            "failed probe re-opens"
+        );
         std::thread::sleep(Duration::from_millis(40));
-        assert!(b.allow(&s));
-        assert_eq!(b.record(true, &s), State::Closed);
+        assert_eq!(b.allow(&s).unwrap().record(true, &s), State::Closed);
+    }
+
+    #[test]
+    fn a_probe_given_up_is_handed_back() {
+        let s = BreakerSettings {
+            consecutive_failures: 1,
+            open_for: Duration::from_millis(20),
+            ..Default::default()
+        };
+        let b = Breaker::default();
+        let early = b.allow(&s).unwrap(); // sent while closed, answers late
+        b.allow(&s).unwrap().record(false, &s);
+        std::thread::sleep(Duration::from_millis(30));
+        let probe = b.allow(&s).expect("probe");
+        drop(probe); // e.g. the retry budget refused the attempt
+        assert_eq!(b.state(), State::HalfOpen);
+        // A late success from before the breaker opened does not close it...
+        assert_eq!(early.record(true, &s), State::HalfOpen);
+        // ...and the next request gets the probe that was handed back.
+        let probe = b.allow(&s).expect("the probe was released");
+        assert_eq!(probe.record(true, &s), State::Closed);
     }
 
     #[test]

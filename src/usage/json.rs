@@ -59,12 +59,17 @@ pub fn from_body(body: &[u8]) -> Option<Usage> {
         .map(Usage::from)
 }
 
+/// How many `"usage":{` candidates `from_fragment` tries, from the last one back: each try
+/// parses at most the rest of the input, so the work stays linear in its size whatever the
+/// input nests or repeats.
+const FRAGMENT_TRIES: usize = 4;
+
 /// Usage from the last `"usage":{...}` in `bytes`, for bodies too large to keep whole (usage
 /// comes last in OpenAI responses) and for SSE event data.
 pub fn from_fragment(bytes: &[u8]) -> Option<Usage> {
-    let finder = memmem::Finder::new(b"\"usage\"");
-    let mut found = None;
-    for at in finder.find_iter(bytes) {
+    let finder = memmem::FinderRev::new(b"\"usage\"");
+    let mut tries = 0;
+    for at in finder.rfind_iter(bytes) {
         if at > 0 && bytes[at - 1] == b'\\' {
             continue; // inside a string value
         }
@@ -79,14 +84,19 @@ pub fn from_fragment(bytes: &[u8]) -> Option<Usage> {
         while i < bytes.len() && bytes[i].is_ascii_whitespace() {
             i += 1;
         }
-        if bytes.get(i) == Some(&b'{') {
-            let mut de = serde_json::Deserializer::from_slice(&bytes[i..]);
-            if let Ok(w) = WireUsage::deserialize(&mut de) {
-                found = Some(Usage::from(w));
-            }
+        if bytes.get(i) != Some(&b'{') {
+            continue;
+        }
+        let mut de = serde_json::Deserializer::from_slice(&bytes[i..]);
+        if let Ok(w) = WireUsage::deserialize(&mut de) {
+            return Some(Usage::from(w));
+        }
+        tries += 1;
+        if tries == FRAGMENT_TRIES {
+            return None;
         }
     }
-    found
+    None
 }
 
 #[cfg(test)]
@@ -122,5 +132,18 @@ mod tests {
         assert_eq!(from_body(br#"{"usage":null}"#), None);
         assert_eq!(from_fragment(br#"{"usage":null}"#), None);
         assert_eq!(from_body(b"not json"), None);
+    }
+
+    #[test]
+    fn nested_usage_is_linear() {
+        // 512 KiB of `"usage":{"x":` nesting: each candidate is tried at most a few times.
+        let mut b = Vec::new();
+        for _ in 0..(512 << 10) / 13 {
+            b.extend_from_slice(br#""usage":{"x":"#);
+        }
+        let started = std::time::Instant::now();
+        assert_eq!(from_fragment(&b), None);
+        // Generous: the quadratic version took ~27 s; linear takes milliseconds.
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
     }
 }

@@ -15,18 +15,44 @@ pub struct Fed {
     pub first_content: bool,
 }
 
+/// Largest event kept whole for inspection. A bigger event is relayed untouched as it arrives
+/// (never stripped, no usage read from it; its first `MAX_EVENT` bytes still tell whether it
+/// carried content), so a provider cannot make the gateway buffer without bound.
+pub const MAX_EVENT: usize = 8 << 20;
+
+/// Largest amount of streamed text kept to estimate completion tokens when no usage arrives.
+const MAX_TEXT: usize = 4 << 20;
+
 #[derive(Debug, Default)]
 pub struct SseScanner {
     /// Drop usage-only chunks (`"choices":[]` with usage) instead of forwarding them.
     strip_usage_chunk: bool,
-    /// Start of the event not yet complete, copied from previous chunks.
-    partial: BytesMut,
+    /// Bytes of the current, incomplete event that earlier chunks carried. When stripping they
+    /// are held back (not yet relayed); otherwise they were relayed and this is a copy.
+    event: BytesMut,
+    /// Bytes of the current line so far (0: the next terminator ends the event).
+    line_len: usize,
+    /// The last byte seen ended a line with `\r`: a `\n` right after it belongs to it.
+    after_cr: bool,
+    /// The current event outgrew `MAX_EVENT`: relayed as it comes, not kept.
+    oversized: bool,
+    /// The last read ended with the `\r` that closed an event (`Some(dropped)`): a `\n`
+    /// starting the next read is the rest of that event's blank line, relayed or dropped with it.
+    cr_event_end: Option<bool>,
     /// Usage reported by the provider, the last one seen.
     pub usage: Option<Usage>,
-    /// Content events seen: an estimate of completion tokens when no usage arrives.
+    /// Content events seen.
     pub content_events: u64,
+    /// Generated text relayed (JSON-escaped, as in the events), for an estimate of completion
+    /// tokens when the provider reports no usage; capped at `MAX_TEXT`.
+    text: Vec<u8>,
+    /// Bytes of generated text beyond `MAX_TEXT`.
+    text_overflow: u64,
     /// `data: [DONE]` seen.
     pub done: bool,
+    /// Bytes examined (for the linear-time property test).
+    #[cfg(test)]
+    examined: u64,
 }
 
 impl SseScanner {
@@ -37,80 +63,184 @@ impl SseScanner {
         }
     }
 
-    /// Feeds one upstream chunk.
+    /// Feeds one upstream chunk; every byte is looked at a bounded number of times.
     pub fn feed(&mut self, chunk: Bytes) -> Fed {
         let had_content = self.content_events > 0;
-        if !self.strip_usage_chunk {
-            // Forward as it came; scan on the side.
-            self.scan(&chunk, None);
+        let strip = self.strip_usage_chunk;
+        // Stripping: what goes out is `out` followed by `chunk[kept_from..]` up to where the
+        // held tail starts; `copied` says whether `out` had to be used at all.
+        let mut out = BytesMut::new();
+        let mut copied = false;
+        let mut kept_from = 0;
+        let mut ev_start = 0; // start in `chunk` of the current event's bytes
+        let mut at = 0;
+        let cr_event_end = self.cr_event_end.take();
+        #[cfg(test)]
+        {
+            self.examined += chunk.len() as u64;
+        }
+        while at < chunk.len() {
+            let Some(j) = memchr::memchr2(b'\r', b'\n', &chunk[at..]) else {
+                self.line_len += chunk.len() - at;
+                break;
+            };
+            let pos = at + j;
+            if chunk[pos] == b'\n' && self.after_cr && j == 0 {
+                // The `\n` of a `\r\n` whose `\r` ended the previous read.
+                self.after_cr = false;
+                at = pos + 1;
+                if let (Some(dropped), 0) = (cr_event_end, pos) {
+                    ev_start = 1;
+                    if dropped {
+                        kept_from = 1;
+                        copied = strip;
+                    }
+                }
+                continue;
+            }
+            self.line_len += j;
+            self.after_cr = chunk[pos] == b'\r';
+            let mut end = pos + 1;
+            if self.after_cr && chunk.get(end) == Some(&b'\n') {
+                self.after_cr = false;
+                end += 1;
+            }
+            at = end;
+            if self.line_len > 0 {
+                self.line_len = 0;
+                continue;
+            }
+            // A blank line: the event ends at `end`.
+            let held = !self.event.is_empty() && !self.oversized;
+            let keep = self.complete(&chunk[ev_start..end]);
+            if strip && !keep {
+                // Dropped, with whatever of it was held.
+                out.extend_from_slice(&chunk[kept_from..ev_start]);
+                copied = true;
+                kept_from = end;
+            } else if strip && held {
+                // Held bytes of the first event go out before the chunk's own.
+                out.extend_from_slice(&self.event);
+                copied = true;
+            }
+            if self.after_cr && end == chunk.len() {
+                self.cr_event_end = Some(strip && !keep);
+            }
+            self.event.clear();
+            self.oversized = false;
+            ev_start = end;
+        }
+        let first_content = |s: &Self| !had_content && s.content_events > 0;
+        if !strip {
+            self.hold(&chunk[ev_start..]);
+            let first_content = first_content(self);
             return Fed {
                 out: chunk,
-                first_content: !had_content && self.content_events > 0,
+                first_content,
             };
         }
-        let mut out = BytesMut::new();
-        if self.partial.is_empty() {
-            let complete = self.scan(&chunk, Some(&mut out));
-            if complete == chunk.len() && out.len() == chunk.len() {
-                // Nothing dropped, nothing held back: forward the chunk itself, no copy.
-                return Fed {
-                    out: chunk,
-                    first_content: !had_content && self.content_events > 0,
-                };
+        if self.oversized {
+            // An oversized event that began earlier and did not end here: relayed as it comes.
+            let first_content = first_content(self);
+            return Fed {
+                out: chunk,
+                first_content,
+            };
+        }
+        let out = match self.hold(&chunk[ev_start..]) {
+            None if !copied => chunk.slice(..ev_start),
+            None => {
+                out.extend_from_slice(&chunk[kept_from..ev_start]);
+                out.freeze()
             }
-            self.partial.extend_from_slice(&chunk[complete..]);
-        } else {
-            self.partial.extend_from_slice(&chunk);
-            let buf = std::mem::take(&mut self.partial);
-            let complete = self.scan(&buf, Some(&mut out));
-            self.partial.extend_from_slice(&buf[complete..]);
-        }
-        Fed {
-            out: out.freeze(),
-            first_content: !had_content && self.content_events > 0,
-        }
-    }
-
-    /// The stream ended: whatever incomplete event is left goes to the client as is.
-    pub fn finish(&mut self) -> Bytes {
-        let rest = std::mem::take(&mut self.partial);
-        if !rest.is_empty() {
-            self.inspect_event(&rest);
-        }
-        rest.freeze()
-    }
-
-    /// Scans complete events in `buf`, appending kept ones to `out` when given; returns the
-    /// length of the complete-event prefix. In pass-through mode the tail is kept in `partial`.
-    fn scan(&mut self, buf: &[u8], mut out: Option<&mut BytesMut>) -> usize {
-        let passthrough = out.is_none();
-        let mut owned;
-        let data: &[u8] = if passthrough && !self.partial.is_empty() {
-            owned = std::mem::take(&mut self.partial);
-            owned.extend_from_slice(buf);
-            &owned[..]
-        } else {
-            buf
+            Some(now) => {
+                out.extend_from_slice(&chunk[kept_from..ev_start]);
+                out.extend_from_slice(&now);
+                out.freeze()
+            }
         };
-        let mut at = 0;
-        while let Some((end, next)) = event_end(&data[at..]) {
-            let event = &data[at..at + end];
-            let keep = self.inspect_event(event);
-            if let Some(o) = out.as_deref_mut() {
-                if keep {
-                    o.extend_from_slice(&data[at..at + next]);
-                }
-            }
-            at += next;
+        Fed {
+            out,
+            first_content: first_content(self),
         }
-        if passthrough {
-            self.partial.extend_from_slice(&data[at..]);
+    }
+
+    /// Keeps the incomplete tail of the current event, up to `MAX_EVENT`. When the event
+    /// outgrows that, it becomes oversized: its first `MAX_EVENT` bytes are inspected for
+    /// content, and when stripping, everything held so far is returned to be relayed now.
+    fn hold(&mut self, tail: &[u8]) -> Option<BytesMut> {
+        if self.oversized || tail.is_empty() {
+            return None;
         }
-        at
+        #[cfg(test)]
+        {
+            self.examined += tail.len() as u64;
+        }
+        if self.event.len() + tail.len() <= MAX_EVENT {
+            self.event.extend_from_slice(tail);
+            return None;
+        }
+        let mut all = std::mem::take(&mut self.event);
+        all.extend_from_slice(tail);
+        if has_content(&all[..MAX_EVENT]) {
+            self.content_events += 1;
+        }
+        self.oversized = true;
+        self.strip_usage_chunk.then_some(all)
+    }
+
+    /// One event is complete (`rest` is its part in the current chunk, after any held bytes);
+    /// returns whether the client gets it.
+    fn complete(&mut self, rest: &[u8]) -> bool {
+        if self.oversized {
+            return true;
+        }
+        if self.event.is_empty() {
+            return self.inspect_event(rest);
+        }
+        let held = self.event.len();
+        let mut ev = std::mem::take(&mut self.event);
+        ev.extend_from_slice(rest);
+        let keep = self.inspect_event(&ev);
+        ev.truncate(held);
+        self.event = ev; // the held part, for `feed` to relay
+        keep
+    }
+
+    /// The stream ended: an incomplete event left over is inspected, and when it was held back
+    /// (stripping mode) it goes to the client as is. Bytes already relayed are never returned.
+    pub fn finish(&mut self) -> Bytes {
+        let rest = std::mem::take(&mut self.event);
+        self.line_len = 0;
+        if rest.is_empty() || self.oversized {
+            return Bytes::new();
+        }
+        let keep = self.inspect_event(&rest);
+        if self.strip_usage_chunk && keep {
+            rest.freeze()
+        } else {
+            Bytes::new()
+        }
+    }
+
+    /// Generated text seen so far (JSON string contents, unescaped), and how many bytes of it
+    /// did not fit the buffer.
+    pub fn text(&self) -> (String, u64) {
+        let mut quoted = Vec::with_capacity(self.text.len() + 2);
+        quoted.push(b'"');
+        quoted.extend_from_slice(&self.text);
+        quoted.push(b'"');
+        let s = serde_json::from_slice::<String>(&quoted)
+            .unwrap_or_else(|_| String::from_utf8_lossy(&self.text).into_owned());
+        (s, self.text_overflow)
     }
 
     /// Looks at one event; returns whether the client should get it.
     fn inspect_event(&mut self, event: &[u8]) -> bool {
+        #[cfg(test)]
+        {
+            self.examined += event.len() as u64;
+        }
         let Some(data) = event_data(event) else {
             return true;
         };
@@ -128,27 +258,73 @@ impl SseScanner {
         }
         if has_content(data) {
             self.content_events += 1;
+            self.collect_text(data);
         }
         true
     }
+
+    /// Appends the event's generated text (the escaped string values of content keys).
+    fn collect_text(&mut self, data: &[u8]) {
+        for k in CONTENT_KEYS {
+            let Some(i) = memmem::find(data, k) else {
+                continue;
+            };
+            let v = &data[i + k.len()..];
+            let end = string_end(v);
+            let piece = &v[..end];
+            let room = MAX_TEXT.saturating_sub(self.text.len());
+            if piece.len() <= room {
+                self.text.extend_from_slice(piece);
+            } else {
+                self.text_overflow += piece.len() as u64;
+            }
+        }
+    }
 }
 
-/// End of the first event in `b`: (length without the blank line, length with it).
-fn event_end(b: &[u8]) -> Option<(usize, usize)> {
-    let lf = memmem::find(b, b"\n\n").map(|i| (i, i + 2));
-    let crlf = memmem::find(b, b"\r\n\r\n").map(|i| (i, i + 4));
-    match (lf, crlf) {
-        (Some(a), Some(c)) => Some(if a.0 < c.0 { a } else { c }),
-        (a, c) => a.or(c),
+/// Length of a JSON string's contents up to its closing quote (escapes skipped).
+fn string_end(v: &[u8]) -> usize {
+    let mut i = 0;
+    while let Some(j) = memchr::memchr2(b'"', b'\\', &v[i..]) {
+        if v[i + j] == b'"' {
+            return i + j;
+        }
+        i += j + 2;
+        if i >= v.len() {
+            return v.len();
+        }
     }
+    v.len()
+}
+
+/// The lines of an event, split at `\r\n`, `\r` or `\n`.
+fn lines(event: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = Some(event);
+    std::iter::from_fn(move || {
+        let r = rest?;
+        match memchr::memchr2(b'\r', b'\n', r) {
+            Some(i) => {
+                let skip = if r[i] == b'\r' && r.get(i + 1) == Some(&b'\n') {
+                    2
+                } else {
+                    1
+                };
+                rest = Some(&r[i + skip..]);
+                Some(&r[..i])
+            }
+            None => {
+                rest = None;
+                Some(r)
+            }
+        }
+    })
 }
 
 /// The event's `data` (several `data:` lines joined by `\n`), if any.
 fn event_data(event: &[u8]) -> Option<std::borrow::Cow<'_, [u8]>> {
     let mut single: Option<&[u8]> = None;
     let mut joined: Option<Vec<u8>> = None;
-    for line in event.split(|&b| b == b'\n') {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
+    for line in lines(event) {
         let Some(v) = line.strip_prefix(b"data:") else {
             continue;
         };
@@ -183,15 +359,16 @@ fn empty_choices(data: &[u8]) -> bool {
 }
 
 /// Whether a chunk carries generated output (text, content, tool calls or a Responses delta).
+const CONTENT_KEYS: [&[u8]; 5] = [
+    b"\"content\":\"",
+    b"\"text\":\"",
+    b"\"delta\":\"",
+    b"\"reasoning_content\":\"",
+    b"\"arguments\":\"",
+];
+
 fn has_content(data: &[u8]) -> bool {
-    const KEYS: [&[u8]; 5] = [
-        b"\"content\":\"",
-        b"\"text\":\"",
-        b"\"delta\":\"",
-        b"\"reasoning_content\":\"",
-        b"\"arguments\":\"",
-    ];
-    for k in KEYS {
+    for k in CONTENT_KEYS {
         if let Some(i) = memmem::find(data, k) {
             if data.get(i + k.len()).is_some_and(|&b| b != b'"') {
                 return true;
@@ -267,5 +444,198 @@ mod tests {
         let fed = s.feed(Bytes::from(ev));
         assert_eq!(&fed.out[..], b"data: [DONE]\r\n\r\n");
         assert_eq!(s.usage.unwrap().prompt_tokens, 9);
+    }
+
+    #[test]
+    fn passthrough_never_repeats_an_unterminated_last_event() {
+        // Responses-API streams end without a blank line after the last event.
+        for strip in [false, true] {
+            let mut s = SseScanner::new(strip);
+            let mut out = Vec::new();
+            out.extend_from_slice(&s.feed(Bytes::from_static(C2.as_bytes())).out);
+            out.extend_from_slice(&s.feed(Bytes::from_static(b"data: [DONE]\n")).out);
+            out.extend_from_slice(&s.finish());
+            assert_eq!(
+                out,
+                [C2, "data: [DONE]\n"].concat().as_bytes(),
+                "strip {strip}"
+            );
+            assert!(s.done);
+        }
+    }
+
+    #[test]
+    fn cr_only_and_mixed_terminators_end_events() {
+        let mut s = SseScanner::new(true);
+        let stream = "data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\r\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":1}}\r\rdata: [DONE]\r\r";
+        let fed = s.feed(Bytes::from(stream));
+        assert_eq!(
+            &fed.out[..],
+            b"data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\r\ndata: [DONE]\r\r"
+        );
+        assert!(s.finish().is_empty());
+        assert_eq!(s.usage.unwrap().prompt_tokens, 3);
+        assert_eq!(s.content_events, 1);
+    }
+
+    #[test]
+    fn oversized_events_are_relayed_not_held() {
+        for strip in [false, true] {
+            let mut s = SseScanner::new(strip);
+            let big = vec![b'x'; MAX_EVENT / 4];
+            let mut out = Vec::new();
+            let head: &[u8] = b"data: {\"choices\":[{\"delta\":{\"content\":\"";
+            out.extend_from_slice(&s.feed(Bytes::from_static(head)).out);
+            for _ in 0..6 {
+                out.extend_from_slice(&s.feed(Bytes::from(big.clone())).out);
+                assert!(s.event.len() <= MAX_EVENT);
+            }
+            out.extend_from_slice(&s.feed(Bytes::from_static(b"\"}}]}\n\n")).out);
+            out.extend_from_slice(&s.feed(Bytes::from_static(DONE.as_bytes())).out);
+            out.extend_from_slice(&s.finish());
+            let want = head.len() + 6 * big.len() + 7 + DONE.len();
+            assert_eq!(out.len(), want, "strip {strip}");
+            assert_eq!(s.content_events, 1);
+            assert!(s.done);
+        }
+    }
+
+    #[test]
+    fn streamed_text_is_collected_for_estimates() {
+        let (_, s, _) = run(true, 7);
+        assert_eq!(s.text().0, "HiHi");
+    }
+
+    mod props {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        #[derive(Debug, Clone)]
+        enum Ev {
+            Content(String),
+            Role,
+            UsageOnly(u64, u64),
+            Comment,
+            Done,
+        }
+
+        fn ev() -> impl Strategy<Value = Ev> {
+            prop_oneof![
+                "[a-z \\\\\"]{0,12}".prop_map(Ev::Content),
+                Just(Ev::Role),
+                (0u64..1000, 0u64..1000).prop_map(|(p, c)| Ev::UsageOnly(p, c)),
+                Just(Ev::Comment),
+                Just(Ev::Done),
+            ]
+        }
+
+        fn render(e: &Ev, nl: &str) -> String {
+            let body = match e {
+                Ev::Content(t) => {
+                    let t = serde_json::to_string(t).unwrap();
+                    format!("data: {{\"choices\":[{{\"delta\":{{\"content\":{t}}}}}],\"usage\":null}}")
+                }
+                Ev::Role => "data: {\"choices\":[{\"delta\":{\"role\":\"assistant\"}}]}".into(),
+                Ev::UsageOnly(p, c) => format!(
+                    "data: {{\"choices\":[],\"usage\":{{\"prompt_tokens\":{p},\"completion_tokens\":{c}}}}}"
+                ),
+                Ev::Comment => ": keep-alive".into(),
+                Ev::Done => "data: [DONE]".into(),
+            };
+            format!("{body}{nl}{nl}")
+        }
+
+        fn feed_all(strip: bool, input: &[u8], cuts: &[usize]) -> (Vec<u8>, SseScanner) {
+            let mut s = SseScanner::new(strip);
+            let mut out = Vec::new();
+            let mut at = 0;
+            for &c in cuts.iter().chain(std::iter::once(&input.len())) {
+                let c = c.clamp(at, input.len());
+                out.extend_from_slice(&s.feed(Bytes::copy_from_slice(&input[at..c])).out);
+                at = c;
+            }
+            out.extend_from_slice(&s.finish());
+            (out, s)
+        }
+
+        proptest! {
+            #[test]
+            fn any_split_gives_the_same_bytes_events_and_usage(
+                events in proptest::collection::vec(ev(), 0..12),
+                nl in prop_oneof![Just("\n"), Just("\r\n"), Just("\r")],
+                unterminated in any::<bool>(),
+                mut cuts in proptest::collection::vec(0usize..2000, 0..20),
+                strip in any::<bool>(),
+            ) {
+                let mut input = String::new();
+                let mut expected = String::new();
+                let mut usage = None;
+                let mut contents = 0;
+                for e in &events {
+                    let r = render(e, nl);
+                    input.push_str(&r);
+                    match e {
+                        Ev::UsageOnly(p, c) => {
+                            usage = Some((*p, *c));
+                            if !strip { expected.push_str(&r); }
+                        }
+                        Ev::Content(t) => {
+                            if !t.is_empty() { contents += 1; }
+                            expected.push_str(&r);
+                        }
+                        _ => expected.push_str(&r),
+                    }
+                }
+                if unterminated && !input.is_empty() {
+                    // The last event lacks its blank line (and it is never the stripped kind).
+                    let drop = nl.len();
+                    if !matches!(events.last(), Some(Ev::UsageOnly(..))) {
+                        input.truncate(input.len() - drop);
+                        expected.truncate(expected.len() - drop);
+                    }
+                }
+                cuts.sort_unstable();
+                let (out, s) = feed_all(strip, input.as_bytes(), &cuts);
+                prop_assert_eq!(String::from_utf8(out).unwrap(), expected);
+                prop_assert_eq!(s.usage.map(|u| (u.prompt_tokens, u.completion_tokens)), usage);
+                prop_assert_eq!(s.content_events, contents);
+                // Work is linear: each byte is scanned once, held once and inspected once.
+                prop_assert!(s.examined <= 3 * input.len() as u64 + 16);
+            }
+        }
+
+        #[test]
+        fn one_huge_event_without_newline_is_linear() {
+            let n = 256 << 10;
+            let mut input = b"data: {\"choices\":[{\"delta\":{\"content\":\"".to_vec();
+            input.resize(n, b'a');
+            for piece in [1usize, 17, 4096] {
+                let cuts: Vec<usize> = (piece..n).step_by(piece).collect();
+                for strip in [false, true] {
+                    let (out, s) = feed_all(strip, &input, &cuts);
+                    assert_eq!(out.len(), n);
+                    assert!(
+                        s.examined <= 3 * n as u64,
+                        "{piece} {strip}: {}",
+                        s.examined
+                    );
+                }
+            }
+        }
+
+        #[test]
+        fn nested_usage_in_one_event_is_linear() {
+            let mut input = b"data: {".to_vec();
+            while input.len() < 512 << 10 {
+                input.extend_from_slice(br#""usage":{"x":"#);
+            }
+            input.extend_from_slice(b"\n\n");
+            let started = std::time::Instant::now();
+            let (out, s) = feed_all(true, &input, &[1000, 100_000]);
+            assert_eq!(out.len(), input.len());
+            assert!(s.usage.is_none());
+            assert!(s.examined <= 3 * input.len() as u64);
+            assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        }
     }
 }
