@@ -479,7 +479,14 @@ fn client_disconnect_mid_stream_records_cancelled_usage() {
     assert_eq!(rec["cancelled"], true, "{rec}");
     assert_eq!(rec["usage_source"], "estimated");
     let c = rec["completion_tokens"].as_u64().unwrap();
-    assert!((3..50).contains(&c), "tokens streamed so far: {c}");
+    assert!((3..80).contains(&c), "tokens streamed so far: {c}");
+    // The provider bills the prompt it received: counted, not dropped.
+    let p = rec["prompt_tokens"].as_u64().unwrap();
+    assert!(
+        (5..40).contains(&p),
+        "prompt tokens of one short message: {p}"
+    );
+    assert!(rec["cost_nanousd"].as_i64().unwrap() > 0);
     assert!(
         rec["latency_ms"].as_f64().unwrap() < 3000.0,
         "upstream read stopped early"
@@ -510,7 +517,11 @@ async fn upstream_failures_mid_stream_and_idle_timeout() {
     );
     let rec = g.record(&rid);
     assert_eq!(rec["error_type"], "upstream_unreachable");
-    assert_eq!(rec["completion_tokens"], 2);
+    assert_eq!(rec["usage_source"], "estimated");
+    // "tok0 tok1 " relayed: counted with the tokenizer (or bytes / 4 before it has loaded).
+    let c = rec["completion_tokens"].as_u64().unwrap();
+    assert!((2..=8).contains(&c), "{rec}");
+    assert!(rec["prompt_tokens"].as_u64().unwrap() > 0, "{rec}");
 
     let r = client()
         .post(g.url("/v1/chat/completions"))

@@ -78,6 +78,7 @@ pub struct ServerSettings {
     pub h2c: bool,
     pub keepalive_timeout_s: u64,
     pub drain_timeout: Duration,
+    pub client_write_timeout: Duration,
     pub tls: Option<TlsSettings>,
 }
 
@@ -456,6 +457,7 @@ fn validate(raw: RawConfig, path: &Path, err: &mut dyn FnMut(&str, String)) -> C
             h2c: s.h2c,
             keepalive_timeout_s: s.keepalive_timeout_s,
             drain_timeout: Duration::from_millis(s.drain_timeout_ms),
+            client_write_timeout: Duration::from_millis(s.client_write_timeout_ms.max(1)),
             tls,
         },
         usage: UsageSettings {

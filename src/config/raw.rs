@@ -372,6 +372,11 @@ pub struct RawServer {
     /// On SIGTERM, how long in-flight requests may take to finish before exit.
     #[serde(default = "default_drain_timeout_ms")]
     pub drain_timeout_ms: u64,
+    /// Longest wait for a client to take one piece of a response, in milliseconds: a client
+    /// that stops reading is cut off (its record marked cancelled) instead of holding the
+    /// request and the provider connection. Also bounded by the provider's total timeout.
+    #[serde(default = "default_client_write_timeout_ms")]
+    pub client_write_timeout_ms: u64,
     /// TLS for the data plane; plaintext when absent.
     #[serde(default)]
     pub tls: Option<RawTls>,
@@ -389,6 +394,7 @@ impl Default for RawServer {
             h2c: true,
             keepalive_timeout_s: default_keepalive_s(),
             drain_timeout_ms: default_drain_timeout_ms(),
+            client_write_timeout_ms: default_client_write_timeout_ms(),
             tls: None,
         }
     }
@@ -702,6 +708,10 @@ fn default_true() -> bool {
 fn default_keepalive_s() -> u64 {
     60
 }
+fn default_client_write_timeout_ms() -> u64 {
+    30_000
+}
+
 fn default_drain_timeout_ms() -> u64 {
     30_000
 }

@@ -147,6 +147,8 @@ pub fn worst_case(
     price: Option<crate::usage::pricing::Price>,
 ) -> (u64, i64) {
     let prompt = (body_len as u64).div_ceil(BYTES_PER_TOKEN);
+    // `max_tokens` is the client's: bounded like every token figure, so nothing here wraps.
+    let completion = completion.min(crate::usage::MAX_TOKENS);
     let cost = price.map_or(0, |p| {
         p.cost_nanousd(&crate::usage::Usage {
             prompt_tokens: prompt,
@@ -154,7 +156,7 @@ pub fn worst_case(
             completion_tokens: completion,
         })
     });
-    (prompt + completion, cost)
+    (prompt.saturating_add(completion), cost)
 }
 
 /// The caller and request as admission sees them.
@@ -528,5 +530,28 @@ impl Fnv {
     }
     fn finish(&self) -> u64 {
         self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::usage::pricing::{parse_usd, Price};
+
+    #[test]
+    fn worst_case_never_wraps() {
+        let p = Price {
+            input: parse_usd("1000").unwrap(),
+            cached_input: 0,
+            output: parse_usd("1000").unwrap(),
+        };
+        let (tokens, cost) = worst_case(usize::MAX, u64::MAX, Some(p));
+        assert_eq!(
+            tokens,
+            (usize::MAX as u64).div_ceil(BYTES_PER_TOKEN) + crate::usage::MAX_TOKENS
+        );
+        assert!(cost > 0, "a wrapped sum would price as (nearly) nothing");
+        let (tokens, _) = worst_case(10, u64::MAX - 1, None);
+        assert!(tokens > crate::usage::MAX_TOKENS);
     }
 }

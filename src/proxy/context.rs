@@ -28,6 +28,9 @@ pub struct Ctx {
     pub admission: Option<crate::limits::Admission>,
     /// `x-ratelimit-*`, `retry-after`, budget warning: added to whatever response is sent.
     pub limit_headers: Vec<(&'static str, String)>,
+    /// The LLM request body as sent (a shared handle, no copy): prompt tokens are counted from
+    /// it when the provider reports no usage.
+    pub request_body: Option<bytes::Bytes>,
 }
 
 /// `req_` and 96 random bits in hex: the id in `x-request-id`, usage rows and audit events.
@@ -54,6 +57,7 @@ impl Ctx {
             principal,
             admission: None,
             limit_headers: Vec::new(),
+            request_body: None,
             record: UsageRecord {
                 ts_ms,
                 request_id: new_request_id(),
@@ -110,7 +114,23 @@ impl Ctx {
         let r = &mut self.record;
         r.latency_ms = elapsed.as_secs_f64() * 1e3;
         r.ttft_ms = self.ttft.map(|t| t.as_secs_f64() * 1e3);
-        if let Some((u, source)) = self.usage {
+        // A provider that answered 2xx bills the prompt even when no usage came back (client
+        // gone, upstream dropped, no usage in the stream): count it, marked estimated.
+        let answered = (200..300).contains(&r.status) && r.provider.is_some();
+        let usage = match self.usage {
+            Some((u, UsageSource::Estimated)) => Some((u, UsageSource::Estimated)),
+            None if answered && self.request_body.is_some() => {
+                Some((Usage::default(), UsageSource::Estimated))
+            }
+            other => other,
+        };
+        if let Some((mut u, source)) = usage {
+            if source == UsageSource::Estimated && u.prompt_tokens == 0 {
+                if let Some(body) = &self.request_body {
+                    let model = r.provider_model.as_deref().unwrap_or_default();
+                    u.prompt_tokens = crate::usage::estimate::prompt_tokens(model, body);
+                }
+            }
             r.prompt_tokens = u.prompt_tokens;
             r.cached_tokens = u.cached_tokens;
             r.completion_tokens = u.completion_tokens;
@@ -162,7 +182,7 @@ impl Ctx {
         }
         if let Some(adm) = self.admission.take() {
             let actual = crate::limits::Actual {
-                tokens: r.prompt_tokens + r.completion_tokens,
+                tokens: r.prompt_tokens.saturating_add(r.completion_tokens),
                 cost: r.cost_nanousd.unwrap_or(0),
             };
             for c in adm.settle(actual) {

@@ -252,6 +252,7 @@ impl DataPlane {
             }
             None => (body, fields),
         };
+        ctx.request_body = Some(body.clone());
         if let Some(sh) = &route.shadow {
             super::shadow::maybe_send(
                 &self.shared,

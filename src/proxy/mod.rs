@@ -31,6 +31,7 @@ use std::path::Path;
 
 /// Builds the server from a validated config and runs it until shutdown.
 pub fn serve(config: Config, config_path: &Path) -> Result<(), String> {
+    crate::usage::estimate::warm_up();
     let (sink, audit) = sinks::start(&config)?;
     let feedback = sinks::feedback(&config)?;
     let server_cfg = config.server.clone();

@@ -9,6 +9,7 @@ use crate::usage::sse::SseScanner;
 use crate::usage::{json, UsageSource};
 use bytes::Bytes;
 use pingora_core::protocols::http::ServerSession;
+use std::time::{Duration, Instant};
 
 /// How a request left the connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,6 +67,23 @@ fn is_event_stream(resp: &Response) -> bool {
         .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"))
 }
 
+/// Bounds one write to the client: a client that stops reading is cut off after the
+/// configured client write timeout, and never kept past the provider's total timeout (with a
+/// second's grace so a last piece read just before it still goes out).
+async fn bounded<T>(
+    limit: Duration,
+    deadline: Instant,
+    write: impl std::future::Future<Output = pingora_error::Result<T>>,
+) -> bool {
+    let left = deadline
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_secs(1));
+    matches!(
+        tokio::time::timeout(limit.min(left), write).await,
+        Ok(Ok(_))
+    )
+}
+
 pub async fn relay(
     s: &mut ServerSession,
     ctx: &mut Ctx,
@@ -90,7 +108,9 @@ pub async fn relay(
     ctx.record.upstream_latency_ms = Some(resp.header_latency.as_secs_f64() * 1e3);
     // The routing loop already counted its attempts (including this response's own).
     ctx.record.retries = ctx.record.retries.max(resp.retries);
-    if s.write_response_header(Box::new(header)).await.is_err() {
+    let limit = ctx.live.config.server.client_write_timeout;
+    let deadline = resp.deadline();
+    if !bounded(limit, deadline, s.write_response_header(Box::new(header))).await {
         ctx.record.cancelled = true;
         return Ok(Outcome::Abort);
     }
@@ -147,7 +167,7 @@ pub async fn relay(
             continue;
         }
         ctx.record.response_bytes += out.len() as u64;
-        if s.write_response_body(out, false).await.is_err() {
+        if !bounded(limit, deadline, s.write_response_body(out, false)).await {
             ctx.record.cancelled = true;
             break Outcome::Abort;
         }
@@ -157,20 +177,26 @@ pub async fn relay(
             let rest = sc.finish();
             if !rest.is_empty() {
                 ctx.record.response_bytes += rest.len() as u64;
-                if s.write_response_body(rest, false).await.is_err() {
+                if !bounded(limit, deadline, s.write_response_body(rest, false)).await {
                     ctx.record.cancelled = true;
                 }
             }
         }
         ctx.usage = Some(match sc.usage {
             Some(u) => (u, UsageSource::Provider),
-            None => (
-                crate::usage::Usage {
-                    completion_tokens: sc.content_events,
-                    ..Default::default()
-                },
-                UsageSource::Estimated,
-            ),
+            None => {
+                // Completion tokens from the text relayed; the prompt is counted in `finish`.
+                let model = ctx.record.provider_model.as_deref().unwrap_or_default();
+                let (text, beyond) = sc.text();
+                let counted = crate::usage::estimate::text_tokens(model, &text, beyond);
+                (
+                    crate::usage::Usage {
+                        completion_tokens: counted.max(sc.content_events),
+                        ..Default::default()
+                    },
+                    UsageSource::Estimated,
+                )
+            }
         });
     }
     if let Some(t) = &tail {
@@ -181,7 +207,7 @@ pub async fn relay(
     if result != Outcome::Done || ctx.record.cancelled {
         return Ok(Outcome::Abort);
     }
-    if s.write_response_body(Bytes::new(), true).await.is_err() {
+    if !bounded(limit, deadline, s.write_response_body(Bytes::new(), true)).await {
         ctx.record.cancelled = true;
         return Ok(Outcome::Abort);
     }

@@ -230,11 +230,12 @@ async fn read_head(
     provider: &Provider,
     deadline: Instant,
 ) -> Result<(), GatewayError> {
-    let wait = provider
-        .timeouts
-        .first_byte
-        .min(deadline.saturating_duration_since(Instant::now()));
-    loop {
+    // One deadline for every informational answer too: a provider sending `100 Continue`
+    // forever must not restart the first-byte timeout, nor outlive the total one.
+    let first_byte = Instant::now() + provider.timeouts.first_byte;
+    let until = first_byte.min(deadline);
+    for _ in 0..MAX_INFORMATIONAL {
+        let wait = until.saturating_duration_since(Instant::now());
         pingora_timeout::timeout(wait, session.read_response())
             .await
             .map_err(|_| GatewayError::UpstreamTimeout {
@@ -254,7 +255,14 @@ async fn read_head(
             }
         }
     }
+    Err(GatewayError::UpstreamProtocol {
+        provider: provider.name.to_string(),
+        detail: format!("more than {MAX_INFORMATIONAL} informational responses"),
+    })
 }
+
+/// Informational (1xx) answers tolerated before the response.
+const MAX_INFORMATIONAL: usize = 16;
 
 impl Response {
     fn new(
@@ -285,6 +293,11 @@ impl Response {
 
     pub fn header(&self) -> Option<&ResponseHeader> {
         self.session.resp_header()
+    }
+
+    /// When the provider's total timeout ends.
+    pub fn deadline(&self) -> Instant {
+        self.deadline
     }
 
     /// Next body chunk; `Ok(None)` at the end. Applies the idle and total timeouts.

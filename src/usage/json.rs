@@ -34,10 +34,13 @@ impl From<WireUsage> for Usage {
             .prompt_tokens_details
             .or(w.input_tokens_details)
             .and_then(|d| d.cached_tokens);
+        // A provider's figures are bounded before anything adds or prices them: no request
+        // has billions of tokens, and 2^64-1 would wrap sums and saturate costs.
+        let bound = |n: Option<u64>| n.unwrap_or(0).min(super::MAX_TOKENS);
         Usage {
-            prompt_tokens: w.prompt_tokens.or(w.input_tokens).unwrap_or(0),
-            completion_tokens: w.completion_tokens.or(w.output_tokens).unwrap_or(0),
-            cached_tokens: cached.unwrap_or(0),
+            prompt_tokens: bound(w.prompt_tokens.or(w.input_tokens)),
+            completion_tokens: bound(w.completion_tokens.or(w.output_tokens)),
+            cached_tokens: bound(cached),
         }
     }
 }
@@ -145,5 +148,16 @@ mod tests {
         assert_eq!(from_fragment(&b), None);
         // Generous: the quadratic version took ~27 s; linear takes milliseconds.
         assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    }
+
+    #[test]
+    fn absurd_usage_is_bounded() {
+        let b = br#"{"usage":{"prompt_tokens":18446744073709551615,"completion_tokens":18446744073709551615,"prompt_tokens_details":{"cached_tokens":18446744073709551615}}}"#;
+        let u = from_body(b).unwrap();
+        assert_eq!(u.prompt_tokens, crate::usage::MAX_TOKENS);
+        assert_eq!(u.completion_tokens, crate::usage::MAX_TOKENS);
+        assert_eq!(from_fragment(b), Some(u));
+        // Sums of bounded figures cannot wrap.
+        assert!(u.prompt_tokens.checked_add(u.completion_tokens).is_some());
     }
 }

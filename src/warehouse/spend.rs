@@ -31,12 +31,12 @@ pub struct Totals {
 
 impl Totals {
     fn add(&mut self, r: &RollupRow) {
-        self.requests += r.requests;
-        self.prompt_tokens += r.prompt_tokens;
-        self.cached_tokens += r.cached_tokens;
-        self.completion_tokens += r.completion_tokens;
-        self.cost_nanousd += r.cost_nanousd;
-        self.unpriced_requests += r.unpriced_requests;
+        self.requests = self.requests.saturating_add(r.requests);
+        self.prompt_tokens = self.prompt_tokens.saturating_add(r.prompt_tokens);
+        self.cached_tokens = self.cached_tokens.saturating_add(r.cached_tokens);
+        self.completion_tokens = self.completion_tokens.saturating_add(r.completion_tokens);
+        self.cost_nanousd = self.cost_nanousd.saturating_add(r.cost_nanousd);
+        self.unpriced_requests = self.unpriced_requests.saturating_add(r.unpriced_requests);
     }
 
     fn json(&self, into: &mut Map<String, Value>) {
