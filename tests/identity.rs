@@ -144,10 +144,22 @@ async fn keys_tenancy_rbac_attribution_and_audit() {
     }
 
     // 401: missing, malformed, unknown, expired — one message for the last three.
-    let (s, v, _) = call(&g, None, "gpt-4o-mini", &[]).await;
+    let (s, v, h) = call(&g, None, "gpt-4o-mini", &[]).await;
     assert_eq!(
         (s, v["error"]["code"].as_str()),
         (401, Some("invalid_api_key"))
+    );
+    // Classified from the path before authentication, and not an unpriced request.
+    let rec = g.record(h["x-request-id"].to_str().unwrap());
+    assert_eq!(
+        (rec["endpoint"].as_str(), rec["cost_nanousd"].as_i64()),
+        (Some("chat_completions"), Some(0)),
+        "{rec}"
+    );
+    let m = g.metrics().await;
+    assert!(
+        m.contains(r#"model_bridge_requests_total{endpoint="chat_completions",model="unknown",provider="none",status_class="4xx"}"#),
+        "{m}"
     );
     let (s, malformed, _) = call(&g, Some("sk-not-ours"), "gpt-4o-mini", &[]).await;
     assert_eq!(s, 401);

@@ -712,6 +712,41 @@ async fn cost_is_exact_and_unpriced_models_are_unknown_not_zero() {
         "{m}"
     );
     assert!(m.contains(r#"model_bridge_cost_usd_total{model="gpt-4o-mini"}"#));
+
+    // Requests that never reached a model (unknown model, bad body) or that the provider
+    // refused cost nothing: they are not "unpriced", and are labelled with their endpoint.
+    for (body, status) in [
+        (chat("no-such-model", false), 404),
+        (json!({"messages": []}), 400),
+    ] {
+        let r = client()
+            .post(g.url("/v1/chat/completions"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), status);
+        let rec = g.record(header(&r, "x-request-id"));
+        assert_eq!(rec["cost_nanousd"], 0, "{rec}");
+        assert_eq!(rec["endpoint"], "chat_completions", "{rec}");
+    }
+    let r = client()
+        .post(g.url("/v1/chat/completions"))
+        .header("x-mock-status", "503")
+        .json(&chat("same-name", false))
+        .send()
+        .await
+        .unwrap();
+    let rec = g.record(header(&r, "x-request-id"));
+    assert_eq!(
+        rec["cost_nanousd"], 0,
+        "a refused request is not unpriced: {rec}"
+    );
+    let m = g.metrics().await;
+    assert!(
+        m.contains(r#"model_bridge_unpriced_requests_total{model="same-name"} 1"#),
+        "{m}"
+    );
 }
 
 #[tokio::test]

@@ -153,8 +153,15 @@ impl Ctx {
                         .inc_by(cost as f64 / 1e9);
                 }
             }
-            Some(None) => METRICS.unpriced.with_label_values(&[model]).inc(),
-            None => {}
+            // Unpriced means a request a provider served whose cost we cannot know (an
+            // unpriced model, or passthrough); one that never reached a model, or that the
+            // provider refused, cost nothing.
+            _ if answered => {
+                if self.price.is_some() {
+                    METRICS.unpriced.with_label_values(&[model]).inc();
+                }
+            }
+            _ => r.cost_nanousd = Some(0),
         }
         let provider = r.provider.as_deref().unwrap_or("none");
         let endpoint = r.endpoint;

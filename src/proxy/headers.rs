@@ -15,6 +15,7 @@ fn forward_request_header(name: &HeaderName) -> bool {
         "host"
             | "authorization"
             | "api-key"
+            | "x-api-key"
             | "proxy-authorization"
             | "cookie"
             | "content-length"
