@@ -18,6 +18,10 @@ pub enum GatewayError {
     ModelNotFound(String),
     /// The request body exceeds `server.max_body_bytes`.
     BodyTooLarge { limit: usize },
+    /// Too many request header fields, or a header section too large to parse.
+    HeadersTooLarge,
+    /// A request header that is not valid HTTP.
+    MalformedRequest,
     /// No route exists for this method and path.
     NotFound,
     /// The method is not allowed on this path.
@@ -49,7 +53,8 @@ impl GatewayError {
     /// HTTP status for the client.
     pub fn status(&self) -> u16 {
         match self {
-            Self::InvalidJson(_) | Self::InvalidField { .. } => 400,
+            Self::InvalidJson(_) | Self::InvalidField { .. } | Self::MalformedRequest => 400,
+            Self::HeadersTooLarge => 431,
             Self::ModelNotFound(_) | Self::NotFound | Self::NoPassthrough => 404,
             Self::MethodNotAllowed => 405,
             Self::BodyTooLarge { .. } => 413,
@@ -70,6 +75,8 @@ impl GatewayError {
             | Self::InvalidField { .. }
             | Self::ModelNotFound(_)
             | Self::BodyTooLarge { .. }
+            | Self::HeadersTooLarge
+            | Self::MalformedRequest
             | Self::NotFound
             | Self::MethodNotAllowed
             | Self::NoPassthrough
@@ -93,6 +100,8 @@ impl GatewayError {
             Self::InvalidField { .. } => "invalid_request_error",
             Self::ModelNotFound(_) => "model_not_found",
             Self::BodyTooLarge { .. } => "request_too_large",
+            Self::HeadersTooLarge => "request_header_fields_too_large",
+            Self::MalformedRequest => "malformed_request",
             Self::NotFound | Self::NoPassthrough => "unknown_url",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::UpstreamUnreachable { .. } => "upstream_unreachable",
@@ -127,6 +136,10 @@ impl GatewayError {
             Self::BodyTooLarge { limit } => {
                 format!("Request body exceeds the gateway limit of {limit} bytes.")
             }
+            Self::HeadersTooLarge => {
+                "The request has too many header fields, or they are too large.".to_string()
+            }
+            Self::MalformedRequest => "The request header is not valid HTTP.".to_string(),
             Self::NotFound => "Unknown request URL.".to_string(),
             Self::MethodNotAllowed => "Method not allowed on this URL.".to_string(),
             Self::NoPassthrough => {

@@ -240,3 +240,69 @@ fn a_client_that_stops_reading_is_cut_off_and_recorded_cancelled() {
     assert!(rec["latency_ms"].as_f64().unwrap() < 8000.0, "{rec}");
     drop(s);
 }
+
+/// An HTTP/1.0 client gets a stream delimited by closing the connection, never chunked.
+#[test]
+fn http10_streams_are_close_delimited() {
+    let g = Gateway::start();
+    let body = serde_json::to_vec(&chat("gpt-4o-mini", true)).unwrap();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.0\r\nhost: x\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    let out = raw(g.port, &[head.as_bytes(), &body].concat());
+    let (h, b) = out.split_once("\r\n\r\n").unwrap();
+    assert!(
+        h.starts_with("HTTP/1.1 200") || h.starts_with("HTTP/1.0 200"),
+        "{h}"
+    );
+    assert!(!h.to_ascii_lowercase().contains("transfer-encoding"), "{h}");
+    assert!(h.to_ascii_lowercase().contains("connection: close"), "{h}");
+    assert!(b.starts_with("data: "), "no chunk-size lines: {b}");
+    assert!(b.trim_end().ends_with("data: [DONE]"), "{b}");
+}
+
+/// Header sections a server will not take are refused with 431 and an OpenAI-shaped body; a
+/// huge model name is not echoed back whole, nor recorded whole.
+#[test]
+fn oversized_headers_get_431_and_huge_model_names_are_truncated() {
+    let g = Gateway::start();
+    let many: String = (0..1000).map(|i| format!("x-h{i}: v\r\n")).collect();
+    let big = format!("x-big: {}\r\n", "a".repeat(2 << 20));
+    for extra in [many, big] {
+        let out = raw(
+            g.port,
+            format!("GET /v1/models HTTP/1.1\r\nhost: x\r\n{extra}\r\n").as_bytes(),
+        );
+        assert!(
+            out.starts_with("HTTP/1.1 431"),
+            "{}",
+            &out[..out.len().min(200)]
+        );
+        assert!(out.contains("request_header_fields_too_large"), "{out}");
+    }
+    let name = "m".repeat(5 << 20);
+    let body = serde_json::to_vec(&serde_json::json!({"model": name, "messages": []})).unwrap();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    let out = raw(g.port, &[head.as_bytes(), &body].concat());
+    assert!(
+        out.starts_with("HTTP/1.1 404"),
+        "{}",
+        &out[..out.len().min(200)]
+    );
+    assert!(
+        out.len() < 4096,
+        "the name is echoed whole: {} bytes",
+        out.len()
+    );
+    let rid = out
+        .lines()
+        .find_map(|l| l.strip_prefix("x-request-id: "))
+        .unwrap()
+        .trim();
+    let rec = g.record(rid);
+    assert!(rec["requested_model"].as_str().unwrap().len() < 1024);
+}

@@ -92,6 +92,7 @@ impl HttpServerApp for DataPlane {
             Err(e) => {
                 // The error's text quotes the raw request (credentials included): kind only.
                 log::debug!("unreadable request ({:?})", e.etype());
+                refuse_unreadable(s, &e).await;
                 return None;
             }
         }
@@ -216,20 +217,22 @@ impl DataPlane {
         METRICS.body_bytes.observe(body.len() as f64);
         let fields = RequestFields::parse(&body)?;
         ctx.record.stream = fields.stream;
-        ctx.record.end_user = fields.user.clone();
+        ctx.record.end_user = fields.user.as_deref().map(bounded_text);
         let Some(model) = fields.model.clone() else {
             return Err(GatewayError::InvalidField {
                 param: "model",
                 message: "you must provide a model parameter".into(),
             });
         };
-        ctx.record.requested_model = Some(model.clone());
+        // A client's text is echoed into errors and records only in bounded form: a 10 MB
+        // model name is refused with (and recorded as) its first 256 bytes.
+        ctx.record.requested_model = Some(bounded_text(&model));
         let live = ctx.live.clone();
         let route = live
             .config
             .models
             .get(&model)
-            .ok_or(GatewayError::ModelNotFound(model))?;
+            .ok_or_else(|| GatewayError::ModelNotFound(bounded_text(&model)))?;
         identity::authorize_model(&self.shared, s, ctx, route)?;
         ctx.alias = Some(route.alias.clone());
         let plan = super::route::choose(ctx, route, &fields);
@@ -463,4 +466,65 @@ async fn write_error(s: &mut ServerSession, ctx: &mut Ctx, e: &GatewayError) -> 
         let _ = tokio::time::timeout(LINGER, s.drain_request_body()).await;
     }
     Outcome::Done
+}
+
+/// Longest client-supplied text (model name, end-user id) echoed into an error or a record.
+const MAX_ECHO: usize = 256;
+
+/// `text` cut to `MAX_ECHO` bytes at a character boundary, marked with `…` when cut.
+fn bounded_text(text: &str) -> String {
+    if text.len() <= MAX_ECHO {
+        return text.to_string();
+    }
+    let mut cut = MAX_ECHO;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}…", &text[..cut])
+}
+
+/// Answers a request header pingora refused to parse, then closes: 431 for too many or too
+/// large header fields, 400 for other malformed headers (nothing for timeouts and closed
+/// connections). Written straight to the socket: there is no parsed request to answer through.
+async fn refuse_unreadable(s: ServerSession, e: &pingora_error::Error) {
+    use pingora_error::ErrorType;
+    use tokio::io::AsyncWriteExt;
+    if e.etype() != &ErrorType::InvalidHTTPHeader {
+        return;
+    }
+    let too_many = e
+        .cause
+        .as_ref()
+        .and_then(|c| c.downcast_ref::<httparse::Error>())
+        .is_some_and(|c| *c == httparse::Error::TooManyHeaders);
+    // pingora marks an over-long header section only in its message.
+    let too_large = e
+        .context
+        .as_ref()
+        .is_some_and(|c| c.as_str().starts_with("Request header larger"));
+    let (status, err) = if too_many || too_large {
+        (
+            "431 Request Header Fields Too Large",
+            GatewayError::HeadersTooLarge,
+        )
+    } else {
+        ("400 Bad Request", GatewayError::MalformedRequest)
+    };
+    let body = err.body();
+    let head = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    METRICS
+        .gateway_errors
+        .with_label_values(&[err.code()])
+        .inc();
+    let ServerSession::H1(h1) = s else { return };
+    let mut stream = h1.into_inner();
+    let write = async {
+        stream.write_all(head.as_bytes()).await?;
+        stream.write_all(&body).await?;
+        stream.shutdown().await
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), write).await;
 }

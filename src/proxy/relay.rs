@@ -102,8 +102,25 @@ pub async fn relay(
     let ok = (200..300).contains(&status);
     let mut scanner = (sse && mode.account && ok).then(|| SseScanner::new(mode.strip_usage_chunk));
     let rewrites_body = scanner.is_some() && mode.strip_usage_chunk;
-    let mut header =
-        headers::client_response(up, !rewrites_body, !s.is_http2(), ctx.id(), &resp.provider)?;
+    // HTTP/1.0 has no chunked encoding (RFC 9112 §6.1): a body of unknown length is
+    // delimited by closing the connection.
+    let http10 = !s.is_http2() && s.req_header().version == http::Version::HTTP_10;
+    let mut header = headers::client_response(
+        up,
+        !rewrites_body,
+        !s.is_http2() && !http10,
+        ctx.id(),
+        &resp.provider,
+    )?;
+    if http10 && !header.headers.contains_key(http::header::CONTENT_LENGTH) {
+        s.set_keepalive(None);
+        header.insert_header("connection", "close").map_err(|_| {
+            GatewayError::UpstreamProtocol {
+                provider: resp.provider.to_string(),
+                detail: "response header cannot be relayed".into(),
+            }
+        })?;
+    }
     headers::add(&mut header, &ctx.limit_headers);
     ctx.record.upstream_latency_ms = Some(resp.header_latency.as_secs_f64() * 1e3);
     // The routing loop already counted its attempts (including this response's own).
