@@ -26,6 +26,7 @@ pub mod proxy;
 pub mod rbac;
 pub mod routing;
 pub mod state;
+pub mod tasks;
 pub mod time;
 pub mod usage;
 pub mod warehouse;

@@ -80,6 +80,8 @@ pub struct Shared {
     pub shadow_budgets: dashmap::DashMap<Arc<str>, Arc<crate::limits::budget::BudgetState>>,
     /// Feedback scores (`POST /v1/feedback`); `None` without a warehouse.
     pub feedback: Option<Arc<crate::warehouse::sinks::ClickHouseFeedback>>,
+    /// Background work of the request path, and the cut at the drain deadline.
+    pub tasks: crate::tasks::Tasks,
 }
 
 impl Shared {
@@ -103,6 +105,7 @@ impl Shared {
             breakers: Default::default(),
             shadow_budgets: Default::default(),
             feedback,
+            tasks: Default::default(),
             retry_budget,
             keys,
             audit,

@@ -246,6 +246,62 @@ async fn sigterm_drains_in_flight_streams() {
     assert_eq!(rec["completion_tokens"], 20, "usage flushed before exit");
 }
 
+/// Streams still running at the drain deadline are cut, and each still leaves exactly one
+/// record (marked cut by shutdown), written before the process exits.
+#[tokio::test]
+async fn streams_cut_at_the_drain_deadline_leave_their_records() {
+    let mut g = Gateway::start_edited(&[], "", |t| {
+        t.replacen("drain_timeout_ms = 10000", "drain_timeout_ms = 300", 1)
+            .replacen("idle_timeout_ms = 1000", "idle_timeout_ms = 20000", 1)
+    });
+    let c = client();
+    let mut streams = Vec::new();
+    for _ in 0..3 {
+        let r = c
+            .post(g.url("/v1/chat/completions"))
+            .header("x-mock-chunks", "400")
+            .header("x-mock-chunk-interval-ms", "50")
+            .json(&json!({"model": "gpt-4o-mini", "stream": true, "messages": []}))
+            .send()
+            .await
+            .unwrap();
+        streams.push(r);
+    }
+    let ids: Vec<String> = streams
+        .iter()
+        .map(|r| r.headers()["x-request-id"].to_str().unwrap().to_string())
+        .collect();
+    signal(&g.proc.0, "TERM");
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = g.proc.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "gateway did not exit after the drain deadline"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status:?}");
+    let records = g.records();
+    for id in &ids {
+        let mine: Vec<_> = records
+            .iter()
+            .filter(|r| r["request_id"] == id.as_str())
+            .collect();
+        assert_eq!(mine.len(), 1, "exactly one record for {id}: {records:?}");
+        assert_eq!(mine[0]["cancelled"], true, "{}", mine[0]);
+        assert_eq!(mine[0]["error_type"], "shutting_down", "{}", mine[0]);
+        assert!(
+            mine[0]["completion_tokens"].as_u64().unwrap() > 0,
+            "{}",
+            mine[0]
+        );
+    }
+    drop(streams);
+}
+
 #[test]
 fn shipped_configs_pass_check() {
     for (file, env) in [

@@ -31,6 +31,9 @@ pub struct Ctx {
     /// The LLM request body as sent (a shared handle, no copy): prompt tokens are counted from
     /// it when the provider reports no usage.
     pub request_body: Option<bytes::Bytes>,
+    /// The SSE scanner of a streamed response: its usage (or what was relayed, for an
+    /// estimate) goes into the record however the request ends.
+    pub scanner: Option<crate::usage::sse::SseScanner>,
 }
 
 /// `req_` and 96 random bits in hex: the id in `x-request-id`, usage rows and audit events.
@@ -58,6 +61,7 @@ impl Ctx {
             admission: None,
             limit_headers: Vec::new(),
             request_body: None,
+            scanner: None,
             record: UsageRecord {
                 ts_ms,
                 request_id: new_request_id(),
@@ -117,7 +121,8 @@ impl Ctx {
         // A provider that answered 2xx bills the prompt even when no usage came back (client
         // gone, upstream dropped, no usage in the stream): count it, marked estimated.
         let answered = (200..300).contains(&r.status) && r.provider.is_some();
-        let usage = match self.usage {
+        let streamed = self.scanner.take().map(|sc| stream_usage(&sc, r));
+        let usage = match streamed.or(self.usage) {
             Some((u, UsageSource::Estimated)) => Some((u, UsageSource::Estimated)),
             None if answered && self.request_body.is_some() => {
                 Some((Usage::default(), UsageSource::Estimated))
@@ -207,6 +212,26 @@ impl Ctx {
             ])
             .inc();
         shared.sink.submit(self.record);
+    }
+}
+
+/// Usage of a streamed response: the provider's, or an estimate (marked so) with completion
+/// tokens counted from the text relayed; the prompt is counted by `finish`.
+fn stream_usage(sc: &crate::usage::sse::SseScanner, r: &UsageRecord) -> (Usage, UsageSource) {
+    match sc.usage {
+        Some(u) => (u, UsageSource::Provider),
+        None => {
+            let model = r.provider_model.as_deref().unwrap_or_default();
+            let (text, beyond) = sc.text();
+            let counted = crate::usage::estimate::text_tokens(model, &text, beyond);
+            (
+                Usage {
+                    completion_tokens: counted.max(sc.content_events),
+                    ..Default::default()
+                },
+                UsageSource::Estimated,
+            )
+        }
     }
 }
 

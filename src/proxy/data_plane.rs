@@ -144,10 +144,22 @@ impl DataPlane {
                 param: "path",
                 message: e.message().into(),
             }),
-            Ok(path) => match identity::authenticate(&self.shared, &self.jwks, s, &mut ctx).await {
-                Ok(()) => self.dispatch(s, &mut ctx, &method, &path).await,
-                Err(e) => Err(e),
-            },
+            Ok(path) => {
+                let serve = async {
+                    identity::authenticate(&self.shared, &self.jwks, s, &mut ctx).await?;
+                    self.dispatch(s, &mut ctx, &method, &path).await
+                };
+                // At the drain deadline the request is cut here, while `ctx` lives on: it
+                // still settles its admission and leaves its record, marked as cut by shutdown.
+                let served = tokio::select! {
+                    r = serve => Some(r),
+                    _ = self.shared.tasks.cut_signal() => None,
+                };
+                served.unwrap_or_else(|| {
+                    ctx.record.cancelled = s.response_written().is_some();
+                    Err(GatewayError::ShuttingDown)
+                })
+            }
         };
         let outcome = match result {
             Ok(o) => o,

@@ -17,24 +17,41 @@ const SETTLE: Duration = Duration::from_millis(100);
 /// that does not finish within its own timeout is spooled, so this covers that timeout).
 const SINK_FLUSH: Duration = Duration::from_secs(15);
 
+/// How long cut requests get to write their records after the drain deadline.
+const CUT_GRACE: Duration = Duration::from_secs(2);
+
 pub struct Signals {
     pub shared: Arc<Shared>,
     pub drain_timeout: Duration,
 }
 
 impl Signals {
-    /// Stops advertising readiness and waits until in-flight requests are done (bounded).
+    /// Whether requests or their background tasks (shadow requests) are still running.
+    fn busy(&self) -> bool {
+        self.shared.inflight.load(Ordering::Acquire) > 0 || !self.shared.tasks.running().is_empty()
+    }
+
+    /// Stops advertising readiness and waits until in-flight requests and their background
+    /// tasks are done (bounded). What is still running at the deadline is cut — each request
+    /// records itself as cut by shutdown — and only then are the sinks flushed, so no record
+    /// is lost with the runtime.
     async fn drain(&self) {
         self.shared.draining.store(true, Ordering::SeqCst);
         let start = Instant::now();
-        while self.shared.inflight.load(Ordering::Acquire) > 0
-            && start.elapsed() < self.drain_timeout
-        {
+        while self.busy() && start.elapsed() < self.drain_timeout {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let left = self.shared.inflight.load(Ordering::Acquire);
-        if left > 0 {
-            log::warn!("drain timeout: {left} requests still in flight at exit");
+        if self.busy() {
+            let left = self.shared.inflight.load(Ordering::Acquire);
+            log::warn!(
+                "drain timeout: cutting {left} requests and tasks {:?}",
+                self.shared.tasks.running()
+            );
+            self.shared.tasks.cut();
+            let cut_at = Instant::now();
+            while self.busy() && cut_at.elapsed() < CUT_GRACE {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
         } else {
             log::info!("drained in {:?}", start.elapsed());
         }

@@ -100,8 +100,10 @@ pub async fn relay(
     let status = up.status.as_u16();
     let sse = is_event_stream(&resp);
     let ok = (200..300).contains(&status);
-    let mut scanner = (sse && mode.account && ok).then(|| SseScanner::new(mode.strip_usage_chunk));
-    let rewrites_body = scanner.is_some() && mode.strip_usage_chunk;
+    // Kept in the context, not here: a request cut before it ends (client gone, shutdown)
+    // still takes what the stream reported so far into its record.
+    ctx.scanner = (sse && mode.account && ok).then(|| SseScanner::new(mode.strip_usage_chunk));
+    let rewrites_body = ctx.scanner.is_some() && mode.strip_usage_chunk;
     // HTTP/1.0 has no chunked encoding (RFC 9112 §6.1): a body of unknown length is
     // delimited by closing the connection.
     let http10 = !s.is_http2() && s.req_header().version == http::Version::HTTP_10;
@@ -166,7 +168,7 @@ pub async fn relay(
                 break Outcome::Abort;
             }
         };
-        let out = match (&mut scanner, &mut tail) {
+        let out = match (&mut ctx.scanner, &mut tail) {
             (Some(sc), _) => {
                 let fed = sc.feed(chunk);
                 if fed.first_content && ctx.ttft.is_none() {
@@ -189,7 +191,7 @@ pub async fn relay(
             break Outcome::Abort;
         }
     };
-    if let Some(sc) = &mut scanner {
+    if let Some(sc) = &mut ctx.scanner {
         if result == Outcome::Done {
             let rest = sc.finish();
             if !rest.is_empty() {
@@ -199,22 +201,6 @@ pub async fn relay(
                 }
             }
         }
-        ctx.usage = Some(match sc.usage {
-            Some(u) => (u, UsageSource::Provider),
-            None => {
-                // Completion tokens from the text relayed; the prompt is counted in `finish`.
-                let model = ctx.record.provider_model.as_deref().unwrap_or_default();
-                let (text, beyond) = sc.text();
-                let counted = crate::usage::estimate::text_tokens(model, &text, beyond);
-                (
-                    crate::usage::Usage {
-                        completion_tokens: counted.max(sc.content_events),
-                        ..Default::default()
-                    },
-                    UsageSource::Estimated,
-                )
-            }
-        });
     }
     if let Some(t) = &tail {
         if result == Outcome::Done {

@@ -77,8 +77,11 @@ pub fn maybe_send(
         budget.settle(worst, 0, now);
         return;
     };
-    let (shared, upstream, target) = (shared.clone(), upstream.clone(), sh.target.clone());
-    tokio::spawn(async move {
+    let (upstream, target) = (upstream.clone(), sh.target.clone());
+    let cut = shared.tasks.cut_signal();
+    let tasks = &shared.tasks;
+    let shared = shared.clone();
+    tasks.spawn("shadow", async move {
         let started = Instant::now();
         record.request_id.push_str("-shadow");
         record.experiment = Some(Arc::from("shadow"));
@@ -88,15 +91,31 @@ pub fn maybe_send(
         record.stream = false;
         record.request_bytes = out.len() as u64;
         let mut cost = 0;
-        match upstream
-            .send(&provider, header, Bytes::from(out), started)
-            .await
-        {
+        let mut send = std::pin::pin!(upstream.send(&provider, header, Bytes::from(out), started));
+        tokio::pin!(cut);
+        let sent = tokio::select! {
+            r = &mut send => Some(r),
+            _ = &mut cut => None,
+        };
+        let sent = match sent {
+            Some(r) => r,
+            None => Err(crate::error::GatewayError::ShuttingDown),
+        };
+        match sent {
             Ok(mut resp) => {
                 record.status = resp.header().map_or(0, |h| h.status.as_u16());
                 record.upstream_latency_ms = Some(resp.header_latency.as_secs_f64() * 1e3);
                 let mut buf = Vec::new();
-                while let Ok(Some(chunk)) = resp.chunk().await {
+                loop {
+                    let chunk = tokio::select! {
+                        c = resp.chunk() => c,
+                        _ = &mut cut => {
+                            record.cancelled = true;
+                            record.error_type = Some("shutting_down");
+                            break;
+                        }
+                    };
+                    let Ok(Some(chunk)) = chunk else { break };
                     if buf.len() < 4 << 20 {
                         buf.extend_from_slice(&chunk);
                     }
