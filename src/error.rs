@@ -39,6 +39,8 @@ pub enum GatewayError {
     UpstreamProtocol { provider: String, detail: String },
     /// The gateway is shutting down and no longer takes this request.
     ShuttingDown,
+    /// The usage sink is backed up: the request is refused before reaching a provider.
+    Backpressure,
     /// The client closed the connection before the request was complete.
     ClientClosed,
     /// No usable credential (missing, malformed, unknown, revoked or expired).
@@ -59,7 +61,7 @@ impl GatewayError {
             Self::MethodNotAllowed => 405,
             Self::BodyTooLarge { .. } => 413,
             Self::UpstreamUnreachable { .. } | Self::UpstreamProtocol { .. } => 502,
-            Self::ShuttingDown => 503,
+            Self::ShuttingDown | Self::Backpressure => 503,
             Self::ClientClosed => 499,
             Self::Unauthenticated(_) => 401,
             Self::PermissionDenied(_) => 403,
@@ -89,7 +91,8 @@ impl GatewayError {
             Self::UpstreamUnreachable { .. }
             | Self::UpstreamTimeout { .. }
             | Self::UpstreamProtocol { .. }
-            | Self::ShuttingDown => "api_error",
+            | Self::ShuttingDown
+            | Self::Backpressure => "api_error",
         }
     }
 
@@ -108,6 +111,7 @@ impl GatewayError {
             Self::UpstreamTimeout { .. } => "upstream_timeout",
             Self::UpstreamProtocol { .. } => "upstream_protocol_error",
             Self::ShuttingDown => "shutting_down",
+            Self::Backpressure => "usage_backpressure",
             Self::ClientClosed => "client_closed_request",
             Self::Unauthenticated(_) => "invalid_api_key",
             Self::PermissionDenied(_) => "permission_denied",
@@ -155,6 +159,9 @@ impl GatewayError {
                 format!("Provider `{provider}` sent an invalid response: {detail}")
             }
             Self::ShuttingDown => "The gateway is shutting down; retry.".to_string(),
+            Self::Backpressure => {
+                "The gateway is busy recording usage; retry in a moment.".to_string()
+            }
             Self::ClientClosed => "The client closed the request.".to_string(),
             // One message for unknown, revoked and expired keys: no oracle for key probing.
             Self::Unauthenticated(crate::auth::AuthFailure::Missing) => {

@@ -2,12 +2,12 @@
 //! wakes the writer (it drains on a short tick), so callers on the request path pay only a
 //! `try_send`. Usage records and audit events both go through it.
 
-use crate::handoff::{self, Msg};
+use crate::handoff::{self, Drain, Msg, Queue};
 use prometheus::{IntCounterVec, IntGauge};
 use serde::Serialize;
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError};
+use std::sync::mpsc::TryRecvError;
 use std::time::{Duration, Instant};
 
 /// How often the writer drains the queue: short, so each burst of serialization stays small next
@@ -28,7 +28,7 @@ pub struct Counters {
 }
 
 pub struct JsonLines<T> {
-    tx: SyncSender<Msg<Box<T>>>,
+    queue: Queue<Box<T>>,
     counters: Counters,
     what: &'static str,
 }
@@ -56,29 +56,37 @@ impl<T: Serialize + Send + 'static> JsonLines<T> {
             }
             Target::Stdout => Box::new(std::io::stdout()),
         };
-        let (tx, rx) = mpsc::sync_channel(capacity);
+        let (queue, drain) = handoff::channel(capacity, counters.depth.clone());
         let c = counters.clone();
         std::thread::Builder::new()
             .name(format!("{what}-jsonl"))
-            .spawn(move || writer(rx, out, flush_interval, c))?;
-        Ok(Self { tx, counters, what })
+            .spawn(move || writer(drain, out, flush_interval, c))?;
+        Ok(Self {
+            queue,
+            counters,
+            what,
+        })
     }
 
-    /// Queues one item; never blocks.
+    /// Queues one item; never blocks, never drops.
     pub fn submit(&self, item: T) {
-        let lost = self.counters.outcomes.with_label_values(&["lost"]);
-        handoff::submit(
-            &self.tx,
+        let o = &self.counters.outcomes;
+        self.queue.submit(
             Box::new(item),
-            &self.counters.depth,
-            &lost,
+            &o.with_label_values(&["overflowed"]),
+            &o.with_label_values(&["lost"]),
             self.what,
         );
     }
 
+    /// The queue is full: new requests are refused until it drains.
+    pub fn backed_up(&self) -> bool {
+        self.queue.backed_up()
+    }
+
     /// Waits (at most `timeout`) until everything queued so far is written out.
     pub fn flush(&self, timeout: Duration) -> bool {
-        handoff::flush(&self.tx, timeout)
+        self.queue.flush(timeout)
     }
 }
 
@@ -94,7 +102,7 @@ pub fn lower_priority() {
 }
 
 fn writer<T: Serialize>(
-    rx: Receiver<Msg<Box<T>>>,
+    mut rx: Drain<Box<T>>,
     out: Box<dyn Write + Send>,
     flush_interval: Duration,
     counters: Counters,

@@ -306,3 +306,47 @@ fn oversized_headers_get_431_and_huge_model_names_are_truncated() {
     let rec = g.record(rid);
     assert!(rec["requested_model"].as_str().unwrap().len() < 1024);
 }
+
+/// With a usage queue far too small for the load, nothing is lost: every answered request has
+/// exactly one record, requests beyond what the sink can take are refused with 503 before a
+/// provider sees them, and `lost` stays 0.
+#[tokio::test]
+async fn a_full_usage_queue_loses_no_record() {
+    let g = Gateway::start_edited(&[], "", |t| {
+        t.replacen(
+            "flush_interval_ms = 20",
+            "flush_interval_ms = 20\nqueue_capacity = 1",
+            1,
+        )
+    });
+    let c = client();
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        let round = futures_util::future::join_all((0..40).map(|_| {
+            c.post(g.url("/v1/chat/completions"))
+                .json(&chat("gpt-4o-mini", false))
+                .send()
+        }))
+        .await;
+        for r in round {
+            let r = r.unwrap();
+            let status = r.status().as_u16();
+            assert!(status == 200 || status == 503, "{status}");
+            if status == 503 {
+                assert_eq!(header(&r, "retry-after"), "1");
+                assert_eq!(header(&r, "x-mock-path"), "", "refused before the provider");
+            }
+            ids.push((header(&r, "x-request-id").to_string(), status));
+        }
+    }
+    for (id, status) in &ids {
+        assert_eq!(g.record(id)["status"], *status);
+    }
+    let records = g.records();
+    assert_eq!(records.len(), ids.len(), "exactly one record per request");
+    assert_eq!(
+        g.metric(r#"model_bridge_usage_sink_rows_total{outcome="lost"}"#)
+            .await,
+        0.0
+    );
+}

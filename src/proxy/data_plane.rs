@@ -169,6 +169,16 @@ impl DataPlane {
         outcome
     }
 
+    /// Nothing is served whose record could not be queued: while the usage sink is backed up
+    /// (its writer behind), new requests get 503 with `retry-after` before reaching a provider.
+    fn refuse_if_backed_up(&self, ctx: &mut Ctx) -> Result<(), GatewayError> {
+        if self.shared.sink.backed_up() {
+            ctx.limit_headers.push(("retry-after", "1".to_string()));
+            return Err(GatewayError::Backpressure);
+        }
+        Ok(())
+    }
+
     async fn dispatch(
         &self,
         s: &mut ServerSession,
@@ -223,6 +233,7 @@ impl DataPlane {
         ctx: &mut Ctx,
         ep: Endpoint,
     ) -> Result<Outcome, GatewayError> {
+        self.refuse_if_backed_up(ctx)?;
         let limit = ctx.live.config.server.max_body_bytes;
         let body = body::read_bounded(s, limit).await?;
         ctx.record.request_bytes = body.len() as u64;
@@ -336,6 +347,7 @@ impl DataPlane {
             .passthrough
             .as_ref()
             .ok_or(GatewayError::NoPassthrough)?;
+        self.refuse_if_backed_up(ctx)?;
         ctx.record.provider = Some(provider.name.clone());
         let suffix = &path["/v1".len()..];
         let up_path = provider.passthrough_path(suffix, s.req_header().uri.query());

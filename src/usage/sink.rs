@@ -13,6 +13,11 @@ pub trait UsageSink: Send + Sync {
     fn submit(&self, record: UsageRecord);
     /// Writes out everything submitted so far, waiting at most `timeout`.
     fn flush(&self, timeout: Duration) -> bool;
+    /// The sink's queue is full: the data plane refuses new requests (503) before they reach a
+    /// provider, so nothing is served whose record could not be queued.
+    fn backed_up(&self) -> bool {
+        false
+    }
 }
 
 pub struct JsonLinesSink(JsonLines<UsageRecord>);
@@ -37,6 +42,10 @@ impl JsonLinesSink {
 impl UsageSink for JsonLinesSink {
     fn submit(&self, record: UsageRecord) {
         self.0.submit(record)
+    }
+
+    fn backed_up(&self) -> bool {
+        self.0.backed_up()
     }
 
     fn flush(&self, timeout: Duration) -> bool {

@@ -14,7 +14,7 @@
 //! query, and it is bounded to the batch's time range and partitions.
 
 use super::spool::{self, ReadError, Spool};
-use crate::handoff::{self, Msg};
+use crate::handoff::Msg;
 use crate::metrics::METRICS;
 use clickhouse::Client;
 use prometheus::{Histogram, IntCounter, IntGauge};
@@ -22,7 +22,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError};
+use std::sync::mpsc::TryRecvError;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
@@ -75,6 +75,7 @@ struct Meters {
     replayed: IntCounter,
     duplicate: IntCounter,
     lost: IntCounter,
+    overflowed: IntCounter,
     b_inserted: IntCounter,
     b_spooled: IntCounter,
     b_replayed: IntCounter,
@@ -96,6 +97,7 @@ impl Meters {
             replayed: rows.with_label_values(&["replayed"]),
             duplicate: rows.with_label_values(&["duplicate_skipped"]),
             lost: rows.with_label_values(&["lost"]),
+            overflowed: rows.with_label_values(&["overflowed"]),
             b_inserted: b("inserted"),
             b_spooled: b("spooled"),
             b_replayed: b("replayed"),
@@ -125,7 +127,7 @@ impl Meters {
 
 /// The request path's handle.
 pub struct Pipeline<I> {
-    tx: SyncSender<Msg<I>>,
+    queue: crate::handoff::Queue<I>,
     meters: Meters,
     what: &'static str,
 }
@@ -166,7 +168,7 @@ impl<I: Send + 'static> Pipeline<I> {
                 spool.bytes()
             );
         }
-        let (tx, rx) = mpsc::sync_channel(settings.queue_capacity.max(1));
+        let (queue, rx) = crate::handoff::channel(settings.queue_capacity, meters.depth.clone());
         let core = Arc::new(Core::<R> {
             client,
             spool: Mutex::new(spool),
@@ -192,25 +194,34 @@ impl<I: Send + 'static> Pipeline<I> {
                 };
                 rt.block_on(run(what, core, rx, stamp));
             })?;
-        Ok(Self { tx, meters, what })
+        Ok(Self {
+            queue,
+            meters,
+            what,
+        })
     }
 
-    /// Queues one item; never blocks.
+    /// Queues one item; never blocks, never drops.
     pub fn submit(&self, item: I) {
         let m = &self.meters;
-        handoff::submit(&self.tx, item, &m.depth, &m.lost, self.what);
+        self.queue.submit(item, &m.overflowed, &m.lost, self.what);
+    }
+
+    /// The queue is full: new requests are refused until it drains.
+    pub fn backed_up(&self) -> bool {
+        self.queue.backed_up()
     }
 
     /// Waits (at most `timeout`) until everything queued so far is inserted or spooled.
     pub fn flush(&self, timeout: Duration) -> bool {
-        handoff::flush(&self.tx, timeout)
+        self.queue.flush(timeout)
     }
 }
 
 async fn run<I, R: Table, S: Stamp<I, R>>(
     what: &'static str,
     core: Arc<Core<R>>,
-    rx: Receiver<Msg<I>>,
+    mut rx: crate::handoff::Drain<I>,
     mut stamp: S,
 ) {
     let started = crate::time::now_unix_ms();

@@ -143,6 +143,10 @@ impl UsageSink for ClickHouseUsage {
         self.0.submit(record)
     }
 
+    fn backed_up(&self) -> bool {
+        self.0.backed_up()
+    }
+
     fn flush(&self, timeout: Duration) -> bool {
         self.0.flush(timeout)
     }
