@@ -239,9 +239,52 @@ async fn erasure_retention_and_spend() {
         400
     );
 
+    // Every column of the schema that can name a person is either erased or kept on purpose.
+    let personal = query(
+        &url,
+        &format!(
+            "SELECT table, name FROM system.columns WHERE database = '{db}' AND \
+             match(name, '(^|_)user($|_)|client_ip|user_agent|comment|actor|email|(^|_)ip$') \
+             AND table NOT LIKE '.inner%' FORMAT TSV"
+        ),
+    )
+    .await;
+    use model_bridge::warehouse::compliance::{KEPT, PERSONAL};
+    let mut tables_seen = 0;
+    for line in personal.lines() {
+        let (table, column) = line.split_once('\t').unwrap();
+        let erased = PERSONAL.iter().any(|p| {
+            p.table == table && (p.user_columns.contains(&column) || p.cleared.contains(&column))
+        });
+        let kept = KEPT.iter().any(|(t, c, _)| *t == table && *c == column);
+        assert!(
+            erased || kept,
+            "{table}.{column} names a person but erasure does not cover it"
+        );
+        tables_seen += 1;
+    }
+    assert!(tables_seen >= 6, "{personal}");
+    // Carol also wrote feedback: erased with her usage rows.
+    query(
+        &url,
+        &format!(
+            "INSERT INTO {db}.feedback (ts, ts_ms, feedback_id, batch_id, request_id, score, comment, org, key_id, user) \
+             VALUES (now(), 0, 'fb1', 'b', 'req_x', 1, 'call me at +1 555 0100', 'a', 'k', 'carol@a.test')"
+        ),
+    )
+    .await;
+
     // Erasure by the CLI: carol's rows anonymised, tokens and cost kept.
     let (ok, out, err) = g.cli(&["erase", "--user", "carol@a.test"]);
     assert!(ok, "{out}{err}");
+    let fb = query(
+        &url,
+        &format!(
+            "SELECT user, comment, score FROM {db}.feedback WHERE feedback_id = 'fb1' FORMAT TSV"
+        ),
+    )
+    .await;
+    assert_eq!(fb.trim(), "erased\t\t1", "feedback is erased too");
     assert!(out.contains("4 usage rows"), "{out}");
     let left = query(
         &url,

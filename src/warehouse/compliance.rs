@@ -8,10 +8,53 @@ use std::time::{Duration, Instant};
 /// What an erasure leaves in place of a user id.
 pub const ERASED: &str = "erased";
 
-/// Anonymises every usage row of `user` (as the authenticated user or as OpenAI's end-user
-/// field), in one org or all: the ids and the client IP are replaced, tokens and cost stay, so
-/// spend totals and the rollups remain true. Waits for the mutation (at most `wait`); returns
-/// the number of rows it covered and whether it finished.
+/// Where personal data lives: every table with a column that names a person (or text a person
+/// wrote), the columns that identify the user, and the columns cleared with them. Erasure
+/// covers exactly these; the suite checks this list against the live schema, so a new table or
+/// column that names a user cannot be missed.
+pub struct Personal {
+    pub table: &'static str,
+    /// Columns compared with the user id and replaced by `ERASED` where they match.
+    pub user_columns: &'static [&'static str],
+    /// Columns emptied on the user's rows (client IP, free text).
+    pub cleared: &'static [&'static str],
+}
+
+pub const PERSONAL: &[Personal] = &[
+    Personal {
+        table: "usage_events",
+        user_columns: &["user", "end_user"],
+        cleared: &["client_ip"],
+    },
+    Personal {
+        table: "feedback",
+        user_columns: &["user"],
+        cleared: &["comment"],
+    },
+];
+
+/// Personal columns erasure leaves in place, and why. The audit trail is the record of who did
+/// what (kept under GDPR Art. 17(3)(b) and (e)), and its rows are hash-chained: rewriting
+/// them would make the chain unverifiable. Its retention is the audit retention setting.
+pub const KEPT: &[(&str, &str, &str)] = &[
+    ("audit_events", "actor", "record of actions, hash-chained"),
+    (
+        "audit_events",
+        "client_ip",
+        "record of actions, hash-chained",
+    ),
+    (
+        "audit_events",
+        "user_agent",
+        "record of actions, hash-chained",
+    ),
+];
+
+/// Anonymises every row of `user` in every table of `PERSONAL` (as the authenticated user,
+/// OpenAI's end-user field, or the author of feedback), in one org or all: the ids are
+/// replaced and client IPs and free text cleared; tokens, cost and scores stay, so spend totals
+/// and the rollups remain true. Waits for the mutations (at most `wait`); returns the number
+/// of usage rows it covered and whether every mutation finished.
 pub async fn erase_user(
     s: &ClickHouseSettings,
     user: &str,
@@ -19,37 +62,60 @@ pub async fn erase_user(
     wait: Duration,
 ) -> Result<(u64, bool), String> {
     let client = s.db_client();
-    let scope = if org.is_some() { " AND org = ?" } else { "" };
-    let filter = format!("(user = ? OR end_user = ?){scope}");
-    let mut count = client
-        .query(&format!("SELECT count() FROM usage_events WHERE {filter}"))
-        .bind(user)
-        .bind(user);
-    if let Some(o) = org {
-        count = count.bind(o);
-    }
-    let rows: u64 = count.fetch_one().await.map_err(|e| e.to_string())?;
-    if rows == 0 {
-        return Ok((0, true));
-    }
     let on_cluster = s.on_cluster();
-    let mut alter = client
-        .query(&format!(
-            "ALTER TABLE usage_events{on_cluster} UPDATE \
-             user = if(user = ?, ?, user), end_user = if(end_user = ?, ?, end_user), client_ip = '' \
-             WHERE {filter}"
-        ))
-        .bind(user)
-        .bind(ERASED)
-        .bind(user)
-        .bind(ERASED)
-        .bind(user)
-        .bind(user);
-    if let Some(o) = org {
-        alter = alter.bind(o);
+    let mut usage_rows = 0;
+    let mut touched = Vec::new();
+    for p in PERSONAL {
+        let scope = if org.is_some() { " AND org = ?" } else { "" };
+        let any = p
+            .user_columns
+            .iter()
+            .map(|c| format!("{c} = ?"))
+            .collect::<Vec<_>>()
+            .join(" OR ");
+        let filter = format!("({any}){scope}");
+        let mut count = client.query(&format!("SELECT count() FROM {} WHERE {filter}", p.table));
+        for _ in p.user_columns {
+            count = count.bind(user);
+        }
+        if let Some(o) = org {
+            count = count.bind(o);
+        }
+        let rows: u64 = count.fetch_one().await.map_err(|e| e.to_string())?;
+        if p.table == "usage_events" {
+            usage_rows = rows;
+        }
+        if rows == 0 {
+            continue;
+        }
+        let sets: Vec<String> = p
+            .user_columns
+            .iter()
+            .map(|c| format!("{c} = if({c} = ?, ?, {c})"))
+            .chain(p.cleared.iter().map(|c| format!("{c} = ''")))
+            .collect();
+        let mut alter = client.query(&format!(
+            "ALTER TABLE {}{on_cluster} UPDATE {} WHERE {filter}",
+            p.table,
+            sets.join(", ")
+        ));
+        for _ in p.user_columns {
+            alter = alter.bind(user).bind(ERASED);
+        }
+        for _ in p.user_columns {
+            alter = alter.bind(user);
+        }
+        if let Some(o) = org {
+            alter = alter.bind(o);
+        }
+        alter.execute().await.map_err(|e| e.to_string())?;
+        touched.push(p.table);
     }
-    alter.execute().await.map_err(|e| e.to_string())?;
-    Ok((rows, wait_mutations(s, "usage_events", wait).await?))
+    let mut done = true;
+    for t in touched {
+        done &= wait_mutations(s, t, wait).await?;
+    }
+    Ok((usage_rows, done))
 }
 
 /// Waits until `table` has no unfinished mutation.
