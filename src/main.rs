@@ -94,8 +94,16 @@ enum ReportWhat {
 
 #[derive(Subcommand)]
 enum AuditAction {
-    /// Recompute every audit hash chain from ClickHouse; exits 1 at the first break.
-    Verify,
+    /// Recompute every audit hash chain from ClickHouse and check every row's signature;
+    /// exits 1 at the first break.
+    Verify {
+        /// The audit public key (hex) recorded when the key was made; defaults to
+        /// `[audit] verify_key`. Never take it from the database being checked.
+        #[arg(long)]
+        public_key: Option<String>,
+    },
+    /// Make an audit signing key pair (prints the secret seed and the public key).
+    Keygen,
 }
 
 #[derive(Subcommand)]
@@ -171,12 +179,19 @@ fn main() -> ExitCode {
         }),
         Command::Audit {
             config,
-            action: AuditAction::Verify,
-        } => warehouse_cmd(
-            &config,
-            "audit verify",
-            model_bridge::cli::warehouse::audit_verify,
-        ),
+            action: AuditAction::Verify { public_key },
+        } => warehouse_cmd(&config, "audit verify", |c| {
+            model_bridge::cli::warehouse::audit_verify(c, public_key.as_deref())
+        }),
+        Command::Audit {
+            action: AuditAction::Keygen,
+            ..
+        } => {
+            let (seed, public) = model_bridge::warehouse::signing::keygen();
+            println!("signing_key (keep secret; [audit] signing_key = \"${{MB_AUDIT_SIGNING_KEY}}\"):\n{seed}");
+            println!("public key (give to auditors; [audit] verify_key):\n{public}");
+            ExitCode::SUCCESS
+        }
         Command::Report {
             config,
             what: ReportWhat::Experiment { id, org },

@@ -72,7 +72,18 @@ async fn the_audit_trail_verifies_and_a_tampered_row_is_found() {
     let Some(url) = shared_url() else { return };
     let db = new_db();
     let dir = tempfile::tempdir().unwrap();
-    let mut g = Gateway::start_edited(&[], &extra(dir.path()), |t| sink_config(t, &url, &db, ""));
+    // Rows are signed: the public key is all `audit verify` needs.
+    let (seed, public) = model_bridge::warehouse::signing::keygen();
+    let signed = extra(dir.path()).replacen(
+        "sink = \"clickhouse\"",
+        &format!("sink = \"clickhouse\"\nsigning_key = \"{seed}\""),
+        1,
+    );
+    let mut g = Gateway::start_edited(&[], &signed, |t| sink_config(t, &url, &db, ""));
+    assert!(
+        !g.log_text().contains(&seed),
+        "the signing key is never logged"
+    );
     // A CLI key creation (its own chain), auth failures and admin denials (the gateway's chain).
     let (invoker, _) = g.create_key(&["--org", "a", "--role", "invoker"]);
     g.wait_key(&invoker).await;
@@ -108,6 +119,68 @@ async fn the_audit_trail_verifies_and_a_tampered_row_is_found() {
     let (ok, out) = verify(&g);
     assert!(ok, "{out}");
     assert!(out.contains("intact"), "{out}");
+    let (ok, out, err) = g.cli(&["audit", "verify", "--public-key", &public]);
+    assert!(ok, "every row is signed: {out}{err}");
+
+    // Someone with write access appends a forged row with a correctly computed hash and link:
+    // the chain alone cannot tell, the signature check can.
+    let last = query(
+        &url,
+        &format!(
+            "SELECT toUInt32(ts), ts_ms, chain, seq, prev_hash, hash, request_id, actor, org, action, \
+             resource, outcome, reason, before, after, client_ip, user_agent FROM {db}.audit_events \
+             ORDER BY ts_ms DESC, seq DESC LIMIT 1 FORMAT TSV"
+        ),
+    )
+    .await;
+    let f: Vec<&str> = last.trim_end_matches('\n').split('\t').collect();
+    let mut row = model_bridge::warehouse::rows::AuditRow {
+        ts: f[0].parse().unwrap(),
+        ts_ms: f[1].parse::<u64>().unwrap() + 1,
+        chain: f[2].into(),
+        seq: f[3].parse::<u64>().unwrap() + 1,
+        prev_hash: f[5].into(),
+        hash: String::new(),
+        request_id: "req_forged".into(),
+        actor: "key:attacker".into(),
+        org: "a".into(),
+        action: "key.create".into(),
+        resource: "key:backdoor".into(),
+        outcome: "succeeded".into(),
+        reason: String::new(),
+        before: String::new(),
+        after: String::new(),
+        client_ip: String::new(),
+        user_agent: String::new(),
+        sig: String::new(),
+    };
+    row.hash = model_bridge::warehouse::chain::row_hash(&row);
+    query(
+        &url,
+        &format!(
+            "INSERT INTO {db}.audit_events (ts, ts_ms, chain, seq, prev_hash, hash, request_id, actor, org, action, resource, outcome) \
+             VALUES ({}, {}, '{}', {}, '{}', '{}', 'req_forged', 'key:attacker', 'a', 'key.create', 'key:backdoor', 'succeeded')",
+            row.ts, row.ts_ms, row.chain, row.seq, row.prev_hash, row.hash
+        ),
+    )
+    .await;
+    let (ok, out) = verify(&g);
+    assert!(ok, "without the key a well-forged tail passes: {out}");
+    let (ok, out, err) = g.cli(&["audit", "verify", "--public-key", &public]);
+    assert!(!ok, "{out}{err}");
+    assert!(out.contains("signature"), "{out}{err}");
+    query(
+        &url,
+        &format!("ALTER TABLE {db}.audit_events DELETE WHERE request_id = 'req_forged'"),
+    )
+    .await;
+    wait_for(
+        &url,
+        &format!("SELECT count() FROM {db}.audit_events WHERE request_id = 'req_forged'"),
+        "0",
+        30,
+    )
+    .await;
 
     // Someone turns a denial into an allowance.
     let chain = query(

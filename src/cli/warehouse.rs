@@ -21,8 +21,10 @@ pub fn cli_actor() -> String {
 /// Records a CLI action where the gateway records its own.
 pub fn audit(cfg: &Config, event: AuditEvent) -> Result<(), String> {
     match (&cfg.clickhouse, cfg.audit_sink) {
-        (Some(ch), AuditSinkKind::Clickhouse) => block_on(oneshot::record(ch, event))?
-            .map_err(|e| format!("audit event not recorded in ClickHouse: {e}")),
+        (Some(ch), AuditSinkKind::Clickhouse) => {
+            block_on(oneshot::record(ch, cfg.audit_signing_key.clone(), event))?
+                .map_err(|e| format!("audit event not recorded in ClickHouse: {e}"))
+        }
         _ => {
             let sink = JsonLinesAudit::start(cfg.audit_path.clone())
                 .map_err(|e| format!("audit log {}: {e}", cfg.audit_path.display()))?;
@@ -64,9 +66,16 @@ pub fn run_migrate(cfg: &Config) -> Result<(), String> {
 }
 
 /// Exit status: Ok(true) intact, Ok(false) broken.
-pub fn audit_verify(cfg: &Config) -> Result<bool, String> {
+pub fn audit_verify(cfg: &Config, public_key: Option<&str>) -> Result<bool, String> {
     let ch = settings(cfg)?;
-    let r = block_on(verify::verify(&ch.db_client()))??;
+    let key = match public_key {
+        Some(k) => Some(crate::warehouse::signing::verifying_key(k)?),
+        None => cfg.audit_verify_key,
+    };
+    if key.is_none() {
+        println!("note: no public key given: hash chains are checked, signatures are not");
+    }
+    let r = block_on(verify::verify(&ch.db_client(), key.as_ref()))??;
     for n in &r.notes {
         println!("note: {n}");
     }

@@ -161,6 +161,10 @@ pub struct Config {
     pub orgs: BTreeMap<String, Org>,
     pub audit_path: PathBuf,
     pub audit_sink: raw::AuditSinkKind,
+    /// Signs audit rows written to ClickHouse.
+    pub audit_signing_key: Option<ed25519_dalek::SigningKey>,
+    /// Checks them in `audit verify`.
+    pub audit_verify_key: Option<ed25519_dalek::VerifyingKey>,
     pub clickhouse: Option<crate::warehouse::ClickHouseSettings>,
     pub limits: LimitSettings,
     pub routing: RoutingSettings,
@@ -478,6 +482,16 @@ fn validate(raw: RawConfig, path: &Path, err: &mut dyn FnMut(&str, String)) -> C
         orgs,
         audit_path: base.join(&raw.audit.path),
         audit_sink: raw.audit.sink,
+        audit_signing_key: raw.audit.signing_key.as_deref().and_then(|k| {
+            crate::warehouse::signing::signing_key(k)
+                .map_err(|e| err("audit.signing_key", e))
+                .ok()
+        }),
+        audit_verify_key: raw.audit.verify_key.as_deref().and_then(|k| {
+            crate::warehouse::signing::verifying_key(k)
+                .map_err(|e| err("audit.verify_key", e))
+                .ok()
+        }),
         limits: limit_settings(&raw.limits, err),
         routing: routing_settings(&raw.routing, err),
         clickhouse: raw.clickhouse.as_ref().map(|c| {

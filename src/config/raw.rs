@@ -278,6 +278,14 @@ pub struct RawAudit {
     /// JSON-lines file for audit events (relative to this file).
     #[serde(default = "default_audit_path")]
     pub path: String,
+    /// Ed25519 seed (64 hex digits) that signs every audit row written to ClickHouse; use
+    /// `${ENV_VAR}`. Make one with `model-bridge audit keygen`. Never logged.
+    #[serde(default)]
+    pub signing_key: Option<String>,
+    /// The matching public key (64 hex digits), for `audit verify` when it is not given on
+    /// the command line: every row must then carry a valid signature.
+    #[serde(default)]
+    pub verify_key: Option<String>,
 }
 
 impl Default for RawAudit {
@@ -285,6 +293,8 @@ impl Default for RawAudit {
         Self {
             sink: default_audit_sink(),
             path: default_audit_path(),
+            signing_key: None,
+            verify_key: None,
         }
     }
 }

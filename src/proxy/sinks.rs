@@ -32,10 +32,12 @@ pub fn start(config: &Config) -> Result<Sinks, String> {
         }
     };
     let audit: Arc<dyn AuditSink> = match (config.audit_sink, &config.clickhouse) {
-        (AuditSinkKind::Clickhouse, Some(ch)) => {
-            ClickHouseAudit::start(ch.db_client(), ch.pipeline("audit", 16_384))
-                .map_err(|e| format!("audit sink: {e}"))?
-        }
+        (AuditSinkKind::Clickhouse, Some(ch)) => ClickHouseAudit::start(
+            ch.db_client(),
+            ch.pipeline("audit", 16_384),
+            config.audit_signing_key.clone(),
+        )
+        .map_err(|e| format!("audit sink: {e}"))?,
         _ => JsonLinesAudit::start(config.audit_path.clone())
             .map_err(|e| format!("audit sink {}: {e}", config.audit_path.display()))?,
     };

@@ -50,6 +50,8 @@ pub struct Chain {
     head_path: PathBuf,
     /// The seq the head file holds: `persist` writes only when the chain moved on.
     persisted: u64,
+    /// Signs every row's hash (`None`: signing off).
+    signer: Option<ed25519_dalek::SigningKey>,
 }
 
 impl Chain {
@@ -68,7 +70,14 @@ impl Chain {
             last_hash,
             head_path,
             persisted: 0,
+            signer: None,
         }
+    }
+
+    /// Signs every row from now on with `key`.
+    pub fn signed_by(mut self, key: Option<ed25519_dalek::SigningKey>) -> Self {
+        self.signer = key;
+        self
     }
 
     /// A chain of its own for a one-off writer (the CLI), starting at genesis.
@@ -80,6 +89,7 @@ impl Chain {
             last_hash: GENESIS.to_string(),
             head_path: PathBuf::new(),
             persisted: 0,
+            signer: None,
         }
     }
 
@@ -90,6 +100,9 @@ impl Chain {
         row.seq = self.seq;
         row.prev_hash = std::mem::take(&mut self.last_hash);
         row.hash = row_hash(row);
+        if let Some(k) = &self.signer {
+            row.sig = super::signing::sign(k, &row.hash);
+        }
         self.last_hash.clone_from(&row.hash);
     }
 

@@ -26,7 +26,23 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
         "feedback",
         include_str!("../../config/clickhouse/004_feedback.sql"),
     ),
+    (
+        5,
+        "audit_signature",
+        include_str!("../../config/clickhouse/005_audit_signature.sql"),
+    ),
 ];
+
+/// `(table, column)` of an `ALTER TABLE db.table … ADD COLUMN column …` statement: 18.16 has no
+/// `ADD COLUMN IF NOT EXISTS`, so the runner checks the column itself to stay re-runnable.
+fn added_column(stmt: &str) -> Option<(&str, &str)> {
+    let rest = stmt.strip_prefix("ALTER TABLE ")?;
+    let table = rest.split_whitespace().next()?;
+    let table = table.rsplit('.').next()?;
+    let (_, after) = rest.split_once(" ADD COLUMN ")?;
+    let column = after.split_whitespace().next()?;
+    Some((table, column))
+}
 
 fn render(sql: &str, s: &ClickHouseSettings) -> String {
     sql.replace("{database}", &s.database)
@@ -106,6 +122,19 @@ pub async fn run(s: &ClickHouseSettings) -> Result<Report, String> {
             continue;
         }
         for stmt in statements(&render(sql, s)) {
+            if let Some((table, column)) = added_column(&stmt) {
+                let exists: u64 = client
+                    .query("SELECT count() FROM system.columns WHERE database = ? AND table = ? AND name = ?")
+                    .bind(&s.database)
+                    .bind(table)
+                    .bind(column)
+                    .fetch_one()
+                    .await
+                    .map_err(|e| format!("migration {version} {name}: {e}"))?;
+                if exists > 0 {
+                    continue;
+                }
+            }
             exec(stmt)
                 .await
                 .map_err(|e| format!("migration {version} {name}: {e}"))?;
@@ -137,5 +166,8 @@ mod tests {
             assert!(stmts[0].contains("mb.") && stmts[0].contains("ON CLUSTER c1"));
             assert!(!stmts[0].ends_with(';'));
         }
+        let alter = statements(&render(MIGRATIONS[4].2, &s));
+        assert_eq!(added_column(&alter[0]), Some(("audit_events", "sig")));
+        assert_eq!(added_column("CREATE TABLE x"), None);
     }
 }

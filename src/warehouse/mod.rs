@@ -7,6 +7,7 @@ pub mod compliance;
 pub mod migrate;
 pub mod oneshot;
 pub mod rows;
+pub mod signing;
 pub mod sink;
 pub mod sinks;
 pub mod spend;

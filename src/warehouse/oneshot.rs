@@ -7,8 +7,12 @@ use super::rows::AuditRow;
 use super::ClickHouseSettings;
 use crate::audit::AuditEvent;
 
-pub async fn record(s: &ClickHouseSettings, event: AuditEvent) -> Result<(), String> {
-    let mut chain = Chain::detached(&s.node, "cli");
+pub async fn record(
+    s: &ClickHouseSettings,
+    signer: Option<ed25519_dalek::SigningKey>,
+    event: AuditEvent,
+) -> Result<(), String> {
+    let mut chain = Chain::detached(&s.node, "cli").signed_by(signer);
     let mut row = AuditRow::from_event(event);
     chain.stamp(&mut row);
     let client = s.db_client();

@@ -133,6 +133,8 @@ pub struct AuditRow {
     pub after: String,
     pub client_ip: String,
     pub user_agent: String,
+    /// Ed25519 signature (hex) of `hash` by the audit signing key; empty when signing is off.
+    pub sig: String,
 }
 
 impl AuditRow {
@@ -157,6 +159,7 @@ impl AuditRow {
             after: json(e.after),
             client_ip: e.client_ip.unwrap_or_default(),
             user_agent: e.user_agent.unwrap_or_default(),
+            sig: String::new(),
         }
     }
 }

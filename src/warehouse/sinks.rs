@@ -155,8 +155,21 @@ impl UsageSink for ClickHouseUsage {
 pub struct ClickHouseAudit(Pipeline<AuditEvent>);
 
 impl ClickHouseAudit {
-    pub fn start(client: Client, settings: PipelineSettings) -> std::io::Result<Arc<Self>> {
-        let chain = Chain::start(&settings.node, &settings.spool_dir);
+    pub fn start(
+        client: Client,
+        settings: PipelineSettings,
+        signer: Option<ed25519_dalek::SigningKey>,
+    ) -> std::io::Result<Arc<Self>> {
+        match &signer {
+            Some(k) => log::info!(
+                "audit rows signed; public key {}",
+                super::signing::public_hex(k)
+            ),
+            None => log::warn!(
+                "audit rows are hash-chained but not signed: set [audit] signing_key to make tampering detectable without trusting the database"
+            ),
+        }
+        let chain = Chain::start(&settings.node, &settings.spool_dir).signed_by(signer);
         log::info!("audit chain {}", chain.id);
         Pipeline::start::<AuditRow, _>(
             "audit",

@@ -16,7 +16,10 @@ pub struct Report {
     pub first_break: Option<String>,
 }
 
-pub async fn verify(client: &clickhouse::Client) -> Result<Report, String> {
+pub async fn verify(
+    client: &clickhouse::Client,
+    key: Option<&ed25519_dalek::VerifyingKey>,
+) -> Result<Report, String> {
     let mut cursor = client
         .query("SELECT ?fields FROM audit_events ORDER BY chain, seq")
         .fetch::<AuditRow>()
@@ -25,11 +28,12 @@ pub async fn verify(client: &clickhouse::Client) -> Result<Report, String> {
     while let Some(r) = cursor.next().await.map_err(|e| e.to_string())? {
         rows.push(r);
     }
-    Ok(check(&rows))
+    Ok(check(&rows, key))
 }
 
-/// The checks over rows sorted by (chain, seq).
-pub fn check(rows: &[AuditRow]) -> Report {
+/// The checks over rows sorted by (chain, seq); with `key`, every row must also carry its
+/// valid signature (a forged row with a correctly recomputed hash has none).
+pub fn check(rows: &[AuditRow], key: Option<&ed25519_dalek::VerifyingKey>) -> Report {
     let hashes: HashSet<&str> = rows.iter().map(|r| r.hash.as_str()).collect();
     // Retention drops whole months of audit rows; a chain that began before the cutoff then
     // starts mid-way, which is not a break once retention has been recorded as applied.
@@ -94,9 +98,17 @@ pub fn check(rows: &[AuditRow]) -> Report {
                 }
             }
         };
-        let problem = problem.or_else(|| {
-            (row_hash(r) != r.hash).then(|| format!("{at}: hash does not match the row's fields"))
-        });
+        let problem = problem
+            .or_else(|| {
+                (row_hash(r) != r.hash)
+                    .then(|| format!("{at}: hash does not match the row's fields"))
+            })
+            .or_else(|| {
+                let k = key?;
+                (!super::signing::verify(k, &r.hash, &r.sig)).then(|| {
+                    format!("{at}: signature missing or not made by the audit signing key")
+                })
+            });
         if let Some(p) = problem {
             report.first_break = Some(p);
             return report;
@@ -112,8 +124,12 @@ mod tests {
     use crate::warehouse::chain::Chain;
 
     fn rows(n: usize) -> Vec<AuditRow> {
+        signed_rows(n, None)
+    }
+
+    fn signed_rows(n: usize, key: Option<ed25519_dalek::SigningKey>) -> Vec<AuditRow> {
         let dir = tempfile::tempdir().unwrap();
-        let mut c = Chain::start("n", dir.path());
+        let mut c = Chain::start("n", dir.path()).signed_by(key);
         (0..n)
             .map(|i| {
                 let mut r = AuditRow::from_event(crate::audit::AuditEvent {
@@ -136,16 +152,51 @@ mod tests {
             .collect()
     }
 
+    fn check_(rows: &[AuditRow]) -> Report {
+        check(rows, None)
+    }
+
+    /// A forged row appended with a correctly computed hash and link passes the unkeyed chain,
+    /// and fails against the public key; so does every unsigned or re-signed row.
+    #[test]
+    fn a_forged_tail_fails_the_signature_check() {
+        use crate::warehouse::signing;
+        let (seed, public) = signing::keygen();
+        let public = signing::verifying_key(&public).unwrap();
+        let ok = signed_rows(4, Some(signing::signing_key(&seed).unwrap()));
+        assert!(check(&ok, Some(&public)).first_break.is_none());
+        let mut forged = ok.clone();
+        let mut f = ok[3].clone();
+        f.seq = 5;
+        f.prev_hash = ok[3].hash.clone();
+        f.actor = "key:attacker".into();
+        f.hash = row_hash(&f);
+        f.sig = String::new();
+        forged.push(f.clone());
+        assert!(
+            check(&forged, None).first_break.is_none(),
+            "the unkeyed chain is fooled"
+        );
+        let b = check(&forged, Some(&public)).first_break.unwrap();
+        assert!(b.contains("seq 5") && b.contains("signature"), "{b}");
+        // Signed with another key: still refused.
+        let (other, _) = signing::keygen();
+        forged[4].sig = signing::sign(&signing::signing_key(&other).unwrap(), &f.hash);
+        assert!(check(&forged, Some(&public)).first_break.is_some());
+        // Unsigned rows fail once a key is given.
+        assert!(check(&rows(2), Some(&public)).first_break.is_some());
+    }
+
     #[test]
     fn intact_altered_missing_and_repeated() {
         let ok = rows(5);
-        let r = check(&ok);
+        let r = check_(&ok);
         assert!(r.first_break.is_none());
         assert_eq!((r.chains, r.rows), (1, 5));
 
         let mut altered = ok.clone();
         altered[2].outcome = "allowed".into();
-        let b = check(&altered).first_break.unwrap();
+        let b = check_(&altered).first_break.unwrap();
         assert!(
             b.contains("seq 3") && b.contains("hash does not match"),
             "{b}"
@@ -153,22 +204,22 @@ mod tests {
 
         let mut missing = ok.clone();
         missing.remove(3);
-        let b = check(&missing).first_break.unwrap();
+        let b = check_(&missing).first_break.unwrap();
         assert!(b.contains("seq 5") && b.contains("4..4"), "{b}");
 
         let mut head_cut = ok.clone();
         head_cut.remove(0);
-        assert!(check(&head_cut).first_break.unwrap().contains("rows 1..1"));
+        assert!(check_(&head_cut).first_break.unwrap().contains("rows 1..1"));
 
         let mut twice = ok.clone();
         twice.insert(2, ok[1].clone());
-        assert!(check(&twice).first_break.unwrap().contains("stored twice"));
+        assert!(check_(&twice).first_break.unwrap().contains("stored twice"));
 
         // Re-hashing an altered row does not help: the next row's link breaks.
         let mut rehashed = ok;
         rehashed[1].resource = "model:y".into();
         rehashed[1].hash = row_hash(&rehashed[1]);
-        let b = check(&rehashed).first_break.unwrap();
+        let b = check_(&rehashed).first_break.unwrap();
         assert!(b.contains("seq 3") && b.contains("prev_hash"), "{b}");
     }
 }
