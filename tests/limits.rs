@@ -420,3 +420,181 @@ async fn a_redis_outage_falls_back_to_local_limits_and_recovers() {
             .collect::<Vec<_>>()
     );
 }
+
+/// Waits until every replica reports `limits_redis_up` = `want`, within `secs` seconds.
+async fn wait_redis_up(gs: &[Gateway], want: f64, secs: u64) {
+    let start = Instant::now();
+    for g in gs {
+        while g.metric("model_bridge_limits_redis_up").await != want {
+            assert!(
+                start.elapsed() < Duration::from_secs(secs),
+                "limits_redis_up never became {want}: {}",
+                g.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// One priced request (8,000 nano-USD, worst case = actual); its status and request id.
+async fn priced(url: &str, c: &reqwest::Client) -> (u16, String) {
+    match c
+        .post(url)
+        .header("x-model-bridge-cost-center", "cc2")
+        .json(&json!({"model": "pricey", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+    {
+        Ok(r) => (
+            r.status().as_u16(),
+            header(&r, "x-request-id").to_string(),
+        ),
+        Err(_) => (0, String::new()),
+    }
+}
+
+/// Total cost of the answered requests (`(status, id)` sent to replica `i % 3`), from their
+/// records.
+fn cost_of(gs: &[Gateway], sent: &[(u16, String)]) -> i64 {
+    sent.iter()
+        .enumerate()
+        .filter(|(_, (s, _))| *s == 200)
+        .map(|(i, (_, id))| {
+            gs[i % gs.len()].record(id)["cost_nanousd"]
+                .as_i64()
+                .unwrap()
+        })
+        .sum()
+}
+
+/// A budget's spend as Redis holds it.
+fn redis_spent(redis: &PrivateRedis) -> i64 {
+    let keys = std::process::Command::new("redis-cli")
+        .args([
+            "-p",
+            &redis.port.to_string(),
+            "--scan",
+            "--pattern",
+            "mb:b:*",
+        ])
+        .output()
+        .unwrap();
+    let keys = String::from_utf8_lossy(&keys.stdout).to_string();
+    let key = keys
+        .lines()
+        .find(|k| !k.ends_with(":l") && !k.ends_with(":a"))
+        .expect("a budget key");
+    let out = std::process::Command::new("redis-cli")
+        .args(["-p", &redis.port.to_string(), "HGET", key, "spent"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+/// Three replicas on one Redis. Redis restarted while idle, and again under load: every replica
+/// sees it go (without traffic) and come back within seconds, and then enforces the shared
+/// limit to within 1% again. While it is away, a budget is never over-spent: each replica may
+/// commit only its share of what was left, and pays what it spent into Redis when it returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_restarts_across_three_replicas_keep_limits_and_budgets() {
+    let mut redis = PrivateRedis::start();
+    // 8 completion tokens at 1 USD per 1M = 8,000 nano-USD per request, worst case = actual.
+    // The budget (of cost center cc2, which the priced requests name) fits 50 of them; the
+    // shared request limit per alias is 100 a minute.
+    let extra = format!(
+        "{PRICEY}\n[limits]\nbackend = \"redis\"\nredis_url = \"{}\"\nredis_timeout_ms = 1000\nfallback_share = 0.3333\n\
+         [orgs.default]\ndefault_cost_center = \"cc\"\n[orgs.default.limits.models.\"gpt-4o-mini\"]\nrequests_per_minute = 100\n\
+         [orgs.default.limits.models.\"same-name\"]\nrequests_per_minute = 100\n\
+         [orgs.default.cost_centers.cc]\n[orgs.default.cost_centers.cc2]\nbudget = {{ usd = \"0.0004\", period = \"month\" }}\n",
+        redis.url()
+    );
+    let gs: Vec<Gateway> = (0..3).map(|_| Gateway::start_with(&[], &extra)).collect();
+    wait_redis_up(&gs, 1.0, 10).await;
+    let chats: Vec<String> = gs.iter().map(|g| g.url("/v1/chat/completions")).collect();
+    let c = client();
+
+    // Spend 20 of the budget's 50 requests while Redis is up.
+    let mut before = Vec::new();
+    for i in 0..20 {
+        before.push(priced(&chats[i % 3], &c).await);
+        assert_eq!(before[i].0, 200);
+    }
+
+    // Restart while idle: every replica notices with no traffic at all, and comes back.
+    redis.kill();
+    wait_redis_up(&gs, 0.0, 10).await;
+
+    // During the outage: 150 priced requests at once across the replicas. Each may commit a
+    // third of the 30 left; before, each replica admitted the whole budget again.
+    let during = futures_util::future::join_all((0..150).map(|i| priced(&chats[i % 3], &c))).await;
+    assert!(
+        during.iter().all(|(s, _)| *s == 200 || *s == 429),
+        "{during:?}"
+    );
+    let spent = cost_of(&gs, &before) + cost_of(&gs, &during);
+    assert!(
+        spent <= 400_000,
+        "budget 400000 nano-USD over-spent during the outage: {spent}"
+    );
+    assert!(
+        spent >= 300_000,
+        "the replicas' shares were usable: {spent}"
+    );
+
+    redis.restart();
+    wait_redis_up(&gs, 1.0, 10).await;
+    // The fresh Redis relearned the period's spend exactly: what the replicas saw before the
+    // outage as a floor, plus what each spent during it.
+    assert_eq!(
+        redis_spent(&redis),
+        spent,
+        "Redis's spend after it came back empty"
+    );
+    // And the budget holds from there on.
+    let after = futures_util::future::join_all((0..30).map(|i| priced(&chats[i % 3], &c))).await;
+    let total = spent + cost_of(&gs, &after);
+    assert!(total <= 400_000, "over-spent after recovery: {total}");
+    assert!(
+        total >= 392_000,
+        "the rest of the budget was usable: {total}"
+    );
+
+    // Under load: a steady stream on one alias while Redis restarts.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (chats, stop, c) = (chats.clone(), stop.clone(), c.clone());
+        tokio::spawn(async move {
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = c.post(&chats[i % 3]).json(&chat(false, None)).send().await;
+                i += 1;
+            }
+        })
+    };
+    redis.kill();
+    wait_redis_up(&gs, 0.0, 10).await;
+    redis.restart();
+    wait_redis_up(&gs, 1.0, 10).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    load.await.unwrap();
+    // Accuracy is back: a burst of 300 on an alias with its own limit of 100 admits 100 (±1%).
+    let burst_at: Vec<String> = chats.clone();
+    let results = futures_util::future::join_all((0..300).map(|i| {
+        c.post(&burst_at[i % 3])
+            .json(&json!({"model": "same-name", "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+    }))
+    .await;
+    let ok = results
+        .iter()
+        .filter(|r| r.as_ref().is_ok_and(|r| r.status() == 200))
+        .count();
+    let mut fallbacks = Vec::new();
+    for g in &gs {
+        fallbacks.push(g.metric("model_bridge_limits_fallback_total").await);
+    }
+    assert!(
+        (99..=101).contains(&ok),
+        "accepted {ok} of 300, shared limit 100 (fallbacks so far {fallbacks:?})"
+    );
+}

@@ -27,6 +27,10 @@ struct Inner {
     reserved: i64,
     /// Soft thresholds already announced this period.
     warned: usize,
+    /// While the shared store (Redis) is unreachable: the spend known when it went away. This
+    /// replica may then commit only its share of what was left, so replicas together cannot
+    /// pass the limit by more than their reservations in flight.
+    fallback_base: Option<i64>,
 }
 
 /// After admission: how full the budget is (for the warning header).
@@ -67,6 +71,7 @@ impl BudgetState {
                 settled: 0,
                 reserved: 0,
                 warned: 0,
+                fallback_base: None,
             }),
         }
     }
@@ -90,18 +95,41 @@ impl BudgetState {
         Level::of(spent, self.limit, &self.soft)
     }
 
-    /// Reserves `worst` nano-USD, or refuses.
-    pub fn reserve(&self, worst: i64, now: u64) -> Result<Level, Level> {
+    /// Reserves `worst` nano-USD, or refuses. `fallback_share`: the shared store is down and
+    /// this replica may commit only that share of what was left when it went away.
+    pub fn reserve(
+        &self,
+        worst: i64,
+        now: u64,
+        fallback_share: Option<f64>,
+    ) -> Result<Level, Level> {
         let mut i = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         self.roll(&mut i, now);
         let spent = i.baseline + i.settled;
         let committed = spent + i.reserved;
+        let limit = match fallback_share {
+            None => self.limit,
+            Some(share) => {
+                let base = *i.fallback_base.get_or_insert(committed);
+                let left = (self.limit - base).max(0);
+                base + (left as f64 * share.clamp(0.0, 1.0)) as i64
+            }
+        };
         // A request of unknown cost still may not start once the budget is used up.
-        if committed + worst > self.limit || (worst == 0 && committed >= self.limit) {
+        if committed + worst > limit || (worst == 0 && committed >= limit) {
             return Err(self.level(spent));
         }
         i.reserved += worst;
         Ok(self.level(spent))
+    }
+
+    /// The shared store's spend for this period (it answered): the local view follows it, and
+    /// a fallback episode is over.
+    pub fn observe_global(&self, spent: i64) {
+        let mut i = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        i.baseline = spent.max(i.baseline + i.settled);
+        i.settled = 0;
+        i.fallback_base = None;
     }
 
     /// Ends a reservation with the real cost; returns the soft thresholds crossed by it.
@@ -153,9 +181,9 @@ mod tests {
         let s = BudgetState::new("cc".into(), &b, now);
         // Ten requests of worst case 100 fit; the eleventh does not.
         for _ in 0..10 {
-            s.reserve(100, now).unwrap();
+            s.reserve(100, now, None).unwrap();
         }
-        assert!(s.reserve(100, now).is_err());
+        assert!(s.reserve(100, now, None).is_err());
         let mut crossings = Vec::new();
         for _ in 0..5 {
             let (_, crossed) = s.settle(100, 100, now);
@@ -173,10 +201,36 @@ mod tests {
         s.reconcile(10, "2026-11", now);
         assert_eq!(s.spent(), 800);
         // 5 reservations of 100 still in flight: 800 + 500 > 1000.
-        assert!(s.reserve(1, now).is_err());
+        assert!(s.reserve(1, now, None).is_err());
         // A new month starts empty.
         let next = now + 40 * 86_400;
-        assert!(s.reserve(100, next).is_ok());
+        assert!(s.reserve(100, next, None).is_ok());
         assert_eq!(s.spent(), 0);
+    }
+
+    #[test]
+    fn fallback_commits_only_a_share_of_what_was_left() {
+        let b = Budget {
+            nano: 1_000,
+            period: Period::Month,
+            soft: vec![],
+        };
+        let now = 1_800_000_000;
+        let s = BudgetState::new("x".into(), &b, now);
+        s.observe_global(400); // Redis said 400 of 1000 spent
+                               // Three replicas at a third each: this one may commit 200 of the 600 left.
+        for _ in 0..2 {
+            s.reserve(100, now, Some(1.0 / 3.0)).unwrap();
+        }
+        assert!(s.reserve(1, now, Some(1.0 / 3.0)).is_err());
+        s.settle(100, 100, now);
+        s.settle(100, 100, now);
+        assert!(
+            s.reserve(1, now, Some(1.0 / 3.0)).is_err(),
+            "the share is spent"
+        );
+        // Redis answers again (with every replica's spend): the episode ends.
+        s.observe_global(1_000);
+        assert!(s.reserve(1, now, None).is_err());
     }
 }

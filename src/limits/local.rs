@@ -153,12 +153,15 @@ impl Local {
         })
     }
 
+    /// Decides a request with this process's counters; `fallback_share`: the shared store is
+    /// down, and budgets allow only this replica's share of what was left.
     pub fn admit(
         &self,
         limits: &[LimitCheck],
         budgets: &[BudgetCheck],
         r: &Request<'_>,
         now: u64,
+        fallback_share: Option<f64>,
     ) -> Result<(Status, Holds), Box<Refusal>> {
         let mut status = Status::default();
         let mut holds = Holds::default();
@@ -228,7 +231,7 @@ impl Local {
         }
         for b in budgets {
             let state = self.budget(b, now);
-            match state.reserve(r.worst_cost, now) {
+            match state.reserve(r.worst_cost, now, fallback_share) {
                 Ok(level) => {
                     if level.over_soft {
                         status.budget_warning = Some(super::headers::budget_warning(b, level));

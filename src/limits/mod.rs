@@ -297,6 +297,33 @@ enum Holds {
     None,
     Local(local::Holds),
     Shared(shared::Holds),
+    /// Local holds taken while Redis was down: settled here, and their spend owed to Redis.
+    Fallback {
+        local: local::Holds,
+        shared: Arc<shared::Shared>,
+        /// Redis budget keys this request's spend counts against.
+        owes: Vec<String>,
+    },
+}
+
+impl Holds {
+    fn settle(self, actual: Actual) -> Vec<Crossing> {
+        match self {
+            Holds::None => Vec::new(),
+            Holds::Local(h) => h.settle(actual),
+            Holds::Shared(h) => h.settle(actual),
+            Holds::Fallback {
+                local,
+                shared,
+                owes,
+            } => {
+                for key in &owes {
+                    shared.owe_key(key, actual.cost);
+                }
+                local.settle(actual)
+            }
+        }
+    }
 }
 
 /// The usage a request really had.
@@ -325,11 +352,7 @@ impl Admission {
 
     /// Replaces the reservations with the real usage; returns soft thresholds crossed.
     pub fn settle(mut self, actual: Actual) -> Vec<Crossing> {
-        match std::mem::replace(&mut self.holds, Holds::None) {
-            Holds::None => Vec::new(),
-            Holds::Local(h) => h.settle(actual),
-            Holds::Shared(h) => h.settle(actual),
-        }
+        std::mem::replace(&mut self.holds, Holds::None).settle(actual)
     }
 }
 
@@ -337,15 +360,7 @@ impl Drop for Admission {
     /// An admission dropped without settling (the request failed before any usage) gives
     /// everything back.
     fn drop(&mut self) {
-        match std::mem::replace(&mut self.holds, Holds::None) {
-            Holds::None => {}
-            Holds::Local(h) => {
-                h.settle(Actual::default());
-            }
-            Holds::Shared(h) => {
-                h.settle(Actual::default());
-            }
-        }
+        std::mem::replace(&mut self.holds, Holds::None).settle(Actual::default());
     }
 }
 
@@ -427,7 +442,7 @@ impl Limiter {
     pub fn new(cfg: &Config) -> Self {
         let shared = match (cfg.limits.backend, &cfg.limits.redis_url) {
             (spec::Backend::Redis, Some(url)) => match shared::Shared::new(url, &cfg.limits) {
-                Ok(s) => Some(Arc::new(s)),
+                Ok(s) => Some(s),
                 Err(e) => {
                     log::error!("limits: Redis URL rejected ({e}); enforcing limits locally");
                     None
@@ -461,13 +476,22 @@ impl Limiter {
         }
         let now = crate::time::now_unix();
         match sh.admit(&limits, &budgets, r, now).await {
-            Ok(Ok((status, holds))) => Ok(Admission {
-                status,
-                holds: Holds::Shared(holds),
-            }),
+            Ok(Ok((status, mut holds))) => {
+                // The local budget states follow Redis: they are the baseline of a fallback.
+                for &(bi, spent) in &holds.budget_spent {
+                    let state = self.local.budget(&budgets[bi], now);
+                    state.observe_global(spent);
+                    holds.shadows.push((bi, state));
+                }
+                Ok(Admission {
+                    status,
+                    holds: Holds::Shared(holds),
+                })
+            }
             Ok(Err(refusal)) => Err(refusal),
             Err(()) => {
-                // Redis is unreachable: local limits, scaled to this replica's share.
+                // Redis is unreachable: local limits and budgets, scaled to this replica's
+                // share; budget spend is owed to Redis until it answers again.
                 let share = cfg.limits.fallback_share;
                 let scaled: Vec<LimitCheck> = limits
                     .iter()
@@ -476,7 +500,15 @@ impl Limiter {
                         ..*c
                     })
                     .collect();
-                self.admit_counted(&scaled, &budgets, r, now)
+                let (status, local) = self.local.admit(&scaled, &budgets, r, now, Some(share))?;
+                Ok(Admission {
+                    status,
+                    holds: Holds::Fallback {
+                        local,
+                        shared: sh.clone(),
+                        owes: budgets.iter().map(|b| shared::budget_key(b, now)).collect(),
+                    },
+                })
             }
         }
     }
@@ -489,7 +521,7 @@ impl Limiter {
         now: u64,
     ) -> Result<Admission, Box<Refusal>> {
         self.local
-            .admit(limits, budgets, r, now)
+            .admit(limits, budgets, r, now, None)
             .map(|(status, holds)| Admission {
                 status,
                 holds: Holds::Local(holds),

@@ -5,24 +5,35 @@
 //! replica dies mid-request, budgets are a hash of spend and reservations with expiring leases.
 //!
 //! When Redis errors or answers slower than `redis_timeout`, the caller falls back to local
-//! limits scaled to `fallback_share`; Redis is skipped for a second before it is tried again.
+//! limits scaled to `fallback_share` (budgets too: each replica may spend only its share of
+//! what was left when Redis went away, and what it spends is paid into Redis when it returns).
+//!
+//! The connection lives on a runtime of its own that always runs (thread `limits-redis`): a
+//! connection's driver task must outlive whatever runtime first needed it (start-up budget
+//! loading runs on a throwaway one). A prober there notices an outage while idle, and after any
+//! error or timeout drops the connection and makes a new one — the request path never waits to
+//! connect: without a connection it falls back at once.
 
 use super::budget::Level;
 use super::{
     Actual, BudgetCheck, Crossing, Exceeded, LimitCheck, Refusal, Request, Status, Window,
 };
 use crate::metrics::METRICS;
+use arc_swap::ArcSwapOption;
 use redis::aio::ConnectionManager;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
-use tokio::sync::OnceCell;
 
 /// A request may hold a concurrency slot or a budget reservation at most this long if its
 /// replica dies before settling it.
 const LEASE_TTL_US: u64 = 15 * 60 * 1_000_000;
-/// How long Redis is skipped after a failure.
-const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
+/// Marks one Redis lifetime: set if missing by the first replica to connect.
+const EPOCH_KEY: &str = "mb:epoch";
+
+/// How often the prober reconnects while Redis is down, and pings it while it is up.
+const PROBE_EVERY: Duration = Duration::from_millis(250);
 
 const ADMIT: &str = r#"
 local t = redis.call('TIME')
@@ -138,14 +149,25 @@ return tonumber(redis.call('HGET', KEYS[1], 'spent'))
 
 pub struct Shared {
     client: redis::Client,
-    conn: OnceCell<ConnectionManager>,
+    /// The live connection; `None` while Redis is down (the prober makes a new one).
+    conn: ArcSwapOption<ConnectionManager>,
     timeout: Duration,
     admit: redis::Script,
     settle: redis::Script,
     seed: redis::Script,
-    /// Unix ms until which Redis is skipped.
-    skip_until: AtomicU64,
     up: AtomicBool,
+    /// The `limits-redis` runtime: connections, the prober, settlements.
+    rt: tokio::runtime::Handle,
+    /// Budget spend settled while Redis was unreachable, by Redis budget key: paid in when it
+    /// answers again, so other replicas see it.
+    owed: Mutex<HashMap<String, i64>>,
+    /// Everything this replica spent per budget key (in Redis or owed): when Redis comes back
+    /// empty (a new epoch), every replica adds its own total, and together they restore the
+    /// period's spend exactly, in whatever order they reconnect.
+    own: Mutex<HashMap<String, i64>>,
+    /// The Redis epoch (a marker key) this replica last saw; a different one means Redis lost
+    /// its data.
+    epoch: Mutex<Option<String>>,
 }
 
 /// One line of a script call.
@@ -166,6 +188,10 @@ pub struct Holds {
     request_id: String,
     items: Vec<Item>,
     reserved_tokens: u64,
+    /// Budgets' spend as Redis reported it at admission (index into the budget checks).
+    pub budget_spent: Vec<(usize, i64)>,
+    /// This process's budget states, kept level with Redis's spend (the fallback's baseline).
+    pub shadows: Vec<(usize, Arc<super::budget::BudgetState>)>,
 }
 
 impl Holds {
@@ -176,8 +202,11 @@ impl Holds {
             request_id,
             items,
             reserved_tokens,
+            shadows,
+            ..
         } = self;
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        let rt = shared.rt.clone();
+        {
             rt.spawn(async move {
                 let delta = actual.tokens as i64 - reserved_tokens as i64;
                 let items: Vec<Item> = items
@@ -198,15 +227,27 @@ impl Holds {
                 match shared.run(&shared.settle, &request_id, &items, false).await {
                     Ok(spent) => {
                         for (item, s) in items.iter().zip(spent) {
-                            if let Some((_, label)) = &item.budget {
+                            if let Some((bi, label)) = &item.budget {
+                                shared.spent_here(&item.key, item.amount);
                                 METRICS
                                     .budget_spend
                                     .with_label_values(&[label])
                                     .set(s as f64 / 1e9);
+                                if let Some((_, st)) = shadows.iter().find(|(i, _)| i == bi) {
+                                    st.observe_global(s);
+                                }
                             }
                         }
                     }
-                    Err(e) => log::debug!("limits: settling in Redis failed ({e}); leases expire"),
+                    Err(e) => {
+                        // The reservation's lease expires in Redis; the spend must not vanish.
+                        log::debug!(
+                            "limits: settling in Redis failed ({e}); owed until it answers"
+                        );
+                        for item in items.iter().filter(|i| i.kind == "b") {
+                            shared.owe(&item.key, item.amount);
+                        }
+                    }
                 }
             });
         }
@@ -215,46 +256,198 @@ impl Holds {
 }
 
 impl Shared {
-    pub fn new(url: &str, s: &super::spec::LimitSettings) -> Result<Self, String> {
-        Ok(Self {
-            client: redis::Client::open(url).map_err(|e| e.to_string())?,
-            conn: OnceCell::new(),
+    pub fn new(url: &str, s: &super::spec::LimitSettings) -> Result<Arc<Self>, String> {
+        let client = redis::Client::open(url).map_err(|e| e.to_string())?;
+        let rt = redis_runtime()?;
+        let shared = Arc::new(Self {
+            client,
+            conn: ArcSwapOption::empty(),
             timeout: s.redis_timeout,
             admit: redis::Script::new(ADMIT),
             settle: redis::Script::new(SETTLE),
             seed: redis::Script::new(SEED),
-            skip_until: AtomicU64::new(0),
-            up: AtomicBool::new(true),
-        })
+            up: AtomicBool::new(false),
+            rt: rt.clone(),
+            owed: Mutex::new(HashMap::new()),
+            own: Mutex::new(HashMap::new()),
+            epoch: Mutex::new(None),
+        });
+        METRICS.limits_redis_up.set(0);
+        // One bounded attempt before serving, so the first requests are not all local.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let first = shared.clone();
+        rt.spawn(async move {
+            if let Err(e) = first.reconnect().await {
+                log::warn!("limits: Redis not reachable at start ({e}); local limits until it is");
+            }
+            let _ = tx.send(());
+        });
+        let _ = rx.recv_timeout(Duration::from_secs(3));
+        rt.spawn(probe(Arc::downgrade(&shared)));
+        Ok(shared)
     }
 
-    async fn conn(&self) -> Result<ConnectionManager, String> {
-        let c = self
-            .conn
-            .get_or_try_init(|| async {
-                let cfg = redis::aio::ConnectionManagerConfig::new()
-                    .set_connection_timeout(self.timeout.max(Duration::from_millis(200)))
-                    .set_response_timeout(self.timeout)
-                    .set_number_of_retries(1);
-                ConnectionManager::new_with_config(self.client.clone(), cfg)
-                    .await
-                    .map_err(|e| e.to_string())
-            })
-            .await?;
-        Ok(c.clone())
+    /// The live connection, if Redis is up; never waits to connect.
+    fn conn(&self) -> Result<ConnectionManager, String> {
+        match self.conn.load_full() {
+            Some(c) if self.up.load(Ordering::Acquire) => Ok((*c).clone()),
+            _ => Err("Redis is not connected".into()),
+        }
+    }
+
+    /// Connects anew (on the `limits-redis` runtime: the connection's task lives there), pays
+    /// what is owed, and marks Redis up.
+    async fn reconnect(&self) -> Result<(), String> {
+        let cfg = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(self.timeout.max(Duration::from_millis(200)))
+            .set_response_timeout(self.timeout.max(Duration::from_millis(200)))
+            .set_number_of_retries(0);
+        let mut c = tokio::time::timeout(
+            Duration::from_secs(2),
+            ConnectionManager::new_with_config(self.client.clone(), cfg),
+        )
+        .await
+        .map_err(|_| "connect timed out".to_string())?
+        .map_err(|e| e.to_string())?;
+        let _: String = redis::cmd("PING")
+            .query_async(&mut c)
+            .await
+            .map_err(|e| e.to_string())?;
+        if self.lost_data(&mut c).await? {
+            self.restore_own(&mut c).await?;
+        } else {
+            self.pay_owed(&mut c).await?;
+        }
+        self.conn.store(Some(Arc::new(c)));
+        self.mark(true, "");
+        Ok(())
+    }
+
+    /// Adds fallback spend to Redis's budgets (what is not paid stays owed).
+    async fn pay_owed(&self, c: &mut ConnectionManager) -> Result<(), String> {
+        let owed: Vec<(String, i64)> = {
+            let mut o = self.owed.lock().unwrap_or_else(|p| p.into_inner());
+            o.drain().collect()
+        };
+        for (i, (key, amount)) in owed.iter().enumerate() {
+            let paid: Result<i64, _> = redis::cmd("HINCRBY")
+                .arg(key)
+                .arg("spent")
+                .arg(*amount)
+                .query_async(c)
+                .await;
+            if let Err(e) = paid {
+                for (k, a) in &owed[i..] {
+                    self.owe(k, *a);
+                }
+                return Err(e.to_string());
+            }
+        }
+        if !owed.is_empty() {
+            log::info!(
+                "limits: paid {} budgets' fallback spend into Redis",
+                owed.len()
+            );
+        }
+        Ok(())
+    }
+
+    /// Whether Redis lost its data since this replica last saw it: its epoch marker (set once
+    /// by whichever replica finds it missing) changed.
+    async fn lost_data(&self, c: &mut ConnectionManager) -> Result<bool, String> {
+        let fresh = format!("{:016x}", rand::random::<u64>());
+        let _: Option<String> = redis::cmd("SET")
+            .arg(EPOCH_KEY)
+            .arg(&fresh)
+            .arg("NX")
+            .query_async(c)
+            .await
+            .map_err(|e| e.to_string())?;
+        let now: String = redis::cmd("GET")
+            .arg(EPOCH_KEY)
+            .query_async(c)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut seen = self.epoch.lock().unwrap_or_else(|p| p.into_inner());
+        let lost = seen.as_ref().is_some_and(|e| *e != now);
+        *seen = Some(now);
+        Ok(lost)
+    }
+
+    /// After Redis lost its data: adds everything this replica spent per budget (what was owed
+    /// included), so the replicas' totals add up to the period's spend again.
+    async fn restore_own(&self, c: &mut ConnectionManager) -> Result<(), String> {
+        self.owed.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        let own: Vec<(String, i64)> = self
+            .own
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        for (key, spent) in &own {
+            let _: i64 = redis::cmd("HINCRBY")
+                .arg(key)
+                .arg("spent")
+                .arg(*spent)
+                .query_async(c)
+                .await
+                .map_err(|e| e.to_string())?;
+            let _: i64 = redis::cmd("PEXPIRE")
+                .arg(key)
+                .arg(40u64 * 86_400_000)
+                .query_async(c)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        log::warn!(
+            "limits: Redis lost its data; restored this replica's spend of {} budgets",
+            own.len()
+        );
+        Ok(())
+    }
+
+    /// Counts spend of this replica against a budget key.
+    fn spent_here(&self, key: &str, amount: i64) {
+        if amount > 0 {
+            *self
+                .own
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(key.to_string())
+                .or_default() += amount;
+        }
+    }
+
+    /// Records spend Redis has not seen (settled during an outage).
+    fn owe(&self, key: &str, amount: i64) {
+        self.spent_here(key, amount);
+        if amount > 0 {
+            *self
+                .owed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(key.to_string())
+                .or_default() += amount;
+        }
+    }
+
+    /// Spend settled locally while Redis was down, for the budget at `key` (paid in when it
+    /// answers again).
+    pub fn owe_key(&self, key: &str, amount: i64) {
+        self.owe(key, amount);
     }
 
     fn mark(&self, ok: bool, why: &str) {
         let was = self.up.swap(ok, Ordering::AcqRel);
         METRICS.limits_redis_up.set(i64::from(ok));
         if ok && !was {
-            log::warn!("limits: Redis answers again; shared limits restored");
+            log::warn!("limits: Redis answers; shared limits in force");
         }
         if !ok {
-            self.skip_until.store(
-                crate::time::now_unix_ms() + RETRY_AFTER_FAILURE.as_millis() as u64,
-                Ordering::Release,
-            );
+            // A connection that failed or timed out is not trusted again: the prober makes a
+            // new one.
+            self.conn.store(None);
             if was {
                 log::error!("limits: Redis unreachable ({why}); enforcing local limits scaled to this replica's share");
             }
@@ -281,7 +474,7 @@ impl Shared {
             inv.arg(i.kind).arg(i.limit).arg(i.period_us).arg(i.amount);
         }
         let start = Instant::now();
-        let mut conn = self.conn().await?;
+        let mut conn = self.conn()?;
         let out = tokio::time::timeout(self.timeout, inv.invoke_async::<Vec<i64>>(&mut conn)).await;
         METRICS
             .limits_redis_duration
@@ -311,7 +504,7 @@ impl Shared {
         r: &Request<'_>,
         now: u64,
     ) -> Result<Result<(Status, Holds), Box<Refusal>>, ()> {
-        if crate::time::now_unix_ms() < self.skip_until.load(Ordering::Acquire) {
+        if !self.up.load(Ordering::Acquire) {
             METRICS.limits_fallbacks.inc();
             return Err(());
         }
@@ -344,7 +537,7 @@ impl Shared {
                 super::spec::Period::Rolling { days } => u64::from(days + 1) * 86_400_000,
             };
             items.push(Item {
-                key: format!("mb:b:{:016x}:{}", b.identity(), b.budget.period.label(now)),
+                key: budget_key(b, now),
                 kind: "b",
                 limit: b.budget.nano as u64,
                 period_us: period_ms,
@@ -361,6 +554,7 @@ impl Shared {
             }
         };
         let mut status = Status::default();
+        let mut budget_spent = Vec::new();
         if reply.first() == Some(&1) {
             for (i, item) in items.iter().enumerate() {
                 let (a, b) = (
@@ -376,6 +570,9 @@ impl Shared {
                     "r" => Status::offer(&mut status.requests, w),
                     "t" => Status::offer(&mut status.tokens, w),
                     "b" => {
+                        if let Some((bi, _)) = &item.budget {
+                            budget_spent.push((*bi, a));
+                        }
                         if let Some(bc) = item.budget.as_ref().map(|(bi, _)| &budgets[*bi]) {
                             let level = Level::of(a, bc.budget.nano, &bc.budget.soft);
                             if level.over_soft {
@@ -394,6 +591,8 @@ impl Shared {
                     request_id: r.request_id.to_string(),
                     items,
                     reserved_tokens: r.tokens,
+                    budget_spent,
+                    shadows: Vec::new(),
                 },
             )));
         }
@@ -436,8 +635,8 @@ impl Shared {
 
     /// Raises a budget period's shared spend to at least `spent` (ClickHouse's figure).
     pub async fn seed(&self, b: &BudgetCheck<'_>, spent: i64, now: u64) -> Result<i64, String> {
-        let key = format!("mb:b:{:016x}:{}", b.identity(), b.budget.period.label(now));
-        let mut conn = self.conn().await?;
+        let key = budget_key(b, now);
+        let mut conn = self.conn()?;
         let mut inv = self.seed.prepare_invoke();
         inv.key(key).arg(spent).arg(40u64 * 86_400_000);
         tokio::time::timeout(
@@ -447,5 +646,75 @@ impl Shared {
         .await
         .map_err(|_| "timed out".to_string())?
         .map_err(|e| e.to_string())
+    }
+}
+
+/// The Redis key of a budget's current period.
+pub fn budget_key(b: &BudgetCheck<'_>, now: u64) -> String {
+    format!("mb:b:{:016x}:{}", b.identity(), b.budget.period.label(now))
+}
+
+/// The process's `limits-redis` runtime, started once and never stopped.
+fn redis_runtime() -> Result<tokio::runtime::Handle, String> {
+    static RT: std::sync::OnceLock<tokio::runtime::Handle> = std::sync::OnceLock::new();
+    if let Some(h) = RT.get() {
+        return Ok(h.clone());
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("limits-redis".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = tx.send(Err(e.to_string()));
+                    return;
+                }
+            };
+            let _ = tx.send(Ok(rt.handle().clone()));
+            rt.block_on(std::future::pending::<()>());
+        })
+        .map_err(|e| e.to_string())?;
+    let h = rx
+        .recv()
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("limits-redis runtime: {e}"))?;
+    Ok(RT.get_or_init(|| h).clone())
+}
+
+/// Keeps the connection: reconnects while Redis is down, pings it while up (so an outage is
+/// seen, and `limits_redis_up` true, even with no traffic). Ends with its `Shared`.
+async fn probe(shared: Weak<Shared>) {
+    loop {
+        tokio::time::sleep(PROBE_EVERY).await;
+        let Some(s) = shared.upgrade() else { return };
+        if s.up.load(Ordering::Acquire) {
+            let Ok(mut c) = s.conn() else { continue };
+            let ping = tokio::time::timeout(
+                s.timeout.max(Duration::from_millis(200)),
+                redis::cmd("PING").query_async::<String>(&mut c),
+            )
+            .await;
+            match ping {
+                Ok(Ok(_)) => {
+                    // A Redis that restarted empty between two pings is caught here too.
+                    let settled = match s.lost_data(&mut c).await {
+                        Ok(true) => s.restore_own(&mut c).await,
+                        Ok(false) => s.pay_owed(&mut c).await,
+                        Err(e) => Err(e),
+                    };
+                    if let Err(e) = settled {
+                        s.mark(false, &e);
+                    }
+                }
+                Ok(Err(e)) => s.mark(false, &e.to_string()),
+                Err(_) => s.mark(false, "ping timed out"),
+            }
+        } else if let Err(e) = s.reconnect().await {
+            log::debug!("limits: Redis reconnect failed: {e}");
+        }
     }
 }

@@ -52,7 +52,7 @@ pub fn maybe_send(
     });
     let max_tokens = max_tokens.unwrap_or(SHADOW_MAX_TOKENS);
     let (_, worst) = crate::limits::worst_case(body.len(), max_tokens, sh.target.price);
-    if budget.reserve(worst, now).is_err() {
+    if budget.reserve(worst, now, None).is_err() {
         METRICS
             .shadow_requests
             .with_label_values(&[&alias, "skipped_budget"])
