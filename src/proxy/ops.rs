@@ -28,6 +28,9 @@ impl OpsPlane {
     }
 }
 
+/// Longest wait for an ops-plane client to send or take one piece of a request or response.
+const OPS_IO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Largest admin request body.
 const MAX_ADMIN_BODY: usize = 1 << 20;
 
@@ -142,6 +145,9 @@ impl HttpServerApp for OpsPlane {
             }
         }
         s.set_keepalive((!*shutdown.borrow()).then_some(60));
+        // A client that sends or reads nothing cannot hold an ops connection forever.
+        s.set_read_timeout(Some(OPS_IO_TIMEOUT));
+        s.set_write_timeout(Some(OPS_IO_TIMEOUT));
         let (parts, body) = self.response(&mut s).await.into_parts();
         let header: ResponseHeader = parts.into();
         if s.write_response_header(Box::new(header)).await.is_err()

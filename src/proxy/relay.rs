@@ -79,7 +79,7 @@ async fn bounded<T>(
         .saturating_duration_since(Instant::now())
         .max(Duration::from_secs(1));
     matches!(
-        tokio::time::timeout(limit.min(left), write).await,
+        pingora_timeout::timeout(limit.min(left), write).await,
         Ok(Ok(_))
     )
 }

@@ -134,6 +134,8 @@ pub struct AuditRow {
     pub client_ip: String,
     pub user_agent: String,
     /// Ed25519 signature (hex) of `hash` by the audit signing key; empty when signing is off.
+    /// (Defaulted so spool segments written before the column existed still replay.)
+    #[serde(default)]
     pub sig: String,
 }
 
