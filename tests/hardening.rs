@@ -11,6 +11,15 @@ use std::time::{Duration, Instant};
 
 const SECRET: &str = "mbk_ABCDEFGHIJKL_0123456789abcdefghij0123456789abcdef";
 
+/// The `x-request-id` of a raw HTTP response.
+fn request_id_of(response: &str) -> &str {
+    response
+        .lines()
+        .find_map(|l| l.strip_prefix("x-request-id: "))
+        .expect("x-request-id")
+        .trim()
+}
+
 fn raw(port: u16, bytes: &[u8]) -> String {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -84,11 +93,7 @@ fn encoded_paths_are_normalised_or_refused() {
     );
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
     assert!(out.contains("x-mock-path: /v1/chat/completions"), "{out}");
-    let rid = out
-        .lines()
-        .find_map(|l| l.strip_prefix("x-request-id: "))
-        .unwrap()
-        .trim();
+    let rid = request_id_of(&out);
     let rec = g.record(rid);
     assert_eq!(rec["endpoint"], "chat_completions");
     assert!(rec["cost_nanousd"].as_i64().unwrap() > 0);
@@ -227,12 +232,7 @@ fn a_client_that_stops_reading_is_cut_off_and_recorded_cancelled() {
     let mut first = [0u8; 2048];
     let n = s.read(&mut first).unwrap();
     let text = String::from_utf8_lossy(&first[..n]).to_string();
-    let rid = text
-        .lines()
-        .find_map(|l| l.strip_prefix("x-request-id: "))
-        .unwrap()
-        .trim()
-        .to_string();
+    let rid = request_id_of(&text).to_string();
     // The record appears once the gateway gave up writing (it waits for it, with a deadline).
     let rec = g.record(&rid);
     assert_eq!(rec["cancelled"], true, "{rec}");
@@ -298,11 +298,7 @@ fn oversized_headers_get_431_and_huge_model_names_are_truncated() {
         "the name is echoed whole: {} bytes",
         out.len()
     );
-    let rid = out
-        .lines()
-        .find_map(|l| l.strip_prefix("x-request-id: "))
-        .unwrap()
-        .trim();
+    let rid = request_id_of(&out);
     let rec = g.record(rid);
     assert!(rec["requested_model"].as_str().unwrap().len() < 1024);
 }
