@@ -409,3 +409,66 @@ budget_usd = "0.0025"
         .collect();
     assert_eq!(primary.len(), 5);
 }
+
+/// Shadow requests are background work with a place in shutdown: SIGTERM waits for them up to
+/// the drain deadline, and one still running then is cut and still leaves its record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn shadow_requests_are_drained_and_cut_at_shutdown() {
+    // The candidate answers after 10 s: longer than the drain allows.
+    let cand = Mock::start(&["--latency-ms", "10000"]);
+    let extra = format!(
+        r#"
+[providers.cand]
+kind = "openai_compatible"
+base_url = "{}"
+first_byte_timeout_ms = 30000
+total_timeout_ms = 30000
+
+[models.mirrored]
+provider = "mock"
+model = "mock-1"
+[models.mirrored.shadow]
+provider = "cand"
+model = "cand-1"
+fraction = 1.0
+budget_usd = "10"
+"#,
+        cand.url()
+    );
+    let mut g = Gateway::start_edited(&[], &extra, |t| {
+        t.replacen("drain_timeout_ms = 10000", "drain_timeout_ms = 500", 1)
+    });
+    let r = client()
+        .post(g.url("/v1/chat/completions"))
+        .json(&json!({"model": "mirrored", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let id = header(&r, "x-request-id").to_string();
+    let _ = r.bytes().await;
+    signal(&g.proc.0, "TERM");
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = g.proc.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(start.elapsed() < Duration::from_secs(8), "no exit");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status:?}");
+    assert!(
+        start.elapsed() >= Duration::from_millis(450),
+        "the drain waited for the shadow request"
+    );
+    let shadow = g
+        .records()
+        .into_iter()
+        .find(|r| r["request_id"] == format!("{id}-shadow"))
+        .expect("the cut shadow request left its record");
+    assert_eq!(shadow["error_type"], "shutting_down", "{shadow}");
+    assert!(
+        g.log_text().contains("shadow"),
+        "the task is named in the log"
+    );
+}
