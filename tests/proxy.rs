@@ -813,7 +813,10 @@ async fn latency_mode_serves_everything_and_sleeps_once_traffic_stops() {
     // spinning, so the quiet second is measured after it.
     let start = Instant::now();
     while !g.log_text().contains("tokenizer encodings loaded") {
-        assert!(start.elapsed() < Duration::from_secs(30), "tokenizer never loaded");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "tokenizer never loaded"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Spinning stops with the traffic: over a quiet second the process stays nearly idle

@@ -70,9 +70,10 @@ const FRAGMENT_TRIES: usize = 4;
 /// Usage from the last `"usage":{...}` in `bytes`, for bodies too large to keep whole (usage
 /// comes last in OpenAI responses) and for SSE event data.
 pub fn from_fragment(bytes: &[u8]) -> Option<Usage> {
-    let finder = memmem::FinderRev::new(b"\"usage\"");
+    static USAGE: std::sync::LazyLock<memmem::FinderRev<'static>> =
+        std::sync::LazyLock::new(|| memmem::FinderRev::new(b"\"usage\""));
     let mut tries = 0;
-    for at in finder.rfind_iter(bytes) {
+    for at in USAGE.rfind_iter(bytes) {
         if at > 0 && bytes[at - 1] == b'\\' {
             continue; // inside a string value
         }

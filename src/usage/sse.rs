@@ -256,29 +256,18 @@ impl SseScanner {
                 return !self.strip_usage_chunk;
             }
         }
-        if has_content(data) {
+        let (text, overflow) = (&mut self.text, &mut self.text_overflow);
+        let content = scan_content(data, |piece| {
+            if piece.len() <= MAX_TEXT.saturating_sub(text.len()) {
+                text.extend_from_slice(piece);
+            } else {
+                *overflow += piece.len() as u64;
+            }
+        });
+        if content {
             self.content_events += 1;
-            self.collect_text(data);
         }
         true
-    }
-
-    /// Appends the event's generated text (the escaped string values of content keys).
-    fn collect_text(&mut self, data: &[u8]) {
-        for k in CONTENT_KEYS {
-            let Some(i) = memmem::find(data, k) else {
-                continue;
-            };
-            let v = &data[i + k.len()..];
-            let end = string_end(v);
-            let piece = &v[..end];
-            let room = MAX_TEXT.saturating_sub(self.text.len());
-            if piece.len() <= room {
-                self.text.extend_from_slice(piece);
-            } else {
-                self.text_overflow += piece.len() as u64;
-            }
-        }
     }
 }
 
@@ -358,24 +347,40 @@ fn empty_choices(data: &[u8]) -> bool {
     rest.next() == Some(&b':') && rest.next() == Some(&b'[') && rest.next() == Some(&b']')
 }
 
-/// Whether a chunk carries generated output (text, content, tool calls or a Responses delta).
-const CONTENT_KEYS: [&[u8]; 5] = [
-    b"\"content\":\"",
-    b"\"text\":\"",
-    b"\"delta\":\"",
-    b"\"reasoning_content\":\"",
-    b"\"arguments\":\"",
-];
+/// Keys whose non-empty string value is generated output (text, content, a Responses delta,
+/// reasoning, tool arguments); searchers built once.
+static CONTENT_KEYS: std::sync::LazyLock<[memmem::Finder<'static>; 5]> =
+    std::sync::LazyLock::new(|| {
+        [
+            b"\"content\":\"".as_slice(),
+            b"\"text\":\"",
+            b"\"delta\":\"",
+            b"\"reasoning_content\":\"",
+            b"\"arguments\":\"",
+        ]
+        .map(memmem::Finder::new)
+    });
 
-fn has_content(data: &[u8]) -> bool {
-    for k in CONTENT_KEYS {
-        if let Some(i) = memmem::find(data, k) {
-            if data.get(i + k.len()).is_some_and(|&b| b != b'"') {
-                return true;
-            }
+static TOOL_CALLS: std::sync::LazyLock<memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memmem::Finder::new(b"\"tool_calls\":[{"));
+
+/// Whether a chunk carries generated output; hands each piece of generated text (JSON-escaped)
+/// to `text`. One search per key.
+fn scan_content(data: &[u8], mut text: impl FnMut(&[u8])) -> bool {
+    let mut content = false;
+    for f in CONTENT_KEYS.iter() {
+        let Some(i) = f.find(data) else { continue };
+        let v = &data[i + f.needle().len()..];
+        if v.first().is_some_and(|&b| b != b'"') {
+            content = true;
+            text(&v[..string_end(v)]);
         }
     }
-    memmem::find(data, b"\"tool_calls\":[{").is_some()
+    content || TOOL_CALLS.find(data).is_some()
+}
+
+fn has_content(data: &[u8]) -> bool {
+    scan_content(data, |_| {})
 }
 
 #[cfg(test)]
