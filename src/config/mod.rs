@@ -88,6 +88,7 @@ pub struct UsageSettings {
     pub path: PathBuf,
     pub queue_capacity: usize,
     pub flush_interval: Duration,
+    pub tokenizer_preload: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -469,6 +470,7 @@ fn validate(raw: RawConfig, path: &Path, err: &mut dyn FnMut(&str, String)) -> C
             path: base.join(&raw.usage.path),
             queue_capacity: raw.usage.queue_capacity,
             flush_interval: Duration::from_millis(raw.usage.flush_interval_ms.max(1)),
+            tokenizer_preload: raw.usage.tokenizer_preload,
         },
         reload: ReloadSettings {
             watch: raw.reload.watch,

@@ -452,6 +452,10 @@ pub struct RawUsage {
     /// Largest delay before buffered records are written, in milliseconds.
     #[serde(default = "default_flush_interval_ms")]
     pub flush_interval_ms: u64,
+    /// Load the tokenizer encodings (~35 MB each) at start instead of when the first estimated
+    /// record needs one; until an encoding is loaded, estimates count 4 bytes per token.
+    #[serde(default)]
+    pub tokenizer_preload: bool,
 }
 
 impl Default for RawUsage {
@@ -461,6 +465,7 @@ impl Default for RawUsage {
             path: default_usage_path(),
             queue_capacity: default_queue_capacity(),
             flush_interval_ms: default_flush_interval_ms(),
+            tokenizer_preload: false,
         }
     }
 }

@@ -31,7 +31,9 @@ use std::path::Path;
 
 /// Builds the server from a validated config and runs it until shutdown.
 pub fn serve(config: Config, config_path: &Path) -> Result<(), String> {
-    crate::usage::estimate::warm_up();
+    if config.usage.tokenizer_preload {
+        crate::usage::estimate::preload();
+    }
     let (sink, audit) = sinks::start(&config)?;
     let feedback = sinks::feedback(&config)?;
     let server_cfg = config.server.clone();

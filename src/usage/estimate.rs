@@ -6,11 +6,14 @@
 //! Encodings are chosen from the provider model name (`gpt-4o*`, `o1`…`o4`, `gpt-4.1`, `gpt-5`:
 //! o200k_base; `gpt-4`, `gpt-3.5`: cl100k_base). Models tiktoken does not know (Llama, Mistral,
 //! Qwen behind vLLM or Ollama) are counted with o200k_base: within ~10-15% of their own
-//! tokenizers on English text, far closer than the zero the record would otherwise carry. The
-//! encodings load on a background thread at start (about a quarter of a second); until then,
+//! tokenizers on English text, far closer than the zero the record would otherwise carry.
+//!
+//! An encoding costs ~35 MB of memory and a quarter second to load, so it is loaded on a thread of its own
+//! when the first estimate needs it (or at start with `[usage] tokenizer_preload`); until then,
 //! and for text beyond `MAX_TOKENIZED` bytes, the estimate is one token per 4 bytes.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
 use tiktoken_rs::tokenizer::{get_tokenizer, Tokenizer};
 use tiktoken_rs::CoreBPE;
 
@@ -22,32 +25,63 @@ const MAX_TOKENIZED: usize = 256 << 10;
 const PER_MESSAGE: u64 = 3;
 const REPLY_PRIMING: u64 = 3;
 
-static READY: AtomicBool = AtomicBool::new(false);
+/// The encodings used: o200k_base and cl100k_base.
+#[derive(Clone, Copy)]
+enum Encoding {
+    O200k = 0,
+    Cl100k = 1,
+}
 
-/// Loads the encodings off the request path; called once at start.
-pub fn warm_up() {
-    let spawned = std::thread::Builder::new()
-        .name("tokenizer-warm-up".into())
-        .spawn(|| {
-            let started = std::time::Instant::now();
-            let _ = tiktoken_rs::o200k_base_singleton();
-            let _ = tiktoken_rs::cl100k_base_singleton();
-            READY.store(true, Ordering::Release);
-            log::info!("tokenizer encodings loaded in {:?}", started.elapsed());
-        });
-    if let Err(e) = spawned {
-        log::warn!("tokenizer warm-up thread: {e}; estimates use bytes / 4");
+impl Encoding {
+    fn of(model: &str) -> Self {
+        match get_tokenizer(model) {
+            Some(Tokenizer::Cl100kBase) => Encoding::Cl100k,
+            _ => Encoding::O200k,
+        }
+    }
+
+    fn load(self) -> &'static CoreBPE {
+        match self {
+            Encoding::O200k => tiktoken_rs::o200k_base_singleton(),
+            Encoding::Cl100k => tiktoken_rs::cl100k_base_singleton(),
+        }
     }
 }
 
-fn bpe(model: &str) -> Option<&'static CoreBPE> {
-    if !READY.load(Ordering::Acquire) {
-        return None;
+static LOADED: [OnceLock<&'static CoreBPE>; 2] = [OnceLock::new(), OnceLock::new()];
+static LOADING: [AtomicBool; 2] = [AtomicBool::new(false), AtomicBool::new(false)];
+
+/// Starts loading `e` on a thread of its own, once.
+fn start_loading(e: Encoding) {
+    if LOADING[e as usize].swap(true, Ordering::AcqRel) {
+        return;
     }
-    Some(match get_tokenizer(model) {
-        Some(Tokenizer::Cl100kBase) => tiktoken_rs::cl100k_base_singleton(),
-        _ => tiktoken_rs::o200k_base_singleton(),
-    })
+    let spawned = std::thread::Builder::new()
+        .name("tokenizer-load".into())
+        .spawn(move || {
+            let started = std::time::Instant::now();
+            let _ = LOADED[e as usize].set(e.load());
+            log::info!("tokenizer encoding loaded in {:?}", started.elapsed());
+        });
+    if let Err(err) = spawned {
+        log::warn!("tokenizer load thread: {err}; estimates use bytes / 4");
+    }
+}
+
+/// Loads both encodings now, off the request path.
+pub fn preload() {
+    start_loading(Encoding::O200k);
+    start_loading(Encoding::Cl100k);
+}
+
+/// The encoding for `model` if it is loaded (otherwise it starts loading).
+fn bpe(model: &str) -> Option<&'static CoreBPE> {
+    let e = Encoding::of(model);
+    let loaded = LOADED[e as usize].get().copied();
+    if loaded.is_none() {
+        start_loading(e);
+    }
+    loaded
 }
 
 fn by_bytes(n: usize) -> u64 {
@@ -123,9 +157,9 @@ mod tests {
     use super::*;
 
     fn ready() {
-        let _ = tiktoken_rs::o200k_base_singleton();
-        let _ = tiktoken_rs::cl100k_base_singleton();
-        READY.store(true, Ordering::Release);
+        for e in [Encoding::O200k, Encoding::Cl100k] {
+            let _ = LOADED[e as usize].set(e.load());
+        }
     }
 
     #[test]
