@@ -471,6 +471,32 @@ async fn passthrough_streams_other_v1_paths() {
     assert!(r.status().is_client_error());
 }
 
+/// A provider that reports no usage still bills: the record counts the prompt and the answer's
+/// text, marked estimated (it used to record zero tokens and no cost).
+#[tokio::test]
+async fn a_provider_without_usage_is_still_counted() {
+    let g = Gateway::start();
+    for stream in [false, true] {
+        let r = client()
+            .post(g.url("/v1/chat/completions"))
+            .header("x-mock-no-usage", "1")
+            .json(&chat("gpt-4o-mini", stream))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let rid = header(&r, "x-request-id").to_string();
+        let _ = r.bytes().await.unwrap();
+        let rec = g.record(&rid);
+        assert_eq!(rec["usage_source"], "estimated", "{rec}");
+        assert!(rec["prompt_tokens"].as_u64().unwrap() > 0, "{rec}");
+        // Eight chunks "tok0 " … "tok7 ": at least one token each.
+        let c = rec["completion_tokens"].as_u64().unwrap();
+        assert!((8..=40).contains(&c), "stream {stream}: {rec}");
+        assert!(rec["cost_nanousd"].as_i64().unwrap() > 0, "{rec}");
+    }
+}
+
 #[test]
 fn client_disconnect_mid_stream_records_cancelled_usage() {
     let g = Gateway::start();

@@ -204,7 +204,21 @@ pub async fn relay(
     }
     if let Some(t) = &tail {
         if result == Outcome::Done {
-            ctx.usage = t.usage().map(|u| (u, UsageSource::Provider));
+            ctx.usage = t.usage().map(|u| (u, UsageSource::Provider)).or_else(|| {
+                // A provider that reports no usage (some self-hosted servers): the completion
+                // is counted from the answer's text; the prompt is counted in `finish`.
+                let model = ctx.record.provider_model.as_deref().unwrap_or_default();
+                let completion = t
+                    .whole
+                    .then(|| crate::usage::estimate::completion_tokens(model, &t.buf))?;
+                Some((
+                    crate::usage::Usage {
+                        completion_tokens: completion,
+                        ..Default::default()
+                    },
+                    UsageSource::Estimated,
+                ))
+            });
         }
     }
     if result != Outcome::Done || ctx.record.cancelled {

@@ -133,6 +133,37 @@ pub fn prompt_tokens(model: &str, body: &[u8]) -> u64 {
     overhead + text_tokens(model, &text, 0)
 }
 
+/// Completion tokens of a complete JSON answer without usage: the generated text of every
+/// choice (chat `message.content` and tool call arguments, completions `text`, Responses
+/// `output[].content[].text`); embeddings have none.
+pub fn completion_tokens(model: &str, body: &[u8]) -> u64 {
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return 0;
+    };
+    let mut text = String::new();
+    for c in v
+        .get("choices")
+        .and_then(|c| c.as_array())
+        .into_iter()
+        .flatten()
+    {
+        let message = c.get("message");
+        let parts = ["content", "tool_calls", "reasoning_content"]
+            .iter()
+            .filter_map(|k| message.and_then(|m| m.get(*k)));
+        for x in parts.chain(c.get("text")) {
+            collect(x, &mut text);
+        }
+    }
+    if let Some(x) = v.get("output") {
+        collect(x, &mut text);
+    }
+    if text.is_empty() {
+        return 0;
+    }
+    text_tokens(model, &text, 0)
+}
+
 /// Appends every string inside `v` (text parts, tool arguments), separated by newlines.
 fn collect(v: &serde_json::Value, out: &mut String) {
     match v {
@@ -174,6 +205,14 @@ mod tests {
         // 2 messages x 3 + 3 priming + role and content tokens.
         assert!((12..=20).contains(&n), "{n}");
         assert_eq!(prompt_tokens("gpt-4o", b"\xff not json"), 3);
+        let answer =
+            br#"{"choices":[{"index":0,"message":{"role":"assistant","content":"hello world"}}]}"#;
+        // "hello world" and a newline.
+        assert!((2..=4).contains(&completion_tokens("gpt-4o", answer)));
+        assert_eq!(
+            completion_tokens("gpt-4o", br#"{"data":[{"embedding":[0.1]}]}"#),
+            0
+        );
         let long = "word ".repeat(200_000);
         let n = text_tokens("gpt-4o", &long, 0);
         assert!((180_000..=260_000).contains(&n), "{n}");
