@@ -174,6 +174,9 @@ async fn an_endless_1xx_flood_times_out() {
             std::thread::spawn(move || {
                 let mut buf = [0u8; 4096];
                 let _ = conn.read(&mut buf);
+                // The hostile provider's pace (the behaviour under test, not a synchronisation):
+                // one answer every 100 ms, well inside the 700 ms first-byte timeout each time,
+                // so only a deadline across all of them ends the request.
                 while conn.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").is_ok() {
                     std::thread::sleep(Duration::from_millis(100));
                 }

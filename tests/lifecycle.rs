@@ -230,17 +230,7 @@ async fn sigterm_drains_in_flight_streams() {
         text.ends_with("data: [DONE]\n\n"),
         "stream finished during drain"
     );
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = g.proc.0.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(15),
-            "gateway did not exit after draining"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = g.wait_exit(Duration::from_secs(15));
     assert!(status.success(), "{status:?}");
     let rec = g.record(&rid);
     assert_eq!(rec["completion_tokens"], 20, "usage flushed before exit");
@@ -272,17 +262,7 @@ async fn streams_cut_at_the_drain_deadline_leave_their_records() {
         .map(|r| r.headers()["x-request-id"].to_str().unwrap().to_string())
         .collect();
     signal(&g.proc.0, "TERM");
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = g.proc.0.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(15),
-            "gateway did not exit after the drain deadline"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let status = g.wait_exit(Duration::from_secs(15));
     assert!(status.success(), "{status:?}");
     let records = g.records();
     for id in &ids {

@@ -423,16 +423,13 @@ async fn a_redis_outage_falls_back_to_local_limits_and_recovers() {
 
 /// Waits until every replica reports `limits_redis_up` = `want`, within `secs` seconds.
 async fn wait_redis_up(gs: &[Gateway], want: f64, secs: u64) {
-    let start = Instant::now();
     for g in gs {
-        while g.metric("model_bridge_limits_redis_up").await != want {
-            assert!(
-                start.elapsed() < Duration::from_secs(secs),
-                "limits_redis_up never became {want}: {}",
-                g.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        g.wait_metric(
+            "model_bridge_limits_redis_up",
+            want,
+            Duration::from_secs(secs),
+        )
+        .await;
     }
 }
 

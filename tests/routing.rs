@@ -449,13 +449,7 @@ budget_usd = "10"
     let _ = r.bytes().await;
     signal(&g.proc.0, "TERM");
     let start = Instant::now();
-    let status = loop {
-        if let Some(s) = g.proc.0.try_wait().unwrap() {
-            break s;
-        }
-        assert!(start.elapsed() < Duration::from_secs(8), "no exit");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let status = tokio::task::block_in_place(|| g.wait_exit(Duration::from_secs(8)));
     assert!(status.success(), "{status:?}");
     assert!(
         start.elapsed() >= Duration::from_millis(450),

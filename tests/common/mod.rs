@@ -208,13 +208,40 @@ impl Gateway {
     /// Stops the gateway with SIGTERM (drain, flush) and waits for it to exit.
     pub fn stop(&mut self) {
         signal(&self.proc.0, "TERM");
+        self.wait_exit(Duration::from_secs(30));
+    }
+
+    /// Waits for the gateway process to exit (blocking on it, no polling); past `limit` it is
+    /// killed and the test fails.
+    pub fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let pid = self.proc.0.id() as libc::pid_t;
+        let child = &mut self.proc.0;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::scope(|s| {
+            s.spawn(move || {
+                let _ = tx.send(child.wait());
+            });
+            match rx.recv_timeout(limit) {
+                Ok(status) => status.expect("waiting for the gateway"),
+                Err(_) => {
+                    // SAFETY: a plain signal to our own child; the waiting thread then returns.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                    panic!("gateway did not exit within {limit:?}");
+                }
+            }
+        })
+    }
+
+    /// Waits until the metric `sample` reads `want`; fails loudly after `limit`.
+    pub async fn wait_metric(&self, sample: &str, want: f64, limit: Duration) {
         let start = Instant::now();
-        while self.proc.0.try_wait().unwrap().is_none() {
+        while self.metric(sample).await != want {
             assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "gateway did not exit"
+                start.elapsed() < limit,
+                "{sample} never became {want}: {}",
+                self.log_text()
             );
-            std::thread::sleep(Duration::from_millis(20));
+            tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
 
