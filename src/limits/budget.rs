@@ -217,8 +217,9 @@ mod tests {
         };
         let now = 1_800_000_000;
         let s = BudgetState::new("x".into(), &b, now);
-        s.observe_global(400); // Redis said 400 of 1000 spent
-                               // Three replicas at a third each: this one may commit 200 of the 600 left.
+        // Redis said 400 of 1000 spent; three replicas at a third each: this one may commit
+        // 200 of the 600 left.
+        s.observe_global(400);
         for _ in 0..2 {
             s.reserve(100, now, Some(1.0 / 3.0)).unwrap();
         }

@@ -318,7 +318,7 @@ impl Holds {
                 owes,
             } => {
                 for key in &owes {
-                    shared.owe_key(key, actual.cost);
+                    shared.owe(key, actual.cost);
                 }
                 local.settle(actual)
             }

@@ -419,8 +419,9 @@ impl Shared {
         }
     }
 
-    /// Records spend Redis has not seen (settled during an outage).
-    fn owe(&self, key: &str, amount: i64) {
+    /// Records spend Redis has not seen (settled while it was unreachable, for the budget at
+    /// `key`): paid in when it answers again.
+    pub fn owe(&self, key: &str, amount: i64) {
         self.spent_here(key, amount);
         if amount > 0 {
             *self
@@ -430,12 +431,6 @@ impl Shared {
                 .entry(key.to_string())
                 .or_default() += amount;
         }
-    }
-
-    /// Spend settled locally while Redis was down, for the budget at `key` (paid in when it
-    /// answers again).
-    pub fn owe_key(&self, key: &str, amount: i64) {
-        self.owe(key, amount);
     }
 
     fn mark(&self, ok: bool, why: &str) {

@@ -123,7 +123,6 @@ impl Ctx {
         let answered = (200..300).contains(&r.status) && r.provider.is_some();
         let streamed = self.scanner.take().map(|sc| stream_usage(&sc, r));
         let usage = match streamed.or(self.usage) {
-            Some((u, UsageSource::Estimated)) => Some((u, UsageSource::Estimated)),
             None if answered && self.request_body.is_some() => {
                 Some((Usage::default(), UsageSource::Estimated))
             }

@@ -249,13 +249,14 @@ impl DataPlane {
         };
         // A client's text is echoed into errors and records only in bounded form: a 10 MB
         // model name is refused with (and recorded as) its first 256 bytes.
-        ctx.record.requested_model = Some(bounded_text(&model));
+        let shown = bounded_text(&model);
+        ctx.record.requested_model = Some(shown.clone());
         let live = ctx.live.clone();
         let route = live
             .config
             .models
             .get(&model)
-            .ok_or_else(|| GatewayError::ModelNotFound(bounded_text(&model)))?;
+            .ok_or(GatewayError::ModelNotFound(shown))?;
         identity::authorize_model(&self.shared, s, ctx, route)?;
         ctx.alias = Some(route.alias.clone());
         let plan = super::route::choose(ctx, route, &fields);

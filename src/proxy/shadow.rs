@@ -91,15 +91,10 @@ pub fn maybe_send(
         record.stream = false;
         record.request_bytes = out.len() as u64;
         let mut cost = 0;
-        let mut send = std::pin::pin!(upstream.send(&provider, header, Bytes::from(out), started));
         tokio::pin!(cut);
         let sent = tokio::select! {
-            r = &mut send => Some(r),
-            _ = &mut cut => None,
-        };
-        let sent = match sent {
-            Some(r) => r,
-            None => Err(crate::error::GatewayError::ShuttingDown),
+            r = upstream.send(&provider, header, Bytes::from(out), started) => r,
+            _ = &mut cut => Err(crate::error::GatewayError::ShuttingDown),
         };
         match sent {
             Ok(mut resp) => {
