@@ -565,14 +565,14 @@ async fn upstream_failures_mid_stream_and_idle_timeout() {
 async fn metrics_and_health() {
     let g = Gateway::start();
     let c = client();
-    let _ = c
+    let r = c
         .post(g.url("/v1/chat/completions"))
         .json(&chat("gpt-4o-mini", true))
         .send()
         .await
-        .unwrap()
-        .bytes()
-        .await;
+        .unwrap();
+    let rid = header(&r, "x-request-id").to_string();
+    let _ = r.bytes().await;
     // The request is counted when it finishes, just after its last byte went out.
     let want = r#"model_bridge_requests_total{endpoint="chat_completions",model="gpt-4o-mini",provider="mock",status_class="2xx"} 1"#;
     let mut m = String::new();
@@ -592,7 +592,11 @@ async fn metrics_and_health() {
         "model_bridge_inflight_requests",
         "model_bridge_usage_sink_queue_depth",
     ] {
-        assert!(m.contains(name), "{name} missing");
+        assert!(
+            m.contains(name),
+            "{name} missing; the request: {}",
+            g.record(&rid)
+        );
     }
     assert!(m.contains(want), "{m}");
     assert_eq!(
