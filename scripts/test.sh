@@ -17,6 +17,9 @@ echo "$MB_CLICKHOUSE_URL"
 echo "== Redis (Debian's redis-server; tests start their own instances on ephemeral ports)"
 scripts/redis.sh install
 
+echo "== Prometheus (Debian's prometheus + promtool; the alert tests start their own server)"
+scripts/prometheus.sh install
+
 echo "== cargo fmt --check"
 cargo fmt --check
 echo "== cargo clippy"

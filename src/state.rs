@@ -93,6 +93,7 @@ impl Shared {
         feedback: Option<Arc<crate::warehouse::sinks::ClickHouseFeedback>>,
     ) -> std::io::Result<Arc<Self>> {
         METRICS.config_generation.set(1);
+        METRICS.prime(&config);
         let keys = arc_swap::ArcSwapOption::empty();
         if let Some(a) = &config.auth {
             keys.store(Some(Arc::new(FileKeyStore::open(&a.key_store)?)));
@@ -205,6 +206,7 @@ impl Shared {
                     log::warn!("reload: usage / audit sinks and the ClickHouse connection take effect only on restart");
                 }
                 let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
+                METRICS.prime(&cfg);
                 self.live.store(Arc::new(Live::new(cfg, generation)));
                 METRICS.config_reloads.with_label_values(&["success"]).inc();
                 METRICS.config_generation.set(generation as i64);

@@ -7,6 +7,8 @@ use prometheus::{
 };
 use std::sync::LazyLock;
 
+pub mod tls;
+
 pub struct Metrics {
     pub registry: Registry,
     /// {endpoint, model, provider, status_class}
@@ -85,7 +87,24 @@ pub struct Metrics {
     pub shadow_requests: IntCounterVec,
     /// Retries not made because the retry budget was spent.
     pub retry_budget_exhausted: prometheus::IntCounter,
+    /// 1 while `/readyz` would answer 200 (serving a config with models, not draining).
+    pub ready: IntGauge,
+    /// {listener}: `notAfter` of the served TLS certificate, Unix seconds.
+    pub tls_cert_not_after: IntGaugeVec,
 }
+
+/// Every outcome a warehouse sink counts rows under (primed at 0 so `increase()` sees the first).
+pub const ROW_OUTCOMES: &[&str] = &[
+    "inserted",
+    "spooled",
+    "replayed",
+    "duplicate_skipped",
+    "lost",
+    "overflowed",
+];
+
+/// Every outcome of an upstream attempt (`proxy::route`).
+pub const ATTEMPT_OUTCOMES: &[&str] = &["ok", "5xx", "429", "timeout", "error", "breaker_open"];
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -408,8 +427,57 @@ impl Metrics {
                     .unwrap_or_else(|e| panic!("register retry budget: {e}"));
                 c
             },
-            registry: r,
+            ready: gauge(
+                &r,
+                "ready",
+                "1 while the gateway is ready for traffic (config with models loaded, not draining).",
+            ),
+            tls_cert_not_after: gauge_vec(
+                &r,
+                "tls_cert_not_after_seconds",
+                "Expiry (notAfter) of the TLS certificate a listener serves, Unix seconds.",
+                &["listener"],
+            ),
+            registry: {
+                build_info(&r);
+                #[cfg(target_os = "linux")]
+                r.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
+                    .unwrap_or_else(|e| panic!("register process collector: {e}"));
+                r
+            },
         }
+    }
+
+    /// Creates, at 0, every series an alert reads with `increase()` or a ratio, for the label
+    /// values this config can produce: a series born at 1 hides its first event from
+    /// `increase()`, and a replica that never failed must still show `failure` 0. Called at
+    /// start and after each reload; series of removed targets keep their last values until
+    /// restart (clearing them would reset counters mid-window).
+    pub fn prime(&self, config: &crate::config::Config) {
+        for result in ["success", "failure"] {
+            self.config_reloads.with_label_values(&[result]);
+        }
+        for rows in [&self.usage_rows, &self.audit_events, &self.feedback_rows] {
+            for o in ROW_OUTCOMES {
+                rows.with_label_values(&[o]);
+            }
+        }
+        let mut targets: Vec<&crate::routing::Target> = Vec::new();
+        for m in config.models.values() {
+            targets.extend(m.chain.iter());
+            if let Some(split) = &m.split {
+                for v in &split.variants {
+                    targets.extend(v.targets.iter());
+                }
+            }
+        }
+        for t in targets {
+            for o in ATTEMPT_OUTCOMES {
+                self.attempts.with_label_values(&[&*t.label, o]);
+            }
+            self.breaker_state.with_label_values(&[&t.label]);
+        }
+        self.ready.set(!config.models.is_empty() as i64);
     }
 
     /// Text exposition of every metric.
@@ -418,6 +486,22 @@ impl Metrics {
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         buf
     }
+}
+
+/// `model_bridge_build_info{version, commit} 1`: join it to any series to see what runs.
+fn build_info(r: &Registry) {
+    let g = IntGaugeVec::new(
+        Opts::new(
+            "model_bridge_build_info",
+            "Version and commit of the running binary (always 1).",
+        ),
+        &["version", "commit"],
+    )
+    .unwrap_or_else(|e| panic!("metric build_info: {e}"));
+    g.with_label_values(&[env!("CARGO_PKG_VERSION"), env!("MB_GIT_COMMIT")])
+        .set(1);
+    r.register(Box::new(g))
+        .unwrap_or_else(|e| panic!("register build_info: {e}"));
 }
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);

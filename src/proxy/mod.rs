@@ -69,6 +69,7 @@ pub fn serve(config: Config, config_path: &Path) -> Result<(), String> {
     let listen = server_cfg.listen.to_string();
     match &server_cfg.tls {
         Some(tls) => {
+            crate::metrics::tls::observe_cert("data", Path::new(&tls.cert_path));
             let mut settings = TlsSettings::intermediate(&tls.cert_path, &tls.key_path)
                 .map_err(|e| format!("TLS: {e}"))?;
             settings.enable_h2();

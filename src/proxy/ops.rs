@@ -20,6 +20,11 @@ pub struct OpsPlane {
 }
 
 impl OpsPlane {
+    /// What `/readyz` and `model_bridge_ready` report: serving a config with models, not draining.
+    fn ready(&self) -> bool {
+        !self.shared.is_draining() && !self.shared.live().config.models.is_empty()
+    }
+
     pub fn new(shared: Arc<Shared>) -> Self {
         Self {
             shared,
@@ -175,16 +180,19 @@ impl OpsPlane {
         let path = s.req_header().uri.path();
         let get = s.req_header().method == http::Method::GET;
         match (get, path) {
-            (true, "/metrics") => reply(
-                200,
-                "text/plain; version=0.0.4; charset=utf-8",
-                METRICS.render(),
-            ),
+            (true, "/metrics") => {
+                METRICS.ready.set(self.ready() as i64);
+                reply(
+                    200,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    METRICS.render(),
+                )
+            }
             (true, "/healthz") => reply(200, "application/json", b"{\"status\":\"ok\"}".to_vec()),
             (true, "/readyz") => {
                 let live = self.shared.live();
                 let draining = self.shared.is_draining();
-                let ready = !draining && !live.config.models.is_empty();
+                let ready = self.ready();
                 let body = serde_json::json!({
                     "ready": ready,
                     "draining": draining,

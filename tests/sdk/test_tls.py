@@ -34,7 +34,7 @@ def tls_stack(tmp_path_factory):
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     wait_http(f"http://127.0.0.1:{ops}/readyz")
     yield SimpleNamespace(base_url=f"https://127.0.0.1:{port}/v1", cert=str(d / "cert.pem"),
-                          port=port, dir=d)
+                          port=port, ops=ops, dir=d)
     gw.terminate()
     gw.wait(timeout=15)
     base.stop()
@@ -93,3 +93,17 @@ def test_provider_over_tls_keeps_its_connections(tls_stack):
     finally:
         gw.terminate()
         gw.wait(timeout=15)
+
+
+def test_certificate_expiry_is_a_metric(tls_stack):
+    """`model_bridge_tls_cert_not_after_seconds{listener="data"}` is the served certificate's
+    notAfter, so an alert can page weeks before it lapses."""
+    import calendar
+    import time
+    end = subprocess.run(["openssl", "x509", "-enddate", "-noout", "-in", tls_stack.cert],
+                         check=True, capture_output=True, text=True).stdout.strip()
+    want = calendar.timegm(time.strptime(end.split("=", 1)[1], "%b %d %H:%M:%S %Y %Z"))
+    body = httpx.get(f"http://127.0.0.1:{tls_stack.ops}/metrics").text
+    line = next(l for l in body.splitlines()
+                if l.startswith('model_bridge_tls_cert_not_after_seconds{listener="data"}'))
+    assert int(float(line.split()[-1])) == want
