@@ -86,13 +86,14 @@ async fn reload_on_change_and_sighup_rejects_bad_configs() {
         format!("{base}\n[models.\"x\"]\nprovider = \"missing\"\n"),
     )
     .unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The failure is counted (from 0: the series exists before any failure, for alerts).
+    g.wait_metric(
+        r#"model_bridge_config_reloads_total{result="failure"}"#,
+        1.0,
+        Duration::from_secs(10),
+    )
+    .await;
     assert_eq!(status_of(&c, &g, "new-alias").await, 200);
-    let m = g.metrics().await;
-    assert!(
-        m.contains(r#"model_bridge_config_reloads_total{result="failure"}"#),
-        "{m}"
-    );
     assert!(g.log_text().contains("unknown provider `missing`"));
 
     // SIGHUP reloads even without a file watcher.
