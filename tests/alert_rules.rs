@@ -599,3 +599,71 @@ fn a_wrong_expectation_fails_promtool() {
     let (ok, out) = promtool_test(&test_document(&[case]));
     assert!(!ok, "promtool accepted an alert that cannot fire:\n{out}");
 }
+
+/// Every Prometheus query in the shipped Grafana dashboards parses (promtool) and is scoped to
+/// the `job` / `instance` variables, so a fleet is one view and one replica can be picked.
+#[test]
+fn dashboard_queries_parse_and_follow_job_and_instance() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("dashboards");
+    let selector = regex::Regex::new(r"(model_bridge_[a-z_]+)(\{[^}]*\})?").unwrap();
+    let mut rules = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("json") {
+            continue;
+        }
+        let d: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let vars: Vec<&str> = d["templating"]["list"]
+            .as_array()
+            .map(|l| l.iter().filter_map(|v| v["name"].as_str()).collect())
+            .unwrap_or_default();
+        let prometheus = d["templating"]["list"]
+            .as_array()
+            .is_some_and(|l| l.iter().any(|v| v["query"] == "prometheus"));
+        if !prometheus {
+            continue;
+        }
+        assert!(
+            vars.contains(&"job") && vars.contains(&"instance"),
+            "{}: no job / instance variables",
+            path.display()
+        );
+        for panel in d["panels"].as_array().unwrap() {
+            for t in panel["targets"].as_array().into_iter().flatten() {
+                let expr = t["expr"].as_str().unwrap();
+                for m in selector.captures_iter(expr) {
+                    let labels = m.get(2).map(|l| l.as_str()).unwrap_or("");
+                    assert!(
+                        labels.contains(r#"job=~"$job""#)
+                            && labels.contains(r#"instance=~"$instance""#),
+                        "{}: {} is not scoped to $job / $instance in {expr}",
+                        path.display(),
+                        &m[1]
+                    );
+                }
+                let concrete = expr
+                    .replace("$__rate_interval", "1m")
+                    .replace("$job", ".*")
+                    .replace("$instance", ".*")
+                    .replace("$model", ".*");
+                rules.push(json!({"record": "dashboard:query", "expr": concrete}));
+            }
+        }
+    }
+    assert!(rules.len() > 20, "dashboard queries found: {}", rules.len());
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("dashboards.rules.yml");
+    let doc = json!({"groups": [{"name": "dashboards", "rules": rules}]});
+    std::fs::write(&file, serde_yaml::to_string(&doc).unwrap()).unwrap();
+    let out = promtool()
+        .args(["check", "rules"])
+        .arg(&file)
+        .output()
+        .expect("promtool");
+    assert!(
+        out.status.success(),
+        "a dashboard query does not parse:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
