@@ -3,6 +3,8 @@
 # missing), our own config, loopback only, non-default ports, data in a temp dir; no systemd.
 #   scripts/clickhouse.sh start   # prints the HTTP URL; idempotent
 #   scripts/clickhouse.sh stop
+# Every query is logged to system.query_log: scripts/chdb_check.py replays what the code issued
+# on a current ClickHouse engine.
 # Ports: MB_CH_HTTP_PORT (default 18123), MB_CH_TCP_PORT (default 19000). Data: MB_CH_DIR.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,12 +42,13 @@ start() {
   <default_database>default</default_database>
   <mark_cache_size>268435456</mark_cache_size>
   <max_concurrent_queries>100</max_concurrent_queries>
+  <query_log><database>system</database><table>query_log</table><flush_interval_milliseconds>1000</flush_interval_milliseconds></query_log>
 </yandex>
 XML
   cat > "$DIR/users.xml" <<XML
 <?xml version="1.0"?>
 <yandex>
-  <profiles><default><max_memory_usage>4000000000</max_memory_usage><allow_experimental_low_cardinality_type>1</allow_experimental_low_cardinality_type></default></profiles>
+  <profiles><default><max_memory_usage>4000000000</max_memory_usage><allow_experimental_low_cardinality_type>1</allow_experimental_low_cardinality_type><log_queries>1</log_queries></default></profiles>
   <users><default><password></password><networks><ip>127.0.0.1</ip><ip>::1</ip></networks><profile>default</profile><quota>default</quota></default></users>
   <quotas><default><interval><duration>3600</duration><queries>0</queries><errors>0</errors><result_rows>0</result_rows><read_rows>0</read_rows><execution_time>0</execution_time></interval></default></quotas>
 </yandex>

@@ -379,7 +379,9 @@ async fn an_insert_that_landed_but_was_not_acknowledged_is_not_counted_twice() {
     let port = url.rsplit(':').next().unwrap().parse::<u16>().unwrap();
     let proxy = FlakyProxy::start(port);
     // Migrate through the direct URL; rows go through the proxy.
-    let g = Gateway::start_edited(&[], "", |t| sink_config(t, &proxy.url(), &db, ""));
+    let g = Gateway::start_edited(&[], "", |t| {
+        sink_config(t, &proxy.url(), &db, "\n[audit]\nsink = \"clickhouse\"\n")
+    });
     let c = client();
     let send = |n: usize| {
         let c = c.clone();
@@ -407,12 +409,17 @@ async fn an_insert_that_landed_but_was_not_acknowledged_is_not_counted_twice() {
     .await;
     proxy.set(Mode::SwallowAnswers);
     send(7).await;
+    // An audit event too (the reload SIGHUP asks for), through the same swallowed answers.
+    common::signal(&g.proc.0, "HUP");
     // The insert reaches ClickHouse, its answer does not: the batch is spooled.
     let start = Instant::now();
     while g
         .metric("model_bridge_sink_batches_total{outcome=\"failed\",sink=\"usage\"}")
         .await
         < 1.0
+        || g.metric("model_bridge_sink_batches_total{outcome=\"failed\",sink=\"audit\"}")
+            .await
+            < 1.0
     {
         assert!(
             start.elapsed() < Duration::from_secs(15),
@@ -428,6 +435,9 @@ async fn an_insert_that_landed_but_was_not_acknowledged_is_not_counted_twice() {
         .metric("model_bridge_sink_batches_total{outcome=\"replayed\",sink=\"usage\"}")
         .await
         < 1.0
+        || g.metric("model_bridge_sink_batches_total{outcome=\"replayed\",sink=\"audit\"}")
+            .await
+            < 1.0
     {
         assert!(start.elapsed() < Duration::from_secs(15), "no replay");
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -442,6 +452,12 @@ async fn an_insert_that_landed_but_was_not_acknowledged_is_not_counted_twice() {
         "12\t12",
         "replay skipped the rows that had landed"
     );
+    let audit = query(
+        &url,
+        &format!("SELECT count() - uniqExact(chain, seq), countIf(action = 'config.reload') FROM {db}.audit_events FORMAT TSV"),
+    )
+    .await;
+    assert_eq!(audit.trim(), "0\t1", "the audit replay skipped the landed event");
     assert_eq!(
         g.metric("model_bridge_usage_sink_rows_total{outcome=\"duplicate_skipped\"}")
             .await,
