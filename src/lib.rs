@@ -27,6 +27,7 @@ pub mod rbac;
 pub mod routing;
 pub mod state;
 pub mod tasks;
+pub mod telemetry;
 pub mod time;
 pub mod usage;
 pub mod warehouse;

@@ -457,7 +457,11 @@ async fn an_insert_that_landed_but_was_not_acknowledged_is_not_counted_twice() {
         &format!("SELECT count() - uniqExact(chain, seq), countIf(action = 'config.reload') FROM {db}.audit_events FORMAT TSV"),
     )
     .await;
-    assert_eq!(audit.trim(), "0\t1", "the audit replay skipped the landed event");
+    assert_eq!(
+        audit.trim(),
+        "0\t1",
+        "the audit replay skipped the landed event"
+    );
     assert_eq!(
         g.metric("model_bridge_usage_sink_rows_total{outcome=\"duplicate_skipped\"}")
             .await,

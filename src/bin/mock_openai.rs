@@ -19,7 +19,7 @@ struct Args {
 }
 
 fn main() {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    model_bridge::logging::init_with_default("warn");
     let args = Args::parse();
     model_bridge::mock::run(&args.listen, args.threads, args.knobs);
 }

@@ -80,6 +80,8 @@ pub struct ServerSettings {
     pub drain_timeout: Duration,
     pub client_write_timeout: Duration,
     pub tls: Option<TlsSettings>,
+    pub log_format: crate::logging::LogFormat,
+    pub access_log: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -169,6 +171,8 @@ pub struct Config {
     pub clickhouse: Option<crate::warehouse::ClickHouseSettings>,
     pub limits: LimitSettings,
     pub routing: RoutingSettings,
+    /// `None`: tracing off.
+    pub tracing: Option<crate::telemetry::TracingSettings>,
     /// Hash of the text this config was parsed from (the file watcher compares against it).
     pub source_hash: u64,
 }
@@ -463,6 +467,8 @@ fn validate(raw: RawConfig, path: &Path, err: &mut dyn FnMut(&str, String)) -> C
             keepalive_timeout_s: s.keepalive_timeout_s,
             drain_timeout: Duration::from_millis(s.drain_timeout_ms),
             client_write_timeout: Duration::from_millis(s.client_write_timeout_ms.max(1)),
+            log_format: s.log_format,
+            access_log: s.access_log,
             tls,
         },
         usage: UsageSettings {
@@ -496,6 +502,25 @@ fn validate(raw: RawConfig, path: &Path, err: &mut dyn FnMut(&str, String)) -> C
         }),
         limits: limit_settings(&raw.limits, err),
         routing: routing_settings(&raw.routing, err),
+        tracing: raw.tracing.as_ref().map(|t| {
+            if !(t.otlp_endpoint.starts_with("http://") || t.otlp_endpoint.starts_with("https://"))
+            {
+                err("tracing.otlp_endpoint", "must be an http(s) URL".into());
+            }
+            let ratio = t.sample_ratio.unwrap_or(1.0);
+            if !(0.0..=1.0).contains(&ratio) {
+                err("tracing.sample_ratio", "must be between 0 and 1".into());
+            }
+            crate::telemetry::TracingSettings {
+                otlp_endpoint: t.otlp_endpoint.clone(),
+                sample_ratio: ratio,
+                service_name: t
+                    .service_name
+                    .clone()
+                    .unwrap_or_else(|| "model-bridge".into()),
+                export_interval: Duration::from_millis(t.export_interval_ms.unwrap_or(5000).max(1)),
+            }
+        }),
         clickhouse: raw.clickhouse.as_ref().map(|c| {
             let ident = |v: &str| {
                 !v.is_empty() && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')

@@ -44,6 +44,25 @@ pub struct RawConfig {
     /// Retry budget and circuit breakers.
     #[serde(default)]
     pub routing: RawRouting,
+    /// OpenTelemetry traces over OTLP/HTTP; off when absent.
+    #[serde(default)]
+    pub tracing: Option<RawTracing>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTracing {
+    /// OTLP/HTTP traces endpoint, e.g. `http://127.0.0.1:4318/v1/traces`.
+    pub otlp_endpoint: String,
+    /// Share of the traces the gateway starts that are sampled, 0..=1 (default 1); a client's
+    /// `traceparent` sampled flag is followed.
+    #[serde(default)]
+    pub sample_ratio: Option<f64>,
+    #[serde(default)]
+    pub service_name: Option<String>,
+    /// Batch export interval in milliseconds (default 5000).
+    #[serde(default)]
+    pub export_interval_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
@@ -390,6 +409,14 @@ pub struct RawServer {
     /// TLS for the data plane; plaintext when absent.
     #[serde(default)]
     pub tls: Option<RawTls>,
+    /// `text` (default) or `json`: one JSON object per line (time, level, target, message,
+    /// request id, trace id). Read at start.
+    #[serde(default)]
+    pub log_format: crate::logging::LogFormat,
+    /// One `info` line per finished request (id, trace id, org, model, provider, status,
+    /// latency, tokens). Off by default: usage rows are the record of every request.
+    #[serde(default)]
+    pub access_log: bool,
 }
 
 impl Default for RawServer {
@@ -406,6 +433,8 @@ impl Default for RawServer {
             drain_timeout_ms: default_drain_timeout_ms(),
             client_write_timeout_ms: default_client_write_timeout_ms(),
             tls: None,
+            log_format: Default::default(),
+            access_log: false,
         }
     }
 }

@@ -257,6 +257,15 @@ fn header(
     if let Some(v) = s.get_header("x-request-id") {
         let _ = h.insert_header("x-mock-request-id", v.clone());
     }
+    // What trace context the provider received (tests check propagation).
+    for (name, echo) in [
+        ("traceparent", "x-mock-traceparent"),
+        ("tracestate", "x-mock-tracestate"),
+    ] {
+        if let Some(v) = s.get_header(name) {
+            let _ = h.insert_header(echo, v.clone());
+        }
+    }
     Some(Box::new(h))
 }
 

@@ -34,6 +34,8 @@ pub struct Ctx {
     /// The SSE scanner of a streamed response: its usage (or what was relayed, for an
     /// estimate) goes into the record however the request ends.
     pub scanner: Option<crate::usage::sse::SseScanner>,
+    /// The request's trace when tracing is on.
+    pub trace: Option<Box<crate::telemetry::RequestTrace>>,
 }
 
 /// `req_` and 96 random bits in hex: the id in `x-request-id`, usage rows and audit events.
@@ -62,6 +64,7 @@ impl Ctx {
             limit_headers: Vec::new(),
             request_body: None,
             scanner: None,
+            trace: None,
             record: UsageRecord {
                 ts_ms,
                 request_id: new_request_id(),
@@ -110,6 +113,29 @@ impl Ctx {
 
     pub fn id(&self) -> &str {
         &self.record.request_id
+    }
+
+    /// Starts the request's trace when tracing is on, continuing the client's `traceparent`;
+    /// the response carries this request's own `traceparent` back.
+    pub fn start_trace(&mut self, req: &pingora_http::RequestHeader, method: &str, path: &str) {
+        if self.live.config.tracing.is_none() {
+            return;
+        }
+        let get = |n: &str| req.headers.get(n).and_then(|v| v.to_str().ok());
+        let name = format!("{method} {path}");
+        self.trace =
+            crate::telemetry::RequestTrace::start(get("traceparent"), get("tracestate"), &name);
+        if let Some(t) = &self.trace {
+            self.limit_headers
+                .push(("traceparent", t.traceparent(None)));
+        }
+    }
+
+    /// A finished phase of the request (a child span), from `start` to now.
+    pub fn phase(&self, name: &'static str, start: std::time::SystemTime) {
+        if let Some(t) = &self.trace {
+            t.phase(name, start, Vec::new());
+        }
     }
 
     /// Records metrics and hands the usage record to the sink. Called once per request.
@@ -200,6 +226,14 @@ impl Ctx {
                 budget_crossed(shared, r, &c);
             }
         }
+        if self.live.config.server.access_log {
+            access_log(r, self.trace.as_deref());
+        }
+        if let Some(t) = self.trace.take() {
+            let error =
+                (r.status >= 500).then(|| r.error_type.unwrap_or("upstream_error").to_string());
+            t.finish(span_attributes(r), error);
+        }
         // Counted last: a request that shows in requests_total has all its other metrics.
         METRICS
             .requests
@@ -232,6 +266,84 @@ fn stream_usage(sc: &crate::usage::sse::SseScanner, r: &UsageRecord) -> (Usage, 
             )
         }
     }
+}
+
+/// OpenTelemetry GenAI semantic-convention attributes of the request's span, plus the
+/// attribution finance and tenancy need (`model_bridge.*`).
+fn span_attributes(r: &UsageRecord) -> Vec<opentelemetry::KeyValue> {
+    use opentelemetry::KeyValue;
+    let s = |v: &Option<Arc<str>>| v.as_deref().unwrap_or("").to_string();
+    let mut a = vec![
+        KeyValue::new("http.request.method", r.method.clone()),
+        KeyValue::new("url.path", r.path.clone()),
+        KeyValue::new("http.response.status_code", i64::from(r.status)),
+        KeyValue::new("model_bridge.request_id", r.request_id.clone()),
+        KeyValue::new("model_bridge.org", s(&r.org)),
+        KeyValue::new("model_bridge.team", s(&r.team)),
+        KeyValue::new("model_bridge.cost_center", s(&r.cost_center)),
+        KeyValue::new("model_bridge.key_id", s(&r.key_id)),
+        KeyValue::new("model_bridge.retries", i64::from(r.retries)),
+        KeyValue::new("model_bridge.cancelled", r.cancelled),
+    ];
+    let operation = match r.endpoint {
+        "chat_completions" => Some("chat"),
+        "completions" => Some("text_completion"),
+        "embeddings" => Some("embeddings"),
+        "responses" => Some("chat"),
+        _ => None,
+    };
+    if let Some(op) = operation {
+        a.push(KeyValue::new("gen_ai.operation.name", op));
+        a.push(KeyValue::new(
+            "gen_ai.usage.input_tokens",
+            r.prompt_tokens as i64,
+        ));
+        a.push(KeyValue::new(
+            "gen_ai.usage.output_tokens",
+            r.completion_tokens as i64,
+        ));
+    }
+    if let Some(m) = &r.requested_model {
+        a.push(KeyValue::new("gen_ai.request.model", m.clone()));
+    }
+    if let Some(m) = &r.provider_model {
+        a.push(KeyValue::new("gen_ai.response.model", m.clone()));
+    }
+    if let Some(p) = &r.provider {
+        a.push(KeyValue::new("gen_ai.provider.name", p.to_string()));
+    }
+    if let Some(c) = r.cost_nanousd {
+        a.push(KeyValue::new("model_bridge.cost_nanousd", c));
+    }
+    if let (Some(e), Some(v)) = (&r.experiment, &r.variant) {
+        a.push(KeyValue::new("model_bridge.experiment", e.to_string()));
+        a.push(KeyValue::new("model_bridge.variant", v.to_string()));
+    }
+    if let Some(t) = r.ttft_ms {
+        a.push(KeyValue::new("gen_ai.server.time_to_first_token", t / 1e3));
+    }
+    a
+}
+
+/// One line per finished request (`[server] access_log`), with the ids that join it to its
+/// usage row and its trace.
+fn access_log(r: &UsageRecord, trace: Option<&crate::telemetry::RequestTrace>) {
+    let trace_id = trace.map(|t| t.trace_id()).unwrap_or_default();
+    tracing::info!(
+        target: "model_bridge::access",
+        request_id = %r.request_id,
+        trace_id = %trace_id,
+        org = r.org.as_deref().unwrap_or(""),
+        endpoint = r.endpoint,
+        model = r.requested_model.as_deref().unwrap_or(""),
+        provider = r.provider.as_deref().unwrap_or(""),
+        status = r.status,
+        latency_ms = r.latency_ms,
+        prompt_tokens = r.prompt_tokens,
+        completion_tokens = r.completion_tokens,
+        cancelled = r.cancelled,
+        "request"
+    );
 }
 
 /// A soft budget threshold was crossed: metric and audit event (the warning header follows on

@@ -139,6 +139,7 @@ impl DataPlane {
         let mut ctx = Ctx::new(live, &method, shown, client_ip);
         // Classified before authentication, so refusals are labelled with their endpoint.
         ctx.set_endpoint(Endpoint::classify(shown));
+        ctx.start_trace(s.req_header(), &method, shown);
         let result = match path {
             Err(e) => Err(GatewayError::InvalidField {
                 param: "path",
@@ -146,7 +147,10 @@ impl DataPlane {
             }),
             Ok(path) => {
                 let serve = async {
-                    identity::authenticate(&self.shared, &self.jwks, s, &mut ctx).await?;
+                    let t = std::time::SystemTime::now();
+                    let auth = identity::authenticate(&self.shared, &self.jwks, s, &mut ctx).await;
+                    ctx.phase("authenticate", t);
+                    auth?;
                     self.dispatch(s, &mut ctx, &method, &path).await
                 };
                 // At the drain deadline the request is cut here, while `ctx` lives on: it
@@ -261,7 +265,8 @@ impl DataPlane {
         ctx.alias = Some(route.alias.clone());
         let plan = super::route::choose(ctx, route, &fields);
         ctx.price = Some(plan.targets[0].price);
-        super::admission::admit(
+        let t = std::time::SystemTime::now();
+        let admitted = super::admission::admit(
             &self.shared,
             ctx,
             route,
@@ -270,7 +275,9 @@ impl DataPlane {
             &fields,
             body.len(),
         )
-        .await?;
+        .await;
+        ctx.phase("admission", t);
+        admitted?;
         let (body, fields) = match plan.params.and_then(|p| p.apply(&body)) {
             Some(b) => {
                 let b = Bytes::from(b);
@@ -311,7 +318,10 @@ impl DataPlane {
             account: true,
             strip_usage_chunk: inject && !fields.include_usage,
         };
-        relay(s, ctx, &self.upstream, resp, mode).await
+        let t = std::time::SystemTime::now();
+        let relayed = relay(s, ctx, &self.upstream, resp, mode).await;
+        ctx.phase("relay", t);
+        relayed
     }
 
     /// `POST /v1/feedback` `{"request_id": "req_…", "score": 0.8, "comment": "…"}`.

@@ -68,8 +68,10 @@ impl Signals {
             }
             // Each sink inserts or spools what it holds; both run within the same bound.
             let a = std::thread::spawn(move || audit.flush(SINK_FLUSH));
+            let t = std::thread::spawn(crate::telemetry::shutdown);
             sink.flush(SINK_FLUSH);
             let _ = a.join();
+            let _ = t.join();
         })
         .await;
     }

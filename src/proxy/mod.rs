@@ -31,6 +31,15 @@ use std::path::Path;
 
 /// Builds the server from a validated config and runs it until shutdown.
 pub fn serve(config: Config, config_path: &Path) -> Result<(), String> {
+    crate::logging::set_format(config.server.log_format);
+    if let Some(t) = &config.tracing {
+        crate::telemetry::init(t)?;
+        log::info!(
+            "tracing: OTLP to {} (sampling {} of new traces)",
+            t.otlp_endpoint,
+            t.sample_ratio
+        );
+    }
     if config.usage.tokenizer_preload {
         crate::usage::estimate::preload();
     }

@@ -80,6 +80,15 @@ fn retry_after(resp: &Response) -> Option<Duration> {
         .map(|s| Duration::from_secs_f64(s.max(0.0)))
 }
 
+/// `gen_ai.operation.name` of an endpoint.
+fn operation(ep: Endpoint) -> &'static str {
+    match ep {
+        Endpoint::Completions => "text_completion",
+        Endpoint::Embeddings => "embeddings",
+        _ => "chat",
+    }
+}
+
 fn attempt(target: &Target, outcome: &str) {
     METRICS
         .attempts
@@ -161,9 +170,56 @@ pub async fn send(
                 &target.provider_model,
                 s.req_header().uri.query(),
             );
-            let header =
+            let mut header =
                 headers::upstream_request(s, provider, "POST", &path, Some(out.len()), ctx.id())?;
-            match upstream.send(provider, header, out, ctx.started).await {
+            // The attempt is a client span; the provider sees it as its parent.
+            let span = ctx.trace.as_ref().map(|t| {
+                let span = t.child(
+                    format!("{} {}", operation(ep), target.provider_model),
+                    opentelemetry::trace::SpanKind::Client,
+                    vec![
+                        opentelemetry::KeyValue::new("gen_ai.operation.name", operation(ep)),
+                        opentelemetry::KeyValue::new(
+                            "gen_ai.request.model",
+                            target.provider_model.clone(),
+                        ),
+                        opentelemetry::KeyValue::new(
+                            "gen_ai.provider.name",
+                            target.provider.name.to_string(),
+                        ),
+                        opentelemetry::KeyValue::new(
+                            "server.address",
+                            target.provider.authority.clone(),
+                        ),
+                        opentelemetry::KeyValue::new("model_bridge.attempt", i64::from(attempts)),
+                    ],
+                );
+                let _ = header.insert_header("traceparent", t.traceparent(Some(&span)));
+                span
+            });
+            let sent = upstream.send(provider, header, out, ctx.started).await;
+            if let Some(span) = span {
+                let (status, error) = match &sent {
+                    Ok(resp) => {
+                        let status = resp.header().map_or(502, |h| h.status.as_u16());
+                        (
+                            status,
+                            (status >= 500 || status == 429).then(|| status.to_string()),
+                        )
+                    }
+                    Err(e) => (0, Some(e.code().to_string())),
+                };
+                let attrs = if status > 0 {
+                    vec![opentelemetry::KeyValue::new(
+                        "http.response.status_code",
+                        i64::from(status),
+                    )]
+                } else {
+                    Vec::new()
+                };
+                span.end(attrs, error);
+            }
+            match sent {
                 Ok(resp) => {
                     let status = resp.header().map_or(502, |h| h.status.as_u16());
                     ctx.record.retries = attempts - 1 + resp.retries;
