@@ -6,6 +6,8 @@
 # Every query is logged to system.query_log: scripts/chdb_check.py replays what the code issued
 # on a current ClickHouse engine.
 # Ports: MB_CH_HTTP_PORT (default 18123), MB_CH_TCP_PORT (default 19000). Data: MB_CH_DIR.
+# Cluster: MB_CH_CLUSTER="name=9001,9002" declares a cluster of one-replica shards on loopback
+# with those TCP ports (each node of a test cluster gets the same declaration).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 HTTP_PORT=${MB_CH_HTTP_PORT:-18123}
@@ -25,6 +27,14 @@ ready() { curl -fsS "http://127.0.0.1:$HTTP_PORT/?query=SELECT%201" 2>/dev/null 
 start() {
   if ready; then echo "http://127.0.0.1:$HTTP_PORT"; return; fi
   install
+  cluster_xml=""
+  if [ -n "${MB_CH_CLUSTER:-}" ]; then
+    shards=""
+    for p in $(echo "${MB_CH_CLUSTER#*=}" | tr ',' ' '); do
+      shards="$shards<shard><replica><host>127.0.0.1</host><port>$p</port></replica></shard>"
+    done
+    cluster_xml="<remote_servers><${MB_CH_CLUSTER%%=*}>$shards</${MB_CH_CLUSTER%%=*}></remote_servers>"
+  fi
   mkdir -p "$DIR/data" "$DIR/tmp" "$DIR/user_files" "$DIR/format_schemas" "$DIR/log"
   cat > "$DIR/config.xml" <<XML
 <?xml version="1.0"?>
@@ -42,6 +52,7 @@ start() {
   <default_database>default</default_database>
   <mark_cache_size>268435456</mark_cache_size>
   <max_concurrent_queries>100</max_concurrent_queries>
+  $cluster_xml
   <query_log><database>system</database><table>query_log</table><flush_interval_milliseconds>1000</flush_interval_milliseconds></query_log>
 </yandex>
 XML

@@ -1,7 +1,7 @@
 -- One row per request. Money is fixed-point: nano-USD in Int64 (portable to 18.16, where
 -- Decimal is experimental). Partitioned by month (retention drops partitions), ordered for
 -- per-org / per-cost-center time scans.
-CREATE TABLE IF NOT EXISTS {database}.usage_events {on_cluster} (
+CREATE TABLE IF NOT EXISTS {database}.usage_events (
     ts DateTime('UTC'),
     ts_ms UInt64,
     request_id String,

@@ -1,5 +1,5 @@
 -- Spend per day x org x cost center x model: what finance dashboards and budget checks read.
-CREATE MATERIALIZED VIEW IF NOT EXISTS {database}.spend_daily {on_cluster}
+CREATE MATERIALIZED VIEW IF NOT EXISTS {database}.spend_daily
 ENGINE = SummingMergeTree()
 PARTITION BY toYYYYMM(day)
 ORDER BY (org, cost_center, model, day)

@@ -1,6 +1,6 @@
 -- Audit trail: who did what to which resource, with a hash chained to the previous event of the
 -- same chain (tamper evidence).
-CREATE TABLE IF NOT EXISTS {database}.audit_events {on_cluster} (
+CREATE TABLE IF NOT EXISTS {database}.audit_events (
     ts DateTime('UTC'),
     ts_ms UInt64,
     chain String,

@@ -1,6 +1,6 @@
 -- Client feedback on responses (POST /v1/feedback): joined to usage_events by request id (and
 -- org, so one tenant cannot score another's requests) for experiment reports.
-CREATE TABLE IF NOT EXISTS {database}.feedback {on_cluster} (
+CREATE TABLE IF NOT EXISTS {database}.feedback (
     ts DateTime('UTC'),
     ts_ms UInt64,
     feedback_id String,

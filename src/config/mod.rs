@@ -534,6 +534,21 @@ fn validate(raw: RawConfig, path: &Path, err: &mut dyn FnMut(&str, String)) -> C
             if c.cluster.as_deref().is_some_and(|v| !ident(v)) {
                 err("clickhouse.cluster", "letters, digits and _ only".into());
             }
+            match (&c.cluster, c.nodes.is_empty()) {
+                (Some(_), true) => err(
+                    "clickhouse.nodes",
+                    "a cluster needs the HTTP URL of every node (DDL and mutations run on each)"
+                        .into(),
+                ),
+                (None, false) => err("clickhouse.nodes", "only with clickhouse.cluster".into()),
+                _ => {}
+            }
+            if c.nodes
+                .iter()
+                .any(|n| !(n.starts_with("http://") || n.starts_with("https://")))
+            {
+                err("clickhouse.nodes", "each must be an http(s) URL".into());
+            }
             if c.batch_rows == 0 {
                 err("clickhouse.batch_rows", "must be at least 1".into());
             }
@@ -556,6 +571,8 @@ fn validate(raw: RawConfig, path: &Path, err: &mut dyn FnMut(&str, String)) -> C
                     .map(crate::routing::Secret::new),
                 database: c.database.clone(),
                 cluster: c.cluster.clone().filter(|v| !v.is_empty()),
+                nodes: c.nodes.clone(),
+                replicated: c.replicated.unwrap_or(true),
                 migrate_on_start: c.migrate_on_start,
                 batch_rows: c.batch_rows,
                 batch_interval: Duration::from_millis(c.batch_interval_ms.max(1)),

@@ -147,9 +147,18 @@ pub struct RawClickHouse {
     pub password: Option<String>,
     #[serde(default = "default_ch_database")]
     pub database: String,
-    /// Cluster name: DDL runs `ON CLUSTER <name>`.
+    /// Cluster name (from the servers' `remote_servers`): each table is local per node behind
+    /// a `Distributed` table that inserts and queries use.
     #[serde(default)]
     pub cluster: Option<String>,
+    /// With `cluster`: the HTTP URL of every node; migrations, mutations (erasure) and
+    /// partition drops (retention) run on each.
+    #[serde(default)]
+    pub nodes: Vec<String>,
+    /// With `cluster`: `Replicated*MergeTree` local tables on the `{shard}` / `{replica}`
+    /// macros (needs ClickHouse Keeper); `false` for plain MergeTree shards (default true).
+    #[serde(default)]
+    pub replicated: Option<bool>,
     /// Apply migrations when `serve` starts (otherwise run `model-bridge migrate`).
     #[serde(default)]
     pub migrate_on_start: bool,

@@ -99,10 +99,13 @@ pub async fn report(
     }
     let usage: Vec<UsageAgg> = q.fetch_all().await.map_err(|e| e.to_string())?;
     // The joined subquery needs an alias: current ClickHouse refuses one without
-    // (`joined_subquery_requires_alias`, on by default), 18.16 accepts both.
+    // (`joined_subquery_requires_alias`, on by default), 18.16 accepts both. GLOBAL: on a
+    // cluster the subquery over the distributed usage table runs once and goes to every
+    // shard (a distributed subquery inside a distributed query is refused); on one server it
+    // changes nothing.
     let fsql = format!(
         "SELECT variant, count(), avg(score), varSamp(score) FROM feedback \
-         ALL INNER JOIN (SELECT request_id, org, variant FROM usage_events WHERE experiment = ?{scope}) AS u \
+         GLOBAL ALL INNER JOIN (SELECT request_id, org, variant FROM usage_events WHERE experiment = ?{scope}) AS u \
          USING (request_id, org) GROUP BY variant ORDER BY variant"
     );
     let mut q = client.query(&fsql).bind(experiment);

@@ -62,7 +62,6 @@ pub async fn erase_user(
     wait: Duration,
 ) -> Result<(u64, bool), String> {
     let client = s.db_client();
-    let on_cluster = s.on_cluster();
     let mut usage_rows = 0;
     let mut touched = Vec::new();
     for p in PERSONAL {
@@ -94,21 +93,26 @@ pub async fn erase_user(
             .map(|c| format!("{c} = if({c} = ?, ?, {c})"))
             .chain(p.cleared.iter().map(|c| format!("{c} = ''")))
             .collect();
-        let mut alter = client.query(&format!(
-            "ALTER TABLE {}{on_cluster} UPDATE {} WHERE {filter}",
-            p.table,
+        // A mutation runs where the rows are: each node's own table.
+        let sql = format!(
+            "ALTER TABLE {}.{} UPDATE {} WHERE {filter}",
+            s.database,
+            super::cluster::local_table(s, p.table),
             sets.join(", ")
-        ));
-        for _ in p.user_columns {
-            alter = alter.bind(user).bind(ERASED);
+        );
+        for node in s.node_clients() {
+            let mut alter = node.query(&sql);
+            for _ in p.user_columns {
+                alter = alter.bind(user).bind(ERASED);
+            }
+            for _ in p.user_columns {
+                alter = alter.bind(user);
+            }
+            if let Some(o) = org {
+                alter = alter.bind(o);
+            }
+            alter.execute().await.map_err(|e| e.to_string())?;
         }
-        for _ in p.user_columns {
-            alter = alter.bind(user);
-        }
-        if let Some(o) = org {
-            alter = alter.bind(o);
-        }
-        alter.execute().await.map_err(|e| e.to_string())?;
         touched.push(p.table);
     }
     let mut done = true;
@@ -118,22 +122,27 @@ pub async fn erase_user(
     Ok((usage_rows, done))
 }
 
-/// Waits until `table` has no unfinished mutation.
+/// Waits until `table` has no unfinished mutation on any node.
 async fn wait_mutations(
     s: &ClickHouseSettings,
     table: &str,
     wait: Duration,
 ) -> Result<bool, String> {
-    let client = s.client();
+    let table = super::cluster::local_table(s, table);
+    let nodes = s.node_clients();
     let start = Instant::now();
     loop {
-        let pending: u64 = client
-            .query("SELECT count() FROM system.mutations WHERE database = ? AND table = ? AND is_done = 0")
-            .bind(&s.database)
-            .bind(table)
-            .fetch_one()
-            .await
-            .map_err(|e| e.to_string())?;
+        let mut pending = 0u64;
+        for node in &nodes {
+            let n: u64 = node
+                .query("SELECT count() FROM system.mutations WHERE database = ? AND table = ? AND is_done = 0")
+                .bind(&s.database)
+                .bind(&table)
+                .fetch_one()
+                .await
+                .map_err(|e| e.to_string())?;
+            pending += n;
+        }
         if pending == 0 {
             return Ok(true);
         }
@@ -189,34 +198,38 @@ async fn drop_before(
     table: &str,
     cutoff: u32,
 ) -> Result<Vec<String>, String> {
-    let client = s.client();
-    let parts: Vec<String> = client
-        .query("SELECT DISTINCT partition FROM system.parts WHERE database = ? AND table = ? AND active ORDER BY partition")
-        .bind(&s.database)
-        .bind(table)
-        .fetch_all()
-        .await
-        .map_err(|e| e.to_string())?;
-    let on_cluster = s.on_cluster();
-    let mut dropped = Vec::new();
-    for p in parts {
-        // Partitions are toYYYYMM(ts): a plain number, safe to splice.
-        let Ok(month) = p.parse::<u32>() else {
-            continue;
-        };
-        if month >= cutoff {
-            continue;
-        }
-        client
-            .query(&format!(
-                "ALTER TABLE {}.{table}{on_cluster} DROP PARTITION {month}",
+    let local = super::cluster::local_table(s, table);
+    let mut dropped: Vec<String> = Vec::new();
+    // Each node drops the months it holds.
+    for node in s.node_clients() {
+        let parts: Vec<String> = node
+            .query("SELECT DISTINCT partition FROM system.parts WHERE database = ? AND table = ? AND active ORDER BY partition")
+            .bind(&s.database)
+            .bind(&local)
+            .fetch_all()
+            .await
+            .map_err(|e| e.to_string())?;
+        for p in parts {
+            // Partitions are toYYYYMM(ts): a plain number, safe to splice.
+            let Ok(month) = p.parse::<u32>() else {
+                continue;
+            };
+            if month >= cutoff {
+                continue;
+            }
+            node.query(&format!(
+                "ALTER TABLE {}.{local} DROP PARTITION {month}",
                 s.database
             ))
             .execute()
             .await
             .map_err(|e| format!("dropping {table} partition {month}: {e}"))?;
-        dropped.push(p);
+            if !dropped.contains(&p) {
+                dropped.push(p);
+            }
+        }
     }
+    dropped.sort();
     Ok(dropped)
 }
 

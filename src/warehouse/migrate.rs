@@ -4,7 +4,8 @@
 
 use super::ClickHouseSettings;
 
-/// (version, name, SQL with `{database}` and `{on_cluster}` placeholders).
+/// (version, name, SQL with a `{database}` placeholder), written for one server;
+/// `cluster::distribute` rewrites each statement for a cluster.
 pub const MIGRATIONS: &[(u32, &str, &str)] = &[
     (
         1,
@@ -46,7 +47,6 @@ fn added_column(stmt: &str) -> Option<(&str, &str)> {
 
 fn render(sql: &str, s: &ClickHouseSettings) -> String {
     sql.replace("{database}", &s.database)
-        .replace("{on_cluster}", &s.on_cluster())
 }
 
 /// Statements of a migration file: split on `;` at line ends, comments dropped.
@@ -79,8 +79,29 @@ pub async fn run(s: &ClickHouseSettings) -> Result<Report, String> {
     if !valid_ident(&s.database) || s.cluster.as_deref().is_some_and(|c| !valid_ident(c)) {
         return Err("database and cluster names must be letters, digits and _".into());
     }
-    let client = s.client();
-    let server = super::server_version(&client).await?;
+    let mut report = Report::default();
+    // Each node keeps its own record of what it has applied: a node added later, or one that
+    // was down during a run, catches up on the next.
+    for (i, client) in s.node_clients().into_iter().enumerate() {
+        let node = run_on(s, &client).await.map_err(|e| match &s.cluster {
+            Some(_) => format!("node {}: {e}", s.nodes.get(i).map_or("?", |n| n.as_str())),
+            None => e,
+        })?;
+        if i == 0 {
+            report = node;
+        } else {
+            for v in node.applied {
+                if !report.applied.contains(&v) {
+                    report.applied.push(v);
+                }
+            }
+        }
+    }
+    Ok(report)
+}
+
+async fn run_on(s: &ClickHouseSettings, client: &clickhouse::Client) -> Result<Report, String> {
+    let server = super::server_version(client).await?;
     let exec = |sql: String| {
         let client = client.clone();
         async move {
@@ -91,14 +112,9 @@ pub async fn run(s: &ClickHouseSettings) -> Result<Report, String> {
                 .map_err(|e| format!("{e}\n  in: {}", sql.lines().next().unwrap_or("")))
         }
     };
-    let on_cluster = s.on_cluster();
+    exec(format!("CREATE DATABASE IF NOT EXISTS {}", s.database)).await?;
     exec(format!(
-        "CREATE DATABASE IF NOT EXISTS {} {on_cluster}",
-        s.database
-    ))
-    .await?;
-    exec(format!(
-        "CREATE TABLE IF NOT EXISTS {}.schema_migrations {on_cluster} \
+        "CREATE TABLE IF NOT EXISTS {}.schema_migrations \
          (version UInt32, name String, applied_at DateTime('UTC')) \
          ENGINE = MergeTree() ORDER BY version",
         s.database
@@ -121,7 +137,10 @@ pub async fn run(s: &ClickHouseSettings) -> Result<Report, String> {
             report.already.push(*version);
             continue;
         }
-        for stmt in statements(&render(sql, s)) {
+        for stmt in statements(&render(sql, s))
+            .iter()
+            .flat_map(|st| super::cluster::distribute(st, s))
+        {
             if let Some((table, column)) = added_column(&stmt) {
                 let exists: u64 = client
                     .query("SELECT count() FROM system.columns WHERE database = ? AND table = ? AND name = ?")
@@ -163,11 +182,15 @@ mod tests {
         for (_, _, sql) in MIGRATIONS {
             let stmts = statements(&render(sql, &s));
             assert_eq!(stmts.len(), 1);
-            assert!(stmts[0].contains("mb.") && stmts[0].contains("ON CLUSTER c1"));
+            assert!(stmts[0].contains("mb.") && !stmts[0].contains('{'));
             assert!(!stmts[0].ends_with(';'));
+            // On a cluster each becomes the local statement and its distributed twin.
+            assert_eq!(super::super::cluster::distribute(&stmts[0], &s).len(), 2);
         }
         let alter = statements(&render(MIGRATIONS[4].2, &s));
         assert_eq!(added_column(&alter[0]), Some(("audit_events", "sig")));
+        let local = super::super::cluster::distribute(&alter[0], &s);
+        assert_eq!(added_column(&local[0]), Some(("audit_events_local", "sig")));
         assert_eq!(added_column("CREATE TABLE x"), None);
     }
 }

@@ -3,6 +3,7 @@
 //! is gated on `version()`.
 
 pub mod chain;
+pub mod cluster;
 pub mod compliance;
 pub mod migrate;
 pub mod oneshot;
@@ -25,8 +26,14 @@ pub struct ClickHouseSettings {
     pub user: String,
     pub password: Option<Secret>,
     pub database: String,
-    /// `ON CLUSTER <name>` for every DDL statement, when set.
+    /// Cluster name (`remote_servers`): tables are local per node behind `Distributed` ones.
     pub cluster: Option<String>,
+    /// HTTP URL of every node of the cluster: DDL, migrations, mutations and partition drops
+    /// run on each (empty without a cluster).
+    pub nodes: Vec<String>,
+    /// Local tables are `Replicated*MergeTree` (on the `{shard}` / `{replica}` macros; needs
+    /// ClickHouse Keeper) rather than plain MergeTree.
+    pub replicated: bool,
     pub migrate_on_start: bool,
     pub batch_rows: usize,
     pub batch_interval: Duration,
@@ -49,6 +56,8 @@ impl ClickHouseSettings {
             password: None,
             database: "model_bridge".into(),
             cluster: None,
+            nodes: Vec::new(),
+            replicated: true,
             migrate_on_start: false,
             batch_rows: 10_000,
             batch_interval: Duration::from_secs(1),
@@ -76,16 +85,32 @@ impl ClickHouseSettings {
         c
     }
 
-    /// ` ON CLUSTER <name>` for DDL and mutations, or nothing.
-    pub fn on_cluster(&self) -> String {
-        self.cluster
-            .as_deref()
-            .map_or(String::new(), |c| format!(" ON CLUSTER {c}"))
+    /// A client for each node that DDL, mutations and partition drops run on: every node of
+    /// the cluster, or the one server.
+    pub fn node_clients(&self) -> Vec<clickhouse::Client> {
+        if self.cluster.is_none() || self.nodes.is_empty() {
+            return vec![self.client()];
+        }
+        self.nodes
+            .iter()
+            .map(|url| {
+                let mut one = self.clone();
+                one.url = url.clone();
+                one.client()
+            })
+            .collect()
     }
 
-    /// A client whose default database is ours (sinks, queries).
+    /// A client whose default database is ours (sinks, queries). On a cluster an insert is
+    /// acknowledged only once every shard has its rows, so a spooled batch's duplicate check
+    /// sees exactly what landed.
     pub fn db_client(&self) -> clickhouse::Client {
-        self.client().with_database(&self.database)
+        let c = self.client().with_database(&self.database);
+        if self.cluster.is_some() {
+            c.with_setting("insert_distributed_sync", "1")
+        } else {
+            c
+        }
     }
 
     /// Pipeline settings for one sink; each has its own spool below `spool_dir`.

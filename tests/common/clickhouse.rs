@@ -70,8 +70,10 @@ pub async fn wait_for(url: &str, sql: &str, want: &str, secs: u64) -> String {
 /// A ClickHouse server of this test alone, which it may kill and restart.
 pub struct PrivateClickHouse {
     pub http_port: u16,
-    tcp_port: u16,
+    pub tcp_port: u16,
     dir: PathBuf,
+    /// `name=port,port`: the cluster this node declares (scripts/clickhouse.sh).
+    cluster: Option<String>,
     _tmp: tempfile::TempDir,
 }
 
@@ -82,10 +84,41 @@ impl PrivateClickHouse {
             http_port: super::free_port(),
             tcp_port: super::free_port(),
             dir: tmp.path().join("ch"),
+            cluster: None,
             _tmp: tmp,
         };
         ch.run("start");
         ch
+    }
+
+    /// `n` servers declaring one cluster `name` of `n` one-replica shards (no replication).
+    pub fn cluster(name: &str, n: usize) -> Vec<Self> {
+        let ports: Vec<(u16, u16)> = (0..n)
+            .map(|_| (super::free_port(), super::free_port()))
+            .collect();
+        let decl = format!(
+            "{name}={}",
+            ports
+                .iter()
+                .map(|(_, tcp)| tcp.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        ports
+            .into_iter()
+            .map(|(http_port, tcp_port)| {
+                let tmp = tempfile::tempdir().unwrap();
+                let ch = Self {
+                    http_port,
+                    tcp_port,
+                    dir: tmp.path().join("ch"),
+                    cluster: Some(decl.clone()),
+                    _tmp: tmp,
+                };
+                ch.run("start");
+                ch
+            })
+            .collect()
     }
 
     pub fn url(&self) -> String {
@@ -101,6 +134,7 @@ impl PrivateClickHouse {
         .env("MB_CH_HTTP_PORT", self.http_port.to_string())
         .env("MB_CH_TCP_PORT", self.tcp_port.to_string())
         .env("MB_CH_DIR", &self.dir)
+        .env("MB_CH_CLUSTER", self.cluster.as_deref().unwrap_or(""))
         .output()
         .unwrap();
         assert!(
