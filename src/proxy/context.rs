@@ -131,9 +131,14 @@ impl Ctx {
         }
     }
 
+    /// When a traced phase starts (`None`, and no clock read, without a trace).
+    pub fn phase_start(&self) -> Option<SystemTime> {
+        self.trace.as_ref().map(|_| SystemTime::now())
+    }
+
     /// A finished phase of the request (a child span), from `start` to now.
-    pub fn phase(&self, name: &'static str, start: std::time::SystemTime) {
-        if let Some(t) = &self.trace {
+    pub fn phase(&self, name: &'static str, start: Option<SystemTime>) {
+        if let (Some(t), Some(start)) = (&self.trace, start) {
             t.phase(name, start, Vec::new());
         }
     }

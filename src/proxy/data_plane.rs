@@ -147,7 +147,7 @@ impl DataPlane {
             }),
             Ok(path) => {
                 let serve = async {
-                    let t = std::time::SystemTime::now();
+                    let t = ctx.phase_start();
                     let auth = identity::authenticate(&self.shared, &self.jwks, s, &mut ctx).await;
                     ctx.phase("authenticate", t);
                     auth?;
@@ -265,7 +265,7 @@ impl DataPlane {
         ctx.alias = Some(route.alias.clone());
         let plan = super::route::choose(ctx, route, &fields);
         ctx.price = Some(plan.targets[0].price);
-        let t = std::time::SystemTime::now();
+        let t = ctx.phase_start();
         let admitted = super::admission::admit(
             &self.shared,
             ctx,
@@ -318,7 +318,7 @@ impl DataPlane {
             account: true,
             strip_usage_chunk: inject && !fields.include_usage,
         };
-        let t = std::time::SystemTime::now();
+        let t = ctx.phase_start();
         let relayed = relay(s, ctx, &self.upstream, resp, mode).await;
         ctx.phase("relay", t);
         relayed
