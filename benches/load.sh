@@ -2,7 +2,7 @@
 # End-to-end load bench, one invocation: the same non-streaming chat load (wrk, POST) direct to the
 # mock provider, through a plain nginx reverse proxy (one worker, upstream keep-alive) and through
 # the gateway (plain, with auth, with every limit kind on, with an experiment split and fallbacks,
-# and in latency mode: per-thread runtimes with busy polling). nginx and the gateways are pinned
+# in latency mode: per-thread runtimes with busy polling, and with every request traced). nginx and the gateways are pinned
 # to core 0, the loader and the mock to core 1.
 # Prints RPS, p50 and p99 for each, and the gateway's ratios (RPS vs nginx, added p50 vs direct).
 #
@@ -130,11 +130,19 @@ sed -e "s/127.0.0.1:$GW/127.0.0.1:$GWP/; s/127.0.0.1:$OPS/127.0.0.1:$OPSP/; s#us
 RUST_LOG=warn taskset -c $PROXY_CPU ./target/release/model-bridge serve --config "$WORK/gateway-poll.toml" >"$WORK/gwp.log" 2>&1 &
 pids+=($!)
 
+# The plain gateway with tracing on, every request sampled (the worst case): spans built and
+# exported in batches over OTLP/HTTP (to the mock, which answers any POST).
+GWT=$(port); OPST=$(port)
+sed -e "s/127.0.0.1:$GW/127.0.0.1:$GWT/; s/127.0.0.1:$OPS/127.0.0.1:$OPST/; s#usage.jsonl#usage-trace.jsonl#" "$WORK/gateway.toml" > "$WORK/gateway-trace.toml"
+printf '\n[tracing]\notlp_endpoint = "http://127.0.0.1:%s/v1/traces"\nsample_ratio = 1.0\nexport_interval_ms = 1000\n' "$MOCK" >> "$WORK/gateway-trace.toml"
+RUST_LOG=error taskset -c $PROXY_CPU ./target/release/model-bridge serve --config "$WORK/gateway-trace.toml" >"$WORK/gwt.log" 2>&1 &
+pids+=($!)
+
 KEY=$(./target/release/model-bridge keys create --config "$WORK/gateway-auth.toml" --org bench --role invoker --cost-center cc 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])')
 export MB_KEY=$KEY
 RUST_LOG=warn taskset -c $PROXY_CPU ./target/release/model-bridge serve --config "$WORK/gateway-auth.toml" >"$WORK/gwa.log" 2>&1 &
 pids+=($!)
-wait_port $MOCK; wait_port $NGX; wait_port $GW; wait_port $GWA; wait_port $GWL; wait_port $GWR; wait_port $GWP
+wait_port $MOCK; wait_port $NGX; wait_port $GW; wait_port $GWA; wait_port $GWL; wait_port $GWR; wait_port $GWP; wait_port $GWT
 
 cat > "$WORK/post.lua" <<'LUA'
 wrk.method = "POST"
@@ -153,14 +161,14 @@ run() { # name port conc -> "rps p50 p99 errors"
 }
 
 # Warm up every path (connection pools, caches).
-for p in $MOCK $NGX $GW $GWA $GWL $GWR $GWP; do taskset -c $LOAD_CPU wrk -t1 -c8 -d2s -s "$WORK/post.lua" "http://127.0.0.1:$p/v1/chat/completions" >/dev/null 2>&1; done
+for p in $MOCK $NGX $GW $GWA $GWL $GWR $GWP $GWT; do taskset -c $LOAD_CPU wrk -t1 -c8 -d2s -s "$WORK/post.lua" "http://127.0.0.1:$p/v1/chat/completions" >/dev/null 2>&1; done
 
 for c in $CONCS; do
   echo "== non-streaming chat, concurrency $c, ${DUR}s each (latency in us)"
   printf "%-10s %12s %10s %10s %8s\n" target rps p50_us p99_us errors
   declare -A R
-  for t in direct nginx gateway gw+auth gw+limits gw+routing gw+latency; do
-    case $t in direct) p=$MOCK;; nginx) p=$NGX;; gateway) p=$GW;; gw+auth) p=$GWA;; gw+limits) p=$GWL;; gw+routing) p=$GWR;; gw+latency) p=$GWP;; esac
+  for t in direct nginx gateway gw+auth gw+limits gw+routing gw+latency gw+tracing; do
+    case $t in direct) p=$MOCK;; nginx) p=$NGX;; gateway) p=$GW;; gw+auth) p=$GWA;; gw+limits) p=$GWL;; gw+routing) p=$GWR;; gw+latency) p=$GWP;; gw+tracing) p=$GWT;; esac
     R[$t]=$(run $t $p $c)
     read -r rps p50 p99 err <<<"${R[$t]}"
     printf "%-10s %12.0f %10.1f %10.1f %8s\n" $t "$rps" "$p50" "$p99" "$err"
@@ -172,12 +180,14 @@ for c in $CONCS; do
   read -r lrps lp50 _ _ <<<"${R[gw+limits]}"
   read -r rrps rp50 _ _ <<<"${R[gw+routing]}"
   read -r prps pp50 _ _ <<<"${R[gw+latency]}"
-  awk -v g="$grps" -v n="$nrps" -v gp="$gp50" -v dp="$dp50" -v np="$np50" -v a="$arps" -v ap="$ap50" -v l="$lrps" -v lp="$lp50" -v rr="$rrps" -v rp="$rp50" -v pr="$prps" -v pp="$pp50" 'BEGIN {
+  read -r trps tp50 _ _ <<<"${R[gw+tracing]}"
+  awk -v g="$grps" -v n="$nrps" -v gp="$gp50" -v dp="$dp50" -v np="$np50" -v a="$arps" -v ap="$ap50" -v l="$lrps" -v lp="$lp50" -v rr="$rrps" -v rp="$rp50" -v pr="$prps" -v pp="$pp50" -v tr="$trps" -v tp="$tp50" 'BEGIN {
     printf "gateway/nginx rps ratio: %.2f   gateway added p50: %.1f us   nginx added p50: %.1f us\n", g/n, gp-dp, np-dp
     printf "auth on vs off: throughput %+.1f%%   p50 %+.1f us\n", (a/g-1)*100, ap-gp
     printf "limits on vs off: throughput %+.1f%%   p50 %+.1f us\n", (l/g-1)*100, lp-gp
     printf "routing (split + fallback chain) vs plain: throughput %+.1f%%   p50 %+.1f us\n", (rr/g-1)*100, rp-gp
-    printf "latency mode (busy_poll_us = 200): gateway/nginx rps ratio %.2f   added p50 over direct %.1f us\n", pr/n, pp-dp }'
+    printf "latency mode (busy_poll_us = 200): gateway/nginx rps ratio %.2f   added p50 over direct %.1f us\n", pr/n, pp-dp
+    printf "tracing on, every request sampled and exported vs plain: throughput %+.1f%%   p50 %+.1f us\n", (tr/g-1)*100, tp-gp }'
 done
 rows=$(wc -l < "$WORK/usage.jsonl")
 echo "gateway wrote $rows usage records; RSS $(ps -o rss= -p "${pids[2]}" | tr -d ' ') KiB"

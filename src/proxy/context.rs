@@ -359,7 +359,8 @@ fn budget_crossed(shared: &Shared, r: &UsageRecord, c: &crate::limits::Crossing)
         .budget_warnings
         .with_label_values(&[&c.budget, &pct])
         .inc();
-    log::warn!(
+    tracing::warn!(
+        request_id = %r.request_id,
         "budget {} passed {pct}% ({} of {} USD)",
         c.budget,
         crate::usage::pricing::format_usd(c.spent),
