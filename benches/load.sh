@@ -102,7 +102,7 @@ concurrent_requests = 1000000
 usd = "1000000"
 TOML
 RUST_LOG=warn taskset -c $PROXY_CPU ./target/release/model-bridge serve --config "$WORK/gateway-limits.toml" >"$WORK/gwl.log" 2>&1 &
-pids+=($!)
+pids+=($!); PID_GWL=$!
 
 # The same gateway with routing on: a two-variant experiment on the alias and a fallback chain.
 GWR=$(port); OPSR=$(port)
@@ -121,14 +121,14 @@ provider = "mock"
 model = "mock-2"
 TOML
 RUST_LOG=warn taskset -c $PROXY_CPU ./target/release/model-bridge serve --config "$WORK/gateway-routing.toml" >"$WORK/gwr.log" 2>&1 &
-pids+=($!)
+pids+=($!); PID_GWR=$!
 
 # The same gateway in latency mode: one runtime per thread, workers busy-poll 200 us after
 # each request instead of sleeping (no cross-core wake-up for the provider's answer).
 GWP=$(port); OPSP=$(port)
 sed -e "s/127.0.0.1:$GW/127.0.0.1:$GWP/; s/127.0.0.1:$OPS/127.0.0.1:$OPSP/; s#usage.jsonl#usage-poll.jsonl#; s/^threads = 1$/threads = 1\nwork_stealing = false\nbusy_poll_us = 200/" "$WORK/gateway.toml" > "$WORK/gateway-poll.toml"
 RUST_LOG=warn taskset -c $PROXY_CPU ./target/release/model-bridge serve --config "$WORK/gateway-poll.toml" >"$WORK/gwp.log" 2>&1 &
-pids+=($!)
+pids+=($!); PID_GWP=$!
 
 # The plain gateway with tracing on, every request sampled (the worst case): spans built and
 # exported in batches over OTLP/HTTP (to the mock, which answers any POST).
@@ -136,58 +136,139 @@ GWT=$(port); OPST=$(port)
 sed -e "s/127.0.0.1:$GW/127.0.0.1:$GWT/; s/127.0.0.1:$OPS/127.0.0.1:$OPST/; s#usage.jsonl#usage-trace.jsonl#" "$WORK/gateway.toml" > "$WORK/gateway-trace.toml"
 printf '\n[tracing]\notlp_endpoint = "http://127.0.0.1:%s/v1/traces"\nsample_ratio = 1.0\nexport_interval_ms = 1000\n' "$MOCK" >> "$WORK/gateway-trace.toml"
 RUST_LOG=error taskset -c $PROXY_CPU ./target/release/model-bridge serve --config "$WORK/gateway-trace.toml" >"$WORK/gwt.log" 2>&1 &
-pids+=($!)
+pids+=($!); PID_GWT=$!
 
 KEY=$(./target/release/model-bridge keys create --config "$WORK/gateway-auth.toml" --org bench --role invoker --cost-center cc 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])')
 export MB_KEY=$KEY
 RUST_LOG=warn taskset -c $PROXY_CPU ./target/release/model-bridge serve --config "$WORK/gateway-auth.toml" >"$WORK/gwa.log" 2>&1 &
-pids+=($!)
-wait_port $MOCK; wait_port $NGX; wait_port $GW; wait_port $GWA; wait_port $GWL; wait_port $GWR; wait_port $GWP; wait_port $GWT
+pids+=($!); PID_GWA=$!
 
-cat > "$WORK/post.lua" <<'LUA'
+# Every feature on at once: the virtual key and RBAC, org limits of every kind and a budget,
+# a 50/50 split with a fallback chain, usage and audit as JSON lines.
+GWX=$(port); OPSX=$(port)
+sed -e "s/127.0.0.1:$GW/127.0.0.1:$GWX/; s/127.0.0.1:$OPS/127.0.0.1:$OPSX/; s#usage.jsonl#usage-all.jsonl#" "$WORK/gateway.toml" > "$WORK/gateway-all.toml"
+cat >> "$WORK/gateway-all.toml" <<TOML
+fallbacks = [{ provider = "mock", model = "mock-fallback" }]
+[models."gpt-4o-mini".split]
+experiment = "bench"
+[[models."gpt-4o-mini".split.variants]]
+name = "control"
+weight = 50
+[[models."gpt-4o-mini".split.variants]]
+name = "treatment"
+weight = 50
+provider = "mock"
+model = "mock-2"
+[auth]
+key_store = "keys.json"
+policies = "$PWD/policies"
+[audit]
+path = "$WORK/audit-all.jsonl"
+[orgs.bench]
+[orgs.bench.cost_centers.cc]
+[orgs.bench.limits]
+requests_per_second = 1000000000
+requests_per_minute = 1000000000
+tokens_per_minute = 1000000000000
+concurrent_requests = 1000000
+[orgs.bench.budget]
+usd = "1000000"
+TOML
+RUST_LOG=warn taskset -c $PROXY_CPU ./target/release/model-bridge serve --config "$WORK/gateway-all.toml" >"$WORK/gwx.log" 2>&1 &
+pids+=($!); PID_GWX=$!
+wait_port $MOCK; wait_port $NGX; wait_port $GW; wait_port $GWA; wait_port $GWL; wait_port $GWR; wait_port $GWP; wait_port $GWT; wait_port $GWX
+
+# Non-streaming and streaming (20 chunks, with and without include_usage) request scripts.
+lua() { # file body extra-header
+  cat > "$WORK/$1" <<LUA
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
+$3
 local key = os.getenv("MB_KEY")
 if key then wrk.headers["Authorization"] = "Bearer " .. key end
-wrk.body = '{"model":"gpt-4o-mini","messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"Write one sentence about gateways."}],"temperature":0.2}'
+wrk.body = '$2'
 done = function(summary, latency, requests)
-  io.write(string.format("RESULT %.1f %.1f %.1f %d\n", summary.requests / (summary.duration / 1e6),
-    latency:percentile(50), latency:percentile(99), summary.errors.status + summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout))
+  io.write(string.format("RESULT %.1f %.1f %.1f %d %d\n", summary.requests / (summary.duration / 1e6),
+    latency:percentile(50), latency:percentile(99), summary.errors.status + summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout, summary.requests))
 end
 LUA
+}
+MSG='"messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"Write one sentence about gateways."}]'
+lua post.lua "{\"model\":\"gpt-4o-mini\",$MSG,\"temperature\":0.2}" ''
+lua stream.lua "{\"model\":\"gpt-4o-mini\",$MSG,\"stream\":true}" 'wrk.headers["x-mock-chunks"] = "20"'
+lua stream-usage.lua "{\"model\":\"gpt-4o-mini\",$MSG,\"stream\":true,\"stream_options\":{\"include_usage\":true}}" 'wrk.headers["x-mock-chunks"] = "20"'
 
-run() { # name port conc -> "rps p50 p99 errors"
-  taskset -c $LOAD_CPU wrk -t1 -c"$3" -d"${DUR}s" -s "$WORK/post.lua" "http://127.0.0.1:$2/v1/chat/completions" 2>&1 | awk '/^RESULT/ {print $2, $3, $4, $5}'
+# CPU seconds (user + system) a process has used, from /proc (clock ticks).
+TICK=$(getconf CLK_TCK)
+cpu() { awk -v t="$TICK" '{print ($14 + $15) / t}' "/proc/$1/stat"; }
+NGX_WORKER=$(pgrep -P "$(cat "$WORK/nginx.pid")" | head -1)
+
+run() { # port conc script pid -> "rps p50 p99 errors requests cpu_us_per_request"
+  local before after out
+  before=$(cpu "$4")
+  out=$(taskset -c $LOAD_CPU wrk -t1 -c"$2" -d"${DUR}s" -s "$WORK/$3" "http://127.0.0.1:$1/v1/chat/completions" 2>&1 | awk '/^RESULT/ {print $2, $3, $4, $5, $6}')
+  after=$(cpu "$4")
+  read -r rps p50 p99 err n <<<"$out"
+  echo "$rps $p50 $p99 $err $n $(awk -v a="$after" -v b="$before" -v n="$n" 'BEGIN { printf "%.1f", (n > 0 ? (a - b) * 1e6 / n : 0) }')"
 }
 
 # Warm up every path (connection pools, caches).
-for p in $MOCK $NGX $GW $GWA $GWL $GWR $GWP $GWT; do taskset -c $LOAD_CPU wrk -t1 -c8 -d2s -s "$WORK/post.lua" "http://127.0.0.1:$p/v1/chat/completions" >/dev/null 2>&1; done
+for p in $MOCK $NGX $GW $GWA $GWL $GWR $GWP $GWT $GWX; do
+  taskset -c $LOAD_CPU wrk -t1 -c8 -d2s -s "$WORK/post.lua" "http://127.0.0.1:$p/v1/chat/completions" >/dev/null 2>&1
+  taskset -c $LOAD_CPU wrk -t1 -c8 -d1s -s "$WORK/stream.lua" "http://127.0.0.1:$p/v1/chat/completions" >/dev/null 2>&1
+done
+
+pid_of() { # target -> pid whose CPU is charged (the pinned proxy; the mock for direct)
+  case $1 in direct) echo "${pids[0]}";; nginx) echo "$NGX_WORKER";; gateway) echo "${pids[2]}";;
+    gw+auth) echo "$PID_GWA";; gw+limits) echo "$PID_GWL";; gw+routing) echo "$PID_GWR";;
+    gw+latency) echo "$PID_GWP";; gw+tracing) echo "$PID_GWT";; gw+all-on) echo "$PID_GWX";; esac
+}
+port_of() {
+  case $1 in direct) echo $MOCK;; nginx) echo $NGX;; gateway) echo $GW;; gw+auth) echo $GWA;; gw+limits) echo $GWL;;
+    gw+routing) echo $GWR;; gw+latency) echo $GWP;; gw+tracing) echo $GWT;; gw+all-on) echo $GWX;; esac
+}
 
 for c in $CONCS; do
-  echo "== non-streaming chat, concurrency $c, ${DUR}s each (latency in us)"
-  printf "%-10s %12s %10s %10s %8s\n" target rps p50_us p99_us errors
+  echo "== non-streaming chat, concurrency $c, ${DUR}s each (latency in us; CPU us per request of the proxy's core, the mock's for direct)"
+  printf "%-11s %10s %9s %9s %7s %9s\n" target rps p50_us p99_us errors cpu_us
   declare -A R
-  for t in direct nginx gateway gw+auth gw+limits gw+routing gw+latency gw+tracing; do
-    case $t in direct) p=$MOCK;; nginx) p=$NGX;; gateway) p=$GW;; gw+auth) p=$GWA;; gw+limits) p=$GWL;; gw+routing) p=$GWR;; gw+latency) p=$GWP;; gw+tracing) p=$GWT;; esac
-    R[$t]=$(run $t $p $c)
-    read -r rps p50 p99 err <<<"${R[$t]}"
-    printf "%-10s %12.0f %10.1f %10.1f %8s\n" $t "$rps" "$p50" "$p99" "$err"
+  for t in direct nginx gateway gw+auth gw+limits gw+routing gw+latency gw+tracing gw+all-on; do
+    R[$t]=$(run "$(port_of $t)" "$c" post.lua "$(pid_of $t)")
+    read -r rps p50 p99 err _ cpu_us <<<"${R[$t]}"
+    printf "%-11s %10.0f %9.1f %9.1f %7s %9s\n" $t "$rps" "$p50" "$p99" "$err" "$cpu_us"
   done
-  read -r drps dp50 _ _ <<<"${R[direct]}"
-  read -r nrps np50 _ _ <<<"${R[nginx]}"
-  read -r grps gp50 _ _ <<<"${R[gateway]}"
-  read -r arps ap50 _ _ <<<"${R[gw+auth]}"
-  read -r lrps lp50 _ _ <<<"${R[gw+limits]}"
-  read -r rrps rp50 _ _ <<<"${R[gw+routing]}"
-  read -r prps pp50 _ _ <<<"${R[gw+latency]}"
-  read -r trps tp50 _ _ <<<"${R[gw+tracing]}"
-  awk -v g="$grps" -v n="$nrps" -v gp="$gp50" -v dp="$dp50" -v np="$np50" -v a="$arps" -v ap="$ap50" -v l="$lrps" -v lp="$lp50" -v rr="$rrps" -v rp="$rp50" -v pr="$prps" -v pp="$pp50" -v tr="$trps" -v tp="$tp50" 'BEGIN {
+  read -r drps dp50 _ _ _ _ <<<"${R[direct]}"
+  read -r nrps np50 _ _ _ ncpu <<<"${R[nginx]}"
+  read -r grps gp50 _ _ _ gcpu <<<"${R[gateway]}"
+  read -r arps ap50 _ _ _ _ <<<"${R[gw+auth]}"
+  read -r lrps lp50 _ _ _ _ <<<"${R[gw+limits]}"
+  read -r rrps rp50 _ _ _ _ <<<"${R[gw+routing]}"
+  read -r prps pp50 _ _ _ _ <<<"${R[gw+latency]}"
+  read -r trps tp50 _ _ _ _ <<<"${R[gw+tracing]}"
+  read -r xrps xp50 _ _ _ xcpu <<<"${R[gw+all-on]}"
+  awk -v g="$grps" -v n="$nrps" -v gp="$gp50" -v dp="$dp50" -v np="$np50" -v a="$arps" -v ap="$ap50" -v l="$lrps" -v lp="$lp50" -v rr="$rrps" -v rp="$rp50" -v pr="$prps" -v pp="$pp50" -v tr="$trps" -v tp="$tp50" -v x="$xrps" -v xp="$xp50" -v nc="$ncpu" -v gc="$gcpu" -v xc="$xcpu" 'BEGIN {
     printf "gateway/nginx rps ratio: %.2f   gateway added p50: %.1f us   nginx added p50: %.1f us\n", g/n, gp-dp, np-dp
+    printf "all features on/nginx rps ratio: %.2f   CPU per request: gateway %.1f us, all-on %.1f us, nginx %.1f us\n", x/n, gc, xc, nc
     printf "auth on vs off: throughput %+.1f%%   p50 %+.1f us\n", (a/g-1)*100, ap-gp
     printf "limits on vs off: throughput %+.1f%%   p50 %+.1f us\n", (l/g-1)*100, lp-gp
     printf "routing (split + fallback chain) vs plain: throughput %+.1f%%   p50 %+.1f us\n", (rr/g-1)*100, rp-gp
     printf "latency mode (busy_poll_us = 200): gateway/nginx rps ratio %.2f   added p50 over direct %.1f us\n", pr/n, pp-dp
     printf "tracing on, every request sampled and exported vs plain: throughput %+.1f%%   p50 %+.1f us\n", (tr/g-1)*100, tp-gp }'
+
+  for script in stream.lua stream-usage.lua; do
+    echo "== streaming chat (20 chunks, $script), concurrency $c, ${DUR}s each (CPU us per stream and per chunk)"
+    printf "%-11s %10s %9s %9s %7s %9s %9s\n" target streams/s p50_us p99_us errors cpu_us us/chunk
+    declare -A S
+    for t in direct nginx gateway gw+all-on; do
+      S[$t]=$(run "$(port_of $t)" "$c" "$script" "$(pid_of $t)")
+      read -r rps p50 p99 err _ cpu_us <<<"${S[$t]}"
+      printf "%-11s %10.0f %9.1f %9.1f %7s %9s %9.2f\n" $t "$rps" "$p50" "$p99" "$err" "$cpu_us" "$(awk -v c="$cpu_us" 'BEGIN { print c / 22 }')"
+    done
+    read -r nrps _ _ _ _ _ <<<"${S[nginx]}"
+    read -r grps _ _ _ _ _ <<<"${S[gateway]}"
+    read -r xrps _ _ _ _ _ <<<"${S[gw+all-on]}"
+    awk -v g="$grps" -v n="$nrps" -v x="$xrps" 'BEGIN { printf "streams/s vs nginx: gateway %.2f   all features on %.2f\n", g/n, x/n }'
+  done
 done
 rows=$(wc -l < "$WORK/usage.jsonl")
 echo "gateway wrote $rows usage records; RSS $(ps -o rss= -p "${pids[2]}" | tr -d ' ') KiB"
