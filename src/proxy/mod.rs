@@ -22,7 +22,7 @@ mod upstream;
 use crate::config::Config;
 use crate::state::Shared;
 use pingora_core::listeners::tls::TlsSettings;
-use pingora_core::listeners::TcpSocketOptions;
+use pingora_core::listeners::{L4BufferSettings, ListenerConfig, TcpSocketOptions};
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::{RunArgs, Server};
 use pingora_core::services::background::background_service;
@@ -87,7 +87,15 @@ pub fn serve(config: Config, config_path: &Path) -> Result<(), String> {
         None => {
             let mut opts = TcpSocketOptions::default();
             opts.so_reuseport = Some(false);
-            data_svc.add_tcp_with_settings(&listen, opts);
+            // No 64 KiB read buffer per client connection: the HTTP layer reads headers and
+            // bodies into buffers of its own, so it would only double-buffer, and a long
+            // stream would hold it (zeroed, so resident) for its whole life. TLS keeps
+            // pingora's default: rustls reads whole records, which buffering serves well.
+            data_svc.add_listener(
+                ListenerConfig::tcp(listen.as_str())
+                    .tcp_socket_options(opts)
+                    .l4_buffer(L4BufferSettings::default().read(0)),
+            );
         }
     }
     let mut ops_svc = Service::new("ops plane".to_string(), ops::OpsPlane::new(shared.clone()));

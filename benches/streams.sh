@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Memory at scale: N concurrent slow streams (40 chunks, one every 100 ms: 4 s per stream)
+# through the gateway, held for DUR seconds by wrk with N connections. Reports the gateway's
+# RSS idle, at its peak under load and after, its CPU use, and the streams completed, next to
+# the same load direct to the mock. Gateway pinned to core 0, mock and loader to core 1.
+#
+#   benches/streams.sh [streams=10000] [duration_s=20]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N=${1:-10000}
+DUR=${2:-20}
+# The gateway holds two sockets per stream: N streams need 2N + a few descriptors.
+ulimit -n "$(ulimit -Hn)"
+if [ $((2 * N + 100)) -gt "$(ulimit -n)" ]; then
+  N=$(( ($(ulimit -n) - 100) / 2 ))
+  echo "open-file limit $(ulimit -n) (hard): measuring $N streams" >&2
+fi
+command -v wrk >/dev/null || {
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq wrk >/dev/null
+}
+cargo build --release --quiet --bins
+
+WORK=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
+trap cleanup EXIT
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 200); do (echo > /dev/tcp/127.0.0.1/$1) 2>/dev/null && return; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
+MOCK=$(port); GW=$(port); OPS=$(port)
+
+taskset -c 1 ./target/release/mock-openai --listen 127.0.0.1:$MOCK --threads 1 --chunks 40 --chunk-interval-ms 100 >/dev/null 2>&1 &
+pids+=($!)
+cat > "$WORK/gateway.toml" <<TOML
+[server]
+listen = "127.0.0.1:$GW"
+ops_listen = "127.0.0.1:$OPS"
+threads = 1
+[usage]
+sink = "jsonl"
+path = "$WORK/usage.jsonl"
+[reload]
+watch = false
+[providers.mock]
+kind = "openai_compatible"
+base_url = "http://127.0.0.1:$MOCK/v1"
+api_key = "sk-bench"
+[models."gpt-4o-mini"]
+provider = "mock"
+model = "mock-1"
+TOML
+RUST_LOG=error taskset -c 0 ./target/release/model-bridge serve --config "$WORK/gateway.toml" >"$WORK/gw.log" 2>&1 &
+GWPID=$!; pids+=($GWPID)
+wait_port $MOCK; wait_port $GW
+
+cat > "$WORK/stream.lua" <<'LUA'
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Write one sentence about gateways."}],"stream":true}'
+done = function(summary, latency, requests)
+  io.write(string.format("RESULT %d %d %.1f %.1f\n", summary.requests,
+    summary.errors.status + summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,
+    latency:percentile(50) / 1000, latency:percentile(99) / 1000))
+end
+LUA
+
+TICK=$(getconf CLK_TCK)
+rss() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+cpu() { awk -v t="$TICK" '{print ($14 + $15) / t}' "/proc/$1/stat"; }
+
+load() { # port -> "streams errors p50_ms p99_ms peak_rss_kib cpu_s"
+  local before peak=0 r out
+  before=$(cpu $GWPID)
+  taskset -c 1 wrk -t1 -c"$N" -d"${DUR}s" --timeout 30s -s "$WORK/stream.lua" "http://127.0.0.1:$1/v1/chat/completions" >"$WORK/wrk.out" 2>&1 &
+  local w=$!
+  while kill -0 $w 2>/dev/null; do
+    r=$(rss $GWPID); [ "$r" -gt "$peak" ] && peak=$r
+    sleep 0.5
+  done
+  out=$(awk '/^RESULT/ {print $2, $3, $4, $5}' "$WORK/wrk.out")
+  echo "$out $peak $(awk -v a="$(cpu $GWPID)" -v b="$before" 'BEGIN { printf "%.1f", a - b }')"
+}
+
+echo "== $N concurrent streams (40 chunks, 100 ms apart), ${DUR}s"
+idle=$(rss $GWPID)
+read -r dn derr dp50 dp99 _ _ <<<"$(load $MOCK)"
+read -r gn gerr gp50 gp99 gpeak gcpu <<<"$(load $GW)"
+after=$(rss $GWPID)
+printf "%-8s %9s %7s %9s %9s\n" target streams errors p50_ms p99_ms
+printf "%-8s %9s %7s %9s %9s\n" direct "$dn" "$derr" "$dp50" "$dp99"
+printf "%-8s %9s %7s %9s %9s\n" gateway "$gn" "$gerr" "$gp50" "$gp99"
+awk -v i="$idle" -v p="$gpeak" -v a="$after" -v n="$N" -v c="$gcpu" -v d="$DUR" 'BEGIN {
+  printf "gateway RSS: idle %.1f MB, peak %.1f MB (%.1f KB per stream), after %.1f MB; CPU %.1f s over %d s (%.0f%% of a core)\n",
+    i/1024, p/1024, (p-i)/n, a/1024, c, d, c*100/d }'
