@@ -84,6 +84,28 @@ async fn bounded<T>(
     )
 }
 
+/// Most bytes gathered into one client write from what the provider already sent.
+const COALESCE_MAX: usize = 64 * 1024;
+
+/// A body chunk as the client gets it: through the SSE scanner (usage, TTFT, the stripped
+/// usage chunk) or the non-stream tail, unchanged otherwise.
+fn transform(ctx: &mut Ctx, tail: &mut Option<BodyTail>, chunk: Bytes) -> Bytes {
+    match (&mut ctx.scanner, tail) {
+        (Some(sc), _) => {
+            let fed = sc.feed(chunk);
+            if fed.first_content && ctx.ttft.is_none() {
+                ctx.ttft = Some(ctx.started.elapsed());
+            }
+            fed.out
+        }
+        (None, Some(t)) => {
+            t.push(&chunk);
+            chunk
+        }
+        (None, None) => chunk,
+    }
+}
+
 pub async fn relay(
     s: &mut ServerSession,
     ctx: &mut Ctx,
@@ -168,27 +190,54 @@ pub async fn relay(
                 break Outcome::Abort;
             }
         };
-        let out = match (&mut ctx.scanner, &mut tail) {
-            (Some(sc), _) => {
-                let fed = sc.feed(chunk);
-                if fed.first_content && ctx.ttft.is_none() {
-                    ctx.ttft = Some(ctx.started.elapsed());
+        let mut out = transform(ctx, &mut tail, chunk);
+        // What the provider has already sent goes out in the same write: one syscall for
+        // several events instead of one each (streams arrive in bursts). Only what is ready
+        // now is taken, so nothing waits for it and the first token is not delayed.
+        let mut ended: Option<Result<(), GatewayError>> = None;
+        let mut batch: Option<bytes::BytesMut> = None;
+        while out.len() + batch.as_ref().map_or(0, |b| b.len()) < COALESCE_MAX {
+            match resp.chunk_ready() {
+                None => break,
+                Some(Ok(Some(c))) => {
+                    let more = transform(ctx, &mut tail, c);
+                    if more.is_empty() {
+                        continue;
+                    }
+                    let b = batch.get_or_insert_with(|| {
+                        let mut b = bytes::BytesMut::with_capacity(out.len() + more.len() * 4);
+                        b.extend_from_slice(&out);
+                        b
+                    });
+                    b.extend_from_slice(&more);
                 }
-                fed.out
+                Some(Ok(None)) => {
+                    ended = Some(Ok(()));
+                    break;
+                }
+                Some(Err(e)) => {
+                    ended = Some(Err(e));
+                    break;
+                }
             }
-            (None, Some(t)) => {
-                t.push(&chunk);
-                chunk
-            }
-            (None, None) => chunk,
-        };
-        if out.is_empty() {
-            continue;
         }
-        ctx.record.response_bytes += out.len() as u64;
-        if !bounded(limit, deadline, s.write_response_body(out, false)).await {
-            ctx.record.cancelled = true;
-            break Outcome::Abort;
+        if let Some(b) = batch {
+            out = b.freeze();
+        }
+        if !out.is_empty() {
+            ctx.record.response_bytes += out.len() as u64;
+            if !bounded(limit, deadline, s.write_response_body(out, false)).await {
+                ctx.record.cancelled = true;
+                break Outcome::Abort;
+            }
+        }
+        match ended {
+            None => {}
+            Some(Ok(())) => break Outcome::Done,
+            Some(Err(e)) => {
+                ctx.record.error_type = Some(e.code());
+                break Outcome::Abort;
+            }
         }
     };
     if let Some(sc) = &mut ctx.scanner {

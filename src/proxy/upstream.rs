@@ -18,6 +18,7 @@ use pingora_core::protocols::Stream;
 use pingora_core::upstreams::peer::{HttpPeer, Peer};
 use pingora_error::ErrorType;
 use pingora_http::{RequestHeader, ResponseHeader};
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
@@ -321,6 +322,25 @@ impl Response {
                 detail: format!("connection broke mid-response ({})", e.etype().as_str()),
             }),
             Ok(Ok(b)) => Ok(b),
+        }
+    }
+
+    /// The next body chunk if the provider already sent it (buffered or readable now), without
+    /// waiting: `None` when it would wait. Reading is cancel-safe (the relay already selects
+    /// on it against the client), so a read that would wait is simply dropped.
+    pub fn chunk_ready(&mut self) -> Option<Result<Option<Bytes>, GatewayError>> {
+        if self.head {
+            return Some(Ok(None));
+        }
+        let mut read = std::pin::pin!(self.session.read_body_bytes());
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match read.as_mut().poll(&mut cx) {
+            std::task::Poll::Pending => None,
+            std::task::Poll::Ready(Ok(b)) => Some(Ok(b)),
+            std::task::Poll::Ready(Err(e)) => Some(Err(GatewayError::UpstreamUnreachable {
+                provider: self.provider.to_string(),
+                detail: format!("connection broke mid-response ({})", e.etype().as_str()),
+            })),
         }
     }
 
