@@ -90,6 +90,27 @@ enum ReportWhat {
         #[arg(long)]
         org: Option<String>,
     },
+    /// Spend from the rollup (the same answer as `GET /admin/v1/spend`), exact to the nano-USD.
+    Spend {
+        /// First day, YYYY-MM-DD (default: the first of this month).
+        #[arg(long)]
+        from: Option<String>,
+        /// Last day, inclusive (default: today).
+        #[arg(long)]
+        to: Option<String>,
+        /// Comma-separated: org, cost_center, model, day, month.
+        #[arg(long, default_value = "")]
+        group_by: String,
+        /// Only this org (default: every org).
+        #[arg(long)]
+        org: Option<String>,
+        /// Only this cost center.
+        #[arg(long)]
+        cost_center: Option<String>,
+        /// table, csv or json.
+        #[arg(long, default_value = "table")]
+        format: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -197,6 +218,31 @@ fn main() -> ExitCode {
             what: ReportWhat::Experiment { id, org },
         } => warehouse_cmd(&config, "report experiment", |c| {
             model_bridge::cli::warehouse::report_experiment(c, &id, org.as_deref()).map(|()| true)
+        }),
+        Command::Report {
+            config,
+            what:
+                ReportWhat::Spend {
+                    from,
+                    to,
+                    group_by,
+                    org,
+                    cost_center,
+                    format,
+                },
+        } => warehouse_cmd(&config, "report spend", |c| {
+            model_bridge::cli::warehouse::report_spend(
+                c,
+                model_bridge::cli::warehouse::SpendArgs {
+                    from,
+                    to,
+                    group_by: &group_by,
+                    org,
+                    cost_center,
+                    format: &format,
+                },
+            )
+            .map(|()| true)
         }),
         Command::Erase { config, user, org } => warehouse_cmd(&config, "erase", |c| {
             model_bridge::cli::warehouse::erase(c, &user, org.as_deref()).map(|()| true)

@@ -312,6 +312,71 @@ async fn erasure_retention_and_spend() {
         400
     );
 
+    // By month, as CSV (chargeback): the API and the CLI give the same lines, whose figures
+    // are the independent sums — the two old months of org a, and this month of each org.
+    let since = format!(
+        "/admin/v1/spend?from=2020-01-01&to={}&org=*&group_by=org,month&format=csv",
+        today.trim()
+    );
+    let r = client()
+        .get(g.ops_url(&since))
+        .bearer_auth(&root)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(common::header(&r, "content-type").starts_with("text/csv"));
+    let csv_api = r.text().await.unwrap();
+    let lines: Vec<&str> = csv_api.lines().collect();
+    assert_eq!(
+        lines[0],
+        "org,month,requests,prompt_tokens,cached_tokens,completion_tokens,cost_nanousd,cost_usd,unpriced_requests"
+    );
+    let month = &today.trim()[..7];
+    let cost_of = |org: &str, m: &str| -> Option<u64> {
+        lines.iter().find_map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            (f[0] == org && f[1] == m).then(|| f[6].parse().unwrap())
+        })
+    };
+    assert_eq!(cost_of("a", "2020-01"), Some(5));
+    assert_eq!(cost_of("a", "2020-02"), Some(5));
+    assert_eq!(cost_of("a", month), Some(cost_a));
+    assert_eq!(cost_of("b", month), Some(cost_b));
+    assert_eq!(lines.len(), 5, "{csv_api}");
+    let today_s = today.trim().to_string();
+    let cli = |format: &str| {
+        let (ok, out, err) = g.cli(&[
+            "report",
+            "spend",
+            "--from",
+            "2020-01-01",
+            "--to",
+            &today_s,
+            "--group-by",
+            "org,month",
+            "--format",
+            format,
+        ]);
+        assert!(ok, "{err}");
+        out
+    };
+    assert_eq!(cli("csv"), csv_api, "the CLI and the API agree");
+    let json: Value = serde_json::from_str(&cli("json")).unwrap();
+    assert_eq!(json["total"]["cost_nanousd"], cost_a + cost_b + 10);
+    let table = cli("table");
+    assert!(
+        table.lines().last().unwrap().starts_with("TOTAL")
+            && table.contains(&(cost_a + cost_b + 10).to_string()),
+        "{table}"
+    );
+    assert_eq!(
+        admin(&g, &root, "GET", "/admin/v1/spend?format=xml")
+            .await
+            .0,
+        400
+    );
+
     // Every column of the schema that can name a person is either erased or kept on purpose.
     let personal = query(
         &url,

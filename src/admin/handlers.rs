@@ -305,6 +305,7 @@ fn created(
     Reply {
         status: 201,
         body: v,
+        text: None,
     }
 }
 

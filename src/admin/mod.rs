@@ -148,7 +148,7 @@ pub const ROUTES: &[Route] = &[
         path: "/admin/v1/spend",
         permission: Some("admin:spend:read"),
         op: Op::Spend,
-        summary: "Spend from the daily rollup: totals and groups (from, to, group_by=org,cost_center,model,day, org, cost_center).",
+        summary: "Spend from the daily rollup: totals and groups (from, to, group_by=org,cost_center,model,day,month, org, cost_center, format=json|csv).",
     },
     Route {
         method: "POST",
@@ -180,11 +180,26 @@ pub struct Request<'a> {
 pub struct Reply {
     pub status: u16,
     pub body: Value,
+    /// A non-JSON answer (`format=csv`): its content type and text, sent instead of `body`.
+    pub text: Option<(&'static str, String)>,
 }
 
 impl Reply {
     pub fn ok(body: Value) -> Self {
-        Self { status: 200, body }
+        Self {
+            status: 200,
+            body,
+            text: None,
+        }
+    }
+
+    /// A 200 answer in another format than JSON.
+    pub fn text(content_type: &'static str, text: String) -> Self {
+        Self {
+            status: 200,
+            body: Value::Null,
+            text: Some((content_type, text)),
+        }
     }
 
     pub fn error(status: u16, code: &str, message: impl Into<String>) -> Self {
@@ -198,6 +213,7 @@ impl Reply {
         Self {
             status,
             body: json!({"error": {"message": message.into(), "type": kind, "param": null, "code": code}}),
+            text: None,
         }
     }
 }
@@ -354,7 +370,14 @@ pub fn openapi() -> Value {
                     "First day, YYYY-MM-DD (default: first of this month)",
                 ),
                 ("to", "Last day, inclusive (default: today)"),
-                ("group_by", "Comma-separated: org, cost_center, model, day"),
+                (
+                    "group_by",
+                    "Comma-separated: org, cost_center, model, day, month",
+                ),
+                (
+                    "format",
+                    "json (default) or csv (one line per group; money as decimal strings)",
+                ),
                 (
                     "org",
                     "Org id, or * for all (needs admin:all_orgs); default: the caller's",

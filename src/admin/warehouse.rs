@@ -17,9 +17,9 @@ fn warehouse<'a>(ctx: &'a Ctx<'_>) -> Result<&'a ClickHouseSettings, Reply> {
     })
 }
 
-/// `GET /admin/v1/spend?from=YYYY-MM-DD&to=YYYY-MM-DD&group_by=cost_center,model,day
-/// [&org=<id>|*][&cost_center=<id>]`: the caller's org unless `org` names another (which
-/// needs `admin:all_orgs`); `*` is every org.
+/// `GET /admin/v1/spend?from=YYYY-MM-DD&to=YYYY-MM-DD&group_by=cost_center,model,day|month
+/// [&org=<id>|*][&cost_center=<id>][&format=json|csv]`: the caller's org unless `org` names
+/// another (which needs `admin:all_orgs`); `*` is every org. CSV has one line per group.
 pub async fn spend(ctx: &Ctx<'_>) -> Reply {
     let ch = match warehouse(ctx) {
         Ok(c) => c,
@@ -36,6 +36,17 @@ pub async fn spend(ctx: &Ctx<'_>) -> Reply {
             "from and to are YYYY-MM-DD days",
         );
     }
+    let csv = match query(ctx, "format").unwrap_or("json") {
+        "json" => false,
+        "csv" => true,
+        other => {
+            return Reply::error(
+                400,
+                "invalid_request_error",
+                format!("unknown format `{other}` (json or csv)"),
+            )
+        }
+    };
     let group_by = match spend::parse_group_by(query(ctx, "group_by").unwrap_or("")) {
         Ok(g) => g,
         Err(e) => return Reply::error(400, "invalid_request_error", e),
@@ -61,6 +72,10 @@ pub async fn spend(ctx: &Ctx<'_>) -> Reply {
         cost_center: query(ctx, "cost_center").map(str::to_string),
     };
     match spend::spend(&ch.db_client(), &q).await {
+        Ok(v) if csv => match spend::to_csv(&v) {
+            Ok(text) => Reply::text("text/csv; charset=utf-8", text),
+            Err(e) => Reply::error(500, "api_error", e),
+        },
         Ok(v) => Reply::ok(v),
         Err(e) => {
             log::warn!("spend query: {e}");
@@ -88,6 +103,7 @@ pub async fn erase_user(ctx: &Ctx<'_>, org: &str, user: &str) -> Reply {
             Reply {
                 status: if finished { 200 } else { 202 },
                 body: json!({"user": user, "org": org, "usage_rows": rows, "finished": finished}),
+                text: None,
             }
         }
         Err(e) => {

@@ -145,6 +145,48 @@ pub fn retention_apply(cfg: &Config) -> Result<(), String> {
     Ok(())
 }
 
+/// What `report spend` was asked.
+pub struct SpendArgs<'a> {
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub group_by: &'a str,
+    pub org: Option<String>,
+    pub cost_center: Option<String>,
+    pub format: &'a str,
+}
+
+/// `model-bridge report spend`: the spend API's answer as a table, CSV or JSON.
+pub fn report_spend(cfg: &Config, a: SpendArgs) -> Result<(), String> {
+    use crate::warehouse::spend;
+    let ch = settings(cfg)?;
+    let today = crate::time::date(crate::time::now_unix());
+    let from = a.from.unwrap_or_else(|| format!("{}-01", &today[..7]));
+    let to = a.to.unwrap_or(today);
+    if !spend::valid_day(&from) || !spend::valid_day(&to) {
+        return Err("--from and --to are YYYY-MM-DD days".into());
+    }
+    if !matches!(a.format, "table" | "csv" | "json") {
+        return Err(format!(
+            "unknown --format `{}` (table, csv or json)",
+            a.format
+        ));
+    }
+    let q = spend::SpendQuery {
+        org: a.org,
+        from,
+        to,
+        group_by: spend::parse_group_by(a.group_by)?,
+        cost_center: a.cost_center,
+    };
+    let v = block_on(spend::spend(&ch.db_client(), &q))??;
+    match a.format {
+        "csv" => print!("{}", spend::to_csv(&v)?),
+        "json" => println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default()),
+        _ => print!("{}", spend::to_table(&v)),
+    }
+    Ok(())
+}
+
 pub fn report_experiment(cfg: &Config, id: &str, org: Option<&str>) -> Result<(), String> {
     let ch = settings(cfg)?;
     let control = crate::experiments::control_of(cfg, id);

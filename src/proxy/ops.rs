@@ -114,7 +114,10 @@ impl OpsPlane {
             user_agent,
         };
         let r = admin::handle(&self.shared, &live, &principal, &req).await;
-        let mut resp = json_reply(r.status, &r.body);
+        let mut resp = match r.text {
+            Some((content_type, text)) => reply(r.status, content_type, text.into_bytes()),
+            None => json_reply(r.status, &r.body),
+        };
         if let Ok(v) = http::HeaderValue::from_str(&request_id) {
             resp.headers_mut().insert("x-request-id", v);
         }

@@ -6,7 +6,18 @@ use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 
 /// Dimensions a spend answer can be grouped by.
-pub const DIMENSIONS: &[&str] = &["org", "cost_center", "model", "day"];
+pub const DIMENSIONS: &[&str] = &["org", "cost_center", "model", "day", "month"];
+
+/// The measures of every spend answer, in the order tables and CSV show them.
+pub const MEASURES: &[&str] = &[
+    "requests",
+    "prompt_tokens",
+    "cached_tokens",
+    "completion_tokens",
+    "cost_nanousd",
+    "cost_usd",
+    "unpriced_requests",
+];
 
 #[derive(Debug, Clone)]
 pub struct SpendQuery {
@@ -122,6 +133,8 @@ pub async fn spend(client: &clickhouse::Client, q: &SpendQuery) -> Result<Value,
                 "org" => r.org.clone(),
                 "cost_center" => r.cost_center.clone(),
                 "model" => r.model.clone(),
+                // `YYYY-MM` of the day: months are sums of whole days.
+                "month" => r.day.get(..7).unwrap_or(&r.day).to_string(),
                 _ => r.day.clone(),
             })
             .collect();
@@ -154,6 +167,106 @@ pub async fn spend(client: &clickhouse::Client, q: &SpendQuery) -> Result<Value,
         "total": t,
         "data": data,
     }))
+}
+
+/// The rows of a spend answer (`data`, or the total alone when ungrouped) as CSV: the group
+/// columns, then every measure; money as exact decimal strings.
+pub fn to_csv(v: &Value) -> Result<String, String> {
+    let (header, rows) = table_rows(v);
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_record(&header).map_err(|e| e.to_string())?;
+    for r in rows {
+        w.write_record(&r).map_err(|e| e.to_string())?;
+    }
+    String::from_utf8(w.into_inner().map_err(|e| e.to_string())?).map_err(|e| e.to_string())
+}
+
+/// The same rows as aligned text columns, with a total line.
+pub fn to_table(v: &Value) -> String {
+    let (header, mut rows) = table_rows(v);
+    if v["data"].as_array().is_some_and(|d| !d.is_empty()) {
+        let dims = header.len() - MEASURES.len();
+        let mut total: Vec<String> = (0..dims)
+            .map(|i| {
+                if i == 0 {
+                    "TOTAL".into()
+                } else {
+                    String::new()
+                }
+            })
+            .collect();
+        total.extend(MEASURES.iter().map(|m| cell(&v["total"][*m])));
+        rows.push(total);
+    }
+    let widths: Vec<usize> = (0..header.len())
+        .map(|i| {
+            rows.iter()
+                .map(|r| r[i].len())
+                .chain(std::iter::once(header[i].len()))
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |cells: &[String]| {
+        cells
+            .iter()
+            .zip(&widths)
+            .enumerate()
+            .map(|(i, (c, w))| {
+                if i >= header.len() - MEASURES.len() {
+                    format!("{c:>w$}")
+                } else {
+                    format!("{c:<w$}")
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_string()
+    };
+    let mut out = line(&header);
+    out.push('\n');
+    for r in &rows {
+        out.push_str(&line(r));
+        out.push('\n');
+    }
+    out
+}
+
+fn cell(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+fn table_rows(v: &Value) -> (Vec<String>, Vec<Vec<String>>) {
+    let dims: Vec<String> = v["group_by"]
+        .as_array()
+        .map(|g| {
+            g.iter()
+                .filter_map(|d| d.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut header = dims.clone();
+    header.extend(MEASURES.iter().map(|m| m.to_string()));
+    let row = |o: &Value| -> Vec<String> {
+        dims.iter()
+            .map(|d| cell(&o[d.as_str()]))
+            .chain(MEASURES.iter().map(|m| cell(&o[*m])))
+            .collect()
+    };
+    let rows = if dims.is_empty() {
+        vec![row(&v["total"])]
+    } else {
+        v["data"]
+            .as_array()
+            .map(|d| d.iter().map(row).collect())
+            .unwrap_or_default()
+    };
+    (header, rows)
 }
 
 /// Spend (nano-USD) since `since` (Unix seconds, a day boundary) of an org, or of one of its
