@@ -471,3 +471,116 @@ async fn erasure_retention_and_spend() {
     assert!(ok, "{out}");
     query(&url, &format!("DROP DATABASE {db}")).await;
 }
+
+/// Forecast and anomalies answer from the rollup: a flat cost center's month-end forecast is
+/// its known answer, and the one spike of another is found, with the model that drove it.
+#[tokio::test]
+async fn forecast_and_anomalies_answer_from_the_rollup() {
+    let Some(url) = shared_url() else { return };
+    let db = new_db();
+    let dir = tempfile::tempdir().unwrap();
+    let g = Gateway::start_edited(&[], &extra(dir.path()), |t| sink_config(t, &url, &db, ""));
+    let (dave, _) = g.create_key(&["--org", "a", "--role", "finance"]);
+    let (bob, _) = g.create_key(&["--org", "b", "--role", "finance"]);
+    g.wait_key(&dave).await;
+    const USD: i64 = 1_000_000_000;
+    let now = model_bridge::time::now_unix();
+    let today = now - now % 86_400;
+    let spike_day = today - 5 * 86_400;
+    let mut rows = Vec::new();
+    for i in 0..=70u64 {
+        let day = today - i * 86_400;
+        let ts = model_bridge::time::date(day);
+        for cc in ["flat", "spiky"] {
+            rows.push(format!(
+                "('{ts} 00:00:01', 'r-{cc}-{i}', 'a', '{cc}', 'gpt-4o-mini', {}, 1)",
+                10 * USD
+            ));
+        }
+        if day == spike_day {
+            rows.push(format!(
+                "('{ts} 00:00:02', 'r-spike', 'a', 'spiky', 'gpt-spike', {}, 1)",
+                40 * USD
+            ));
+        }
+    }
+    query(
+        &url,
+        &format!(
+            "INSERT INTO {db}.usage_events (ts, request_id, org, cost_center, requested_model, cost_nanousd, cost_known) VALUES {}",
+            rows.join(", ")
+        ),
+    )
+    .await;
+
+    // Flat $10 a day: the month ends at what was spent plus $10 for each day (and the rest
+    // of today) still to come.
+    let (s, v) = admin(
+        &g,
+        &dave,
+        "GET",
+        "/admin/v1/spend/forecast?cost_center=flat",
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let (y, m) = model_bridge::time::year_month(now);
+    let month_start =
+        model_bridge::time::parse_rfc3339(&format!("{y:04}-{m:02}-01T00:00:00Z")).unwrap();
+    let days_so_far = (today - month_start) / 86_400 + 1;
+    assert_eq!(v["spent_nanousd"], days_so_far as i64 * 10 * USD, "{v}");
+    let days_after = v["days_left"].as_i64().unwrap() - 1;
+    let left_today = 1.0 - (now - today) as f64 / 86_400.0;
+    let want =
+        (days_so_far as i64 + days_after) * 10 * USD + (left_today * 10.0 * USD as f64) as i64;
+    let got = v["forecast_nanousd"].as_i64().unwrap();
+    assert!(
+        (got - want).abs() < USD / 10,
+        "forecast {got}, want {want}: {v}"
+    );
+
+    // The spike is the one anomaly of the last 30 days, driven by the spike model.
+    let (s, v) = admin(
+        &g,
+        &dave,
+        "GET",
+        "/admin/v1/spend/anomalies?cost_center=spiky",
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let data = v["data"].as_array().unwrap();
+    assert_eq!(data.len(), 1, "{v}");
+    assert_eq!(data[0]["day"], model_bridge::time::date(spike_day));
+    assert_eq!(data[0]["actual_nanousd"], 50 * USD);
+    assert_eq!(data[0]["expected_nanousd"], 10 * USD);
+    assert_eq!(data[0]["drivers"][0]["model"], "gpt-spike");
+    assert_eq!(data[0]["drivers"][0]["cost_nanousd"], 40 * USD);
+    // No anomaly in the flat cost center; nothing of org a for org b.
+    let (_, v) = admin(
+        &g,
+        &dave,
+        "GET",
+        "/admin/v1/spend/anomalies?cost_center=flat",
+    )
+    .await;
+    assert_eq!(v["data"].as_array().unwrap().len(), 0, "{v}");
+    let (s, v) = admin(&g, &bob, "GET", "/admin/v1/spend/forecast").await;
+    assert_eq!((s, v["spent_nanousd"].as_i64()), (200, Some(0)), "{v}");
+    assert_eq!(
+        admin(&g, &bob, "GET", "/admin/v1/spend/anomalies?org=a")
+            .await
+            .0,
+        404
+    );
+    assert_eq!(
+        admin(
+            &g,
+            &dave,
+            "GET",
+            "/admin/v1/spend/anomalies?from=2026-02-30"
+        )
+        .await
+        .0,
+        400
+    );
+    query(&url, &format!("DROP DATABASE {db}")).await;
+}

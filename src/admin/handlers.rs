@@ -28,6 +28,8 @@ pub async fn run(ctx: &Ctx<'_>, op: Op, p: &Params<'_>) -> Reply {
         Op::ListBindings => list_bindings(ctx),
         Op::Reload => reload(ctx),
         Op::Spend => super::warehouse::spend(ctx).await,
+        Op::SpendForecast => super::warehouse::forecast(ctx).await,
+        Op::SpendAnomalies => super::warehouse::anomalies(ctx).await,
         Op::ExperimentReport => {
             super::warehouse::experiment_report(ctx, p.id.unwrap_or_default()).await
         }

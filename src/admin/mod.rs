@@ -31,6 +31,8 @@ pub enum Op {
     ListBindings,
     Reload,
     Spend,
+    SpendForecast,
+    SpendAnomalies,
     EraseUser,
     ExperimentReport,
 }
@@ -149,6 +151,20 @@ pub const ROUTES: &[Route] = &[
         permission: Some("admin:spend:read"),
         op: Op::Spend,
         summary: "Spend from the daily rollup: totals and groups (from, to, group_by=org,cost_center,model,day,month, org, cost_center, format=json|csv).",
+    },
+    Route {
+        method: "GET",
+        path: "/admin/v1/spend/forecast",
+        permission: Some("admin:spend:read"),
+        op: Op::SpendForecast,
+        summary: "This month's spend so far and its forecast to month end (trend and weekday pattern of the last 4 weeks; org, cost_center).",
+    },
+    Route {
+        method: "GET",
+        path: "/admin/v1/spend/anomalies",
+        permission: Some("admin:spend:read"),
+        op: Op::SpendAnomalies,
+        summary: "Days whose spend departs from its weekday baseline (robust z-score over median and MAD), with their top models (from, to, org, cost_center).",
     },
     Route {
         method: "POST",
@@ -361,6 +377,22 @@ pub fn openapi() -> Value {
         for (name, desc) in [("org", "Org id"), ("id", "Key id (user id for erase)")] {
             if r.path.contains(&format!("{{{name}}}")) {
                 params.push(json!({"name": name, "in": "path", "required": true, "description": desc, "schema": {"type": "string"}}));
+            }
+        }
+        if matches!(r.op, Op::SpendForecast | Op::SpendAnomalies) {
+            for (name, desc) in [
+                (
+                    "from",
+                    "First day, YYYY-MM-DD (anomalies; default: 30 days ago)",
+                ),
+                ("to", "Last day, inclusive (anomalies; default: today)"),
+                (
+                    "org",
+                    "Org id, or * for all (needs admin:all_orgs); default: the caller's",
+                ),
+                ("cost_center", "Only this cost center"),
+            ] {
+                params.push(json!({"name": name, "in": "query", "description": desc, "schema": {"type": "string"}}));
             }
         }
         if r.op == Op::Spend {

@@ -51,18 +51,9 @@ pub async fn spend(ctx: &Ctx<'_>) -> Reply {
         Ok(g) => g,
         Err(e) => return Reply::error(400, "invalid_request_error", e),
     };
-    let org = match query(ctx, "org") {
-        Some("*") if ctx.principal.allows(ALL_ORGS) => None,
-        Some("*") => {
-            return Reply::error(
-                403,
-                "permission_denied",
-                format!("Spend of every org needs `{ALL_ORGS}`."),
-            )
-        }
-        Some(o) if ctx.may_access_org(o) => Some(o.to_string()),
-        Some(o) => return Reply::error(404, "not_found", format!("No org `{o}`.")),
-        None => Some(ctx.principal.org.to_string()),
+    let org = match org_scope(ctx) {
+        Ok(o) => o,
+        Err(r) => return r,
     };
     let q = spend::SpendQuery {
         org,
@@ -82,6 +73,161 @@ pub async fn spend(ctx: &Ctx<'_>) -> Reply {
             Reply::error(503, "warehouse_unavailable", format!("ClickHouse: {e}"))
         }
     }
+}
+
+/// The org a spend question is about: the caller's unless `org` names another (which needs
+/// access to it) or `*` (every org, which needs `admin:all_orgs`).
+fn org_scope(ctx: &Ctx<'_>) -> Result<Option<String>, Reply> {
+    match query(ctx, "org") {
+        Some("*") if ctx.principal.allows(ALL_ORGS) => Ok(None),
+        Some("*") => Err(Reply::error(
+            403,
+            "permission_denied",
+            format!("Spend of every org needs `{ALL_ORGS}`."),
+        )),
+        Some(o) if ctx.may_access_org(o) => Ok(Some(o.to_string())),
+        Some(o) => Err(Reply::error(404, "not_found", format!("No org `{o}`."))),
+        None => Ok(Some(ctx.principal.org.to_string())),
+    }
+}
+
+fn unavailable(e: String) -> Reply {
+    log::warn!("spend query: {e}");
+    Reply::error(503, "warehouse_unavailable", format!("ClickHouse: {e}"))
+}
+
+/// `GET /admin/v1/spend/forecast[?org=…][&cost_center=…]`: this month so far, and where it ends
+/// if the last four weeks' trend and weekday pattern hold.
+pub async fn forecast(ctx: &Ctx<'_>) -> Reply {
+    let ch = match warehouse(ctx) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let org = match org_scope(ctx) {
+        Ok(o) => o,
+        Err(r) => return r,
+    };
+    let cc = query(ctx, "cost_center");
+    let now = crate::time::now_unix();
+    let today = now - now % 86_400;
+    let (y, m) = crate::time::year_month(now);
+    let month_start =
+        crate::time::parse_rfc3339(&format!("{y:04}-{m:02}-01T00:00:00Z")).unwrap_or(today);
+    let (ny, nm) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
+    let next_month = crate::time::parse_rfc3339(&format!("{ny:04}-{nm:02}-01T00:00:00Z"))
+        .unwrap_or(today + 86_400);
+    let from = today.saturating_sub(crate::warehouse::forecast::WINDOW as u64 * 86_400);
+    let days = match spend::daily(
+        &ch.db_client(),
+        org.as_deref(),
+        cc,
+        from.min(month_start),
+        today,
+    )
+    .await
+    {
+        Ok(d) => d,
+        Err(e) => return unavailable(e),
+    };
+    // Complete days (up to yesterday) feed the projection; today is partly spent.
+    let history: Vec<i64> = days[..days.len() - 1].iter().map(|(_, c)| *c).collect();
+    let first = from.min(month_start);
+    let weekday = |i: usize| ((first / 86_400 + i as u64 + 3) % 7) as usize;
+    let month = crate::time::date(month_start);
+    let spent: i64 = days
+        .iter()
+        .filter(|(d, _)| d.as_str() >= month.as_str())
+        .map(|(_, c)| *c)
+        .fold(0i64, |a, c| a.saturating_add(c));
+    let today_left = 1.0 - (now - today) as f64 / 86_400.0;
+    let days_after = ((next_month - today) / 86_400).saturating_sub(1) as usize;
+    let projected = crate::warehouse::forecast::month_forecast(
+        &history, weekday, spent, today_left, days_after,
+    );
+    Reply::ok(json!({
+        "object": "spend.forecast",
+        "org": org,
+        "cost_center": cc,
+        "month": &month[..7],
+        "spent_nanousd": spent,
+        "spent_usd": crate::usage::pricing::format_usd(spent),
+        "forecast_nanousd": projected,
+        "forecast_usd": crate::usage::pricing::format_usd(projected),
+        "days_left": days_after + 1,
+        "method": "least-squares trend and weekday effect over the last 4 whole weeks",
+    }))
+}
+
+/// `GET /admin/v1/spend/anomalies?from=…&to=…[&org=…][&cost_center=…]`: the days whose spend
+/// departs from their weekday baseline, with the models that drove them.
+pub async fn anomalies(ctx: &Ctx<'_>) -> Reply {
+    let ch = match warehouse(ctx) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let org = match org_scope(ctx) {
+        Ok(o) => o,
+        Err(r) => return r,
+    };
+    let cc = query(ctx, "cost_center");
+    let now = crate::time::now_unix();
+    let today = now - now % 86_400;
+    let day_of = |name: &str, default: u64| match query(ctx, name) {
+        None => Ok(default),
+        Some(d) if spend::valid_day(d) => {
+            crate::time::parse_rfc3339(&format!("{d}T00:00:00Z")).ok_or(())
+        }
+        Some(_) => Err(()),
+    };
+    let (Ok(from), Ok(to)) = (day_of("from", today - 30 * 86_400), day_of("to", today)) else {
+        return Reply::error(
+            400,
+            "invalid_request_error",
+            "from and to are YYYY-MM-DD days",
+        );
+    };
+    if to < from || to - from > 366 * 86_400 {
+        return Reply::error(
+            400,
+            "invalid_request_error",
+            "from must be before to, at most a year apart",
+        );
+    }
+    // The baseline reads 8 weeks before the first day asked about.
+    let lead = 8 * 7;
+    let start = from.saturating_sub(lead * 86_400);
+    let client = ch.db_client();
+    let days = match spend::daily(&client, org.as_deref(), cc, start, to).await {
+        Ok(d) => d,
+        Err(e) => return unavailable(e),
+    };
+    let series: Vec<i64> = days.iter().map(|(_, c)| *c).collect();
+    let first = ((from - start) / 86_400) as usize;
+    let mut data = Vec::new();
+    for a in crate::warehouse::forecast::anomalies(&series, first) {
+        let day = &days[a.index].0;
+        let drivers = match spend::drivers(&client, org.as_deref(), cc, day).await {
+            Ok(d) => d,
+            Err(e) => return unavailable(e),
+        };
+        data.push(json!({
+            "day": day,
+            "actual_nanousd": a.actual,
+            "actual_usd": crate::usage::pricing::format_usd(a.actual),
+            "expected_nanousd": a.expected,
+            "expected_usd": crate::usage::pricing::format_usd(a.expected),
+            "score": (a.score * 100.0).round() / 100.0,
+            "drivers": drivers.iter().map(|(m, c)| json!({"model": m, "cost_nanousd": c})).collect::<Vec<_>>(),
+        }));
+    }
+    Reply::ok(json!({
+        "object": "list",
+        "org": org,
+        "cost_center": cc,
+        "from": crate::time::date(from),
+        "to": crate::time::date(to),
+        "data": data,
+    }))
 }
 
 /// `POST /admin/v1/orgs/{org}/users/{id}/erase`: anonymises the user's usage rows in the org.

@@ -5,6 +5,7 @@
 pub mod chain;
 pub mod cluster;
 pub mod compliance;
+pub mod forecast;
 pub mod migrate;
 pub mod oneshot;
 pub mod rows;

@@ -77,7 +77,10 @@ struct RollupRow {
 
 /// Checks a `YYYY-MM-DD` day.
 pub fn valid_day(d: &str) -> bool {
-    crate::time::parse_rfc3339(&format!("{d}T00:00:00Z")).is_some() && d.len() == 10
+    // Round trip: a day that does not exist (2026-02-30) would parse as another one.
+    d.len() == 10
+        && crate::time::parse_rfc3339(&format!("{d}T00:00:00Z"))
+            .is_some_and(|t| crate::time::date(t) == d)
 }
 
 /// Parses a comma-separated `group_by`.
@@ -167,6 +170,71 @@ pub async fn spend(client: &clickhouse::Client, q: &SpendQuery) -> Result<Value,
         "total": t,
         "data": data,
     }))
+}
+
+/// Spend per UTC day (nano-USD) from `from` to `to` inclusive, every day present (0 when
+/// nothing was spent), for one org (or all) and optionally one cost center.
+pub async fn daily(
+    client: &clickhouse::Client,
+    org: Option<&str>,
+    cost_center: Option<&str>,
+    from: u64,
+    to: u64,
+) -> Result<Vec<(String, i64)>, String> {
+    let mut sql = String::from(
+        "SELECT toString(day) AS d, sum(cost_nanousd) AS c FROM spend_daily \
+         WHERE day >= toDate(?) AND day <= toDate(?)",
+    );
+    if org.is_some() {
+        sql.push_str(" AND org = ?");
+    }
+    if cost_center.is_some() {
+        sql.push_str(" AND cost_center = ?");
+    }
+    sql.push_str(" GROUP BY day ORDER BY day");
+    let (from_day, to_day) = (crate::time::date(from), crate::time::date(to));
+    let mut q = client.query(&sql).bind(&from_day).bind(&to_day);
+    if let Some(o) = org {
+        q = q.bind(o);
+    }
+    if let Some(c) = cost_center {
+        q = q.bind(c);
+    }
+    let rows: Vec<(String, i64)> = q.fetch_all().await.map_err(|e| e.to_string())?;
+    let by_day: BTreeMap<String, i64> = rows.into_iter().collect();
+    Ok((0..=(to.saturating_sub(from) / 86_400))
+        .map(|i| {
+            let d = crate::time::date(from + i * 86_400);
+            let c = by_day.get(&d).copied().unwrap_or(0);
+            (d, c)
+        })
+        .collect())
+}
+
+/// What drove one day's spend: its largest models, with their spend.
+pub async fn drivers(
+    client: &clickhouse::Client,
+    org: Option<&str>,
+    cost_center: Option<&str>,
+    day: &str,
+) -> Result<Vec<(String, i64)>, String> {
+    let mut sql =
+        String::from("SELECT model, sum(cost_nanousd) AS c FROM spend_daily WHERE day = toDate(?)");
+    if org.is_some() {
+        sql.push_str(" AND org = ?");
+    }
+    if cost_center.is_some() {
+        sql.push_str(" AND cost_center = ?");
+    }
+    sql.push_str(" GROUP BY model ORDER BY c DESC, model LIMIT 3");
+    let mut q = client.query(&sql).bind(day);
+    if let Some(o) = org {
+        q = q.bind(o);
+    }
+    if let Some(c) = cost_center {
+        q = q.bind(c);
+    }
+    q.fetch_all().await.map_err(|e| e.to_string())
 }
 
 /// The rows of a spend answer (`data`, or the total alone when ungrouped) as CSV: the group
@@ -313,5 +381,44 @@ mod tests {
         assert!(valid_day("2026-11-01"));
         assert!(!valid_day("2026-13-01"));
         assert!(!valid_day("2026-11-01' OR 1"));
+    }
+
+    #[test]
+    fn days_must_exist() {
+        assert!(valid_day("2024-02-29") && valid_day("2026-12-31"));
+        for bad in ["2026-02-30", "2025-02-29", "2026-1-01", "x"] {
+            assert!(!valid_day(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn csv_and_table_keep_every_figure_exact() {
+        let v = json!({
+            "group_by": ["cost_center", "model"],
+            "total": {"requests": 3, "prompt_tokens": 30, "cached_tokens": 0, "completion_tokens": 9,
+                      "cost_nanousd": 1000000001i64, "cost_usd": "1.000000001", "unpriced_requests": 0},
+            "data": [
+                {"cost_center": "r&d, east", "model": "gpt \"4o\"", "requests": 2, "prompt_tokens": 20,
+                 "cached_tokens": 0, "completion_tokens": 6, "cost_nanousd": 1000000000i64,
+                 "cost_usd": "1.000000000", "unpriced_requests": 0},
+                {"cost_center": "ops", "model": "m", "requests": 1, "prompt_tokens": 10,
+                 "cached_tokens": 0, "completion_tokens": 3, "cost_nanousd": 1,
+                 "cost_usd": "0.000000001", "unpriced_requests": 0},
+            ],
+        });
+        let csv = to_csv(&v).unwrap();
+        let mut r = csv::Reader::from_reader(csv.as_bytes());
+        let rows: Vec<csv::StringRecord> = r.records().map(|x| x.unwrap()).collect();
+        assert_eq!(&rows[0][0], "r&d, east");
+        assert_eq!(&rows[0][1], "gpt \"4o\"");
+        assert_eq!(&rows[0][7], "1.000000000");
+        assert_eq!(&rows[1][6], "1");
+        let t = to_table(&v);
+        assert!(t.lines().last().unwrap().starts_with("TOTAL"));
+        assert!(t.contains("1000000001") && t.contains("1.000000001"));
+        // Ungrouped: the total alone.
+        let mut total = v.clone();
+        total["group_by"] = json!([]);
+        assert_eq!(to_csv(&total).unwrap().lines().count(), 2);
     }
 }
