@@ -91,6 +91,13 @@ fn org_scope(ctx: &Ctx<'_>) -> Result<Option<String>, Reply> {
     }
 }
 
+/// The warehouse, org and cost center a forecast or anomaly question is about.
+fn spend_scope<'a>(
+    ctx: &'a Ctx<'_>,
+) -> Result<(&'a ClickHouseSettings, Option<String>, Option<&'a str>), Reply> {
+    Ok((warehouse(ctx)?, org_scope(ctx)?, query(ctx, "cost_center")))
+}
+
 fn unavailable(e: String) -> Reply {
     log::warn!("spend query: {e}");
     Reply::error(503, "warehouse_unavailable", format!("ClickHouse: {e}"))
@@ -99,15 +106,10 @@ fn unavailable(e: String) -> Reply {
 /// `GET /admin/v1/spend/forecast[?org=…][&cost_center=…]`: this month so far, and where it ends
 /// if the last four weeks' trend and weekday pattern hold.
 pub async fn forecast(ctx: &Ctx<'_>) -> Reply {
-    let ch = match warehouse(ctx) {
-        Ok(c) => c,
+    let (ch, org, cc) = match spend_scope(ctx) {
+        Ok(s) => s,
         Err(r) => return r,
     };
-    let org = match org_scope(ctx) {
-        Ok(o) => o,
-        Err(r) => return r,
-    };
-    let cc = query(ctx, "cost_center");
     let now = crate::time::now_unix();
     let today = now - now % 86_400;
     let (y, m) = crate::time::year_month(now);
@@ -161,15 +163,10 @@ pub async fn forecast(ctx: &Ctx<'_>) -> Reply {
 /// `GET /admin/v1/spend/anomalies?from=…&to=…[&org=…][&cost_center=…]`: the days whose spend
 /// departs from their weekday baseline, with the models that drove them.
 pub async fn anomalies(ctx: &Ctx<'_>) -> Reply {
-    let ch = match warehouse(ctx) {
-        Ok(c) => c,
+    let (ch, org, cc) = match spend_scope(ctx) {
+        Ok(s) => s,
         Err(r) => return r,
     };
-    let org = match org_scope(ctx) {
-        Ok(o) => o,
-        Err(r) => return r,
-    };
-    let cc = query(ctx, "cost_center");
     let now = crate::time::now_unix();
     let today = now - now % 86_400;
     let day_of = |name: &str, default: u64| match query(ctx, name) {
