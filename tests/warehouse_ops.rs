@@ -479,7 +479,12 @@ async fn forecast_and_anomalies_answer_from_the_rollup() {
     let Some(url) = shared_url() else { return };
     let db = new_db();
     let dir = tempfile::tempdir().unwrap();
-    let g = Gateway::start_edited(&[], &extra(dir.path()), |t| sink_config(t, &url, &db, ""));
+    // Monthly budgets: $5 for the flat cost center (already spent), $1M for the org (never).
+    let tenants = extra(dir.path()).replace(
+        "default_cost_center = \"a-eng\"",
+        "default_cost_center = \"a-eng\"\nbudget = { usd = \"1000000\", period = \"month\" }",
+    ) + "[orgs.a.cost_centers.flat]\nmonthly_budget_usd = \"5\"\n";
+    let g = Gateway::start_edited(&[], &tenants, |t| sink_config(t, &url, &db, ""));
     let (dave, _) = g.create_key(&["--org", "a", "--role", "finance"]);
     let (bob, _) = g.create_key(&["--org", "b", "--role", "finance"]);
     g.wait_key(&dave).await;
@@ -537,6 +542,11 @@ async fn forecast_and_anomalies_answer_from_the_rollup() {
         (got - want).abs() < USD / 10,
         "forecast {got}, want {want}: {v}"
     );
+    assert_eq!(v["budget_nanousd"], 5 * USD);
+    assert_eq!(v["exhausted_on"], model_bridge::time::date(today), "{v}");
+    let (_, v) = admin(&g, &dave, "GET", "/admin/v1/spend/forecast").await;
+    assert_eq!(v["budget_usd"], "1000000.000000000", "{v}");
+    assert_eq!(v["exhausted_on"], Value::Null, "{v}");
 
     // The spike is the one anomaly of the last 30 days, driven by the spike model.
     let (s, v) = admin(

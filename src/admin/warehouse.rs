@@ -146,6 +146,30 @@ pub async fn forecast(ctx: &Ctx<'_>) -> Reply {
     let projected = crate::warehouse::forecast::month_forecast(
         &history, weekday, spent, today_left, days_after,
     );
+    // The calendar-month budget of what was asked about (the org, or its cost center), and
+    // the day the forecast reaches it, if it does this month.
+    let budget = org.as_deref().and_then(|o| {
+        let org = ctx.live.config.orgs.get(o)?;
+        let b = match cc {
+            Some(c) => org.cost_centers.get(c)?.budget.as_ref()?,
+            None => org.budget.as_ref()?,
+        };
+        matches!(b.period, crate::limits::spec::Period::Month).then_some(b.nano)
+    });
+    let exhausted_on = budget.and_then(|limit| {
+        if spent >= limit {
+            return Some(crate::time::date(today));
+        }
+        let daily = crate::warehouse::forecast::project(&history, weekday, days_after + 1);
+        let mut total = spent as f64;
+        for (j, p) in daily.iter().enumerate() {
+            total += if j == 0 { p * today_left } else { *p };
+            if total >= limit as f64 {
+                return Some(crate::time::date(today + j as u64 * 86_400));
+            }
+        }
+        None
+    });
     Reply::ok(json!({
         "object": "spend.forecast",
         "org": org,
@@ -156,6 +180,9 @@ pub async fn forecast(ctx: &Ctx<'_>) -> Reply {
         "forecast_nanousd": projected,
         "forecast_usd": crate::usage::pricing::format_usd(projected),
         "days_left": days_after + 1,
+        "budget_nanousd": budget,
+        "budget_usd": budget.map(crate::usage::pricing::format_usd),
+        "exhausted_on": exhausted_on,
         "method": "least-squares trend and weekday effect over the last 4 whole weeks",
     }))
 }
