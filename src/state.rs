@@ -153,7 +153,18 @@ impl Shared {
     /// Loads the config file again and swaps it in whole; on any error the old generation keeps
     /// serving and the errors are returned.
     pub fn reload(&self) -> Result<u64, ConfigErrors> {
-        let result = Config::load(&self.config_path);
+        self.apply(Config::load(&self.config_path))
+    }
+
+    /// Reloads from config text already read (and seen to hold still) by the file watcher: the
+    /// file is not read again, so a write that starts meanwhile cannot slip in half-done.
+    pub fn reload_text(&self, text: &str) -> Result<u64, ConfigErrors> {
+        self.apply(Config::parse(text, &self.config_path, &|n| {
+            std::env::var(n).ok()
+        }))
+    }
+
+    fn apply(&self, result: Result<Config, ConfigErrors>) -> Result<u64, ConfigErrors> {
         let result = result.and_then(|cfg| {
             // Open the key store before the swap: a config whose store cannot be read is rejected.
             let wanted = cfg.auth.as_ref().map(|a| a.key_store.clone());

@@ -115,10 +115,16 @@ pub struct Reloader {
     pub path: std::path::PathBuf,
 }
 
+/// The config file's bytes and their hash.
+fn content(path: &std::path::Path) -> Option<(Vec<u8>, u64)> {
+    std::fs::read(path).ok().map(|b| {
+        let h = crate::config::source_hash(&b);
+        (b, h)
+    })
+}
+
 fn content_hash(path: &std::path::Path) -> Option<u64> {
-    std::fs::read(path)
-        .ok()
-        .map(|b| crate::config::source_hash(&b))
+    content(path).map(|(_, h)| h)
 }
 
 #[async_trait]
@@ -148,24 +154,27 @@ impl BackgroundService for Reloader {
                     if !settings.watch {
                         continue;
                     }
-                    let Some(mut now) = content_hash(&self.path) else {
+                    let Some((mut bytes, mut now)) = content(&self.path) else {
                         continue;
                     };
                     if now == self.shared.live().config.source_hash || Some(now) == failed {
                         continue;
                     }
                     // A file being written in place (truncate, then write) can parse while
-                    // half-written: reload only once its contents hold still.
+                    // half-written: reload only once its contents hold still, and from the
+                    // very bytes seen to hold still (reading it again could catch the next
+                    // write half-done).
                     loop {
                         tokio::time::sleep(SETTLE).await;
-                        match content_hash(&self.path) {
-                            Some(again) if again == now => break,
-                            Some(again) => now = again,
+                        match content(&self.path) {
+                            Some((_, again)) if again == now => break,
+                            Some((b, again)) => (bytes, now) = (b, again),
                             None => break,
                         }
                     }
                     log::info!("{} changed: reloading", self.path.display());
-                    failed = self.shared.reload().err().map(|_| now);
+                    let text = String::from_utf8_lossy(&bytes);
+                    failed = self.shared.reload_text(&text).err().map(|_| now);
                 }
                 _ = shutdown.changed() => return,
             }
