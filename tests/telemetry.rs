@@ -5,13 +5,13 @@
 
 mod common;
 
-use common::{chat, client, Gateway, PROVIDER_KEY};
+use common::{chat, client, eventually, Gateway, PROVIDER_KEY};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, Span};
 use prost::Message;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 /// An OTLP/HTTP receiver: `POST /v1/traces` with a protobuf `ExportTraceServiceRequest`.
@@ -77,8 +77,7 @@ impl Receiver {
 
     /// The spans of `trace` once `n` of them have arrived.
     async fn trace(&self, trace: &[u8], n: usize) -> Vec<Span> {
-        let start = Instant::now();
-        loop {
+        eventually(Duration::from_secs(20), || async {
             let got: Vec<Span> = self
                 .spans
                 .lock()
@@ -88,16 +87,16 @@ impl Receiver {
                 .cloned()
                 .collect();
             if got.len() >= n {
-                return got;
+                Ok(got)
+            } else {
+                Err(format!(
+                    "{} of {n} spans arrived: {:?}",
+                    got.len(),
+                    got.iter().map(|s| &s.name).collect::<Vec<_>>()
+                ))
             }
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "{} of {n} spans arrived: {:?}",
-                got.len(),
-                got.iter().map(|s| &s.name).collect::<Vec<_>>()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        })
+        .await
     }
 }
 
@@ -273,12 +272,15 @@ async fn a_request_trace_reaches_otlp_with_genai_attributes_and_the_provider_sha
         .any(|s| s.parent_span_id.is_empty() && s.kind == SpanKind::Server as i32));
 
     // JSON logs: every line is one object; the access line joins request id and trace id.
-    let start = Instant::now();
-    while !g.log_text().contains(&request_id) {
-        assert!(start.elapsed() < Duration::from_secs(10), "no access line");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    let text = g.log_text();
+    let text = eventually(Duration::from_secs(10), || async {
+        let text = g.log_text();
+        if text.contains(&request_id) {
+            Ok(text)
+        } else {
+            Err(format!("no access line for {request_id}"))
+        }
+    })
+    .await;
     let log: Vec<&str> = text.lines().collect();
     let mut access = None;
     for line in log.iter().filter(|l| !l.trim().is_empty()) {

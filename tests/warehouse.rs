@@ -412,35 +412,24 @@ async fn an_insert_that_landed_but_was_not_acknowledged_is_not_counted_twice() {
     // An audit event too (the reload SIGHUP asks for), through the same swallowed answers.
     common::signal(&g.proc.0, "HUP");
     // The insert reaches ClickHouse, its answer does not: the batch is spooled.
-    let start = Instant::now();
-    while g
-        .metric("model_bridge_sink_batches_total{outcome=\"failed\",sink=\"usage\"}")
-        .await
-        < 1.0
-        || g.metric("model_bridge_sink_batches_total{outcome=\"failed\",sink=\"audit\"}")
-            .await
-            < 1.0
-    {
-        assert!(
-            start.elapsed() < Duration::from_secs(15),
-            "no failed insert"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    for sink in ["usage", "audit"] {
+        g.wait_metric_at_least(
+            &format!("model_bridge_sink_batches_total{{outcome=\"failed\",sink=\"{sink}\"}}"),
+            1.0,
+            Duration::from_secs(15),
+        )
+        .await;
     }
     let landed = query(&url, &format!("SELECT count() FROM {db}.usage_events")).await;
     assert_eq!(landed.trim(), "12", "the unacknowledged insert did land");
     proxy.set(Mode::Pass);
-    let start = Instant::now();
-    while g
-        .metric("model_bridge_sink_batches_total{outcome=\"replayed\",sink=\"usage\"}")
-        .await
-        < 1.0
-        || g.metric("model_bridge_sink_batches_total{outcome=\"replayed\",sink=\"audit\"}")
-            .await
-            < 1.0
-    {
-        assert!(start.elapsed() < Duration::from_secs(15), "no replay");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    for sink in ["usage", "audit"] {
+        g.wait_metric_at_least(
+            &format!("model_bridge_sink_batches_total{{outcome=\"replayed\",sink=\"{sink}\"}}"),
+            1.0,
+            Duration::from_secs(15),
+        )
+        .await;
     }
     let total = query(
         &url,

@@ -12,7 +12,7 @@ use common::clickhouse::{
 use common::{client, Gateway};
 use model_bridge::warehouse::spend::{spend, SpendQuery};
 use model_bridge::warehouse::ClickHouseSettings;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 async fn send(g: &Gateway, from: usize, to: usize) {
     let c = client();
@@ -31,14 +31,6 @@ async fn send(g: &Gateway, from: usize, to: usize) {
             .unwrap();
         assert_eq!(r.status(), 200);
         let _ = r.bytes().await;
-    }
-}
-
-async fn wait_metric_at_least(g: &Gateway, sample: &str, n: f64) {
-    let start = Instant::now();
-    while g.metric(sample).await < n {
-        assert!(start.elapsed() < Duration::from_secs(20), "{sample} < {n}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -120,17 +112,17 @@ async fn a_two_shard_cluster_gives_the_totals_of_one_server() {
     proxy.set(Mode::SwallowAnswers);
     send(&gc, 30, 40).await;
     send(&gs, 30, 40).await;
-    wait_metric_at_least(
-        &gc,
+    gc.wait_metric_at_least(
         "model_bridge_sink_batches_total{outcome=\"failed\",sink=\"usage\"}",
         1.0,
+        Duration::from_secs(20),
     )
     .await;
     proxy.set(Mode::Pass);
-    wait_metric_at_least(
-        &gc,
+    gc.wait_metric_at_least(
         "model_bridge_sink_batches_total{outcome=\"replayed\",sink=\"usage\"}",
         1.0,
+        Duration::from_secs(20),
     )
     .await;
     let dist = format!("{db}.usage_events");

@@ -10,6 +10,26 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// Polls `check` until it answers `Ok`, and returns that value; past `limit` the test fails
+/// with the last `Err` it gave (what was seen instead). The one place tests wait on a
+/// condition: the polls start at 5 ms and back off to 100 ms.
+pub async fn eventually<T, F, Fut>(limit: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let start = Instant::now();
+    let mut pause = Duration::from_millis(5);
+    loop {
+        match check().await {
+            Ok(v) => return v,
+            Err(e) => assert!(start.elapsed() < limit, "not within {limit:?}: {e}"),
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(100));
+    }
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -234,15 +254,31 @@ impl Gateway {
 
     /// Waits until the metric `sample` reads `want`; fails loudly after `limit`.
     pub async fn wait_metric(&self, sample: &str, want: f64, limit: Duration) {
-        let start = Instant::now();
-        while self.metric(sample).await != want {
-            assert!(
-                start.elapsed() < limit,
-                "{sample} never became {want}: {}",
-                self.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        eventually(limit, || async {
+            let got = self.metric(sample).await;
+            if got == want {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{sample} is {got}, not {want}: {}",
+                    self.log_text()
+                ))
+            }
+        })
+        .await
+    }
+
+    /// Waits until the metric `sample` reads at least `want`.
+    pub async fn wait_metric_at_least(&self, sample: &str, want: f64, limit: Duration) {
+        eventually(limit, || async {
+            let got = self.metric(sample).await;
+            if got >= want {
+                Ok(())
+            } else {
+                Err(format!("{sample} is {got}, below {want}"))
+            }
+        })
+        .await
     }
 
     /// Starts the gateway again on its config (after `stop`).
