@@ -143,9 +143,12 @@ pub async fn forecast(ctx: &Ctx<'_>) -> Reply {
         .fold(0i64, |a, c| a.saturating_add(c));
     let today_left = 1.0 - (now - today) as f64 / 86_400.0;
     let days_after = ((next_month - today) / 86_400).saturating_sub(1) as usize;
-    let projected = crate::warehouse::forecast::month_forecast(
-        &history, weekday, spent, today_left, days_after,
+    let by_day = crate::warehouse::forecast::cumulative(
+        &crate::warehouse::forecast::project(&history, weekday, days_after + 1),
+        spent,
+        today_left,
     );
+    let projected = by_day.last().copied().unwrap_or(spent);
     // The calendar-month budget of what was asked about (the org, or its cost center), and
     // the day the forecast reaches it, if it does this month.
     let budget = org.as_deref().and_then(|o| {
@@ -157,18 +160,8 @@ pub async fn forecast(ctx: &Ctx<'_>) -> Reply {
         matches!(b.period, crate::limits::spec::Period::Month).then_some(b.nano)
     });
     let exhausted_on = budget.and_then(|limit| {
-        if spent >= limit {
-            return Some(crate::time::date(today));
-        }
-        let daily = crate::warehouse::forecast::project(&history, weekday, days_after + 1);
-        let mut total = spent as f64;
-        for (j, p) in daily.iter().enumerate() {
-            total += if j == 0 { p * today_left } else { *p };
-            if total >= limit as f64 {
-                return Some(crate::time::date(today + j as u64 * 86_400));
-            }
-        }
-        None
+        let j = by_day.iter().position(|t| *t >= limit)?;
+        Some(crate::time::date(today + j as u64 * 86_400))
     });
     Reply::ok(json!({
         "object": "spend.forecast",

@@ -237,7 +237,7 @@ impl Ctx {
         if let Some(t) = self.trace.take() {
             let error =
                 (r.status >= 500).then(|| r.error_type.unwrap_or("upstream_error").to_string());
-            t.finish(span_attributes(r), error);
+            t.finish(span_attributes(r, self.endpoint), error);
         }
         // Counted last: a request that shows in requests_total has all its other metrics.
         METRICS
@@ -275,7 +275,7 @@ fn stream_usage(sc: &crate::usage::sse::SseScanner, r: &UsageRecord) -> (Usage, 
 
 /// OpenTelemetry GenAI semantic-convention attributes of the request's span, plus the
 /// attribution finance and tenancy need (`model_bridge.*`).
-fn span_attributes(r: &UsageRecord) -> Vec<opentelemetry::KeyValue> {
+fn span_attributes(r: &UsageRecord, endpoint: Endpoint) -> Vec<opentelemetry::KeyValue> {
     use opentelemetry::KeyValue;
     let s = |v: &Option<Arc<str>>| v.as_deref().unwrap_or("").to_string();
     let mut a = vec![
@@ -290,14 +290,7 @@ fn span_attributes(r: &UsageRecord) -> Vec<opentelemetry::KeyValue> {
         KeyValue::new("model_bridge.retries", i64::from(r.retries)),
         KeyValue::new("model_bridge.cancelled", r.cancelled),
     ];
-    let operation = match r.endpoint {
-        "chat_completions" => Some("chat"),
-        "completions" => Some("text_completion"),
-        "embeddings" => Some("embeddings"),
-        "responses" => Some("chat"),
-        _ => None,
-    };
-    if let Some(op) = operation {
+    if let Some(op) = endpoint.gen_ai_operation() {
         a.push(KeyValue::new("gen_ai.operation.name", op));
         a.push(KeyValue::new(
             "gen_ai.usage.input_tokens",

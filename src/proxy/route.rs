@@ -80,15 +80,6 @@ fn retry_after(resp: &Response) -> Option<Duration> {
         .map(|s| Duration::from_secs_f64(s.max(0.0)))
 }
 
-/// `gen_ai.operation.name` of an endpoint.
-fn operation(ep: Endpoint) -> &'static str {
-    match ep {
-        Endpoint::Completions => "text_completion",
-        Endpoint::Embeddings => "embeddings",
-        _ => "chat",
-    }
-}
-
 fn attempt(target: &Target, outcome: &str) {
     METRICS
         .attempts
@@ -174,11 +165,12 @@ pub async fn send(
                 headers::upstream_request(s, provider, "POST", &path, Some(out.len()), ctx.id())?;
             // The attempt is a client span; the provider sees it as its parent.
             let span = ctx.trace.as_ref().map(|t| {
+                let op = ep.gen_ai_operation().unwrap_or("chat");
                 let span = t.child(
-                    format!("{} {}", operation(ep), target.provider_model),
+                    format!("{op} {}", target.provider_model),
                     opentelemetry::trace::SpanKind::Client,
                     vec![
-                        opentelemetry::KeyValue::new("gen_ai.operation.name", operation(ep)),
+                        opentelemetry::KeyValue::new("gen_ai.operation.name", op),
                         opentelemetry::KeyValue::new(
                             "gen_ai.request.model",
                             target.provider_model.clone(),

@@ -72,6 +72,16 @@ impl Endpoint {
         }
     }
 
+    /// OpenTelemetry `gen_ai.operation.name` of an LLM endpoint; `None` for the others.
+    pub fn gen_ai_operation(self) -> Option<&'static str> {
+        match self {
+            Endpoint::ChatCompletions | Endpoint::Responses => Some("chat"),
+            Endpoint::Completions => Some("text_completion"),
+            Endpoint::Embeddings => Some("embeddings"),
+            Endpoint::Models | Endpoint::Passthrough | Endpoint::Feedback => None,
+        }
+    }
+
     /// Position in `rbac::ENDPOINT_PERMISSIONS`.
     pub fn index(self) -> usize {
         match self {

@@ -75,19 +75,24 @@ pub fn project(history: &[i64], weekday: impl Fn(usize) -> usize, days: usize) -
         .collect()
 }
 
-/// Month forecast: `spent` so far (today included), plus the projection of the rest of today
-/// (`today_left`: the fraction of today still to come) and of the `days_after` days after it.
-/// `history` holds complete days only (up to yesterday).
-pub fn month_forecast(
-    history: &[i64],
-    weekday: impl Fn(usize) -> usize,
-    spent: i64,
-    today_left: f64,
-    days_after: usize,
-) -> i64 {
-    let p = project(history, weekday, days_after + 1);
-    let rest: f64 = p[0] * today_left.clamp(0.0, 1.0) + p[1..].iter().sum::<f64>();
-    spent.saturating_add(rest.round() as i64)
+/// What will have been spent by the end of today and of each day after it: `spent` so far
+/// (today included), plus `projection` (today first) — only the `today_left` fraction of
+/// today's. The last is the month's forecast when `projection` runs to the month's end; the
+/// first day at or over a budget is when it runs out.
+pub fn cumulative(projection: &[f64], spent: i64, today_left: f64) -> Vec<i64> {
+    let mut total = 0.0;
+    projection
+        .iter()
+        .enumerate()
+        .map(|(j, p)| {
+            total += if j == 0 {
+                p * today_left.clamp(0.0, 1.0)
+            } else {
+                *p
+            };
+            spent.saturating_add(total.round() as i64)
+        })
+        .collect()
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -199,7 +204,8 @@ mod tests {
             assert!((v - want).abs() < 1.0, "{v} vs {want}");
         }
         // Month: $500 spent, half of today and 2 days left.
-        let f = month_forecast(&h, |i| i % 7, (500.0 * USD) as i64, 0.5, 2);
+        let by_day = cumulative(&project(&h, |i| i % 7, 3), (500.0 * USD) as i64, 0.5);
+        let f = by_day[2];
         let want = 500.0 * USD + 0.5 * 156.0 * USD + (158.0 + 160.0) * USD;
         assert!((f as f64 - want).abs() < 2.0, "{f} vs {want}");
     }

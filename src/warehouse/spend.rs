@@ -100,6 +100,33 @@ pub fn parse_group_by(text: &str) -> Result<Vec<&'static str>, String> {
     Ok(out)
 }
 
+/// ` AND org = ? AND cost_center = ?`, for the parts of a spend question's scope that are set;
+/// `bind_scope` binds them in the same order.
+fn scope_filter(org: Option<&str>, cost_center: Option<&str>) -> String {
+    let mut f = String::new();
+    if org.is_some() {
+        f.push_str(" AND org = ?");
+    }
+    if cost_center.is_some() {
+        f.push_str(" AND cost_center = ?");
+    }
+    f
+}
+
+fn bind_scope(
+    mut q: clickhouse::query::Query,
+    org: Option<&str>,
+    cost_center: Option<&str>,
+) -> clickhouse::query::Query {
+    if let Some(o) = org {
+        q = q.bind(o);
+    }
+    if let Some(c) = cost_center {
+        q = q.bind(c);
+    }
+    q
+}
+
 /// Totals over the range, and one entry per group.
 pub async fn spend(client: &clickhouse::Client, q: &SpendQuery) -> Result<Value, String> {
     let mut sql = String::from(
@@ -109,21 +136,15 @@ pub async fn spend(client: &clickhouse::Client, q: &SpendQuery) -> Result<Value,
          sum(cost_nanousd) AS cost_nanousd, sum(unpriced_requests) AS unpriced_requests \
          FROM spend_daily WHERE day >= toDate(?) AND day <= toDate(?)",
     );
-    if q.org.is_some() {
-        sql.push_str(" AND org = ?");
-    }
-    if q.cost_center.is_some() {
-        sql.push_str(" AND cost_center = ?");
-    }
+    let (org, cost_center) = (q.org.as_deref(), q.cost_center.as_deref());
+    sql.push_str(&scope_filter(org, cost_center));
     // The rollup merges rows of one key lazily: always sum.
     sql.push_str(" GROUP BY org, cost_center, model, day");
-    let mut query = client.query(&sql).bind(&q.from).bind(&q.to);
-    if let Some(o) = &q.org {
-        query = query.bind(o);
-    }
-    if let Some(c) = &q.cost_center {
-        query = query.bind(c);
-    }
+    let query = bind_scope(
+        client.query(&sql).bind(&q.from).bind(&q.to),
+        org,
+        cost_center,
+    );
     let rows: Vec<RollupRow> = query.fetch_all().await.map_err(|e| e.to_string())?;
     let mut total = Totals::default();
     let mut groups: BTreeMap<Vec<String>, Totals> = BTreeMap::new();
@@ -185,21 +206,14 @@ pub async fn daily(
         "SELECT toString(day) AS d, sum(cost_nanousd) AS c FROM spend_daily \
          WHERE day >= toDate(?) AND day <= toDate(?)",
     );
-    if org.is_some() {
-        sql.push_str(" AND org = ?");
-    }
-    if cost_center.is_some() {
-        sql.push_str(" AND cost_center = ?");
-    }
+    sql.push_str(&scope_filter(org, cost_center));
     sql.push_str(" GROUP BY day ORDER BY day");
     let (from_day, to_day) = (crate::time::date(from), crate::time::date(to));
-    let mut q = client.query(&sql).bind(&from_day).bind(&to_day);
-    if let Some(o) = org {
-        q = q.bind(o);
-    }
-    if let Some(c) = cost_center {
-        q = q.bind(c);
-    }
+    let q = bind_scope(
+        client.query(&sql).bind(&from_day).bind(&to_day),
+        org,
+        cost_center,
+    );
     let rows: Vec<(String, i64)> = q.fetch_all().await.map_err(|e| e.to_string())?;
     let by_day: BTreeMap<String, i64> = rows.into_iter().collect();
     Ok((0..=(to.saturating_sub(from) / 86_400))
@@ -220,21 +234,12 @@ pub async fn drivers(
 ) -> Result<Vec<(String, i64)>, String> {
     let mut sql =
         String::from("SELECT model, sum(cost_nanousd) AS c FROM spend_daily WHERE day = toDate(?)");
-    if org.is_some() {
-        sql.push_str(" AND org = ?");
-    }
-    if cost_center.is_some() {
-        sql.push_str(" AND cost_center = ?");
-    }
+    sql.push_str(&scope_filter(org, cost_center));
     sql.push_str(" GROUP BY model ORDER BY c DESC, model LIMIT 3");
-    let mut q = client.query(&sql).bind(day);
-    if let Some(o) = org {
-        q = q.bind(o);
-    }
-    if let Some(c) = cost_center {
-        q = q.bind(c);
-    }
-    q.fetch_all().await.map_err(|e| e.to_string())
+    bind_scope(client.query(&sql).bind(day), org, cost_center)
+        .fetch_all()
+        .await
+        .map_err(|e| e.to_string())
 }
 
 /// The rows of a spend answer (`data`, or the total alone when ungrouped) as CSV: the group
