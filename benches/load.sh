@@ -14,10 +14,8 @@ CONCS=${2:-"32 1"}
 # Cores: the prescribed layout pins nginx and the gateway to core 0, wrk and the mock to core 1.
 PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
-command -v wrk >/dev/null && command -v nginx >/dev/null || {
-  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq wrk nginx >/dev/null
-}
+. benches/lib.sh
+need wrk nginx
 cargo build --release --quiet --bins
 
 WORK=$(mktemp -d)
@@ -25,9 +23,7 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
 trap cleanup EXIT
 
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 MOCK=$(port); NGX=$(port); GW=$(port); OPS=$(port); GWA=$(port); OPSA=$(port)
-wait_port() { for _ in $(seq 200); do (echo > /dev/tcp/127.0.0.1/$1) 2>/dev/null && return; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
 
 taskset -c $LOAD_CPU ./target/release/mock-openai --listen 127.0.0.1:$MOCK --threads 1 --chunks 8 >/dev/null 2>&1 &
 pids+=($!)
@@ -199,8 +195,6 @@ lua stream.lua "{\"model\":\"gpt-4o-mini\",$MSG,\"stream\":true}" 'wrk.headers["
 lua stream-usage.lua "{\"model\":\"gpt-4o-mini\",$MSG,\"stream\":true,\"stream_options\":{\"include_usage\":true}}" 'wrk.headers["x-mock-chunks"] = "20"'
 
 # CPU seconds (user + system) a process has used, from /proc (clock ticks).
-TICK=$(getconf CLK_TCK)
-cpu() { awk -v t="$TICK" '{print ($14 + $15) / t}' "/proc/$1/stat"; }
 NGX_WORKER=$(pgrep -P "$(cat "$WORK/nginx.pid")" | head -1)
 
 run() { # port conc script pid -> "rps p50 p99 errors requests cpu_us_per_request"

@@ -15,18 +15,14 @@ if [ $((2 * N + 100)) -gt "$(ulimit -n)" ]; then
   N=$(( ($(ulimit -n) - 100) / 2 ))
   echo "open-file limit $(ulimit -n) (hard): measuring $N streams" >&2
 fi
-command -v wrk >/dev/null || {
-  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq wrk >/dev/null
-}
+. benches/lib.sh
+need wrk
 cargo build --release --quiet --bins
 
 WORK=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
 trap cleanup EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 200); do (echo > /dev/tcp/127.0.0.1/$1) 2>/dev/null && return; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
 MOCK=$(port); GW=$(port); OPS=$(port)
 
 taskset -c 1 ./target/release/mock-openai --listen 127.0.0.1:$MOCK --threads 1 --chunks 40 --chunk-interval-ms 100 >/dev/null 2>&1 &
@@ -64,9 +60,7 @@ done = function(summary, latency, requests)
 end
 LUA
 
-TICK=$(getconf CLK_TCK)
 rss() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
-cpu() { awk -v t="$TICK" '{print ($14 + $15) / t}' "/proc/$1/stat"; }
 
 load() { # port -> "streams errors p50_ms p99_ms peak_rss_kib cpu_s"
   local before peak=0 r out

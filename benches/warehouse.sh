@@ -13,10 +13,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DUR=${1:-10}
 CONC=${2:-32}
-command -v wrk >/dev/null || {
-  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq wrk >/dev/null
-}
+. benches/lib.sh
+need wrk
 cargo build --release --quiet --bins
 
 WORK=$(mktemp -d)
@@ -33,9 +31,7 @@ for rate in ${SINK_RATES-max 100000 150000 200000}; do
   MB_CLICKHOUSE_URL=$CH MB_BENCH_ROWS=1000000 MB_BENCH_RATE=$rate cargo bench --quiet --bench sink_throughput 2>/dev/null | grep '^sink_throughput' | sed "s/^/offered ${rate:-max} rows\/s: /"
 done
 
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 MOCK=$(port); GJ=$(port); OJ=$(port); GC=$(port); OC=$(port)
-wait_port() { for _ in $(seq 200); do (echo > /dev/tcp/127.0.0.1/$1) 2>/dev/null && return; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
 taskset -c 1 ./target/release/mock-openai --listen 127.0.0.1:$MOCK --threads 1 >/dev/null 2>&1 &
 pids+=($!)
 conf() { # listen ops sink
