@@ -16,6 +16,7 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod experiments;
+pub mod finance;
 pub mod handoff;
 pub mod jsonl;
 pub mod limits;

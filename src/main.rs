@@ -98,15 +98,22 @@ enum ReportWhat {
         /// Last day, inclusive (default: today).
         #[arg(long)]
         to: Option<String>,
-        /// Comma-separated: org, cost_center, model, day, month.
+        /// Comma-separated: org, team, cost_center, department, project, key_id, model,
+        /// provider, experiment, variant (and at most one of month, day, hour).
         #[arg(long, default_value = "")]
         group_by: String,
+        /// Time bucket: month, day or hour (hours read the hourly rollup's retained weeks).
+        #[arg(long)]
+        period: Option<String>,
         /// Only this org (default: every org).
         #[arg(long)]
         org: Option<String>,
-        /// Only this cost center.
+        /// Only this cost center (same as `--where cost_center=<id>`).
         #[arg(long)]
         cost_center: Option<String>,
+        /// Filters, `dimension=value`; repeatable.
+        #[arg(long = "where")]
+        filters: Vec<String>,
         /// table, csv or json.
         #[arg(long, default_value = "table")]
         format: String,
@@ -226,19 +233,23 @@ fn main() -> ExitCode {
                     from,
                     to,
                     group_by,
+                    period,
                     org,
                     cost_center,
+                    mut filters,
                     format,
                 },
         } => warehouse_cmd(&config, "report spend", |c| {
+            filters.extend(cost_center.map(|cc| format!("cost_center={cc}")));
             model_bridge::cli::warehouse::report_spend(
                 c,
                 model_bridge::cli::warehouse::SpendArgs {
                     from,
                     to,
                     group_by: &group_by,
+                    period,
                     org,
-                    cost_center,
+                    filters,
                     format: &format,
                 },
             )

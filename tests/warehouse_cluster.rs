@@ -44,7 +44,7 @@ async fn spend_of(url: &str, db: &str) -> serde_json::Value {
             from: "2000-01-01".into(),
             to: "2100-01-01".into(),
             group_by: vec!["org", "cost_center", "model", "day"],
-            cost_center: None,
+            filters: Vec::new(),
         },
     )
     .await

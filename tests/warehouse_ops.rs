@@ -330,7 +330,7 @@ async fn erasure_retention_and_spend() {
     let lines: Vec<&str> = csv_api.lines().collect();
     assert_eq!(
         lines[0],
-        "org,month,requests,prompt_tokens,cached_tokens,completion_tokens,cost_nanousd,cost_usd,unpriced_requests"
+        "org,month,requests,prompt_tokens,cached_tokens,completion_tokens,cost_nanousd,cost_usd,unpriced_requests,errors"
     );
     let month = &today.trim()[..7];
     let cost_of = |org: &str, m: &str| -> Option<u64> {
@@ -562,8 +562,8 @@ async fn forecast_and_anomalies_answer_from_the_rollup() {
     assert_eq!(data[0]["day"], model_bridge::time::date(spike_day));
     assert_eq!(data[0]["actual_nanousd"], 50 * USD);
     assert_eq!(data[0]["expected_nanousd"], 10 * USD);
-    assert_eq!(data[0]["drivers"][0]["model"], "gpt-spike");
-    assert_eq!(data[0]["drivers"][0]["cost_nanousd"], 40 * USD);
+    assert_eq!(data[0]["drivers"]["model"][0]["value"], "gpt-spike");
+    assert_eq!(data[0]["drivers"]["model"][0]["cost_nanousd"], 40 * USD);
     // No anomaly in the flat cost center; nothing of org a for org b.
     let (_, v) = admin(
         &g,

@@ -17,9 +17,11 @@ fn warehouse<'a>(ctx: &'a Ctx<'_>) -> Result<&'a ClickHouseSettings, Reply> {
     })
 }
 
-/// `GET /admin/v1/spend?from=YYYY-MM-DD&to=YYYY-MM-DD&group_by=cost_center,model,day|month
-/// [&org=<id>|*][&cost_center=<id>][&format=json|csv]`: the caller's org unless `org` names
-/// another (which needs `admin:all_orgs`); `*` is every org. CSV has one line per group.
+/// `GET /admin/v1/spend?from=YYYY-MM-DD&to=YYYY-MM-DD&group_by=<dims>&period=month|day|hour
+/// [&org=<id>|*][&<dim>=<value>…][&format=json|csv]`: the caller's org unless `org` names
+/// another (which needs `admin:all_orgs`); `*` is every org. `<dims>` are the rollups'
+/// attribution dimensions (cost_center, department, project, team, key_id, model, provider,
+/// experiment, variant, org); each may also filter. CSV has one line per group.
 pub async fn spend(ctx: &Ctx<'_>) -> Reply {
     let ch = match warehouse(ctx) {
         Ok(c) => c,
@@ -47,10 +49,13 @@ pub async fn spend(ctx: &Ctx<'_>) -> Reply {
             )
         }
     };
-    let group_by = match spend::parse_group_by(query(ctx, "group_by").unwrap_or("")) {
-        Ok(g) => g,
-        Err(e) => return Reply::error(400, "invalid_request_error", e),
-    };
+    let group_by =
+        match spend::parse_group_by(&percent_decode(query(ctx, "group_by").unwrap_or("")))
+            .and_then(|g| spend::with_period(g, query(ctx, "period")))
+        {
+            Ok(g) => g,
+            Err(e) => return Reply::error(400, "invalid_request_error", e),
+        };
     let org = match org_scope(ctx) {
         Ok(o) => o,
         Err(r) => return r,
@@ -60,7 +65,7 @@ pub async fn spend(ctx: &Ctx<'_>) -> Reply {
         from,
         to,
         group_by,
-        cost_center: query(ctx, "cost_center").map(str::to_string),
+        filters: filters(ctx),
     };
     match spend::spend(&ch.db_client(), &q).await {
         Ok(v) if csv => match spend::to_csv(&v) {
@@ -68,11 +73,19 @@ pub async fn spend(ctx: &Ctx<'_>) -> Reply {
             Err(e) => Reply::error(500, "api_error", e),
         },
         Ok(v) => Reply::ok(v),
-        Err(e) => {
-            log::warn!("spend query: {e}");
-            Reply::error(503, "warehouse_unavailable", format!("ClickHouse: {e}"))
-        }
+        Err(e) => unavailable(e),
     }
+}
+
+/// The dimension filters of a spend question (`cost_center=…&project=…`), values decoded.
+fn filters(ctx: &Ctx<'_>) -> Vec<(&'static str, String)> {
+    ctx.req
+        .query
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .filter_map(|(k, v)| Some((spend::filter_dimension(k)?, percent_decode(v))))
+        .collect()
 }
 
 /// The org a spend question is about: the caller's unless `org` names another (which needs
@@ -94,8 +107,12 @@ fn org_scope(ctx: &Ctx<'_>) -> Result<Option<String>, Reply> {
 /// The warehouse, org and cost center a forecast or anomaly question is about.
 fn spend_scope<'a>(
     ctx: &'a Ctx<'_>,
-) -> Result<(&'a ClickHouseSettings, Option<String>, Option<&'a str>), Reply> {
-    Ok((warehouse(ctx)?, org_scope(ctx)?, query(ctx, "cost_center")))
+) -> Result<(&'a ClickHouseSettings, Option<String>, Option<String>), Reply> {
+    Ok((
+        warehouse(ctx)?,
+        org_scope(ctx)?,
+        query(ctx, "cost_center").map(percent_decode),
+    ))
 }
 
 fn unavailable(e: String) -> Reply {
@@ -119,6 +136,7 @@ pub async fn forecast(ctx: &Ctx<'_>) -> Reply {
     let next_month = crate::time::parse_rfc3339(&format!("{ny:04}-{nm:02}-01T00:00:00Z"))
         .unwrap_or(today + 86_400);
     let from = today.saturating_sub(crate::warehouse::forecast::WINDOW as u64 * 86_400);
+    let cc = cc.as_deref();
     let days = match spend::daily(
         &ch.db_client(),
         org.as_deref(),
@@ -180,12 +198,24 @@ pub async fn forecast(ctx: &Ctx<'_>) -> Reply {
     }))
 }
 
-/// `GET /admin/v1/spend/anomalies?from=…&to=…[&org=…][&cost_center=…]`: the days whose spend
-/// departs from their weekday baseline, with the models that drove them.
+/// `GET /admin/v1/spend/anomalies?from=…&to=…[&grain=day|hour][&org=…][&cost_center=…]`: the
+/// days (or hours) whose spend departs from their seasonal baseline, with the models, keys and
+/// projects that drove them. Hours read the hourly rollup, so only its retained weeks.
 pub async fn anomalies(ctx: &Ctx<'_>) -> Reply {
     let (ch, org, cc) = match spend_scope(ctx) {
         Ok(s) => s,
         Err(r) => return r,
+    };
+    let grain = match query(ctx, "grain").unwrap_or("day") {
+        "day" => spend::Grain::Day,
+        "hour" => spend::Grain::Hour,
+        other => {
+            return Reply::error(
+                400,
+                "invalid_request_error",
+                format!("unknown grain `{other}` (day or hour)"),
+            )
+        }
     };
     let now = crate::time::now_unix();
     let today = now - now % 86_400;
@@ -196,51 +226,52 @@ pub async fn anomalies(ctx: &Ctx<'_>) -> Reply {
         }
         Some(_) => Err(()),
     };
-    let (Ok(from), Ok(to)) = (day_of("from", today - 30 * 86_400), day_of("to", today)) else {
+    let default_from = match grain {
+        spend::Grain::Day => today - 30 * 86_400,
+        spend::Grain::Hour => today - 86_400,
+    };
+    let (Ok(from), Ok(to)) = (day_of("from", default_from), day_of("to", today)) else {
         return Reply::error(
             400,
             "invalid_request_error",
             "from and to are YYYY-MM-DD days",
         );
     };
-    if to < from || to - from > 366 * 86_400 {
+    let longest = match grain {
+        spend::Grain::Day => 366 * 86_400,
+        spend::Grain::Hour => 31 * 86_400,
+    };
+    if to < from || to - from > longest {
         return Reply::error(
             400,
             "invalid_request_error",
-            "from must be before to, at most a year apart",
+            format!(
+                "from must be before to, at most {} days apart",
+                longest / 86_400
+            ),
         );
     }
-    // The baseline reads 8 weeks before the first day asked about.
-    let lead = 8 * 7;
-    let start = from.saturating_sub(lead * 86_400);
     let client = ch.db_client();
-    let days = match spend::daily(&client, org.as_deref(), cc, start, to).await {
-        Ok(d) => d,
+    let found = match crate::warehouse::watch::detect(
+        &client,
+        org.as_deref(),
+        cc.as_deref(),
+        grain,
+        from,
+        // Through the end of the last day asked about.
+        to + 86_400 - grain.seconds(),
+    )
+    .await
+    {
+        Ok(f) => f,
         Err(e) => return unavailable(e),
     };
-    let series: Vec<i64> = days.iter().map(|(_, c)| *c).collect();
-    let first = ((from - start) / 86_400) as usize;
-    let mut data = Vec::new();
-    for a in crate::warehouse::forecast::anomalies(&series, first) {
-        let day = &days[a.index].0;
-        let drivers = match spend::drivers(&client, org.as_deref(), cc, day).await {
-            Ok(d) => d,
-            Err(e) => return unavailable(e),
-        };
-        data.push(json!({
-            "day": day,
-            "actual_nanousd": a.actual,
-            "actual_usd": crate::usage::pricing::format_usd(a.actual),
-            "expected_nanousd": a.expected,
-            "expected_usd": crate::usage::pricing::format_usd(a.expected),
-            "score": (a.score * 100.0).round() / 100.0,
-            "drivers": drivers.iter().map(|(m, c)| json!({"model": m, "cost_nanousd": c})).collect::<Vec<_>>(),
-        }));
-    }
+    let data: Vec<_> = found.iter().map(|a| a.json()).collect();
     Reply::ok(json!({
         "object": "list",
         "org": org,
         "cost_center": cc,
+        "grain": grain,
         "from": crate::time::date(from),
         "to": crate::time::date(to),
         "data": data,

@@ -150,8 +150,11 @@ pub struct SpendArgs<'a> {
     pub from: Option<String>,
     pub to: Option<String>,
     pub group_by: &'a str,
+    /// month, day or hour.
+    pub period: Option<String>,
     pub org: Option<String>,
-    pub cost_center: Option<String>,
+    /// `dimension=value` filters (cost_center=eng, project=apollo, …).
+    pub filters: Vec<String>,
     pub format: &'a str,
 }
 
@@ -171,12 +174,25 @@ pub fn report_spend(cfg: &Config, a: SpendArgs) -> Result<(), String> {
             a.format
         ));
     }
+    let mut filters = Vec::new();
+    for f in &a.filters {
+        let (d, v) = f
+            .split_once('=')
+            .and_then(|(d, v)| Some((spend::filter_dimension(d)?, v)))
+            .ok_or_else(|| {
+                format!(
+                    "--where `{f}`: dimension=value, over {}",
+                    spend::ATTRIBUTES[1..].join(", ")
+                )
+            })?;
+        filters.push((d, v.to_string()));
+    }
     let q = spend::SpendQuery {
         org: a.org,
         from,
         to,
-        group_by: spend::parse_group_by(a.group_by)?,
-        cost_center: a.cost_center,
+        group_by: spend::with_period(spend::parse_group_by(a.group_by)?, a.period.as_deref())?,
+        filters,
     };
     let v = block_on(spend::spend(&ch.db_client(), &q))??;
     match a.format {

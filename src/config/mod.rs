@@ -145,6 +145,8 @@ pub struct Org {
     /// Applied to each key of the org separately.
     pub key_limits: Option<LimitSet>,
     pub budget: Option<Budget>,
+    /// Chargeback allocations, by source (no source twice).
+    pub allocations: Vec<crate::finance::allocation::Allocation>,
 }
 
 /// The validated, runtime form of one config file.
@@ -587,6 +589,7 @@ fn validate(raw: RawConfig, path: &Path, err: &mut dyn FnMut(&str, String)) -> C
                     .unwrap_or_else(crate::warehouse::host_name),
                 usage_retention_months: c.usage_retention_months,
                 audit_retention_months: c.audit_retention_months,
+                hourly_retention_days: c.hourly_retention_days,
                 retention_interval: Duration::from_secs(c.retention_interval_hours * 3600),
             }
         }),
@@ -745,6 +748,23 @@ fn validate_orgs(raw: &RawConfig, err: &mut dyn FnMut(&str, String)) -> BTreeMap
                 .and_then(|b| budget(b, &format!("orgs.{id}.teams.{t}.budget"), err));
             team_extras.insert(t.clone(), (l, b));
         }
+        let mut allocations: Vec<crate::finance::allocation::Allocation> = Vec::new();
+        for (i, a) in o.allocations.iter().enumerate() {
+            let at = format!("orgs.{id}.allocations.{i}");
+            match crate::finance::allocation::parse(
+                &a.source,
+                &a.split,
+                &|t| o.teams.contains_key(t),
+                &has_cc,
+            ) {
+                Ok(a) if allocations.iter().any(|b| b.source() == a.source()) => err(
+                    &format!("{at}.source"),
+                    format!("`{}` is allocated twice", a.source()),
+                ),
+                Ok(a) => allocations.push(a),
+                Err((field, reason)) => err(&format!("{at}.{field}"), reason),
+            }
+        }
         for (t, team) in &o.teams {
             if let Some(cc) = team.default_cost_center.as_deref().filter(|cc| !has_cc(cc)) {
                 err(
@@ -791,6 +811,7 @@ fn validate_orgs(raw: &RawConfig, err: &mut dyn FnMut(&str, String)) -> BTreeMap
                 limits: org_limits,
                 key_limits,
                 budget: org_budget,
+                allocations,
             },
         );
     }

@@ -190,9 +190,17 @@ pub struct RawClickHouse {
     /// Months of audit rows kept (0: keep all).
     #[serde(default)]
     pub audit_retention_months: u32,
+    /// Days of the hourly spend rollup kept (0: keep all); the daily rollup is kept whole,
+    /// so finance history outlives the raw rows' retention.
+    #[serde(default = "default_hourly_retention_days")]
+    pub hourly_retention_days: u32,
     /// Apply retention this often while serving (hours; 0: only by the CLI).
     #[serde(default)]
     pub retention_interval_hours: u64,
+}
+
+fn default_hourly_retention_days() -> u32 {
+    35
 }
 
 #[derive(Debug, Deserialize)]
@@ -347,6 +355,19 @@ pub struct RawOrg {
     pub key_limits: Option<RawLimits>,
     #[serde(default)]
     pub budget: Option<RawBudget>,
+    /// Spend of a key, project or team shared across cost centers by percentage, for
+    /// chargeback.
+    #[serde(default)]
+    pub allocations: Vec<RawAllocation>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAllocation {
+    /// `key:<id>`, `project:<name>` or `team:<id>`.
+    pub source: String,
+    /// Percent per cost center of the org (at most two decimals), summing to 100.
+    pub split: BTreeMap<String, toml::Value>,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -49,6 +49,19 @@ fn engine(stmt: &str, s: &ClickHouseSettings, local: &str) -> String {
     )
 }
 
+/// A view's statement reading the node's own rows: its source becomes the local table.
+fn local_source(stmt: &str, db: &str) -> String {
+    match stmt.rfind(&format!("FROM {db}.")) {
+        Some(at) => {
+            let head = &stmt[..at];
+            let rest = &stmt[at + format!("FROM {db}.").len()..];
+            let end = rest.find(|c: char| c.is_whitespace()).unwrap_or(rest.len());
+            format!("{head}FROM {db}.{}_local{}", &rest[..end], &rest[end..])
+        }
+        None => stmt.to_string(),
+    }
+}
+
 /// The statements that make one node's part of `stmt` on a cluster (the statement itself on a
 /// single server).
 pub fn distribute(stmt: &str, s: &ClickHouseSettings) -> Vec<String> {
@@ -77,19 +90,28 @@ pub fn distribute(stmt: &str, s: &ClickHouseSettings) -> Vec<String> {
         let stmt = stmt.replacen(&format!("{db}.{table}"), &format!("{db}.{local}"), 1);
         return vec![engine(&stmt, s, &local), distributed(&table)];
     }
+    let view_into = stmt
+        .starts_with("CREATE MATERIALIZED VIEW ")
+        .then(|| stmt.split_once(" TO "))
+        .flatten();
+    if let Some(target) = view_into
+        .and_then(|(_, rest)| rest.strip_prefix(&prefix))
+        .and_then(|rest| rest.split_whitespace().next())
+    {
+        // A view writing into a table of its own: each node's view reads the node's
+        // local rows into the node's local target (the target's replication and the
+        // distributed table over it do the rest); the view itself is never queried.
+        let stmt = stmt.replacen(
+            &format!(" TO {db}.{target}"),
+            &format!(" TO {db}.{target}_local"),
+            1,
+        );
+        return vec![local_source(&stmt, db)];
+    }
     if let Some(view) = name_after("CREATE MATERIALIZED VIEW IF NOT EXISTS ") {
         let local = format!("{view}_local");
         let stmt = stmt.replacen(&format!("{db}.{view}"), &format!("{db}.{local}"), 1);
-        // The view reads the node's own rows: its source is the local table.
-        let stmt = match stmt.rfind(&format!("FROM {db}.")) {
-            Some(at) => {
-                let head = &stmt[..at];
-                let rest = &stmt[at + format!("FROM {db}.").len()..];
-                let end = rest.find(|c: char| c.is_whitespace()).unwrap_or(rest.len());
-                format!("{head}FROM {db}.{}_local{}", &rest[..end], &rest[end..])
-            }
-            None => stmt,
-        };
+        let stmt = local_source(&stmt, db);
         return vec![engine(&stmt, s, &local), distributed(&view)];
     }
     if let Some(table) = name_after("ALTER TABLE ") {
@@ -138,6 +160,14 @@ mod tests {
             "CREATE MATERIALIZED VIEW IF NOT EXISTS mb.spend_daily_local\nENGINE = SummingMergeTree()\nORDER BY day\nAS SELECT toDate(ts) AS day FROM mb.usage_events_local\nGROUP BY day"
         );
         assert!(v[1].contains("Distributed(c2, mb, spend_daily_local, rand())"));
+        let to = distribute(
+            "CREATE MATERIALIZED VIEW IF NOT EXISTS mb.usage_daily_mv TO mb.usage_daily\nAS SELECT toDate(ts) AS day FROM mb.usage_events\nGROUP BY day",
+            &s,
+        );
+        assert_eq!(
+            to,
+            ["CREATE MATERIALIZED VIEW IF NOT EXISTS mb.usage_daily_mv TO mb.usage_daily_local\nAS SELECT toDate(ts) AS day FROM mb.usage_events_local\nGROUP BY day"]
+        );
         let a = distribute(
             "ALTER TABLE mb.audit_events ADD COLUMN sig String DEFAULT ''",
             &s,

@@ -160,6 +160,11 @@ pub struct RetentionReport {
     pub audit_cutoff: u32,
     pub usage_partitions_dropped: Vec<String>,
     pub audit_partitions_dropped: Vec<String>,
+    /// First day kept (YYYYMMDD) of the hourly rollup; 0 when it keeps everything. The daily
+    /// rollup has no retention: spend history outlives the raw rows (for every month whose
+    /// raw rows are kept, the rollups' totals equal theirs).
+    pub hourly_cutoff: u32,
+    pub hourly_partitions_dropped: Vec<String>,
 }
 
 /// The first month (YYYYMM) kept when keeping `months` months up to and including the month
@@ -170,7 +175,8 @@ pub fn cutoff_month(now: u64, months: u32) -> u32 {
     (total / 12) as u32 * 100 + (total % 12) as u32 + 1
 }
 
-/// Drops the monthly partitions older than the configured retention of each table.
+/// Drops the partitions older than the configured retention of each table: months of raw
+/// usage and audit rows, days of the hourly rollup.
 pub async fn apply_retention(s: &ClickHouseSettings, now: u64) -> Result<RetentionReport, String> {
     let mut report = RetentionReport::default();
     for (table, months) in [
@@ -189,6 +195,15 @@ pub async fn apply_retention(s: &ClickHouseSettings, now: u64) -> Result<Retenti
             report.audit_cutoff = cutoff;
             report.audit_partitions_dropped = dropped;
         }
+    }
+    if s.hourly_retention_days > 0 {
+        let first = now.saturating_sub(u64::from(s.hourly_retention_days - 1) * 86_400);
+        let cutoff: u32 = crate::time::date(first)
+            .replace('-', "")
+            .parse()
+            .unwrap_or(0);
+        report.hourly_cutoff = cutoff;
+        report.hourly_partitions_dropped = drop_before(s, "usage_hourly", cutoff).await?;
     }
     Ok(report)
 }
@@ -210,7 +225,7 @@ async fn drop_before(
             .await
             .map_err(|e| e.to_string())?;
         for p in parts {
-            // Partitions are toYYYYMM(ts): a plain number, safe to splice.
+            // Partitions are toYYYYMM / toYYYYMMDD: a plain number, safe to splice.
             let Ok(month) = p.parse::<u32>() else {
                 continue;
             };

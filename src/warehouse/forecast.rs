@@ -108,24 +108,46 @@ fn median(v: &mut [f64]) -> f64 {
     }
 }
 
-/// Weeks of history a day's expectation reads (the same weekday in each).
-const BASELINE_WEEKS: usize = 8;
+/// Seasons of history a point's expectation reads (the same weekday, or hour of the day, in
+/// each).
+const BASELINE_SEASONS: usize = 8;
+
+/// How a series repeats: days repeat weekly, hours daily; `window` points of history give the
+/// usual spread of deviations.
+#[derive(Debug, Clone, Copy)]
+pub struct Season {
+    pub length: usize,
+    pub window: usize,
+}
+
+/// Daily series: weekday baseline, spread over the previous 4 weeks.
+pub const DAILY: Season = Season {
+    length: 7,
+    window: WINDOW,
+};
+/// Hourly series: hour-of-day baseline, spread over the previous week.
+pub const HOURLY: Season = Season {
+    length: 24,
+    window: 7 * 24,
+};
 /// Smallest expected day the relative deviation divides by (0.001 USD).
 const FLOOR: f64 = 1e6;
 
-/// What a day was expected to spend: the median of the same weekday in the weeks before it;
-/// `None` with less than two of them.
-fn expected(series: &[i64], i: usize) -> Option<f64> {
-    let mut same: Vec<f64> = (1..=BASELINE_WEEKS)
-        .filter_map(|w| i.checked_sub(7 * w))
+/// What a point was expected to spend: the median of the same point of the seasons before it
+/// (the same weekday of the previous weeks) since the series began (`born`: its first spend —
+/// the days before an org's first request are no history); `None` with less than two.
+fn expected(series: &[i64], i: usize, season: Season, born: usize) -> Option<f64> {
+    let mut same: Vec<f64> = (1..=BASELINE_SEASONS)
+        .filter_map(|w| i.checked_sub(season.length * w))
+        .filter(|j| *j >= born)
         .map(|j| series[j] as f64)
         .collect();
     (same.len() >= 2).then(|| median(&mut same))
 }
 
-/// A day's deviation from its expectation, relative to it (spend varies in proportion).
-fn deviation(series: &[i64], i: usize) -> Option<(f64, f64)> {
-    let e = expected(series, i)?;
+/// A point's deviation from its expectation, relative to it (spend varies in proportion).
+fn deviation(series: &[i64], i: usize, season: Season, born: usize) -> Option<(f64, f64)> {
+    let e = expected(series, i, season, born)?;
     Some((e, (series[i] as f64 - e) / e.max(FLOOR)))
 }
 
@@ -138,18 +160,20 @@ pub struct Anomaly {
     pub score: f64,
 }
 
-/// The days of `series` (one value per day, consecutive) from `from` on that are anomalies.
-pub fn anomalies(series: &[i64], from: usize) -> Vec<Anomaly> {
+/// The points of `series` (one value per day or hour, consecutive) from `from` on that are
+/// anomalies.
+pub fn anomalies(series: &[i64], from: usize, season: Season) -> Vec<Anomaly> {
     let mut out = Vec::new();
+    let born = series.iter().position(|v| *v != 0).unwrap_or(series.len());
     for i in from..series.len() {
-        let Some((e, dev)) = deviation(series, i) else {
+        let Some((e, dev)) = deviation(series, i, season, born) else {
             continue;
         };
-        // The usual spread: the deviations of the `WINDOW` days before.
-        let mut window: Vec<f64> = (i.saturating_sub(WINDOW)..i)
-            .filter_map(|j| deviation(series, j).map(|(_, d)| d))
+        // The usual spread: the deviations of the `window` points before.
+        let mut window: Vec<f64> = (i.saturating_sub(season.window)..i)
+            .filter_map(|j| deviation(series, j, season, born).map(|(_, d)| d))
             .collect();
-        if window.len() < 7 {
+        if window.len() < season.length {
             continue;
         }
         let mid = median(&mut window);
@@ -231,7 +255,7 @@ mod tests {
         let mut series: Vec<i64> = (0..n)
             .map(|i| (base(i) * (1.0 + e[i]) * USD) as i64)
             .collect();
-        let clean = anomalies(&series, 0);
+        let clean = anomalies(&series, 0, DAILY);
         let rate = clean.len() as f64 / (n - WINDOW) as f64;
         assert!(
             rate < 0.005,
@@ -240,16 +264,51 @@ mod tests {
             n - WINDOW
         );
         series[600] *= 3;
-        let found = anomalies(&series, 0);
+        let found = anomalies(&series, 0, DAILY);
         let spike = found.iter().find(|a| a.index == 600).expect("the spike");
         assert!(spike.score > K && (spike.expected as f64 - base(600) * USD).abs() < 10.0 * USD);
         // A drop to zero (an outage of spending) is as anomalous as a spike.
         series[700] = 0;
-        assert!(anomalies(&series, 690)
+        assert!(anomalies(&series, 690, DAILY)
             .iter()
             .any(|a| a.index == 700 && a.score < 0.0));
-        // A flat series has no anomalies at all.
+        // A flat series has no anomalies at all, nor one that starts from nothing.
         let flat = vec![(50.0 * USD) as i64; 100];
-        assert!(anomalies(&flat, 0).is_empty());
+        assert!(anomalies(&flat, 0, DAILY).is_empty());
+        let mut late = vec![0; 60];
+        late.extend(vec![(50.0 * USD) as i64; 100]);
+        let found = anomalies(&late, 61, DAILY);
+        assert!(found.iter().all(|a| a.index < 60 + 14), "{found:?}");
+    }
+
+    #[test]
+    fn an_hourly_spike_is_found_against_the_daily_cycle() {
+        // Office hours cost 10x the night; 5% noise over 120 days; one injected 4x hour.
+        let n = 120 * 24;
+        let e = noise(n, 11, 0.05);
+        let base = |i: usize| {
+            if (9..18).contains(&(i % 24)) {
+                50.0
+            } else {
+                5.0
+            }
+        };
+        let mut series: Vec<i64> = (0..n)
+            .map(|i| (base(i) * (1.0 + e[i]) * USD) as i64)
+            .collect();
+        let clean = anomalies(&series, 0, HOURLY);
+        assert!(
+            (clean.len() as f64) < 0.005 * n as f64,
+            "false positives {} of {n} hours",
+            clean.len()
+        );
+        // 3 a.m. on day 100 spends what an office hour does.
+        let spike = 100 * 24 + 3;
+        series[spike] = (50.0 * USD) as i64;
+        let found = anomalies(&series, spike - 5, HOURLY);
+        let a = found.iter().find(|a| a.index == spike).expect("the spike");
+        assert!((a.expected as f64 - 5.0 * USD).abs() < 0.5 * USD, "{a:?}");
+        // The same spend at 3 p.m. is ordinary.
+        assert!(!found.iter().any(|a| a.index == 100 * 24 + 15));
     }
 }

@@ -32,7 +32,16 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
         "audit_signature",
         include_str!("../../config/clickhouse/005_audit_signature.sql"),
     ),
+    (
+        6,
+        "usage_rollups",
+        include_str!("../../config/clickhouse/006_usage_rollups.sql"),
+    ),
 ];
+
+/// The migration creating the attribution rollups: once applied, the rows already in
+/// `usage_events` are reconciled into them (see `rollup`).
+const ROLLUPS_VERSION: u32 = 6;
 
 /// `(table, column)` of an `ALTER TABLE db.table … ADD COLUMN column …` statement: 18.16 has no
 /// `ADD COLUMN IF NOT EXISTS`, so the runner checks the column itself to stay re-runnable.
@@ -69,6 +78,8 @@ pub struct Report {
     pub applied: Vec<u32>,
     pub already: Vec<u32>,
     pub server: (u32, u32),
+    /// Rollup keys the backfill filled in (when the rollups were created by this run).
+    pub backfilled: Option<super::rollup::Reconciled>,
 }
 
 fn valid_ident(s: &str) -> bool {
@@ -95,6 +106,13 @@ pub async fn run(s: &ClickHouseSettings) -> Result<Report, String> {
                     report.applied.push(v);
                 }
             }
+        }
+    }
+    if report.applied.contains(&ROLLUPS_VERSION) {
+        // Backfill once every node has the views (so no row is missed between them), over
+        // the whole cluster through the distributed tables.
+        if let Some((first, last)) = super::rollup::raw_days(s).await? {
+            report.backfilled = Some(super::rollup::reconcile(s, &first, &last).await?);
         }
     }
     Ok(report)
@@ -179,13 +197,20 @@ mod tests {
             cluster: Some("c1".into()),
             ..ClickHouseSettings::local("http://127.0.0.1:8123")
         };
-        for (_, _, sql) in MIGRATIONS {
+        for (version, _, sql) in MIGRATIONS {
             let stmts = statements(&render(sql, &s));
-            assert_eq!(stmts.len(), 1);
-            assert!(stmts[0].contains("mb.") && !stmts[0].contains('{'));
-            assert!(!stmts[0].ends_with(';'));
-            // On a cluster each becomes the local statement and its distributed twin.
-            assert_eq!(super::super::cluster::distribute(&stmts[0], &s).len(), 2);
+            assert_eq!(stmts.len(), if *version == ROLLUPS_VERSION { 4 } else { 1 });
+            for st in &stmts {
+                assert!(st.contains("mb.") && !st.contains('{'));
+                assert!(!st.ends_with(';'));
+                // On a cluster each table becomes the local table and its distributed twin;
+                // a view writing into a table becomes one local view.
+                let into = st.contains(" TO mb.");
+                assert_eq!(
+                    super::super::cluster::distribute(st, &s).len(),
+                    if into { 1 } else { 2 }
+                );
+            }
         }
         let alter = statements(&render(MIGRATIONS[4].2, &s));
         assert_eq!(added_column(&alter[0]), Some(("audit_events", "sig")));

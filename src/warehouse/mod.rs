@@ -8,6 +8,7 @@ pub mod compliance;
 pub mod forecast;
 pub mod migrate;
 pub mod oneshot;
+pub mod rollup;
 pub mod rows;
 pub mod signing;
 pub mod sink;
@@ -15,6 +16,7 @@ pub mod sinks;
 pub mod spend;
 pub mod spool;
 pub mod verify;
+pub mod watch;
 
 use crate::routing::Secret;
 use std::path::PathBuf;
@@ -45,6 +47,8 @@ pub struct ClickHouseSettings {
     pub node: String,
     pub usage_retention_months: u32,
     pub audit_retention_months: u32,
+    /// Days of the hourly rollup kept (0: keep all).
+    pub hourly_retention_days: u32,
     pub retention_interval: Duration,
 }
 
@@ -69,6 +73,7 @@ impl ClickHouseSettings {
             node: host_name(),
             usage_retention_months: 0,
             audit_retention_months: 0,
+            hourly_retention_days: 35,
             retention_interval: Duration::ZERO,
         }
     }

@@ -1,12 +1,16 @@
-//! Spend: the one definition of "how much was spent" that the admin API, dashboards and budget
-//! checks share — sums over the `spend_daily` rollup (never the raw rows), in exact nano-USD.
+//! Spend: the one definition of "how much was spent" that the admin API, the CLI report,
+//! forecasts and budget checks share — sums over the attribution rollups (`usage_daily`, and
+//! `usage_hourly` for hours), never the raw rows, in exact nano-USD. Per-user questions are
+//! not answered here: the rollups carry no user (see `rollup`).
 
 use crate::usage::pricing::format_usd;
 use serde_json::{json, Map, Value};
-use std::collections::BTreeMap;
 
-/// Dimensions a spend answer can be grouped by.
-pub const DIMENSIONS: &[&str] = &["org", "cost_center", "model", "day", "month"];
+/// Attribution dimensions a spend answer can be grouped and filtered by.
+pub const ATTRIBUTES: &[&str] = super::rollup::DIMENSIONS;
+
+/// Time buckets a spend answer can be grouped by (at most one).
+pub const PERIODS: &[&str] = &["month", "day", "hour"];
 
 /// The measures of every spend answer, in the order tables and CSV show them.
 pub const MEASURES: &[&str] = &[
@@ -17,37 +21,48 @@ pub const MEASURES: &[&str] = &[
     "cost_nanousd",
     "cost_usd",
     "unpriced_requests",
+    "errors",
 ];
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct SpendQuery {
     /// `None`: every org.
     pub org: Option<String>,
     /// Inclusive `YYYY-MM-DD` bounds (UTC days).
     pub from: String,
     pub to: String,
+    /// Attribution dimensions, then at most one period, in the order asked.
     pub group_by: Vec<&'static str>,
-    pub cost_center: Option<String>,
+    /// Equality filters on attribution dimensions other than `org`.
+    pub filters: Vec<(&'static str, String)>,
+}
+
+impl SpendQuery {
+    fn period(&self) -> Option<&'static str> {
+        self.group_by.iter().copied().find(|d| PERIODS.contains(d))
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Totals {
-    pub requests: u64,
-    pub prompt_tokens: u64,
-    pub cached_tokens: u64,
-    pub completion_tokens: u64,
+    pub requests: i64,
+    pub prompt_tokens: i64,
+    pub cached_tokens: i64,
+    pub completion_tokens: i64,
     pub cost_nanousd: i64,
-    pub unpriced_requests: u64,
+    pub unpriced_requests: i64,
+    pub errors: i64,
 }
 
 impl Totals {
-    fn add(&mut self, r: &RollupRow) {
+    fn add(&mut self, r: &Totals) {
         self.requests = self.requests.saturating_add(r.requests);
         self.prompt_tokens = self.prompt_tokens.saturating_add(r.prompt_tokens);
         self.cached_tokens = self.cached_tokens.saturating_add(r.cached_tokens);
         self.completion_tokens = self.completion_tokens.saturating_add(r.completion_tokens);
         self.cost_nanousd = self.cost_nanousd.saturating_add(r.cost_nanousd);
         self.unpriced_requests = self.unpriced_requests.saturating_add(r.unpriced_requests);
+        self.errors = self.errors.saturating_add(r.errors);
     }
 
     fn json(&self, into: &mut Map<String, Value>) {
@@ -58,21 +73,34 @@ impl Totals {
         into.insert("cost_nanousd".into(), json!(self.cost_nanousd));
         into.insert("cost_usd".into(), json!(format_usd(self.cost_nanousd)));
         into.insert("unpriced_requests".into(), json!(self.unpriced_requests));
+        into.insert("errors".into(), json!(self.errors));
     }
 }
 
 #[derive(Debug, clickhouse::Row, serde::Deserialize)]
-struct RollupRow {
-    org: String,
-    cost_center: String,
-    model: String,
-    day: String,
-    requests: u64,
-    prompt_tokens: u64,
-    cached_tokens: u64,
-    completion_tokens: u64,
+struct GroupRow {
+    key: Vec<String>,
+    requests: i64,
+    prompt_tokens: i64,
+    cached_tokens: i64,
+    completion_tokens: i64,
     cost_nanousd: i64,
-    unpriced_requests: u64,
+    unpriced_requests: i64,
+    errors: i64,
+}
+
+impl GroupRow {
+    fn totals(&self) -> Totals {
+        Totals {
+            requests: self.requests,
+            prompt_tokens: self.prompt_tokens,
+            cached_tokens: self.cached_tokens,
+            completion_tokens: self.completion_tokens,
+            cost_nanousd: self.cost_nanousd,
+            unpriced_requests: self.unpriced_requests,
+            errors: self.errors,
+        }
+    }
 }
 
 /// Checks a `YYYY-MM-DD` day.
@@ -83,16 +111,20 @@ pub fn valid_day(d: &str) -> bool {
             .is_some_and(|t| crate::time::date(t) == d)
 }
 
-/// Parses a comma-separated `group_by`.
+/// Parses a comma-separated `group_by`: attribution dimensions and at most one period.
 pub fn parse_group_by(text: &str) -> Result<Vec<&'static str>, String> {
-    let mut out = Vec::new();
+    let mut out: Vec<&'static str> = Vec::new();
     for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let Some(d) = DIMENSIONS.iter().find(|d| **d == part) else {
+        let Some(d) = ATTRIBUTES.iter().chain(PERIODS).find(|d| **d == part) else {
             return Err(format!(
-                "unknown group_by `{part}` (one of {})",
-                DIMENSIONS.join(", ")
+                "unknown group_by `{part}` (one of {}, {})",
+                ATTRIBUTES.join(", "),
+                PERIODS.join(", ")
             ));
         };
+        if PERIODS.contains(d) && out.iter().any(|o| PERIODS.contains(o) && o != d) {
+            return Err("group_by takes one period: month, day or hour".into());
+        }
         if !out.contains(d) {
             out.push(*d);
         }
@@ -100,15 +132,43 @@ pub fn parse_group_by(text: &str) -> Result<Vec<&'static str>, String> {
     Ok(out)
 }
 
-/// ` AND org = ? AND cost_center = ?`, for the parts of a spend question's scope that are set;
-/// `bind_scope` binds them in the same order.
-fn scope_filter(org: Option<&str>, cost_center: Option<&str>) -> String {
+/// Adds `period` (month, day or hour; `None`: none) to a parsed `group_by`.
+pub fn with_period(
+    mut group_by: Vec<&'static str>,
+    period: Option<&str>,
+) -> Result<Vec<&'static str>, String> {
+    let Some(p) = period.filter(|p| !p.is_empty()) else {
+        return Ok(group_by);
+    };
+    let Some(p) = PERIODS.iter().find(|x| **x == p) else {
+        return Err(format!("unknown period `{p}` (month, day or hour)"));
+    };
+    if group_by.iter().any(|o| PERIODS.contains(o) && o != p) {
+        return Err("group_by takes one period: month, day or hour".into());
+    }
+    if !group_by.contains(p) {
+        group_by.push(*p);
+    }
+    Ok(group_by)
+}
+
+/// The filter a request asks for on dimension `name`, when `name` is one.
+pub fn filter_dimension(name: &str) -> Option<&'static str> {
+    ATTRIBUTES
+        .iter()
+        .copied()
+        .find(|d| *d == name && *d != "org")
+}
+
+/// ` AND org = ? AND <dim> = ? …` for a question's scope; `bind_scope` binds it in order.
+fn scope_filter(org: Option<&str>, filters: &[(&'static str, String)]) -> String {
     let mut f = String::new();
     if org.is_some() {
         f.push_str(" AND org = ?");
     }
-    if cost_center.is_some() {
-        f.push_str(" AND cost_center = ?");
+    for (d, _) in filters {
+        // Dimension names come from `ATTRIBUTES` only: safe to splice.
+        f.push_str(&format!(" AND {d} = ?"));
     }
     f
 }
@@ -116,78 +176,95 @@ fn scope_filter(org: Option<&str>, cost_center: Option<&str>) -> String {
 fn bind_scope(
     mut q: clickhouse::query::Query,
     org: Option<&str>,
-    cost_center: Option<&str>,
+    filters: &[(&'static str, String)],
 ) -> clickhouse::query::Query {
     if let Some(o) = org {
         q = q.bind(o);
     }
-    if let Some(c) = cost_center {
-        q = q.bind(c);
+    for (_, v) in filters {
+        q = q.bind(v.as_str());
     }
     q
 }
 
-/// Totals over the range, and one entry per group.
+/// The filters of a question about an org's cost center (the forecast's and anomalies').
+pub fn cost_center_filter(cost_center: Option<&str>) -> Vec<(&'static str, String)> {
+    cost_center
+        .map(|c| vec![("cost_center", c.to_string())])
+        .unwrap_or_default()
+}
+
+/// Totals over the range, and one entry per group, summed by ClickHouse over the rollup.
 pub async fn spend(client: &clickhouse::Client, q: &SpendQuery) -> Result<Value, String> {
-    let mut sql = String::from(
-        "SELECT org, cost_center, model, toString(day) AS day_text, \
-         sum(requests) AS requests, sum(prompt_tokens) AS prompt_tokens, \
+    let hourly = q.period() == Some("hour");
+    let (table, day) = if hourly {
+        ("usage_hourly", "toDate(hour)")
+    } else {
+        ("usage_daily", "day")
+    };
+    // Every group's key as one array of strings (dimension names come from the allowed
+    // lists only, so they are safe to splice); `''` keeps the array typed when ungrouped.
+    let mut key: Vec<String> = q
+        .group_by
+        .iter()
+        .map(|d| match *d {
+            "month" => "substring(toString(day), 1, 7)".to_string(),
+            "day" => "toString(day)".to_string(),
+            "hour" => "toString(hour)".to_string(),
+            other => other.to_string(),
+        })
+        .collect();
+    if key.is_empty() {
+        key.push("''".into());
+    }
+    let mut sql = format!(
+        "SELECT [{key}] AS key, sum(requests) AS requests, sum(prompt_tokens) AS prompt_tokens, \
          sum(cached_tokens) AS cached_tokens, sum(completion_tokens) AS completion_tokens, \
-         sum(cost_nanousd) AS cost_nanousd, sum(unpriced_requests) AS unpriced_requests \
-         FROM spend_daily WHERE day >= toDate(?) AND day <= toDate(?)",
+         sum(cost_nanousd) AS cost_nanousd, sum(unpriced_requests) AS unpriced_requests, \
+         sum(errors) AS errors FROM {table} WHERE {day} >= toDate(?) AND {day} <= toDate(?)",
+        key = key.join(", ")
     );
-    let (org, cost_center) = (q.org.as_deref(), q.cost_center.as_deref());
-    sql.push_str(&scope_filter(org, cost_center));
+    let org = q.org.as_deref();
+    sql.push_str(&scope_filter(org, &q.filters));
     // The rollup merges rows of one key lazily: always sum.
-    sql.push_str(" GROUP BY org, cost_center, model, day");
+    sql.push_str(" GROUP BY key ORDER BY key");
     let query = bind_scope(
         client.query(&sql).bind(&q.from).bind(&q.to),
         org,
-        cost_center,
+        &q.filters,
     );
-    let rows: Vec<RollupRow> = query.fetch_all().await.map_err(|e| e.to_string())?;
+    let rows: Vec<GroupRow> = query.fetch_all().await.map_err(|e| e.to_string())?;
     let mut total = Totals::default();
-    let mut groups: BTreeMap<Vec<String>, Totals> = BTreeMap::new();
+    let mut data = Vec::new();
     for r in &rows {
-        total.add(r);
-        let key = q
-            .group_by
-            .iter()
-            .map(|d| match *d {
-                "org" => r.org.clone(),
-                "cost_center" => r.cost_center.clone(),
-                "model" => r.model.clone(),
-                // `YYYY-MM` of the day: months are sums of whole days.
-                "month" => r.day.get(..7).unwrap_or(&r.day).to_string(),
-                _ => r.day.clone(),
-            })
-            .collect();
-        groups.entry(key).or_default().add(r);
+        let totals = r.totals();
+        total.add(&totals);
+        if q.group_by.is_empty() {
+            continue;
+        }
+        let mut m = Map::new();
+        for (d, v) in q.group_by.iter().zip(&r.key) {
+            m.insert((*d).to_string(), json!(v));
+        }
+        totals.json(&mut m);
+        data.push(Value::Object(m));
     }
     let mut t = Map::new();
     total.json(&mut t);
-    let data: Vec<Value> = if q.group_by.is_empty() {
-        Vec::new()
-    } else {
-        groups
-            .into_iter()
-            .map(|(key, totals)| {
-                let mut m = Map::new();
-                for (d, v) in q.group_by.iter().zip(key) {
-                    m.insert((*d).to_string(), json!(v));
-                }
-                totals.json(&mut m);
-                Value::Object(m)
-            })
-            .collect()
-    };
+    let filters: Map<String, Value> = q
+        .filters
+        .iter()
+        .map(|(d, v)| ((*d).to_string(), json!(v)))
+        .collect();
     Ok(json!({
         "object": "spend",
         "org": q.org,
         "from": q.from,
         "to": q.to,
         "group_by": q.group_by,
+        "filters": filters,
         "currency": "USD",
+        "source": table,
         "total": t,
         "data": data,
     }))
@@ -202,20 +279,21 @@ pub async fn daily(
     from: u64,
     to: u64,
 ) -> Result<Vec<(String, i64)>, String> {
+    let filters = cost_center_filter(cost_center);
     let mut sql = String::from(
-        "SELECT toString(day) AS d, sum(cost_nanousd) AS c FROM spend_daily \
+        "SELECT toString(day) AS d, sum(cost_nanousd) AS c FROM usage_daily \
          WHERE day >= toDate(?) AND day <= toDate(?)",
     );
-    sql.push_str(&scope_filter(org, cost_center));
+    sql.push_str(&scope_filter(org, &filters));
     sql.push_str(" GROUP BY day ORDER BY day");
     let (from_day, to_day) = (crate::time::date(from), crate::time::date(to));
     let q = bind_scope(
         client.query(&sql).bind(&from_day).bind(&to_day),
         org,
-        cost_center,
+        &filters,
     );
     let rows: Vec<(String, i64)> = q.fetch_all().await.map_err(|e| e.to_string())?;
-    let by_day: BTreeMap<String, i64> = rows.into_iter().collect();
+    let by_day: std::collections::BTreeMap<String, i64> = rows.into_iter().collect();
     Ok((0..=(to.saturating_sub(from) / 86_400))
         .map(|i| {
             let d = crate::time::date(from + i * 86_400);
@@ -225,21 +303,93 @@ pub async fn daily(
         .collect())
 }
 
-/// What drove one day's spend: its largest models, with their spend.
+/// Spend per UTC hour (nano-USD) of the hours `from ..= to` (Unix seconds, hour starts),
+/// every hour present.
+pub async fn hourly(
+    client: &clickhouse::Client,
+    org: Option<&str>,
+    cost_center: Option<&str>,
+    from: u64,
+    to: u64,
+) -> Result<Vec<(u64, i64)>, String> {
+    let filters = cost_center_filter(cost_center);
+    let mut sql = String::from(
+        "SELECT toUInt64(toUInt32(hour)) AS h, sum(cost_nanousd) AS c FROM usage_hourly \
+         WHERE hour >= toDateTime(?) AND hour <= toDateTime(?)",
+    );
+    sql.push_str(&scope_filter(org, &filters));
+    sql.push_str(" GROUP BY hour ORDER BY hour");
+    let q = bind_scope(
+        client.query(&sql).bind(from as u32).bind(to as u32),
+        org,
+        &filters,
+    );
+    let rows: Vec<(u64, i64)> = q.fetch_all().await.map_err(|e| e.to_string())?;
+    let by_hour: std::collections::BTreeMap<u64, i64> = rows.into_iter().collect();
+    Ok((0..=(to.saturating_sub(from) / 3_600))
+        .map(|i| {
+            let h = from + i * 3_600;
+            (h, by_hour.get(&h).copied().unwrap_or(0))
+        })
+        .collect())
+}
+
+/// What drives spend in a time range (`[from, to)` Unix seconds, read from the rollup of
+/// `grain`): the largest three values of each of model, key and project, with their spend.
 pub async fn drivers(
     client: &clickhouse::Client,
     org: Option<&str>,
     cost_center: Option<&str>,
-    day: &str,
-) -> Result<Vec<(String, i64)>, String> {
-    let mut sql =
-        String::from("SELECT model, sum(cost_nanousd) AS c FROM spend_daily WHERE day = toDate(?)");
-    sql.push_str(&scope_filter(org, cost_center));
-    sql.push_str(" GROUP BY model ORDER BY c DESC, model LIMIT 3");
-    bind_scope(client.query(&sql).bind(day), org, cost_center)
+    grain: Grain,
+    from: u64,
+    to: u64,
+) -> Result<Value, String> {
+    let filters = cost_center_filter(cost_center);
+    let (table, column) = match grain {
+        Grain::Day => ("usage_daily", "toDateTime(day)"),
+        Grain::Hour => ("usage_hourly", "hour"),
+    };
+    let mut out = Map::new();
+    for dim in ["model", "key_id", "project"] {
+        let mut sql = format!(
+            "SELECT {dim} AS v, sum(cost_nanousd) AS c FROM {table} \
+             WHERE {column} >= toDateTime(?) AND {column} < toDateTime(?)"
+        );
+        sql.push_str(&scope_filter(org, &filters));
+        sql.push_str(" GROUP BY v ORDER BY c DESC, v LIMIT 3");
+        let rows: Vec<(String, i64)> = bind_scope(
+            client.query(&sql).bind(from as u32).bind(to as u32),
+            org,
+            &filters,
+        )
         .fetch_all()
         .await
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+        out.insert(
+            dim.to_string(),
+            rows.into_iter()
+                .map(|(v, c)| json!({"value": v, "cost_nanousd": c, "cost_usd": format_usd(c)}))
+                .collect(),
+        );
+    }
+    Ok(Value::Object(out))
+}
+
+/// The time grain of a series: UTC days or hours.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Grain {
+    Day,
+    Hour,
+}
+
+impl Grain {
+    pub fn seconds(self) -> u64 {
+        match self {
+            Grain::Day => 86_400,
+            Grain::Hour => 3_600,
+        }
+    }
 }
 
 /// The rows of a spend answer (`data`, or the total alone when ungrouped) as CSV: the group
@@ -343,8 +493,7 @@ fn table_rows(v: &Value) -> (Vec<String>, Vec<Vec<String>>) {
 }
 
 /// Spend (nano-USD) since `since` (Unix seconds, a day boundary) of an org, or of one of its
-/// cost centers or teams. Org and cost center read the rollup; teams are not in it, so they
-/// read the rows.
+/// cost centers or teams, from the daily rollup.
 pub async fn period_spend(
     client: &clickhouse::Client,
     org: &str,
@@ -352,24 +501,20 @@ pub async fn period_spend(
     team: Option<&str>,
     since: u64,
 ) -> Result<i64, String> {
-    let day = crate::time::date(since);
-    let q = match (cost_center, team) {
-        (Some(cc), _) => client
-            .query("SELECT sum(cost_nanousd) FROM spend_daily WHERE org = ? AND cost_center = ? AND day >= toDate(?)")
-            .bind(org)
-            .bind(cc)
-            .bind(day),
-        (None, Some(t)) => client
-            .query("SELECT sum(cost_nanousd) FROM usage_events WHERE org = ? AND team = ? AND ts >= toDateTime(?)")
-            .bind(org)
-            .bind(t)
-            .bind(since as u32),
-        (None, None) => client
-            .query("SELECT sum(cost_nanousd) FROM spend_daily WHERE org = ? AND day >= toDate(?)")
-            .bind(org)
-            .bind(day),
-    };
-    q.fetch_one::<i64>().await.map_err(|e| e.to_string())
+    let mut filters = cost_center_filter(cost_center);
+    if let Some(t) = team.filter(|_| cost_center.is_none()) {
+        filters.push(("team", t.to_string()));
+    }
+    let mut sql = String::from("SELECT sum(cost_nanousd) FROM usage_daily WHERE day >= toDate(?)");
+    sql.push_str(&scope_filter(Some(org), &filters));
+    bind_scope(
+        client.query(&sql).bind(crate::time::date(since)),
+        Some(org),
+        &filters,
+    )
+    .fetch_one::<i64>()
+    .await
+    .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
@@ -383,6 +528,16 @@ mod tests {
             vec!["cost_center", "model", "day"]
         );
         assert!(parse_group_by("user").is_err());
+        assert!(parse_group_by("day,month").is_err());
+        assert_eq!(
+            with_period(parse_group_by("project").unwrap(), Some("hour")).unwrap(),
+            vec!["project", "hour"]
+        );
+        assert!(with_period(vec!["day"], Some("month")).is_err());
+        assert!(with_period(vec![], Some("week")).is_err());
+        assert_eq!(filter_dimension("department"), Some("department"));
+        assert_eq!(filter_dimension("org"), None);
+        assert_eq!(filter_dimension("user"), None);
         assert!(valid_day("2026-11-01"));
         assert!(!valid_day("2026-13-01"));
         assert!(!valid_day("2026-11-01' OR 1"));
