@@ -118,6 +118,22 @@ enum ReportWhat {
         #[arg(long, default_value = "table")]
         format: String,
     },
+    /// Spend per cost center per month with allocations applied (the same answer as
+    /// `GET /admin/v1/chargeback`), exact to the nano-USD.
+    Chargeback {
+        /// First day, YYYY-MM-DD (default: the first of this month).
+        #[arg(long)]
+        from: Option<String>,
+        /// Last day, inclusive (default: today).
+        #[arg(long)]
+        to: Option<String>,
+        /// Only this org (default: every org).
+        #[arg(long)]
+        org: Option<String>,
+        /// table, csv or json.
+        #[arg(long, default_value = "table")]
+        format: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -254,6 +270,19 @@ fn main() -> ExitCode {
                 },
             )
             .map(|()| true)
+        }),
+        Command::Report {
+            config,
+            what:
+                ReportWhat::Chargeback {
+                    from,
+                    to,
+                    org,
+                    format,
+                },
+        } => warehouse_cmd(&config, "report chargeback", |c| {
+            model_bridge::cli::warehouse::report_chargeback(c, org.as_deref(), from, to, &format)
+                .map(|()| true)
         }),
         Command::Erase { config, user, org } => warehouse_cmd(&config, "erase", |c| {
             model_bridge::cli::warehouse::erase(c, &user, org.as_deref()).map(|()| true)

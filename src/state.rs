@@ -58,6 +58,26 @@ fn render_models(config: &Config) -> Bytes {
     Bytes::from(serde_json::to_vec(&v).unwrap_or_default())
 }
 
+/// Starts, replaces or stops the finance webhook thread to match `cfg` (an unchanged webhook
+/// keeps its thread and queue; a replaced one ends once its queue is drained).
+fn refresh_notifier(
+    slot: &arc_swap::ArcSwapOption<(
+        crate::finance::webhook::WebhookSettings,
+        crate::finance::webhook::Notifier,
+    )>,
+    cfg: &Config,
+) {
+    let current = slot.load_full();
+    match (&cfg.finance.webhook, current.as_deref()) {
+        (Some(want), Some((have, _))) if want.same_as(have) => {}
+        (Some(want), _) => match crate::finance::webhook::Notifier::start(want.clone()) {
+            Ok(n) => slot.store(Some(Arc::new((want.clone(), n)))),
+            Err(e) => log::error!("finance webhooks: {e}"),
+        },
+        (None, _) => slot.store(None),
+    }
+}
+
 /// Process-wide state shared by both planes.
 pub struct Shared {
     live: ArcSwap<Live>,
@@ -82,6 +102,11 @@ pub struct Shared {
     pub feedback: Option<Arc<crate::warehouse::sinks::ClickHouseFeedback>>,
     /// Background work of the request path, and the cut at the drain deadline.
     pub tasks: crate::tasks::Tasks,
+    /// Finance webhooks, with the settings they were started with (`None`: none configured).
+    notifier: arc_swap::ArcSwapOption<(
+        crate::finance::webhook::WebhookSettings,
+        crate::finance::webhook::Notifier,
+    )>,
 }
 
 impl Shared {
@@ -101,7 +126,10 @@ impl Shared {
         let limiter = Arc::new(crate::limits::Limiter::new(&config));
         let retry_budget =
             crate::routing::resilience::RetryBudget::new(config.routing.retry_budget_ratio, 10);
+        let notifier = arc_swap::ArcSwapOption::empty();
+        refresh_notifier(&notifier, &config);
         Ok(Arc::new(Self {
+            notifier,
             limiter,
             breakers: Default::default(),
             shadow_budgets: Default::default(),
@@ -134,6 +162,11 @@ impl Shared {
             client_ip: None,
             user_agent: None,
         });
+    }
+
+    /// Where finance events go, if a webhook is configured.
+    pub fn notifier(&self) -> Option<crate::finance::webhook::Notifier> {
+        self.notifier.load().as_ref().map(|n| n.1.clone())
     }
 
     /// The key store, if authentication is on.
@@ -218,6 +251,7 @@ impl Shared {
                 }
                 let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
                 METRICS.prime(&cfg);
+                refresh_notifier(&self.notifier, &cfg);
                 self.live.store(Arc::new(Live::new(cfg, generation)));
                 METRICS.config_reloads.with_label_values(&["success"]).inc();
                 METRICS.config_generation.set(generation as i64);

@@ -30,6 +30,7 @@ pub async fn run(ctx: &Ctx<'_>, op: Op, p: &Params<'_>) -> Reply {
         Op::Spend => super::warehouse::spend(ctx).await,
         Op::SpendForecast => super::warehouse::forecast(ctx).await,
         Op::SpendAnomalies => super::warehouse::anomalies(ctx).await,
+        Op::Chargeback => super::warehouse::chargeback(ctx).await,
         Op::ExperimentReport => {
             super::warehouse::experiment_report(ctx, p.id.unwrap_or_default()).await
         }

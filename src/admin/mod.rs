@@ -33,6 +33,7 @@ pub enum Op {
     Spend,
     SpendForecast,
     SpendAnomalies,
+    Chargeback,
     EraseUser,
     ExperimentReport,
 }
@@ -150,7 +151,7 @@ pub const ROUTES: &[Route] = &[
         path: "/admin/v1/spend",
         permission: Some("admin:spend:read"),
         op: Op::Spend,
-        summary: "Spend from the daily rollup: totals and groups (from, to, group_by=org,cost_center,model,day,month, org, cost_center, format=json|csv).",
+        summary: "Spend from the attribution rollups: totals and groups (from, to, group_by over org, team, cost_center, department, project, key_id, model, provider, experiment, variant; period=month|day|hour; the same names as filters; format=json|csv).",
     },
     Route {
         method: "GET",
@@ -164,7 +165,14 @@ pub const ROUTES: &[Route] = &[
         path: "/admin/v1/spend/anomalies",
         permission: Some("admin:spend:read"),
         op: Op::SpendAnomalies,
-        summary: "Days whose spend departs from its weekday baseline (robust z-score over median and MAD), with their top models (from, to, org, cost_center).",
+        summary: "Days or hours whose spend departs from its seasonal baseline (robust z-score over median and MAD), with their top models, keys and projects (from, to, grain=day|hour, org, cost_center).",
+    },
+    Route {
+        method: "GET",
+        path: "/admin/v1/chargeback",
+        permission: Some("admin:spend:read"),
+        op: Op::Chargeback,
+        summary: "Spend per cost center per month with allocations applied, exact to the nano-dollar (from, to, org, format=json|csv).",
     },
     Route {
         method: "POST",
@@ -379,7 +387,10 @@ pub fn openapi() -> Value {
                 params.push(json!({"name": name, "in": "path", "required": true, "description": desc, "schema": {"type": "string"}}));
             }
         }
-        if matches!(r.op, Op::SpendForecast | Op::SpendAnomalies) {
+        if matches!(
+            r.op,
+            Op::SpendForecast | Op::SpendAnomalies | Op::Chargeback
+        ) {
             for (name, desc) in [
                 (
                     "from",
@@ -391,6 +402,14 @@ pub fn openapi() -> Value {
                     "Org id, or * for all (needs admin:all_orgs); default: the caller's",
                 ),
                 ("cost_center", "Only this cost center"),
+                ("department", "Only this department"),
+                ("project", "Only this project"),
+                ("team", "Only this team"),
+                ("key_id", "Only this key"),
+                ("model", "Only this requested model"),
+                ("provider", "Only this provider"),
+                ("experiment", "Only this experiment"),
+                ("variant", "Only this variant"),
             ] {
                 params.push(json!({"name": name, "in": "query", "description": desc, "schema": {"type": "string"}}));
             }
@@ -404,8 +423,9 @@ pub fn openapi() -> Value {
                 ("to", "Last day, inclusive (default: today)"),
                 (
                     "group_by",
-                    "Comma-separated: org, cost_center, model, day, month",
+                    "Comma-separated: org, team, cost_center, department, project, key_id, model, provider, experiment, variant, and at most one of month, day, hour",
                 ),
+                ("period", "month, day or hour (hours: the hourly rollup's retained weeks)"),
                 (
                     "format",
                     "json (default) or csv (one line per group; money as decimal strings)",
@@ -415,6 +435,14 @@ pub fn openapi() -> Value {
                     "Org id, or * for all (needs admin:all_orgs); default: the caller's",
                 ),
                 ("cost_center", "Only this cost center"),
+                ("department", "Only this department"),
+                ("project", "Only this project"),
+                ("team", "Only this team"),
+                ("key_id", "Only this key"),
+                ("model", "Only this requested model"),
+                ("provider", "Only this provider"),
+                ("experiment", "Only this experiment"),
+                ("variant", "Only this variant"),
             ] {
                 params.push(json!({"name": name, "in": "query", "description": desc, "schema": {"type": "string"}}));
             }

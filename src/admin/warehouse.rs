@@ -278,6 +278,65 @@ pub async fn anomalies(ctx: &Ctx<'_>) -> Reply {
     }))
 }
 
+/// `GET /admin/v1/chargeback?from=…&to=…[&org=…|*][&format=json|csv]`: spend per cost center
+/// per month with allocations applied (default: this month).
+pub async fn chargeback(ctx: &Ctx<'_>) -> Reply {
+    let ch = match warehouse(ctx) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let org = match org_scope(ctx) {
+        Ok(o) => o,
+        Err(r) => return r,
+    };
+    let today = crate::time::date(crate::time::now_unix());
+    let month_start = format!("{}-01", &today[..7]);
+    let from = query(ctx, "from").unwrap_or(&month_start).to_string();
+    let to = query(ctx, "to").unwrap_or(&today).to_string();
+    if !spend::valid_day(&from) || !spend::valid_day(&to) {
+        return Reply::error(
+            400,
+            "invalid_request_error",
+            "from and to are YYYY-MM-DD days",
+        );
+    }
+    let csv = match query(ctx, "format").unwrap_or("json") {
+        "json" => false,
+        "csv" => true,
+        other => {
+            return Reply::error(
+                400,
+                "invalid_request_error",
+                format!("unknown format `{other}` (json or csv)"),
+            )
+        }
+    };
+    let lines = match crate::warehouse::chargeback::lines(
+        &ch.db_client(),
+        org.as_deref(),
+        &from,
+        &to,
+    )
+    .await
+    {
+        Ok(l) => l,
+        Err(e) => return unavailable(e),
+    };
+    if csv {
+        match crate::warehouse::chargeback::csv(&lines) {
+            Ok(text) => Reply::text("text/csv; charset=utf-8", text),
+            Err(e) => Reply::error(500, "api_error", e),
+        }
+    } else {
+        Reply::ok(crate::warehouse::chargeback::json(
+            org.as_deref(),
+            &from,
+            &to,
+            &lines,
+        ))
+    }
+}
+
 /// `POST /admin/v1/orgs/{org}/users/{id}/erase`: anonymises the user's usage rows in the org.
 pub async fn erase_user(ctx: &Ctx<'_>, org: &str, user: &str) -> Reply {
     let ch = match warehouse(ctx) {

@@ -203,6 +203,57 @@ pub fn report_spend(cfg: &Config, a: SpendArgs) -> Result<(), String> {
     Ok(())
 }
 
+/// `model-bridge report chargeback`: the chargeback API's answer as a table, CSV or JSON.
+pub fn report_chargeback(
+    cfg: &Config,
+    org: Option<&str>,
+    from: Option<String>,
+    to: Option<String>,
+    format: &str,
+) -> Result<(), String> {
+    use crate::warehouse::{chargeback, spend};
+    let ch = settings(cfg)?;
+    let today = crate::time::date(crate::time::now_unix());
+    let from = from.unwrap_or_else(|| format!("{}-01", &today[..7]));
+    let to = to.unwrap_or(today);
+    if !spend::valid_day(&from) || !spend::valid_day(&to) {
+        return Err("--from and --to are YYYY-MM-DD days".into());
+    }
+    let lines = block_on(chargeback::lines(&ch.db_client(), org, &from, &to))??;
+    match format {
+        "csv" => print!("{}", chargeback::csv(&lines)?),
+        "json" => println!(
+            "{}",
+            serde_json::to_string_pretty(&chargeback::json(org, &from, &to, &lines))
+                .unwrap_or_default()
+        ),
+        "table" => {
+            let total: i64 = lines.iter().map(|l| l.cost_nanousd).sum();
+            println!(
+                "{:<8}  {:<24}  {:>22}  {:>22}",
+                "month", "cost_center", "cost_usd", "allocated_usd"
+            );
+            for l in &lines {
+                println!(
+                    "{:<8}  {:<24}  {:>22}  {:>22}",
+                    l.month,
+                    l.cost_center,
+                    crate::usage::pricing::format_usd(l.cost_nanousd),
+                    crate::usage::pricing::format_usd(l.allocated_nanousd)
+                );
+            }
+            println!(
+                "{:<8}  {:<24}  {:>22}",
+                "TOTAL",
+                "",
+                crate::usage::pricing::format_usd(total)
+            );
+        }
+        other => return Err(format!("unknown --format `{other}` (table, csv or json)")),
+    }
+    Ok(())
+}
+
 pub fn report_experiment(cfg: &Config, id: &str, org: Option<&str>) -> Result<(), String> {
     let ch = settings(cfg)?;
     let control = crate::experiments::control_of(cfg, id);

@@ -175,6 +175,7 @@ pub struct Config {
     pub routing: RoutingSettings,
     /// `None`: tracing off.
     pub tracing: Option<crate::telemetry::TracingSettings>,
+    pub finance: crate::finance::FinanceSettings,
     /// Hash of the text this config was parsed from (the file watcher compares against it).
     pub source_hash: u64,
 }
@@ -523,6 +524,7 @@ fn validate(raw: RawConfig, path: &Path, err: &mut dyn FnMut(&str, String)) -> C
                 export_interval: Duration::from_millis(t.export_interval_ms.unwrap_or(5000).max(1)),
             }
         }),
+        finance: finance_settings(&raw.finance, err),
         clickhouse: raw.clickhouse.as_ref().map(|c| {
             let ident = |v: &str| {
                 !v.is_empty() && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
@@ -691,6 +693,66 @@ fn jwt_verifier(
             err("auth.jwt.jwks_path", e);
             None
         }
+    }
+}
+
+fn finance_settings(
+    f: &raw::RawFinance,
+    err: &mut dyn FnMut(&str, String),
+) -> crate::finance::FinanceSettings {
+    let mut grains = Vec::new();
+    for g in &f.anomaly_grains {
+        match g.as_str() {
+            "day" => grains.push(crate::warehouse::spend::Grain::Day),
+            "hour" => grains.push(crate::warehouse::spend::Grain::Hour),
+            other => err(
+                "finance.anomaly_grains",
+                format!("unknown grain `{other}` (day or hour)"),
+            ),
+        }
+    }
+    let webhook = match (&f.webhook_url, &f.webhook_secret) {
+        (None, None) => None,
+        (Some(url), Some(secret)) => {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                err("finance.webhook_url", "must be an http(s) URL".into());
+            }
+            if secret.len() < 16 {
+                err(
+                    "finance.webhook_secret",
+                    "at least 16 characters (use ${ENV_VAR})".into(),
+                );
+            }
+            if f.webhook_max_attempts == 0 {
+                err("finance.webhook_max_attempts", "at least 1".into());
+            }
+            Some(crate::finance::webhook::WebhookSettings {
+                url: url.clone(),
+                secret: crate::routing::Secret::new(secret.clone()),
+                timeout: Duration::from_millis(f.webhook_timeout_ms.max(1)),
+                max_attempts: f.webhook_max_attempts.max(1),
+                backoff: Duration::from_millis(f.webhook_backoff_ms),
+            })
+        }
+        (Some(_), None) => {
+            err(
+                "finance.webhook_secret",
+                "a webhook needs a secret to sign with".into(),
+            );
+            None
+        }
+        (None, Some(_)) => {
+            err(
+                "finance.webhook_url",
+                "a secret without a webhook URL".into(),
+            );
+            None
+        }
+    };
+    crate::finance::FinanceSettings {
+        watch_interval: Duration::from_secs(f.watch_interval_secs),
+        grains,
+        webhook,
     }
 }
 

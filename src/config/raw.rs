@@ -47,6 +47,63 @@ pub struct RawConfig {
     /// OpenTelemetry traces over OTLP/HTTP; off when absent.
     #[serde(default)]
     pub tracing: Option<RawTracing>,
+    /// The finance watch (budget and allocation snapshots, spend anomalies) and its webhooks.
+    #[serde(default)]
+    pub finance: RawFinance,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFinance {
+    /// Seconds between finance watch passes (0: off); needs `[clickhouse]`.
+    #[serde(default = "default_watch_interval_secs")]
+    pub watch_interval_secs: u64,
+    /// `day`, `hour`: the grains anomalies are looked for in.
+    #[serde(default = "default_anomaly_grains")]
+    pub anomaly_grains: Vec<String>,
+    /// Where budget crossings and anomalies are POSTed (JSON, HMAC-signed).
+    #[serde(default)]
+    pub webhook_url: Option<String>,
+    /// The HMAC key (use `${ENV_VAR}`; at least 16 characters). Never logged.
+    #[serde(default)]
+    pub webhook_secret: Option<String>,
+    #[serde(default = "default_webhook_timeout_ms")]
+    pub webhook_timeout_ms: u64,
+    #[serde(default = "default_webhook_max_attempts")]
+    pub webhook_max_attempts: u32,
+    /// First retry delay; doubled per retry.
+    #[serde(default = "default_webhook_backoff_ms")]
+    pub webhook_backoff_ms: u64,
+}
+
+impl Default for RawFinance {
+    fn default() -> Self {
+        Self {
+            watch_interval_secs: default_watch_interval_secs(),
+            anomaly_grains: default_anomaly_grains(),
+            webhook_url: None,
+            webhook_secret: None,
+            webhook_timeout_ms: default_webhook_timeout_ms(),
+            webhook_max_attempts: default_webhook_max_attempts(),
+            webhook_backoff_ms: default_webhook_backoff_ms(),
+        }
+    }
+}
+
+fn default_watch_interval_secs() -> u64 {
+    300
+}
+fn default_anomaly_grains() -> Vec<String> {
+    vec!["day".into(), "hour".into()]
+}
+fn default_webhook_timeout_ms() -> u64 {
+    10_000
+}
+fn default_webhook_max_attempts() -> u32 {
+    6
+}
+fn default_webhook_backoff_ms() -> u64 {
+    1_000
 }
 
 #[derive(Debug, Deserialize)]

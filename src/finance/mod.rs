@@ -4,3 +4,15 @@
 //! anomalies into metrics and signed webhooks.
 
 pub mod allocation;
+pub mod snapshot;
+pub mod webhook;
+
+/// `[finance]`.
+#[derive(Debug, Clone)]
+pub struct FinanceSettings {
+    /// Zero: the watch is off.
+    pub watch_interval: std::time::Duration,
+    pub grains: Vec<crate::warehouse::spend::Grain>,
+    pub webhook: Option<webhook::WebhookSettings>,
+}
+pub mod watch;

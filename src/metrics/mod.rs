@@ -70,6 +70,18 @@ pub struct Metrics {
     pub budget_limit: prometheus::GaugeVec,
     /// {budget, threshold}: soft thresholds crossed.
     pub budget_warnings: IntCounterVec,
+    /// {org, cost_center, grain}: robust z-score of the last complete day or hour when it is
+    /// an anomaly, 0 when it is not (orgs and cost centers from config, bounded).
+    pub spend_anomaly_score: prometheus::GaugeVec,
+    /// {org, grain}: anomalies the finance watch found.
+    pub spend_anomalies: IntCounterVec,
+    /// {event, outcome}: finance webhooks (delivered, failed after every retry, dropped when
+    /// the queue was full).
+    pub webhook_deliveries: IntCounterVec,
+    /// Finance webhook attempts that were retried.
+    pub webhook_retries: prometheus::IntCounter,
+    /// Unix time of the last finance watch pass that read the warehouse.
+    pub finance_watch_last_success: IntGauge,
     pub limits_redis_up: IntGauge,
     pub limits_redis_duration: Histogram,
     /// Admissions decided locally because Redis was unreachable.
@@ -353,6 +365,39 @@ impl Metrics {
                 "budget_warnings_total",
                 "Soft budget thresholds crossed.",
                 &["budget", "threshold"],
+            ),
+            spend_anomaly_score: fgauge_vec(
+                &r,
+                "spend_anomaly_score",
+                "Robust z-score of the last complete day or hour's spend when anomalous, else 0.",
+                &["org", "cost_center", "grain"],
+            ),
+            spend_anomalies: counter(
+                &r,
+                "spend_anomalies_total",
+                "Spend anomalies found by the finance watch.",
+                &["org", "grain"],
+            ),
+            webhook_deliveries: counter(
+                &r,
+                "webhook_deliveries_total",
+                "Finance webhooks by event and outcome (delivered, failed, dropped).",
+                &["event", "outcome"],
+            ),
+            webhook_retries: {
+                let c = prometheus::IntCounter::new(
+                    "model_bridge_webhook_retries_total",
+                    "Finance webhook attempts retried after a failure.",
+                )
+                .unwrap_or_else(|e| panic!("metric webhook_retries: {e}"));
+                r.register(Box::new(c.clone()))
+                    .unwrap_or_else(|e| panic!("metric webhook_retries: {e}"));
+                c
+            },
+            finance_watch_last_success: gauge(
+                &r,
+                "finance_watch_last_success_seconds",
+                "Unix time of the finance watch's last pass over the warehouse.",
             ),
             limits_redis_up: {
                 let g = gauge(&r, "limits_redis_up", "1 while Redis decides admissions (distributed mode).");

@@ -359,6 +359,27 @@ fn budget_crossed(shared: &Shared, r: &UsageRecord, c: &crate::limits::Crossing)
         crate::usage::pricing::format_usd(c.spent),
         crate::usage::pricing::format_usd(c.limit)
     );
+    if let Some(n) = shared.notifier() {
+        n.send(crate::finance::webhook::Event {
+            // The same on every replica that sees this crossing today.
+            id: format!(
+                "budget:{}:{pct}:{}",
+                c.budget,
+                crate::time::date(crate::time::now_unix())
+            ),
+            kind: "budget.threshold",
+            data: serde_json::json!({
+                "budget": c.budget,
+                "org": r.org,
+                "threshold": c.fraction,
+                "spent_nanousd": c.spent,
+                "spent_usd": crate::usage::pricing::format_usd(c.spent),
+                "limit_nanousd": c.limit,
+                "limit_usd": crate::usage::pricing::format_usd(c.limit),
+                "request_id": r.request_id,
+            }),
+        });
+    }
     shared.audit.record(crate::audit::AuditEvent {
         ts_ms: crate::time::now_unix_ms(),
         request_id: r.request_id.clone(),

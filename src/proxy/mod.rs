@@ -57,6 +57,7 @@ pub fn serve(config: Config, config_path: &Path) -> Result<(), String> {
         crate::limits::reconcile::load_at_start(&live.config, &shared.limiter);
     }
     crate::limits::reconcile::spawn(shared.clone());
+    crate::finance::watch::spawn(shared.clone());
 
     let conf = ServerConf {
         threads: server_cfg.threads,

@@ -37,6 +37,11 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
         "usage_rollups",
         include_str!("../../config/clickhouse/006_usage_rollups.sql"),
     ),
+    (
+        7,
+        "finance",
+        include_str!("../../config/clickhouse/007_finance.sql"),
+    ),
 ];
 
 /// The migration creating the attribution rollups: once applied, the rows already in
@@ -199,7 +204,12 @@ mod tests {
         };
         for (version, _, sql) in MIGRATIONS {
             let stmts = statements(&render(sql, &s));
-            assert_eq!(stmts.len(), if *version == ROLLUPS_VERSION { 4 } else { 1 });
+            let want = match *version {
+                ROLLUPS_VERSION => 4,
+                7 => 3,
+                _ => 1,
+            };
+            assert_eq!(stmts.len(), want);
             for st in &stmts {
                 assert!(st.contains("mb.") && !st.contains('{'));
                 assert!(!st.ends_with(';'));

@@ -3,6 +3,7 @@
 //! is gated on `version()`.
 
 pub mod chain;
+pub mod chargeback;
 pub mod cluster;
 pub mod compliance;
 pub mod forecast;

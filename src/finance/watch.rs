@@ -1,0 +1,158 @@
+//! The finance watch: a thread that, every `[finance] watch_interval_secs`, writes the
+//! budgets / allocations snapshot when the config changed, and looks at the last complete day
+//! and hour of every org and cost center for a spend anomaly — raising
+//! `model_bridge_spend_anomaly_score`, recording it in `spend_anomalies` and sending a
+//! webhook once per anomaly. It reads the warehouse only; nothing here touches the request
+//! path.
+
+use super::webhook::{Event, Notifier};
+use crate::config::Config;
+use crate::metrics::METRICS;
+use crate::state::Shared;
+use crate::warehouse::spend::Grain;
+use crate::warehouse::watch::{detect, Found};
+use crate::warehouse::ClickHouseSettings;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Debug, clickhouse::Row, serde::Serialize)]
+struct AnomalyRow {
+    detected_at: u32,
+    node: String,
+    id: String,
+    grain: &'static str,
+    bucket: u32,
+    org: String,
+    cost_center: String,
+    actual_nanousd: i64,
+    expected_nanousd: i64,
+    score: f64,
+    drivers: String,
+}
+
+/// What one process remembers between passes.
+#[derive(Default)]
+struct State {
+    /// `source_hash` of the config whose snapshot is written.
+    written: Option<u64>,
+    /// Anomalies already announced: id → bucket start; pruned to the last week.
+    seen: HashMap<String, u64>,
+}
+
+/// Starts the watch (it follows reloads: the interval, grains and webhook come from the live
+/// config at each pass).
+pub fn spawn(shared: Arc<Shared>) {
+    let mut state = State::default();
+    crate::warehouse::every("finance-watch", Duration::from_secs(1), move |rt| {
+        let live = shared.live();
+        let cfg = &live.config;
+        let interval = cfg.finance.watch_interval;
+        let Some(ch) = cfg.clickhouse.as_ref().filter(|_| !interval.is_zero()) else {
+            // Off: look again later in case a reload turns it on.
+            return Duration::from_secs(30);
+        };
+        match rt.block_on(pass(ch, cfg, &mut state, shared.notifier().as_ref())) {
+            Ok(()) => METRICS
+                .finance_watch_last_success
+                .set(crate::time::now_unix() as i64),
+            Err(e) => log::warn!("finance watch: {e}"),
+        }
+        interval
+    });
+}
+
+async fn pass(
+    ch: &ClickHouseSettings,
+    cfg: &Config,
+    state: &mut State,
+    notifier: Option<&Notifier>,
+) -> Result<(), String> {
+    if state.written != Some(cfg.source_hash) {
+        super::snapshot::write(ch, cfg).await?;
+        state.written = Some(cfg.source_hash);
+    }
+    let client = ch.db_client();
+    let now = crate::time::now_unix();
+    for grain in &cfg.finance.grains {
+        let step = grain.seconds();
+        // The last complete bucket: today and this hour are still filling up.
+        let last = now - now % step - step;
+        for (org, o) in &cfg.orgs {
+            let scopes =
+                std::iter::once(None).chain(o.cost_centers.keys().map(|c| Some(c.as_str())));
+            for cc in scopes {
+                let found = detect(&client, Some(org), cc, *grain, last, last).await?;
+                let labels = [org.as_str(), cc.unwrap_or(""), grain_name(*grain)];
+                let score = found.first().map_or(0.0, |f| f.score);
+                METRICS
+                    .spend_anomaly_score
+                    .with_label_values(&labels)
+                    .set(score);
+                for f in found {
+                    if state.seen.insert(f.id(), f.start).is_none() {
+                        announce(ch, &f, notifier).await?;
+                    }
+                }
+            }
+        }
+    }
+    // A week back is far beyond any bucket still looked at.
+    let horizon = now.saturating_sub(7 * 86_400);
+    state.seen.retain(|_, start| *start >= horizon);
+    Ok(())
+}
+
+fn grain_name(g: Grain) -> &'static str {
+    match g {
+        Grain::Day => "day",
+        Grain::Hour => "hour",
+    }
+}
+
+async fn announce(
+    ch: &ClickHouseSettings,
+    f: &Found,
+    notifier: Option<&Notifier>,
+) -> Result<(), String> {
+    let grain = grain_name(f.grain);
+    METRICS
+        .spend_anomalies
+        .with_label_values(&[f.org.as_deref().unwrap_or(""), grain])
+        .inc();
+    log::warn!(
+        "spend anomaly {}: {} USD against {} expected (score {:.1})",
+        f.id(),
+        crate::usage::pricing::format_usd(f.actual),
+        crate::usage::pricing::format_usd(f.expected),
+        f.score
+    );
+    let row = AnomalyRow {
+        detected_at: crate::time::now_unix() as u32,
+        node: ch.node.clone(),
+        id: f.id(),
+        grain,
+        bucket: f.start as u32,
+        org: f.org.clone().unwrap_or_default(),
+        cost_center: f.cost_center.clone().unwrap_or_default(),
+        actual_nanousd: f.actual,
+        expected_nanousd: f.expected,
+        score: f.score,
+        drivers: f.drivers.to_string(),
+    };
+    let client = ch.db_client();
+    let mut ins = client
+        .insert::<AnomalyRow>("spend_anomalies")
+        .await
+        .map_err(|e| e.to_string())?;
+    ins.write(&row).await.map_err(|e| e.to_string())?;
+    ins.end().await.map_err(|e| e.to_string())?;
+    if let Some(n) = notifier {
+        n.send(Event {
+            id: f.id(),
+            kind: "spend.anomaly",
+            data: f.json(),
+        });
+    }
+    Ok(())
+}
