@@ -61,8 +61,10 @@ const CONCURRENCY: usize = 8;
 
 /// `sha256=<hex>` of `timestamp.body` under `secret`.
 pub fn signature(secret: &str, timestamp: u64, body: &[u8]) -> String {
-    let mut mac =
-        Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key size");
+    // HMAC takes keys of any length: this never fails.
+    let Ok(mut mac) = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()) else {
+        return String::new();
+    };
     mac.update(timestamp.to_string().as_bytes());
     mac.update(b".");
     mac.update(body);
@@ -190,13 +192,11 @@ mod tests {
 
     #[test]
     fn signature_is_hmac_sha256_of_timestamp_and_body() {
-        // RFC 4231 test case 2's key and data, framed as `timestamp.body`.
+        // Python: hmac.new(b"Jefe", b"1.what do ya want for nothing?", sha256).hexdigest()
         let sig = signature("Jefe", 1, b"what do ya want for nothing?");
-        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(b"Jefe").unwrap();
-        mac.update(b"1.what do ya want for nothing?");
         assert_eq!(
             sig,
-            format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+            "sha256=a9049465ce89cfb8e9aac62333abda66f80e3403f51f57f6bae3c3a4485eca38"
         );
         assert_ne!(sig, signature("Jefe", 2, b"what do ya want for nothing?"));
         assert_ne!(sig, signature("jefe", 1, b"what do ya want for nothing?"));
