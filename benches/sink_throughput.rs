@@ -33,6 +33,7 @@ fn record(i: u64, org: &Arc<str>, cc: &Arc<str>, provider: &Arc<str>) -> UsageRe
         completion_tokens: 20 + i % 30,
         usage_source: UsageSource::Provider,
         cost_nanousd: Some(42_000 + (i % 1000) as i64),
+        cache_savings_nanousd: 0,
         latency_ms: 123.4,
         ttft_ms: Some(45.6),
         upstream_latency_ms: Some(120.0),

@@ -330,7 +330,7 @@ async fn erasure_retention_and_spend() {
     let lines: Vec<&str> = csv_api.lines().collect();
     assert_eq!(
         lines[0],
-        "org,month,requests,prompt_tokens,cached_tokens,completion_tokens,cost_nanousd,cost_usd,unpriced_requests,errors"
+        "org,month,requests,prompt_tokens,cached_tokens,completion_tokens,cost_nanousd,cost_usd,cache_savings_nanousd,unpriced_requests,errors"
     );
     let month = &today.trim()[..7];
     let cost_of = |org: &str, m: &str| -> Option<u64> {

@@ -5,6 +5,8 @@
 -- backfilled, corrected and dropped like any other). Measures are Int64 so a correction row
 -- (`model-bridge warehouse reconcile`) can subtract. No user column: per-user questions read
 -- the raw rows, so erasure stays in one place and never changes a rollup total.
+-- First, what prompt caching saved per request (cost at the uncached price minus cost).
+ALTER TABLE {database}.usage_events ADD COLUMN cache_savings_nanousd Int64 DEFAULT 0;
 CREATE TABLE IF NOT EXISTS {database}.usage_daily (
     day Date,
     org String,
@@ -22,6 +24,7 @@ CREATE TABLE IF NOT EXISTS {database}.usage_daily (
     cached_tokens Int64,
     completion_tokens Int64,
     cost_nanousd Int64,
+    cache_savings_nanousd Int64,
     unpriced_requests Int64,
     errors Int64
 ) ENGINE = SummingMergeTree()
@@ -44,6 +47,7 @@ CREATE TABLE IF NOT EXISTS {database}.usage_hourly (
     cached_tokens Int64,
     completion_tokens Int64,
     cost_nanousd Int64,
+    cache_savings_nanousd Int64,
     unpriced_requests Int64,
     errors Int64
 ) ENGINE = SummingMergeTree()
@@ -59,6 +63,7 @@ AS SELECT
     toInt64(sum(cached_tokens)) AS cached_tokens,
     toInt64(sum(completion_tokens)) AS completion_tokens,
     sum(cost_nanousd) AS cost_nanousd,
+    sum(cache_savings_nanousd) AS cache_savings_nanousd,
     toInt64(sum(1 - cost_known)) AS unpriced_requests,
     toInt64(sum(status >= 400)) AS errors
 FROM {database}.usage_events
@@ -73,6 +78,7 @@ AS SELECT
     toInt64(sum(cached_tokens)) AS cached_tokens,
     toInt64(sum(completion_tokens)) AS completion_tokens,
     sum(cost_nanousd) AS cost_nanousd,
+    sum(cache_savings_nanousd) AS cache_savings_nanousd,
     toInt64(sum(1 - cost_known)) AS unpriced_requests,
     toInt64(sum(status >= 400)) AS errors
 FROM {database}.usage_events

@@ -1,7 +1,8 @@
 -- What finance dashboards read besides spend: the configured budgets and allocations, one
 -- snapshot per config generation (`config_hash`; every replica serving that config writes the
 -- same rows, so readers take one row per key of the latest snapshot), and the spend
--- anomalies the gateway's finance watch found.
+-- anomalies and month-end forecasts the gateway's finance watch computed (dashboards show
+-- the gateway's own figures instead of re-deriving them in SQL).
 CREATE TABLE IF NOT EXISTS {database}.budgets (
     written_at DateTime('UTC'),
     config_hash String,
@@ -43,4 +44,18 @@ CREATE TABLE IF NOT EXISTS {database}.spend_anomalies (
     drivers String
 ) ENGINE = MergeTree()
 PARTITION BY toYYYYMM(bucket)
-ORDER BY (org, bucket, cost_center, grain)
+ORDER BY (org, bucket, cost_center, grain);
+CREATE TABLE IF NOT EXISTS {database}.spend_forecasts (
+    computed_at DateTime('UTC'),
+    node String,
+    org String,
+    cost_center String,
+    month String,
+    spent_nanousd Int64,
+    forecast_nanousd Int64,
+    budget_nanousd Int64,
+    has_budget UInt8,
+    exhausted_on String
+) ENGINE = MergeTree()
+PARTITION BY toYYYYMM(computed_at)
+ORDER BY (org, cost_center, computed_at)

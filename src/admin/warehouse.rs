@@ -127,48 +127,8 @@ pub async fn forecast(ctx: &Ctx<'_>) -> Reply {
         Ok(s) => s,
         Err(r) => return r,
     };
-    let now = crate::time::now_unix();
-    let today = now - now % 86_400;
-    let (y, m) = crate::time::year_month(now);
-    let month_start =
-        crate::time::parse_rfc3339(&format!("{y:04}-{m:02}-01T00:00:00Z")).unwrap_or(today);
-    let (ny, nm) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
-    let next_month = crate::time::parse_rfc3339(&format!("{ny:04}-{nm:02}-01T00:00:00Z"))
-        .unwrap_or(today + 86_400);
-    let from = today.saturating_sub(crate::warehouse::forecast::WINDOW as u64 * 86_400);
     let cc = cc.as_deref();
-    let days = match spend::daily(
-        &ch.db_client(),
-        org.as_deref(),
-        cc,
-        from.min(month_start),
-        today,
-    )
-    .await
-    {
-        Ok(d) => d,
-        Err(e) => return unavailable(e),
-    };
-    // Complete days (up to yesterday) feed the projection; today is partly spent.
-    let history: Vec<i64> = days[..days.len() - 1].iter().map(|(_, c)| *c).collect();
-    let first = from.min(month_start);
-    let weekday = |i: usize| ((first / 86_400 + i as u64 + 3) % 7) as usize;
-    let month = crate::time::date(month_start);
-    let spent: i64 = days
-        .iter()
-        .filter(|(d, _)| d.as_str() >= month.as_str())
-        .map(|(_, c)| *c)
-        .fold(0i64, |a, c| a.saturating_add(c));
-    let today_left = 1.0 - (now - today) as f64 / 86_400.0;
-    let days_after = ((next_month - today) / 86_400).saturating_sub(1) as usize;
-    let by_day = crate::warehouse::forecast::cumulative(
-        &crate::warehouse::forecast::project(&history, weekday, days_after + 1),
-        spent,
-        today_left,
-    );
-    let projected = by_day.last().copied().unwrap_or(spent);
-    // The calendar-month budget of what was asked about (the org, or its cost center), and
-    // the day the forecast reaches it, if it does this month.
+    // The calendar-month budget of what was asked about (the org, or its cost center).
     let budget = org.as_deref().and_then(|o| {
         let org = ctx.live.config.orgs.get(o)?;
         let b = match cc {
@@ -177,23 +137,31 @@ pub async fn forecast(ctx: &Ctx<'_>) -> Reply {
         };
         matches!(b.period, crate::limits::spec::Period::Month).then_some(b.nano)
     });
-    let exhausted_on = budget.and_then(|limit| {
-        let j = by_day.iter().position(|t| *t >= limit)?;
-        Some(crate::time::date(today + j as u64 * 86_400))
-    });
+    let f = match crate::warehouse::watch::month_forecast(
+        &ch.db_client(),
+        org.as_deref(),
+        cc,
+        budget,
+        crate::time::now_unix(),
+    )
+    .await
+    {
+        Ok(f) => f,
+        Err(e) => return unavailable(e),
+    };
     Reply::ok(json!({
         "object": "spend.forecast",
         "org": org,
         "cost_center": cc,
-        "month": &month[..7],
-        "spent_nanousd": spent,
-        "spent_usd": crate::usage::pricing::format_usd(spent),
-        "forecast_nanousd": projected,
-        "forecast_usd": crate::usage::pricing::format_usd(projected),
-        "days_left": days_after + 1,
-        "budget_nanousd": budget,
-        "budget_usd": budget.map(crate::usage::pricing::format_usd),
-        "exhausted_on": exhausted_on,
+        "month": f.month,
+        "spent_nanousd": f.spent,
+        "spent_usd": crate::usage::pricing::format_usd(f.spent),
+        "forecast_nanousd": f.forecast,
+        "forecast_usd": crate::usage::pricing::format_usd(f.forecast),
+        "days_left": f.days_left,
+        "budget_nanousd": f.budget,
+        "budget_usd": f.budget.map(crate::usage::pricing::format_usd),
+        "exhausted_on": f.exhausted_on,
         "method": "least-squares trend and weekday effect over the last 4 whole weeks",
     }))
 }

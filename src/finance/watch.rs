@@ -1,5 +1,6 @@
 //! The finance watch: a thread that, every `[finance] watch_interval_secs`, writes the
-//! budgets / allocations snapshot when the config changed, and looks at the last complete day
+//! budgets / allocations snapshot when the config changed, the month-end forecast of every
+//! org and cost center (`spend_forecasts`), and looks at the last complete day
 //! and hour of every org and cost center for a spend anomaly — raising
 //! `model_bridge_spend_anomaly_score`, recording it in `spend_anomalies` and sending a
 //! webhook once per anomaly. It reads the warehouse only; nothing here touches the request
@@ -10,7 +11,7 @@ use crate::config::Config;
 use crate::metrics::METRICS;
 use crate::state::Shared;
 use crate::warehouse::spend::Grain;
-use crate::warehouse::watch::{detect, Found};
+use crate::warehouse::watch::{detect, month_forecast, Found};
 use crate::warehouse::ClickHouseSettings;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -29,6 +30,20 @@ struct AnomalyRow {
     expected_nanousd: i64,
     score: f64,
     drivers: String,
+}
+
+#[derive(Debug, clickhouse::Row, serde::Serialize)]
+struct ForecastRow {
+    computed_at: u32,
+    node: String,
+    org: String,
+    cost_center: String,
+    month: String,
+    spent_nanousd: i64,
+    forecast_nanousd: i64,
+    budget_nanousd: i64,
+    has_budget: u8,
+    exhausted_on: String,
 }
 
 /// What one process remembers between passes.
@@ -62,6 +77,12 @@ pub fn spawn(shared: Arc<Shared>) {
     });
 }
 
+/// One pass of the watch with nothing remembered and no webhook (what a fresh process does
+/// first); for `model-bridge` tools and tests.
+pub async fn run_once(ch: &ClickHouseSettings, cfg: &Config) -> Result<(), String> {
+    pass(ch, cfg, &mut State::default(), None).await
+}
+
 async fn pass(
     ch: &ClickHouseSettings,
     cfg: &Config,
@@ -74,6 +95,7 @@ async fn pass(
     }
     let client = ch.db_client();
     let now = crate::time::now_unix();
+    forecasts(ch, cfg, now).await?;
     for grain in &cfg.finance.grains {
         let step = grain.seconds();
         // The last complete bucket: today and this hour are still filling up.
@@ -101,6 +123,49 @@ async fn pass(
     let horizon = now.saturating_sub(7 * 86_400);
     state.seen.retain(|_, start| *start >= horizon);
     Ok(())
+}
+
+/// The month-end forecast of every org and cost center, against its monthly budget.
+async fn forecasts(ch: &ClickHouseSettings, cfg: &Config, now: u64) -> Result<(), String> {
+    let client = ch.db_client();
+    let monthly = |b: Option<&crate::limits::spec::Budget>| {
+        b.filter(|b| matches!(b.period, crate::limits::spec::Period::Month))
+            .map(|b| b.nano)
+    };
+    let mut rows = Vec::new();
+    for (org, o) in &cfg.orgs {
+        let scopes = std::iter::once((None, monthly(o.budget.as_ref()))).chain(
+            o.cost_centers
+                .iter()
+                .map(|(id, c)| (Some(id.as_str()), monthly(c.budget.as_ref()))),
+        );
+        for (cc, budget) in scopes {
+            let f = month_forecast(&client, Some(org), cc, budget, now).await?;
+            rows.push(ForecastRow {
+                computed_at: now as u32,
+                node: ch.node.clone(),
+                org: org.clone(),
+                cost_center: cc.unwrap_or("").to_string(),
+                month: f.month,
+                spent_nanousd: f.spent,
+                forecast_nanousd: f.forecast,
+                budget_nanousd: f.budget.unwrap_or(0),
+                has_budget: u8::from(f.budget.is_some()),
+                exhausted_on: f.exhausted_on.unwrap_or_default(),
+            });
+        }
+    }
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut ins = client
+        .insert::<ForecastRow>("spend_forecasts")
+        .await
+        .map_err(|e| e.to_string())?;
+    for r in &rows {
+        ins.write(r).await.map_err(|e| e.to_string())?;
+    }
+    ins.end().await.map_err(|e| e.to_string())
 }
 
 fn grain_name(g: Grain) -> &'static str {

@@ -83,6 +83,7 @@ impl Ctx {
                 completion_tokens: 0,
                 usage_source: UsageSource::None,
                 cost_nanousd: None,
+                cache_savings_nanousd: 0,
                 latency_ms: 0.0,
                 ttft_ms: None,
                 upstream_latency_ms: None,
@@ -181,6 +182,7 @@ impl Ctx {
                 };
                 let cost = p.cost_nanousd(&usage);
                 r.cost_nanousd = Some(cost);
+                r.cache_savings_nanousd = p.cache_savings_nanousd(&usage);
                 if cost > 0 {
                     METRICS
                         .cost_usd

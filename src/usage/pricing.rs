@@ -45,6 +45,16 @@ impl Price {
         let cost = (numer + 500_000) / 1_000_000;
         i64::try_from(cost).unwrap_or(i64::MAX)
     }
+
+    /// What caching saved on `u`: its cost with every prompt token at the uncached price,
+    /// minus its cost (each rounded as a bill is, so the two figures add up).
+    pub fn cache_savings_nanousd(&self, u: &Usage) -> i64 {
+        let uncached = Usage {
+            cached_tokens: 0,
+            ..*u
+        };
+        self.cost_nanousd(&uncached) - self.cost_nanousd(u)
+    }
 }
 
 /// Nano-USD as a decimal USD string, for display.

@@ -41,6 +41,9 @@ pub struct UsageRecord {
     pub usage_source: UsageSource,
     /// Cost in nano-USD (exact integer); `None` when the model has no price.
     pub cost_nanousd: Option<i64>,
+    /// What the provider's prompt cache saved: the cost at the uncached prompt price minus
+    /// the cost (nano-USD; 0 when unpriced or nothing was cached).
+    pub cache_savings_nanousd: i64,
     pub latency_ms: f64,
     pub ttft_ms: Option<f64>,
     pub upstream_latency_ms: Option<f64>,

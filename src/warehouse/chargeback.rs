@@ -15,9 +15,29 @@ pub const CURRENT_ALLOCATIONS: &str = "SELECT org, source, cost_center, any(basi
      WHERE config_hash = (SELECT argMax(config_hash, written_at) FROM budgets WHERE scope = 'snapshot') \
      GROUP BY org, source, cost_center";
 
-/// The chargeback statement over `usage_daily`; `scope` is spliced after the day range
-/// (` AND org = ?` or nothing) and binds after `from` and `to`.
+/// The API's statement: days bound as `from`, `to`, then the org when `scope` names one.
 pub fn sql(scope: &str) -> String {
+    sql_over("day >= toDate(?) AND day <= toDate(?)", scope)
+}
+
+/// The chargeback dashboard's statement: the same lines over Grafana's time range and org
+/// variable, with the money also as exact decimal strings.
+pub fn dashboard_sql() -> String {
+    let exact = |c: &str| {
+        format!(
+            "concat(toString(intDiv({c}, 1000000000)), '.', substring(toString(1000000000 + {c} % 1000000000), 2, 9))"
+        )
+    };
+    format!(
+        "SELECT month, cost_center, {} AS cost, cost_nanousd, {} AS allocated, allocated_nanousd FROM ({})",
+        exact("cost_nanousd"),
+        exact("allocated_nanousd"),
+        sql_over("$__dateFilter(day)", " AND org = ${org:sqlstring}")
+    )
+}
+
+/// The chargeback statement over `usage_daily` rows matching `days` and `scope`.
+fn sql_over(days: &str, scope: &str) -> String {
     let sources = format!("(SELECT org, source FROM ({CURRENT_ALLOCATIONS}))");
     let part = |b: &str| format!("intDiv(s, 10000) * {b} + intDiv((s % 10000) * {b}, 10000)");
     format!(
@@ -33,7 +53,7 @@ pub fn sql(scope: &str) -> String {
                  multiIf((org, concat('key:', key_id)) GLOBAL IN {sources}, concat('key:', key_id), \
                          project != '' AND (org, concat('project:', project)) GLOBAL IN {sources}, concat('project:', project), \
                          team != '' AND (org, concat('team:', team)) GLOBAL IN {sources}, concat('team:', team), '') AS src \
-               FROM usage_daily WHERE day >= toDate(?) AND day <= toDate(?){scope} \
+               FROM usage_daily WHERE {days}{scope} \
              ) GROUP BY month, org, src, own_cc \
            ) GLOBAL ANY LEFT JOIN ( \
              SELECT org, source AS src, groupArray(cost_center) AS ccs, groupArray(bp) AS bps, groupArray(rk) AS rks \
@@ -116,4 +136,27 @@ pub fn csv(lines: &[Line]) -> Result<String, String> {
         .map_err(|e| e.to_string())?;
     }
     String::from_utf8(w.into_inner().map_err(|e| e.to_string())?).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The chargeback dashboard runs this very statement (over Grafana's range and org).
+    #[test]
+    fn the_dashboard_runs_the_api_statement() {
+        let board: Value =
+            serde_json::from_str(include_str!("../../dashboards/finance-chargeback.json")).unwrap();
+        let words = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
+        let panel = board["panels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["title"] == "Chargeback by cost center and month")
+            .unwrap();
+        assert_eq!(
+            words(panel["targets"][0]["rawSql"].as_str().unwrap()),
+            words(&dashboard_sql())
+        );
+    }
 }

@@ -38,6 +38,7 @@ const MEASURES: &[(&str, &str)] = &[
     ("cached_tokens", "toInt64(sum(cached_tokens))"),
     ("completion_tokens", "toInt64(sum(completion_tokens))"),
     ("cost_nanousd", "sum(cost_nanousd)"),
+    ("cache_savings_nanousd", "sum(cache_savings_nanousd)"),
     ("unpriced_requests", "toInt64(sum(1 - cost_known))"),
     ("errors", "toInt64(sum(status >= 400))"),
 ];

@@ -37,6 +37,9 @@ pub struct UsageRow {
     pub usage_source: String,
     pub cost_nanousd: i64,
     pub cost_known: u8,
+    /// Rows spooled before this column existed read as 0.
+    #[serde(default)]
+    pub cache_savings_nanousd: i64,
     pub latency_ms: f64,
     pub ttft_ms: f64,
     pub upstream_latency_ms: f64,
@@ -86,6 +89,7 @@ impl UsageRow {
             .to_string(),
             cost_nanousd: r.cost_nanousd.unwrap_or(0),
             cost_known: r.cost_nanousd.is_some() as u8,
+            cache_savings_nanousd: r.cache_savings_nanousd,
             latency_ms: r.latency_ms,
             ttft_ms: r.ttft_ms.unwrap_or(0.0),
             upstream_latency_ms: r.upstream_latency_ms.unwrap_or(0.0),

@@ -20,6 +20,7 @@ pub const MEASURES: &[&str] = &[
     "completion_tokens",
     "cost_nanousd",
     "cost_usd",
+    "cache_savings_nanousd",
     "unpriced_requests",
     "errors",
 ];
@@ -50,6 +51,7 @@ pub struct Totals {
     pub cached_tokens: i64,
     pub completion_tokens: i64,
     pub cost_nanousd: i64,
+    pub cache_savings_nanousd: i64,
     pub unpriced_requests: i64,
     pub errors: i64,
 }
@@ -61,6 +63,9 @@ impl Totals {
         self.cached_tokens = self.cached_tokens.saturating_add(r.cached_tokens);
         self.completion_tokens = self.completion_tokens.saturating_add(r.completion_tokens);
         self.cost_nanousd = self.cost_nanousd.saturating_add(r.cost_nanousd);
+        self.cache_savings_nanousd = self
+            .cache_savings_nanousd
+            .saturating_add(r.cache_savings_nanousd);
         self.unpriced_requests = self.unpriced_requests.saturating_add(r.unpriced_requests);
         self.errors = self.errors.saturating_add(r.errors);
     }
@@ -72,6 +77,10 @@ impl Totals {
         into.insert("completion_tokens".into(), json!(self.completion_tokens));
         into.insert("cost_nanousd".into(), json!(self.cost_nanousd));
         into.insert("cost_usd".into(), json!(format_usd(self.cost_nanousd)));
+        into.insert(
+            "cache_savings_nanousd".into(),
+            json!(self.cache_savings_nanousd),
+        );
         into.insert("unpriced_requests".into(), json!(self.unpriced_requests));
         into.insert("errors".into(), json!(self.errors));
     }
@@ -85,6 +94,7 @@ struct GroupRow {
     cached_tokens: i64,
     completion_tokens: i64,
     cost_nanousd: i64,
+    cache_savings_nanousd: i64,
     unpriced_requests: i64,
     errors: i64,
 }
@@ -97,6 +107,7 @@ impl GroupRow {
             cached_tokens: self.cached_tokens,
             completion_tokens: self.completion_tokens,
             cost_nanousd: self.cost_nanousd,
+            cache_savings_nanousd: self.cache_savings_nanousd,
             unpriced_requests: self.unpriced_requests,
             errors: self.errors,
         }
@@ -220,8 +231,8 @@ pub async fn spend(client: &clickhouse::Client, q: &SpendQuery) -> Result<Value,
     let mut sql = format!(
         "SELECT [{key}] AS key, sum(requests) AS requests, sum(prompt_tokens) AS prompt_tokens, \
          sum(cached_tokens) AS cached_tokens, sum(completion_tokens) AS completion_tokens, \
-         sum(cost_nanousd) AS cost_nanousd, sum(unpriced_requests) AS unpriced_requests, \
-         sum(errors) AS errors FROM {table} WHERE {day} >= toDate(?) AND {day} <= toDate(?)",
+         sum(cost_nanousd) AS cost_nanousd, sum(cache_savings_nanousd) AS cache_savings_nanousd, \
+         sum(unpriced_requests) AS unpriced_requests, sum(errors) AS errors FROM {table} WHERE {day} >= toDate(?) AND {day} <= toDate(?)",
         key = key.join(", ")
     );
     let org = q.org.as_deref();

@@ -120,3 +120,66 @@ pub async fn detect(
     }
     Ok(out)
 }
+
+/// This month so far and where it ends if the last four weeks' trend and weekday pattern
+/// hold; with a monthly budget, the day the forecast reaches it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MonthForecast {
+    /// `YYYY-MM`.
+    pub month: String,
+    pub spent: i64,
+    pub forecast: i64,
+    /// Today included.
+    pub days_left: u64,
+    pub budget: Option<i64>,
+    /// `YYYY-MM-DD`; today when already spent, `None` when not this month.
+    pub exhausted_on: Option<String>,
+}
+
+pub async fn month_forecast(
+    client: &clickhouse::Client,
+    org: Option<&str>,
+    cost_center: Option<&str>,
+    budget: Option<i64>,
+    now: u64,
+) -> Result<MonthForecast, String> {
+    let today = now - now % 86_400;
+    let (y, m) = crate::time::year_month(now);
+    let month_start =
+        crate::time::parse_rfc3339(&format!("{y:04}-{m:02}-01T00:00:00Z")).unwrap_or(today);
+    let (ny, nm) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
+    let next_month = crate::time::parse_rfc3339(&format!("{ny:04}-{nm:02}-01T00:00:00Z"))
+        .unwrap_or(today + 86_400);
+    let from = today.saturating_sub(forecast::WINDOW as u64 * 86_400);
+    let first = from.min(month_start);
+    let days = spend::daily(client, org, cost_center, first, today).await?;
+    // Complete days (up to yesterday) feed the projection; today is partly spent.
+    let history: Vec<i64> = days[..days.len() - 1].iter().map(|(_, c)| *c).collect();
+    let weekday = |i: usize| ((first / 86_400 + i as u64 + 3) % 7) as usize;
+    let month = crate::time::date(month_start);
+    let spent: i64 = days
+        .iter()
+        .filter(|(d, _)| d.as_str() >= month.as_str())
+        .map(|(_, c)| *c)
+        .fold(0i64, |a, c| a.saturating_add(c));
+    let today_left = 1.0 - (now - today) as f64 / 86_400.0;
+    let days_after = ((next_month - today) / 86_400).saturating_sub(1) as usize;
+    let by_day = forecast::cumulative(
+        &forecast::project(&history, weekday, days_after + 1),
+        spent,
+        today_left,
+    );
+    let projected = by_day.last().copied().unwrap_or(spent);
+    let exhausted_on = budget.and_then(|limit| {
+        let j = by_day.iter().position(|t| *t >= limit)?;
+        Some(crate::time::date(today + j as u64 * 86_400))
+    });
+    Ok(MonthForecast {
+        month: month[..7].to_string(),
+        spent,
+        forecast: projected,
+        days_left: days_after as u64 + 1,
+        budget,
+        exhausted_on,
+    })
+}
