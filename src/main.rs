@@ -39,6 +39,18 @@ enum Command {
         #[arg(long, short, default_value = "config/gateway.toml")]
         config: PathBuf,
     },
+    /// Bring the spend rollups (usage_daily, usage_hourly) to the raw rows' totals for a range
+    /// of days: corrects any key that differs (idempotent; prints how many did).
+    Reconcile {
+        #[arg(long, short, default_value = "config/gateway.toml")]
+        config: PathBuf,
+        /// First day, YYYY-MM-DD (default: the first day with rows).
+        #[arg(long)]
+        from: Option<String>,
+        /// Last day, inclusive (default: the last day with rows).
+        #[arg(long)]
+        to: Option<String>,
+    },
     /// Audit trail operations.
     Audit {
         #[arg(long, short, default_value = "config/gateway.toml", global = true)]
@@ -283,6 +295,9 @@ fn main() -> ExitCode {
         } => warehouse_cmd(&config, "report chargeback", |c| {
             model_bridge::cli::warehouse::report_chargeback(c, org.as_deref(), from, to, &format)
                 .map(|()| true)
+        }),
+        Command::Reconcile { config, from, to } => warehouse_cmd(&config, "reconcile", |c| {
+            model_bridge::cli::warehouse::reconcile(c, from, to).map(|()| true)
         }),
         Command::Erase { config, user, org } => warehouse_cmd(&config, "erase", |c| {
             model_bridge::cli::warehouse::erase(c, &user, org.as_deref()).map(|()| true)

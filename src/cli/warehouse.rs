@@ -145,6 +145,34 @@ pub fn retention_apply(cfg: &Config) -> Result<(), String> {
     Ok(())
 }
 
+/// `model-bridge reconcile`: the rollups brought to the raw rows' totals; audited.
+pub fn reconcile(cfg: &Config, from: Option<String>, to: Option<String>) -> Result<(), String> {
+    use crate::warehouse::{rollup, spend};
+    let ch = settings(cfg)?;
+    let Some((first, last)) = block_on(rollup::raw_days(ch))?? else {
+        println!("no usage rows: nothing to reconcile");
+        return Ok(());
+    };
+    let (from, to) = (from.unwrap_or(first), to.unwrap_or(last));
+    if !spend::valid_day(&from) || !spend::valid_day(&to) {
+        return Err("--from and --to are YYYY-MM-DD days".into());
+    }
+    let r = block_on(rollup::reconcile(ch, &from, &to))??;
+    audit(
+        cfg,
+        event(
+            "rollups.reconcile",
+            format!("database:{}", ch.database),
+            serde_json::json!({"from": from, "to": to, "corrected": r}),
+        ),
+    )?;
+    println!(
+        "{from} to {to}: usage_daily {} keys corrected, usage_hourly {} keys corrected",
+        r.usage_daily, r.usage_hourly
+    );
+    Ok(())
+}
+
 /// What `report spend` was asked.
 pub struct SpendArgs<'a> {
     pub from: Option<String>,

@@ -53,6 +53,17 @@ struct State {
     written: Option<u64>,
     /// Anomalies already announced: id → bucket start; pruned to the last week.
     seen: HashMap<String, u64>,
+    /// Per grain, the start of the last bucket looked at.
+    examined: HashMap<&'static str, u64>,
+}
+
+/// Buckets a fresh process looks back over (beyond the last complete one): the anomalies
+/// dashboard's default 30 days, and two days of hours.
+fn lookback(g: Grain) -> u64 {
+    match g {
+        Grain::Day => 29,
+        Grain::Hour => 47,
+    }
 }
 
 /// Starts the watch (it follows reloads: the interval, grains and webhook come from the live
@@ -100,13 +111,25 @@ async fn pass(
         let step = grain.seconds();
         // The last complete bucket: today and this hour are still filling up.
         let last = now - now % step - step;
+        // From the bucket after the last one looked at; a fresh process looks back over
+        // what the anomalies dashboard shows by default.
+        let first = match state.examined.get(grain_name(*grain)) {
+            Some(done) => done + step,
+            None => last.saturating_sub(lookback(*grain) * step),
+        };
+        if first > last {
+            continue;
+        }
         for (org, o) in &cfg.orgs {
             let scopes =
                 std::iter::once(None).chain(o.cost_centers.keys().map(|c| Some(c.as_str())));
             for cc in scopes {
-                let found = detect(&client, Some(org), cc, *grain, last, last).await?;
+                let found = detect(&client, Some(org), cc, *grain, first, last).await?;
                 let labels = [org.as_str(), cc.unwrap_or(""), grain_name(*grain)];
-                let score = found.first().map_or(0.0, |f| f.score);
+                let score = found
+                    .iter()
+                    .find(|f| f.start == last)
+                    .map_or(0.0, |f| f.score);
                 METRICS
                     .spend_anomaly_score
                     .with_label_values(&labels)
@@ -118,9 +141,10 @@ async fn pass(
                 }
             }
         }
+        state.examined.insert(grain_name(*grain), last);
     }
-    // A week back is far beyond any bucket still looked at.
-    let horizon = now.saturating_sub(7 * 86_400);
+    // Past the look-back no bucket is looked at again.
+    let horizon = now.saturating_sub(31 * 86_400);
     state.seen.retain(|_, start| *start >= horizon);
     Ok(())
 }

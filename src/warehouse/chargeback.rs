@@ -49,7 +49,7 @@ fn sql_over(days: &str, scope: &str) -> String {
              if(allocated, arrayMap((b, r) -> {share} + if(r = 0, s - arraySum(arrayMap(x -> {floor}, bps)), 0), bps, rks), [s]) AS out_amounts \
            FROM ( \
              SELECT month, org, src, own_cc, sum(cost_nanousd) AS s FROM ( \
-               SELECT substring(toString(day), 1, 7) AS month, org, cost_center AS own_cc, cost_nanousd, \
+               SELECT substring(toString(day), 1, 7) AS month, org, if(src = '', cost_center, '') AS own_cc, cost_nanousd, \
                  multiIf((org, concat('key:', key_id)) GLOBAL IN {sources}, concat('key:', key_id), \
                          project != '' AND (org, concat('project:', project)) GLOBAL IN {sources}, concat('project:', project), \
                          team != '' AND (org, concat('team:', team)) GLOBAL IN {sources}, concat('team:', team), '') AS src \

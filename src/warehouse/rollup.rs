@@ -48,6 +48,8 @@ pub struct Rollup {
     pub table: &'static str,
     pub bucket: &'static str,
     pub of_ts: &'static str,
+    /// The table's partition expression.
+    pub partition: &'static str,
 }
 
 pub const ROLLUPS: &[Rollup] = &[
@@ -55,11 +57,13 @@ pub const ROLLUPS: &[Rollup] = &[
         table: "usage_daily",
         bucket: "day",
         of_ts: "toDate(ts)",
+        partition: "toYYYYMM(day)",
     },
     Rollup {
         table: "usage_hourly",
         bucket: "hour",
         of_ts: "toStartOfHour(ts)",
+        partition: "toYYYYMMDD(hour)",
     },
 ];
 
@@ -155,6 +159,7 @@ pub async fn reconcile(s: &ClickHouseSettings, from: &str, to: &str) -> Result<R
                 .execute()
                 .await
                 .map_err(|e| format!("reconciling {}: {e}", r.table))?;
+            settle(s, r, &from, to).await?;
         }
         match r.table {
             "usage_daily" => out.usage_daily = differing,
@@ -162,6 +167,48 @@ pub async fn reconcile(s: &ClickHouseSettings, from: &str, to: &str) -> Result<R
         }
     }
     Ok(out)
+}
+
+/// A key the rollup had and the raw rows did not now sums to zero, but its rows stay (and
+/// show as an empty group) until a merge: merges the partitions holding such keys now, on
+/// every node (SummingMergeTree drops a key whose measures are all zero when it merges).
+async fn settle(s: &ClickHouseSettings, r: &Rollup, from: &str, to: &str) -> Result<(), String> {
+    let key = format!("{}, {}", r.bucket, DIMENSIONS.join(", "));
+    let zero: Vec<String> = MEASURES
+        .iter()
+        .map(|(m, _)| format!("sum({m}) = 0"))
+        .collect();
+    let sql = format!(
+        "SELECT DISTINCT toUInt32({partition}) FROM (SELECT {key} FROM {table} \
+         WHERE toDate({bucket}) >= toDate(?) AND toDate({bucket}) <= toDate(?) \
+         GROUP BY {key} HAVING {zero})",
+        partition = r.partition,
+        table = r.table,
+        bucket = r.bucket,
+        zero = zero.join(" AND "),
+    );
+    let partitions: Vec<u32> = s
+        .db_client()
+        .query(&sql)
+        .bind(from)
+        .bind(to)
+        .fetch_all()
+        .await
+        .map_err(|e| format!("settling {}: {e}", r.table))?;
+    let local = super::cluster::local_table(s, r.table);
+    for node in s.node_clients() {
+        for p in &partitions {
+            // A partition id is a number: safe to splice.
+            node.query(&format!(
+                "OPTIMIZE TABLE {}.{local} PARTITION {p} FINAL",
+                s.database
+            ))
+            .execute()
+            .await
+            .map_err(|e| format!("merging {} partition {p}: {e}", r.table))?;
+        }
+    }
+    Ok(())
 }
 
 /// The first and last day with raw rows (`None` when there are none).
