@@ -207,8 +207,8 @@ fn fixture(now: u64) -> Vec<Row> {
                         continue;
                     }
                     let n = (d * 7 + i as u64 * 3 + k) as i64;
-                    let error = (d + i as u64) % 11 == 0 && k == 1;
-                    let unpriced = (d + i as u64) % 13 == 0 && k == 0;
+                    let error = (d + i as u64).is_multiple_of(11) && k == 1;
+                    let unpriced = (d + i as u64).is_multiple_of(13) && k == 0;
                     let cached = if i % 2 == 0 { 100 + n % 50 } else { 0 };
                     let cost = if error || unpriced {
                         0
@@ -991,7 +991,7 @@ async fn every_finance_answer_equals_the_rows() {
                             })
                             .collect();
                         let mut want = want;
-                        want.sort_by(|a, b| (a.0.clone(), a.3).cmp(&(b.0.clone(), b.3)));
+                        want.sort_by_key(|a| (a.0.clone(), a.3));
                         let got: Vec<(String, String, f64, i64)> = result
                             .iter()
                             .map(|r| {
