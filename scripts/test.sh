@@ -21,6 +21,9 @@ scripts/redis.sh install
 echo "== Prometheus (Debian's prometheus + promtool; the alert tests start their own server)"
 scripts/prometheus.sh install
 
+echo "== Grafana's dashboard schema (@grafana/schema + tsc, pinned, under .run/)"
+scripts/grafana-schema.sh install
+
 echo "== cargo fmt --check"
 cargo fmt --check
 echo "== cargo clippy"

@@ -408,6 +408,73 @@ fn cases() -> Vec<Case> {
             )],
         },
         Case {
+            name: "a spend anomaly seen by two replicas, and a normal cost center",
+            series: vec![
+                (
+                    r#"model_bridge_spend_anomaly_score{job="model-bridge",instance="gw-a:9090",org="acme",cost_center="sales",grain="day"}"#,
+                    "6.5x5",
+                ),
+                (
+                    r#"model_bridge_spend_anomaly_score{job="model-bridge",instance="gw-b:9090",org="acme",cost_center="sales",grain="day"}"#,
+                    "6.5x5",
+                ),
+                (
+                    r#"model_bridge_spend_anomaly_score{job="model-bridge",instance="gw-a:9090",org="acme",cost_center="eng",grain="day"}"#,
+                    "0x5",
+                ),
+                (
+                    r#"model_bridge_spend_anomaly_score{job="model-bridge",instance="gw-a:9090",org="acme",cost_center="",grain="hour"}"#,
+                    "-5.1x5",
+                ),
+            ],
+            checks: vec![(
+                "1m",
+                "ModelBridgeSpendAnomaly",
+                vec![
+                    vec![
+                        JOB,
+                        ("cost_center", "sales"),
+                        ("grain", "day"),
+                        ("org", "acme"),
+                        ("severity", "ticket"),
+                    ],
+                    // An empty label is no label: the org as a whole.
+                    vec![
+                        JOB,
+                        ("grain", "hour"),
+                        ("org", "acme"),
+                        ("severity", "ticket"),
+                    ],
+                ],
+            )],
+        },
+        Case {
+            name: "webhooks fail after their retries, then 30 quiet minutes",
+            series: vec![
+                (
+                    r#"model_bridge_webhook_deliveries_total{job="model-bridge",instance="gw-a:9090",event="spend.anomaly",outcome="failed"}"#,
+                    "0 1 1x40",
+                ),
+                (
+                    r#"model_bridge_webhook_deliveries_total{job="model-bridge",instance="gw-a:9090",event="spend.anomaly",outcome="delivered"}"#,
+                    "0 5 10x40",
+                ),
+            ],
+            checks: vec![
+                (
+                    "3m",
+                    "ModelBridgeWebhookFailing",
+                    vec![vec![
+                        JOB,
+                        ("event", "spend.anomaly"),
+                        ("outcome", "failed"),
+                        ("severity", "ticket"),
+                    ]],
+                ),
+                ("40m", "ModelBridgeWebhookFailing", vec![]),
+            ],
+        },
+        Case {
             // A fresh process exposes failure=0 (primed), so its very first failure is an increase.
             name: "config reload fails on a fresh process, then 15 quiet minutes",
             series: vec![

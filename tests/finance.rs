@@ -1310,3 +1310,350 @@ async fn every_finance_answer_equals_the_rows() {
     );
     query(&url, &format!("DROP DATABASE {db}")).await;
 }
+
+/// The directory `scripts/grafana-schema.sh` installs `@grafana/schema` and `tsc` into.
+fn grafana_schema() -> Option<std::path::PathBuf> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".run/grafana-schema");
+    if dir.join("node_modules/.bin/tsc").exists() {
+        return Some(dir);
+    }
+    assert!(
+        !matches!(std::env::var("CI").as_deref(), Ok("true" | "1")),
+        "scripts/grafana-schema.sh install must run before the tests in CI"
+    );
+    eprintln!("SKIPPED: run scripts/grafana-schema.sh install");
+    None
+}
+
+/// Type-checks `boards` (name, JSON) as object literals of `@grafana/schema`'s `Dashboard`:
+/// every field must exist in the schema with the right type (excess-property checks).
+fn type_check(dir: &std::path::Path, boards: &[(String, Value)]) -> Result<(), String> {
+    let mut ts = String::from("import type { Dashboard } from '@grafana/schema';\n");
+    for (i, (name, b)) in boards.iter().enumerate() {
+        ts.push_str(&format!(
+            "// {name}\nexport const d{i}: Dashboard = {};\n",
+            serde_json::to_string_pretty(b).unwrap()
+        ));
+    }
+    let file = dir.join(format!("check-{:08x}.ts", rand::random::<u32>()));
+    std::fs::write(&file, ts).unwrap();
+    let out = std::process::Command::new(dir.join("node_modules/.bin/tsc"))
+        .args([
+            "--noEmit",
+            "--strict",
+            "--module",
+            "commonjs",
+            "--moduleResolution",
+            "node",
+            "--target",
+            "es2020",
+        ])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&file);
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+#[test]
+fn dashboards_match_grafanas_published_schema() {
+    let Some(dir) = grafana_schema() else { return };
+    let all: Vec<(String, Value)> =
+        std::fs::read_dir(format!("{}/dashboards", env!("CARGO_MANIFEST_DIR")))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+            .filter(|n| n.ends_with(".json"))
+            .map(|n| {
+                let b = board(&n);
+                (n, b)
+            })
+            .collect();
+    assert!(all.len() >= BOARDS.len() + 2);
+    type_check(&dir, &all).unwrap_or_else(|e| panic!("{e}"));
+    // The check has teeth: a panel without its grid position, or a misspelt field, fails.
+    let mut broken = board(BOARDS[0]);
+    broken["panels"][0]["gridPos"]
+        .as_object_mut()
+        .unwrap()
+        .remove("h");
+    assert!(type_check(&dir, &[("broken".into(), broken)]).is_err());
+    let mut misspelt = board(BOARDS[1]);
+    misspelt["templating"]["list"][1]["inclueAll"] = json!(true);
+    assert!(type_check(&dir, &[("misspelt".into(), misspelt)]).is_err());
+    // Every finance panel reads ClickHouse through the provisioned datasource variable.
+    for name in BOARDS {
+        for p in board(name)["panels"].as_array().unwrap() {
+            assert_eq!(
+                p["datasource"]["type"], "grafana-clickhouse-datasource",
+                "{name}"
+            );
+            assert_eq!(
+                p["targets"][0]["datasource"]["uid"], "${datasource}",
+                "{name}"
+            );
+        }
+    }
+}
+
+/// One delivery a webhook receiver got.
+#[derive(Debug, Clone)]
+struct Delivery {
+    headers: BTreeMap<String, String>,
+    body: String,
+}
+
+/// A webhook receiver on loopback: answers 503 to the first delivery of each event id (so
+/// every event is retried once) and 200 after; sends each delivery down `tx`.
+async fn receiver(tx: tokio::sync::mpsc::UnboundedSender<Delivery>) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else {
+                return;
+            };
+            let (tx, seen) = (tx.clone(), seen.clone());
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let n = sock.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).to_string();
+                    let Some(end) = text.find("\r\n\r\n") else {
+                        continue;
+                    };
+                    let mut headers = BTreeMap::new();
+                    for line in text[..end].lines().skip(1) {
+                        if let Some((k, v)) = line.split_once(':') {
+                            headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+                        }
+                    }
+                    let len: usize = headers
+                        .get("content-length")
+                        .and_then(|l| l.parse().ok())
+                        .unwrap_or(0);
+                    if buf.len() < end + 4 + len {
+                        continue;
+                    }
+                    let body = String::from_utf8_lossy(&buf[end + 4..end + 4 + len]).to_string();
+                    let id = headers
+                        .get("x-model-bridge-event-id")
+                        .cloned()
+                        .unwrap_or_default();
+                    let first = seen.lock().unwrap().insert(id);
+                    let status = if first {
+                        "503 Service Unavailable"
+                    } else {
+                        "200 OK"
+                    };
+                    let _ = tx.send(Delivery { headers, body });
+                    let _ = sock
+                        .write_all(format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").as_bytes())
+                        .await;
+                    return;
+                }
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn budget_crossings_and_anomalies_reach_a_signed_webhook() {
+    let Some(url) = shared_url() else { return };
+    let db = new_db();
+    const SECRET: &str = "whsec-test-0123456789abcdef";
+    // The warehouse exists before the gateway, with 60 days of acme/sales spend and a spike
+    // yesterday: the watch's first pass finds it.
+    let mut settings = model_bridge::warehouse::ClickHouseSettings::local(&url);
+    settings.database = db.clone();
+    model_bridge::warehouse::migrate::run(&settings)
+        .await
+        .unwrap();
+    let now = model_bridge::time::now_unix();
+    let today = now - now % 86_400;
+    let mut rows: Vec<Row> = Vec::new();
+    for d in 1..=60u64 {
+        let base = Row {
+            ts: today - d * 86_400 + 3_600 * 10,
+            org: "acme",
+            team: "",
+            cc: "sales",
+            dept: "GTM",
+            project: "",
+            key: "k-web",
+            model: "gpt-4o-mini",
+            provider: "mock",
+            experiment: "",
+            variant: "",
+            status: 200,
+            prompt: 10,
+            cached: 0,
+            completion: 5,
+            cost: 10 * USD,
+            known: true,
+            savings: 0,
+        };
+        if d == 1 {
+            rows.push(Row {
+                key: "k-leaked",
+                cost: 90 * USD,
+                ts: base.ts + 60,
+                ..base.clone()
+            });
+        }
+        rows.push(base);
+    }
+    query(&url, &insert_sql(&db, &rows.iter().collect::<Vec<_>>())).await;
+
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let port = receiver(tx).await;
+    let dir = tempfile::tempdir().unwrap();
+    let policies = policies_dir(dir.path(), "");
+    let extra = format!(
+        r#"
+[auth]
+key_store = "keys.json"
+policies = "{}"
+
+[finance]
+watch_interval_secs = 3600
+anomaly_grains = ["day"]
+webhook_url = "http://127.0.0.1:{port}/hooks/finance"
+webhook_secret = "${{MB_TEST_WEBHOOK_SECRET}}"
+webhook_max_attempts = 4
+webhook_backoff_ms = 20
+
+[orgs.acme]
+[orgs.acme.cost_centers.sales]
+[orgs.beta]
+budget = {{ usd = "0.0001", period = "month", soft = [0.2] }}
+"#,
+        policies.display()
+    );
+    std::env::set_var("MB_TEST_WEBHOOK_SECRET", SECRET);
+    let g = Gateway::start_edited(&[], &extra, |t| sink_config(t, &url, &db, ""));
+    let (key, _) = g.create_key(&["--org", "beta", "--role", "developer"]);
+    g.wait_key(&key).await;
+
+    let verify = |d: &Delivery| {
+        let ts: u64 = d.headers["x-model-bridge-timestamp"].parse().unwrap();
+        assert_eq!(
+            d.headers["x-model-bridge-signature"],
+            model_bridge::finance::webhook::signature(SECRET, ts, d.body.as_bytes()),
+            "signature of {d:?}"
+        );
+        // The signature is over these exact bytes: one byte more and it no longer matches.
+        assert_ne!(
+            d.headers["x-model-bridge-signature"],
+            model_bridge::finance::webhook::signature(
+                SECRET,
+                ts,
+                format!("{} ", d.body).as_bytes()
+            )
+        );
+        let v: Value = serde_json::from_str(&d.body).unwrap();
+        assert_eq!(v["id"], d.headers["x-model-bridge-event-id"].as_str());
+        assert_eq!(v["type"], d.headers["x-model-bridge-event"].as_str());
+        v
+    };
+    // Spend of beta until its soft threshold (20% of $0.0001) is crossed.
+    let c = client();
+    for _ in 0..3 {
+        let r = c
+            .post(g.url("/v1/chat/completions"))
+            .bearer_auth(&key)
+            // A small max_tokens keeps the worst-case reservation inside the tiny budget.
+            .json(&json!({"model": "gpt-4o-mini", "max_tokens": 16, "messages": [{"role": "user", "content": "hello there"}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let _ = r.bytes().await;
+    }
+    let mut got: Vec<(Delivery, Value)> = Vec::new();
+    let anomaly_id = format!(
+        "anomaly:acme:sales:day:{}",
+        model_bridge::time::date(today - 86_400)
+    );
+    let budget_done = |got: &[(Delivery, Value)], kind: &str| {
+        got.iter()
+            .filter(|(d, _)| d.headers["x-model-bridge-event"] == kind)
+            .count()
+            >= 2
+    };
+    while !(budget_done(&got, "budget.threshold")
+        && got
+            .iter()
+            .filter(|(d, _)| d.headers["x-model-bridge-event-id"] == anomaly_id)
+            .count()
+            >= 2)
+    {
+        let d = tokio::time::timeout(std::time::Duration::from_secs(30), rx.recv())
+            .await
+            .unwrap_or_else(|_| panic!("deliveries so far: {got:?}"))
+            .unwrap();
+        let v = verify(&d);
+        got.push((d, v));
+    }
+    // The anomaly: the spike, expected $10, driven by the leaked key; retried once (503),
+    // the retry carries the same id and a fresh valid signature.
+    let (_, a) = got
+        .iter()
+        .find(|(d, _)| d.headers["x-model-bridge-event-id"] == anomaly_id)
+        .unwrap();
+    assert_eq!(a["data"]["actual_nanousd"], 100 * USD);
+    assert_eq!(a["data"]["expected_nanousd"], 10 * USD);
+    assert_eq!(a["data"]["drivers"]["key_id"][0]["value"], "k-leaked");
+    let (b, bv) = got
+        .iter()
+        .find(|(d, _)| d.headers["x-model-bridge-event"] == "budget.threshold")
+        .unwrap();
+    assert_eq!(bv["data"]["budget"], "beta");
+    assert_eq!(bv["data"]["threshold"], 0.2);
+    assert_eq!(b.headers["content-type"], "application/json");
+    // The metrics say the same, and the anomaly is in the warehouse once.
+    g.wait_metric_at_least(
+        r#"model_bridge_spend_anomalies_total{grain="day",org="acme"}"#,
+        1.0,
+        std::time::Duration::from_secs(10),
+    )
+    .await;
+    g.wait_metric_at_least(
+        r#"model_bridge_webhook_deliveries_total{event="spend.anomaly",outcome="delivered"}"#,
+        1.0,
+        std::time::Duration::from_secs(10),
+    )
+    .await;
+    g.wait_metric_at_least(
+        r#"model_bridge_webhook_deliveries_total{event="budget.threshold",outcome="delivered"}"#,
+        1.0,
+        std::time::Duration::from_secs(10),
+    )
+    .await;
+    assert!(g.metric("model_bridge_webhook_retries_total").await >= 2.0);
+    assert!(
+        g.metric(r#"model_bridge_spend_anomaly_score{cost_center="sales",grain="day",org="acme"}"#)
+            .await
+            > 4.0
+    );
+    let stored = query(&url, &format!("SELECT count(), any(actual_nanousd) FROM {db}.spend_anomalies WHERE id = '{anomaly_id}' FORMAT TSV")).await;
+    assert_eq!(stored.trim(), format!("1\t{}", 100 * USD));
+    // The secret never reaches the log.
+    assert!(!g.log_text().contains(SECRET));
+    query(&url, &format!("DROP DATABASE {db}")).await;
+}

@@ -55,10 +55,10 @@ fn sql_over(days: &str, scope: &str) -> String {
                          team != '' AND (org, concat('team:', team)) GLOBAL IN {sources}, concat('team:', team), '') AS src \
                FROM usage_daily WHERE {days}{scope} \
              ) GROUP BY month, org, src, own_cc \
-           ) GLOBAL ANY LEFT JOIN ( \
+           ) AS spend GLOBAL ANY LEFT JOIN ( \
              SELECT org, source AS src, groupArray(cost_center) AS ccs, groupArray(bp) AS bps, groupArray(rk) AS rks \
              FROM ({CURRENT_ALLOCATIONS}) GROUP BY org, source \
-           ) USING (org, src) \
+           ) AS shares USING (org, src) \
          ) ARRAY JOIN out_ccs AS cc, out_amounts AS amount \
          GROUP BY month, cost_center ORDER BY month, cost_center",
         share = part("b"),
