@@ -564,6 +564,14 @@ mod tests {
         }
 
         proptest! {
+            // Failing seeds are kept next to this file (the repository's top level holds only
+            // what the layout names).
+            #![proptest_config(ProptestConfig {
+                failure_persistence: Some(Box::new(
+                    proptest::test_runner::FileFailurePersistence::SourceParallel("proptest-regressions"),
+                )),
+                ..ProptestConfig::default()
+            })]
             #[test]
             fn any_split_gives_the_same_bytes_events_and_usage(
                 events in proptest::collection::vec(ev(), 0..12),
