@@ -613,9 +613,22 @@ async fn every_finance_answer_equals_the_rows() {
     )
     .unwrap();
     let ch = cfg.clickhouse.clone().unwrap();
+    // Two replicas run the watch on the same config: the dashboards show each budget,
+    // allocation, forecast and anomaly once.
     model_bridge::finance::watch::run_once(&ch, &cfg)
         .await
         .unwrap();
+    let mut replica = ch.clone();
+    replica.node = "replica-b".into();
+    model_bridge::finance::watch::run_once(&replica, &cfg)
+        .await
+        .unwrap();
+    let twice = query(
+        &url,
+        &format!("SELECT count(DISTINCT node) FROM {db}.spend_anomalies FORMAT TSV"),
+    )
+    .await;
+    assert_eq!(twice.trim(), "2");
     let acme_alloc = &cfg.orgs["acme"].allocations;
 
     // --- Dashboards -------------------------------------------------------------------

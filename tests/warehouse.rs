@@ -407,6 +407,14 @@ async fn an_insert_that_landed_but_was_not_acknowledged_is_not_counted_twice() {
         10,
     )
     .await;
+    // … and the gateway has its answer (a switch between the commit and the answer would
+    // swallow it too).
+    g.wait_metric_at_least(
+        "model_bridge_usage_sink_rows_total{outcome=\"inserted\"}",
+        5.0,
+        Duration::from_secs(10),
+    )
+    .await;
     proxy.set(Mode::SwallowAnswers);
     send(7).await;
     // An audit event too (the reload SIGHUP asks for), through the same swallowed answers.
@@ -420,8 +428,16 @@ async fn an_insert_that_landed_but_was_not_acknowledged_is_not_counted_twice() {
         )
         .await;
     }
-    let landed = query(&url, &format!("SELECT count() FROM {db}.usage_events")).await;
-    assert_eq!(landed.trim(), "12", "the unacknowledged insert did land");
+    // ClickHouse commits the insert whose answer is swallowed in its own time (the client
+    // gave up on it already).
+    let landed = wait_for(
+        &url,
+        &format!("SELECT count() FROM {db}.usage_events"),
+        "12",
+        15,
+    )
+    .await;
+    assert_eq!(landed, "12", "the unacknowledged insert did land");
     proxy.set(Mode::Pass);
     for sink in ["usage", "audit"] {
         g.wait_metric_at_least(

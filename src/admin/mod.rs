@@ -387,64 +387,51 @@ pub fn openapi() -> Value {
                 params.push(json!({"name": name, "in": "path", "required": true, "description": desc, "schema": {"type": "string"}}));
             }
         }
-        if matches!(
-            r.op,
-            Op::SpendForecast | Op::SpendAnomalies | Op::Chargeback
-        ) {
-            for (name, desc) in [
-                (
-                    "from",
-                    "First day, YYYY-MM-DD (anomalies; default: 30 days ago)",
-                ),
-                ("to", "Last day, inclusive (anomalies; default: today)"),
-                (
-                    "org",
-                    "Org id, or * for all (needs admin:all_orgs); default: the caller's",
-                ),
-                ("cost_center", "Only this cost center"),
-                ("department", "Only this department"),
-                ("project", "Only this project"),
-                ("team", "Only this team"),
-                ("key_id", "Only this key"),
-                ("model", "Only this requested model"),
-                ("provider", "Only this provider"),
-                ("experiment", "Only this experiment"),
-                ("variant", "Only this variant"),
-            ] {
-                params.push(json!({"name": name, "in": "query", "description": desc, "schema": {"type": "string"}}));
+        let query = |name: &str, desc: &str| json!({"name": name, "in": "query", "description": desc, "schema": {"type": "string"}});
+        let org = "Org id, or * for all (needs admin:all_orgs); default: the caller's";
+        match r.op {
+            Op::SpendForecast => {
+                params.push(query("org", org));
+                params.push(query("cost_center", "Only this cost center"));
             }
-        }
-        if r.op == Op::Spend {
-            for (name, desc) in [
-                (
+            Op::SpendAnomalies => {
+                params.push(query(
+                    "from",
+                    "First day, YYYY-MM-DD (default: 30 days ago; hours: yesterday)",
+                ));
+                params.push(query("to", "Last day, inclusive (default: today)"));
+                params.push(query("grain", "day (default) or hour"));
+                params.push(query("org", org));
+                params.push(query("cost_center", "Only this cost center"));
+            }
+            Op::Chargeback | Op::Spend => {
+                params.push(query(
                     "from",
                     "First day, YYYY-MM-DD (default: first of this month)",
-                ),
-                ("to", "Last day, inclusive (default: today)"),
-                (
-                    "group_by",
-                    "Comma-separated: org, team, cost_center, department, project, key_id, model, provider, experiment, variant, and at most one of month, day, hour",
-                ),
-                ("period", "month, day or hour (hours: the hourly rollup's retained weeks)"),
-                (
+                ));
+                params.push(query("to", "Last day, inclusive (default: today)"));
+                params.push(query("org", org));
+                params.push(query(
                     "format",
-                    "json (default) or csv (one line per group; money as decimal strings)",
-                ),
-                (
-                    "org",
-                    "Org id, or * for all (needs admin:all_orgs); default: the caller's",
-                ),
-                ("cost_center", "Only this cost center"),
-                ("department", "Only this department"),
-                ("project", "Only this project"),
-                ("team", "Only this team"),
-                ("key_id", "Only this key"),
-                ("model", "Only this requested model"),
-                ("provider", "Only this provider"),
-                ("experiment", "Only this experiment"),
-                ("variant", "Only this variant"),
-            ] {
-                params.push(json!({"name": name, "in": "query", "description": desc, "schema": {"type": "string"}}));
+                    "json (default) or csv (one line per row; money as decimal strings)",
+                ));
+            }
+            _ => {}
+        }
+        if r.op == Op::Spend {
+            params.push(query(
+                "group_by",
+                "Comma-separated: org, team, cost_center, department, project, key_id, model, provider, experiment, variant, and at most one of month, day, hour",
+            ));
+            params.push(query(
+                "period",
+                "month, day or hour (hours: the hourly rollup's retained weeks)",
+            ));
+            for d in crate::warehouse::spend::ATTRIBUTES
+                .iter()
+                .filter(|d| **d != "org")
+            {
+                params.push(query(d, &format!("Only this {}", d.replace('_', " "))));
             }
         }
         if r.op == Op::ListKeys {

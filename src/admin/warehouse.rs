@@ -27,27 +27,9 @@ pub async fn spend(ctx: &Ctx<'_>) -> Reply {
         Ok(c) => c,
         Err(r) => return r,
     };
-    let today = crate::time::date(crate::time::now_unix());
-    let month_start = format!("{}-01", &today[..7]);
-    let from = query(ctx, "from").unwrap_or(&month_start).to_string();
-    let to = query(ctx, "to").unwrap_or(&today).to_string();
-    if !spend::valid_day(&from) || !spend::valid_day(&to) {
-        return Reply::error(
-            400,
-            "invalid_request_error",
-            "from and to are YYYY-MM-DD days",
-        );
-    }
-    let csv = match query(ctx, "format").unwrap_or("json") {
-        "json" => false,
-        "csv" => true,
-        other => {
-            return Reply::error(
-                400,
-                "invalid_request_error",
-                format!("unknown format `{other}` (json or csv)"),
-            )
-        }
+    let (from, to, csv) = match days_and_format(ctx) {
+        Ok(d) => d,
+        Err(r) => return r,
     };
     let group_by =
         match spend::parse_group_by(&percent_decode(query(ctx, "group_by").unwrap_or("")))
@@ -74,6 +56,31 @@ pub async fn spend(ctx: &Ctx<'_>) -> Reply {
         },
         Ok(v) => Reply::ok(v),
         Err(e) => unavailable(e),
+    }
+}
+
+/// The `from` / `to` days of a question (default: this month so far) and whether it asked
+/// for CSV.
+fn days_and_format(ctx: &Ctx<'_>) -> Result<(String, String, bool), Reply> {
+    let today = crate::time::date(crate::time::now_unix());
+    let month_start = format!("{}-01", &today[..7]);
+    let from = query(ctx, "from").unwrap_or(&month_start).to_string();
+    let to = query(ctx, "to").unwrap_or(&today).to_string();
+    if !spend::valid_day(&from) || !spend::valid_day(&to) {
+        return Err(Reply::error(
+            400,
+            "invalid_request_error",
+            "from and to are YYYY-MM-DD days",
+        ));
+    }
+    match query(ctx, "format").unwrap_or("json") {
+        "json" => Ok((from, to, false)),
+        "csv" => Ok((from, to, true)),
+        other => Err(Reply::error(
+            400,
+            "invalid_request_error",
+            format!("unknown format `{other}` (json or csv)"),
+        )),
     }
 }
 
@@ -257,27 +264,9 @@ pub async fn chargeback(ctx: &Ctx<'_>) -> Reply {
         Ok(o) => o,
         Err(r) => return r,
     };
-    let today = crate::time::date(crate::time::now_unix());
-    let month_start = format!("{}-01", &today[..7]);
-    let from = query(ctx, "from").unwrap_or(&month_start).to_string();
-    let to = query(ctx, "to").unwrap_or(&today).to_string();
-    if !spend::valid_day(&from) || !spend::valid_day(&to) {
-        return Reply::error(
-            400,
-            "invalid_request_error",
-            "from and to are YYYY-MM-DD days",
-        );
-    }
-    let csv = match query(ctx, "format").unwrap_or("json") {
-        "json" => false,
-        "csv" => true,
-        other => {
-            return Reply::error(
-                400,
-                "invalid_request_error",
-                format!("unknown format `{other}` (json or csv)"),
-            )
-        }
+    let (from, to, csv) = match days_and_format(ctx) {
+        Ok(d) => d,
+        Err(r) => return r,
     };
     let lines = match crate::warehouse::chargeback::lines(
         &ch.db_client(),

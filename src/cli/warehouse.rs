@@ -210,7 +210,12 @@ pub fn report_spend(cfg: &Config, a: SpendArgs) -> Result<(), String> {
             .ok_or_else(|| {
                 format!(
                     "--where `{f}`: dimension=value, over {}",
-                    spend::ATTRIBUTES[1..].join(", ")
+                    spend::ATTRIBUTES
+                        .iter()
+                        .filter(|d| **d != "org")
+                        .copied()
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 )
             })?;
         filters.push((d, v.to_string()));

@@ -218,26 +218,38 @@ impl FlakyProxy {
                         else {
                             return;
                         };
-                        if mode == Mode::Pass as u8 {
-                            // Pooled connections must not outlive a switch of mode.
-                            let switched = async {
-                                while m2.load(Ordering::SeqCst) == Mode::Pass as u8 {
-                                    tokio::time::sleep(Duration::from_millis(10)).await;
-                                }
-                            };
-                            tokio::select! {
-                                _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                                _ = switched => {}
-                            }
-                            return;
-                        }
-                        // Forward the request until ClickHouse starts answering, then cut both.
-                        let (mut cr, _cw) = client.split();
+                        // Requests always go through whole; answers reach the client only
+                        // while the mode is Pass. A pooled connection therefore switches with
+                        // the mode between two requests, and no request is ever cut halfway.
+                        let (mut cr, mut cw) = client.split();
                         let (mut sr, mut sw) = server.split();
-                        let mut first = [0u8; 1];
+                        let answers = async {
+                            let mut buf = [0u8; 16 * 1024];
+                            loop {
+                                let n = match tokio::io::AsyncReadExt::read(&mut sr, &mut buf).await
+                                {
+                                    Ok(0) | Err(_) => return,
+                                    Ok(n) => n,
+                                };
+                                if m2.load(Ordering::SeqCst) == Mode::Pass as u8
+                                    && tokio::io::AsyncWriteExt::write_all(&mut cw, &buf[..n])
+                                        .await
+                                        .is_err()
+                                {
+                                    return;
+                                }
+                            }
+                        };
+                        // Refusing also ends the connections already open.
+                        let refused = async {
+                            while m2.load(Ordering::SeqCst) != Mode::Refuse as u8 {
+                                tokio::time::sleep(Duration::from_millis(10)).await;
+                            }
+                        };
                         tokio::select! {
                             _ = tokio::io::copy(&mut cr, &mut sw) => {}
-                            _ = tokio::io::AsyncReadExt::read(&mut sr, &mut first) => {}
+                            _ = answers => {}
+                            _ = refused => {}
                         }
                     });
                 }
