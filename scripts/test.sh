@@ -18,6 +18,9 @@ echo "$MB_CLICKHOUSE_URL"
 echo "== Redis (Debian's redis-server; tests start their own instances on ephemeral ports)"
 scripts/redis.sh install
 
+echo "== PostgreSQL (Debian's postgresql; the control-store tests start their own servers)"
+scripts/postgres.sh install
+
 echo "== Prometheus (Debian's prometheus + promtool; the alert tests start their own server)"
 scripts/prometheus.sh install
 

@@ -2,7 +2,7 @@
 //! reload. A request loads one `Arc<Live>` at its start and keeps it to the end.
 
 use crate::audit::AuditSink;
-use crate::auth::store::FileKeyStore;
+use crate::auth::store::Keys;
 use crate::config::{Config, ConfigErrors};
 use crate::metrics::METRICS;
 use crate::usage::UsageSink;
@@ -86,7 +86,7 @@ pub struct Shared {
     pub sink: Arc<dyn UsageSink>,
     pub audit: Arc<dyn AuditSink>,
     /// The key store named by the live config (`None` while authentication is off).
-    keys: arc_swap::ArcSwapOption<FileKeyStore>,
+    keys: arc_swap::ArcSwapOption<Keys>,
     /// Set on SIGTERM: readiness fails, connections are not kept alive.
     pub draining: AtomicBool,
     /// Requests in progress on the data plane.
@@ -120,9 +120,7 @@ impl Shared {
         METRICS.config_generation.set(1);
         METRICS.prime(&config);
         let keys = arc_swap::ArcSwapOption::empty();
-        if let Some(a) = &config.auth {
-            keys.store(Some(Arc::new(FileKeyStore::open(&a.key_store)?)));
-        }
+        keys.store(Keys::open(&config)?.map(Arc::new));
         let limiter = Arc::new(crate::limits::Limiter::new(&config));
         let retry_budget =
             crate::routing::resilience::RetryBudget::new(config.routing.retry_budget_ratio, 10);
@@ -170,7 +168,7 @@ impl Shared {
     }
 
     /// The key store, if authentication is on.
-    pub fn keys(&self) -> Option<Arc<FileKeyStore>> {
+    pub fn keys(&self) -> Option<Arc<Keys>> {
         self.keys.load_full()
     }
 
@@ -200,12 +198,12 @@ impl Shared {
     fn apply(&self, result: Result<Config, ConfigErrors>) -> Result<u64, ConfigErrors> {
         let result = result.and_then(|cfg| {
             // Open the key store before the swap: a config whose store cannot be read is rejected.
-            let wanted = cfg.auth.as_ref().map(|a| a.key_store.clone());
+            let wanted = Keys::identity_of(&cfg);
             let current = self.keys.load_full();
             match (wanted, current) {
-                (Some(p), Some(cur)) if cur.path() == p => {}
-                (Some(p), _) => match FileKeyStore::open(&p) {
-                    Ok(s) => self.keys.store(Some(Arc::new(s))),
+                (Some(w), Some(cur)) if cur.identity() == w => {}
+                (Some(_), _) => match Keys::open(&cfg) {
+                    Ok(s) => self.keys.store(s.map(Arc::new)),
                     Err(e) => {
                         return Err(ConfigErrors(vec![crate::config::ConfigError {
                             file: self.config_path.display().to_string(),

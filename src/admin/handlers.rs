@@ -282,10 +282,25 @@ fn user_org_elsewhere(ctx: &Ctx<'_>, org: &str, user: &str) -> Option<String> {
         .map(|k| k.org.clone())
 }
 
-fn store(ctx: &Ctx<'_>) -> Result<std::sync::Arc<crate::auth::store::FileKeyStore>, Reply> {
+fn store(ctx: &Ctx<'_>) -> Result<std::sync::Arc<crate::auth::store::Keys>, Reply> {
     ctx.shared
         .keys()
         .ok_or_else(|| Reply::error(503, "unavailable", "No key store is configured."))
+}
+
+/// A key store write that failed: 503 while the shared control store is unreachable (the
+/// write can be retried), 500 otherwise.
+fn store_failed(e: std::io::Error, what: &str) -> Reply {
+    log::error!("key store: {e}");
+    if e.kind() == std::io::ErrorKind::NotConnected {
+        Reply::error(
+            503,
+            "control_store_unavailable",
+            format!("The control store is unreachable; the key was not {what}. Retry later."),
+        )
+    } else {
+        Reply::error(500, "store_error", format!("The key could not be {what}."))
+    }
 }
 
 fn created(
@@ -335,8 +350,7 @@ fn create_key(ctx: &Ctx<'_>, org: &str) -> Reply {
         Err(r) => return r,
     };
     if let Err(e) = s.insert(rec.clone()) {
-        log::error!("key store insert: {e}");
-        return Reply::error(500, "store_error", "The key could not be stored.");
+        return store_failed(e, "stored");
     }
     created(ctx, org, key, &rec, "key.create", None)
 }
@@ -368,10 +382,7 @@ fn revoke_key(ctx: &Ctx<'_>, org: &str, id: &str) -> Reply {
             Reply::ok(key_json(&after, "store"))
         }
         Ok(None) => Reply::error(404, "not_found", format!("No key `{id}`.")),
-        Err(e) => {
-            log::error!("key store revoke: {e}");
-            Reply::error(500, "store_error", "The key could not be revoked.")
-        }
+        Err(e) => store_failed(e, "revoked"),
     }
 }
 
@@ -413,8 +424,11 @@ fn rotate_key(ctx: &Ctx<'_>, org: &str, id: &str) -> Reply {
         Ok(s) => s,
         Err(r) => return r,
     };
-    if s.insert(rec.clone()).is_err() || s.revoke(id, crate::time::now_unix()).is_err() {
-        return Reply::error(500, "store_error", "The key could not be rotated.");
+    if let Err(e) = s
+        .insert(rec.clone())
+        .and_then(|()| s.revoke(id, crate::time::now_unix()).map(|_| ()))
+    {
+        return store_failed(e, "rotated");
     }
     created(ctx, org, key, &rec, "key.rotate", Some(redacted(&old)))
 }

@@ -4,7 +4,7 @@
 use crate::audit::AuditEvent;
 use crate::auth::issue::{issue, redacted, KeySpec};
 use crate::auth::keys::KeyRecord;
-use crate::auth::store::{FileKeyStore, KeyStore};
+use crate::auth::store::{KeyStore, Keys};
 use crate::config::Config;
 
 #[derive(Debug, clap::Args)]
@@ -31,12 +31,16 @@ pub struct CreateArgs {
     pub name: Option<String>,
 }
 
-fn store_of(cfg: &Config) -> Result<FileKeyStore, String> {
-    let a = cfg
-        .auth
-        .as_ref()
+fn store_of(cfg: &Config) -> Result<Keys, String> {
+    let keys = Keys::open(cfg)
+        .map_err(|e| format!("key store: {e}"))?
         .ok_or("authentication is not configured ([auth] is absent)")?;
-    FileKeyStore::open(&a.key_store).map_err(|e| format!("key store: {e}"))
+    if let Keys::Control(c) = &keys {
+        if !c.is_up() {
+            return Err("the control store is unreachable".into());
+        }
+    }
+    Ok(keys)
 }
 
 fn audit(cfg: &Config, action: &'static str, rec: &KeyRecord, before: Option<&KeyRecord>) {

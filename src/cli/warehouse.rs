@@ -55,8 +55,22 @@ fn event(action: &'static str, resource: String, after: serde_json::Value) -> Au
     }
 }
 
+/// `model-bridge migrate`: the control store's schema (when `[control]` is set) and the
+/// ClickHouse schema (when `[clickhouse]` is).
 pub fn run_migrate(cfg: &Config) -> Result<(), String> {
-    let ch = settings(cfg)?;
+    if cfg.control.is_none() && cfg.clickhouse.is_none() {
+        return Err(format!(
+            "{} has neither [control] nor [clickhouse]",
+            cfg.path.display()
+        ));
+    }
+    if let Some(c) = &cfg.control {
+        let applied = crate::control::migrate(c)?;
+        println!("control store {}: applied {applied:?}", c.identity());
+    }
+    let Some(ch) = &cfg.clickhouse else {
+        return Ok(());
+    };
     let r = block_on(migrate::run(ch))??;
     println!(
         "ClickHouse {}.{} at {}: database {} — applied {:?}, already applied {:?}",

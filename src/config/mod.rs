@@ -176,6 +176,8 @@ pub struct Config {
     /// `None`: tracing off.
     pub tracing: Option<crate::telemetry::TracingSettings>,
     pub finance: crate::finance::FinanceSettings,
+    /// `None`: keys created through the API or CLI live in `[auth] key_store`.
+    pub control: Option<crate::control::ControlSettings>,
     /// Hash of the text this config was parsed from (the file watcher compares against it).
     pub source_hash: u64,
 }
@@ -525,6 +527,33 @@ fn validate(raw: RawConfig, path: &Path, err: &mut dyn FnMut(&str, String)) -> C
             }
         }),
         finance: finance_settings(&raw.finance, err),
+        control: raw.control.as_ref().and_then(|c| {
+            let kind = match (c.store.as_str(), &c.url) {
+                ("sqlite", _) => crate::control::StoreKind::Sqlite(base.join(&c.path)),
+                ("postgres", Some(url))
+                    if url.starts_with("postgres://") || url.starts_with("postgresql://") =>
+                {
+                    crate::control::StoreKind::Postgres(crate::routing::Secret::new(url.clone()))
+                }
+                ("postgres", _) => {
+                    err("control.url", "a postgres:// URL (use ${ENV_VAR})".into());
+                    return None;
+                }
+                (other, _) => {
+                    err(
+                        "control.store",
+                        format!("unknown store `{other}` (sqlite or postgres)"),
+                    );
+                    return None;
+                }
+            };
+            Some(crate::control::ControlSettings {
+                kind,
+                poll: Duration::from_millis(c.poll_ms.max(10)),
+                timeout: Duration::from_millis(c.timeout_ms.max(100)),
+                import_from: raw.auth.as_ref().map(|a| base.join(&a.key_store)),
+            })
+        }),
         clickhouse: raw.clickhouse.as_ref().map(|c| {
             let ident = |v: &str| {
                 !v.is_empty() && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')

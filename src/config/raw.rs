@@ -50,6 +50,39 @@ pub struct RawConfig {
     /// The finance watch (budget and allocation snapshots, spend anomalies) and its webhooks.
     #[serde(default)]
     pub finance: RawFinance,
+    /// The shared control store for keys created through the API or CLI; without it they live
+    /// in `[auth] key_store` (one node).
+    #[serde(default)]
+    pub control: Option<RawControl>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawControl {
+    /// `sqlite` (one node: `path`) or `postgres` (a fleet: `url`).
+    pub store: String,
+    /// SQLite file (relative to this file).
+    #[serde(default = "default_control_path")]
+    pub path: String,
+    /// PostgreSQL URL (`postgres://user:password@host:port/db`; use `${ENV_VAR}`). Never logged.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// How often each replica compares the change version (the safety net under NOTIFY).
+    #[serde(default = "default_control_poll_ms")]
+    pub poll_ms: u64,
+    /// How long an admin write waits for the store before answering 503.
+    #[serde(default = "default_control_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn default_control_path() -> String {
+    "control.db".into()
+}
+fn default_control_poll_ms() -> u64 {
+    250
+}
+fn default_control_timeout_ms() -> u64 {
+    3_000
 }
 
 #[derive(Debug, Deserialize)]

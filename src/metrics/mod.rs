@@ -82,6 +82,8 @@ pub struct Metrics {
     pub webhook_retries: prometheus::IntCounter,
     /// Unix time of the last finance watch pass that read the warehouse.
     pub finance_watch_last_success: IntGauge,
+    /// 1 while the control store (`[control]`) answers; 0: serving the last snapshot.
+    pub control_store_up: IntGauge,
     pub limits_redis_up: IntGauge,
     pub limits_redis_duration: Histogram,
     /// Admissions decided locally because Redis was unreachable.
@@ -394,6 +396,11 @@ impl Metrics {
                     .unwrap_or_else(|e| panic!("metric webhook_retries: {e}"));
                 c
             },
+            control_store_up: gauge(
+                &r,
+                "control_store_up",
+                "1 while the shared control store answers; 0 while replicas serve their last snapshot.",
+            ),
             finance_watch_last_success: gauge(
                 &r,
                 "finance_watch_last_success_seconds",

@@ -147,7 +147,7 @@ impl BackgroundService for Reloader {
                 _ = tokio::time::sleep(settings.poll_interval) => {
                     // Keys written by another process (the `keys` CLI) take effect here.
                     if let Some(store) = self.shared.keys() {
-                        if let Err(e) = store.refresh_if_changed() {
+                        if let Err(e) = store.refresh() {
                             log::error!("key store refresh: {e}");
                         }
                     }

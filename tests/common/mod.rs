@@ -606,3 +606,54 @@ pub fn abandon_stream(g: &Gateway, key: Option<&str>) -> String {
         .trim()
         .to_string()
 }
+
+/// A PostgreSQL server of one test (scripts/postgres.sh with its own port and data dir): it
+/// can be killed (immediate shutdown) and started again on the same data.
+pub struct PrivatePostgres {
+    pub port: u16,
+    /// The connection URL the script printed.
+    pub url: String,
+    dir: tempfile::TempDir,
+}
+
+impl PrivatePostgres {
+    pub fn start() -> PrivatePostgres {
+        let mut p = PrivatePostgres {
+            port: free_port(),
+            url: String::new(),
+            dir: tempfile::tempdir().unwrap(),
+        };
+        p.url = p.script("start");
+        p
+    }
+
+    fn script(&self, action: &str) -> String {
+        let out = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/postgres.sh"))
+            .arg(action)
+            .env("MB_PG_PORT", self.port.to_string())
+            .env("MB_PG_DIR", self.dir.path())
+            .output()
+            .expect("scripts/postgres.sh");
+        assert!(
+            out.status.success(),
+            "postgres.sh {action}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    pub fn restart(&self) {
+        self.script("start");
+    }
+
+    /// Immediate shutdown: connections drop as in a crash.
+    pub fn kill(&self) {
+        self.script("stop");
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        self.script("stop");
+    }
+}

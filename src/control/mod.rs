@@ -1,0 +1,324 @@
+//! The control store: control state the admin API and the CLI write (virtual keys today),
+//! shared by every replica — an embedded SQLite file for a single node, PostgreSQL for a
+//! fleet (`[control]`).
+//!
+//! The request path never touches the store: it reads an in-memory snapshot. A thread of the
+//! store's own keeps the snapshot current — on PostgreSQL it LISTENs for the NOTIFY every
+//! write sends and, as the safety net, compares the change version every `poll`; on SQLite it
+//! compares the version — so a change made on any replica is in force everywhere well within a
+//! second. Writes go through the same thread and reload the snapshot before they answer (the
+//! writing replica sees its own change at once).
+//!
+//! Fail-static: when the store cannot be reached the snapshot keeps serving (a key revoked
+//! during the outage keeps working until the store is back — the trade-off of not failing
+//! every request), writes answer "unavailable" (the admin API's 503),
+//! `model_bridge_control_store_up` is 0, and the thread reconnects and reloads when the store
+//! returns.
+
+pub mod backend;
+pub mod postgres;
+pub mod sqlite;
+
+use crate::auth::keys::KeyRecord;
+use crate::auth::store::KeyStore;
+use crate::metrics::METRICS;
+use crate::routing::Secret;
+use arc_swap::ArcSwap;
+use backend::{Backend, StoreError};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone)]
+pub enum StoreKind {
+    Sqlite(PathBuf),
+    Postgres(Secret),
+}
+
+#[derive(Debug, Clone)]
+pub struct ControlSettings {
+    pub kind: StoreKind,
+    /// How often the version is compared (the safety net under NOTIFY).
+    pub poll: Duration,
+    /// How long a write waits for the store.
+    pub timeout: Duration,
+    /// A JSON key store to import on first start (then renamed `*.imported`).
+    pub import_from: Option<PathBuf>,
+}
+
+impl ControlSettings {
+    /// Names the store (a reload that names the same one keeps the running store).
+    pub fn identity(&self) -> String {
+        match &self.kind {
+            StoreKind::Sqlite(p) => format!("sqlite:{}", p.display()),
+            StoreKind::Postgres(url) => format!(
+                "postgres:{:016x}",
+                crate::config::source_hash(url.expose().as_bytes())
+            ),
+        }
+    }
+
+    pub fn open(&self) -> Result<Box<dyn Backend>, String> {
+        Ok(match &self.kind {
+            StoreKind::Sqlite(p) => Box::new(sqlite::Sqlite::open(p, self.timeout)?),
+            StoreKind::Postgres(url) => {
+                Box::new(postgres::Postgres::connect(url.expose(), self.timeout)?)
+            }
+        })
+    }
+}
+
+/// Applies the control store's migrations (`model-bridge migrate`).
+pub fn migrate(s: &ControlSettings) -> Result<Vec<i64>, String> {
+    let mut b = s.open()?;
+    let applied = b.migrate()?;
+    import_json(s, b.as_mut())?;
+    Ok(applied)
+}
+
+/// Imports the JSON key store named by `import_from` into an empty store, then retires the
+/// file (renamed `<file>.imported`): from then on the store is the one source.
+fn import_json(s: &ControlSettings, b: &mut dyn Backend) -> Result<(), String> {
+    let Some(path) = s.import_from.as_ref().filter(|p| p.exists()) else {
+        return Ok(());
+    };
+    if !b.keys()?.is_empty() {
+        log::warn!(
+            "control store: {} not imported, the store already has keys",
+            path.display()
+        );
+        return Ok(());
+    }
+    let file = crate::auth::store::FileKeyStore::open(path).map_err(|e| e.to_string())?;
+    let records: Vec<KeyRecord> = file.list(None).iter().map(|k| (**k).clone()).collect();
+    b.insert_keys(&records).map_err(|e| e.to_string())?;
+    let retired = path.with_extension("json.imported");
+    std::fs::rename(path, &retired).map_err(|e| format!("{}: {e}", path.display()))?;
+    log::info!(
+        "control store: imported {} keys from {} (now {})",
+        records.len(),
+        path.display(),
+        retired.display()
+    );
+    Ok(())
+}
+
+enum Command {
+    Insert(Box<KeyRecord>, mpsc::Sender<Result<(), StoreError>>),
+    Revoke(
+        String,
+        u64,
+        mpsc::Sender<Result<Option<KeyRecord>, StoreError>>,
+    ),
+}
+
+/// The key store over the control store: snapshot reads, writes through the store's thread.
+pub struct ControlKeys {
+    identity: String,
+    map: Arc<ArcSwap<HashMap<String, Arc<KeyRecord>>>>,
+    up: Arc<AtomicBool>,
+    commands: Mutex<mpsc::Sender<Command>>,
+    timeout: Duration,
+}
+
+impl ControlKeys {
+    /// Starts the store's thread; returns once the first snapshot is loaded (or the first
+    /// connection failed: the gateway then starts with no store keys and catches up).
+    pub fn start(s: ControlSettings) -> Result<Self, String> {
+        let map = Arc::new(ArcSwap::from_pointee(HashMap::new()));
+        let up = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = mpsc::channel();
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let identity = s.identity();
+        let timeout = s.timeout;
+        let (m, u) = (map.clone(), up.clone());
+        std::thread::Builder::new()
+            .name("control-store".into())
+            .spawn(move || run(s, m, u, rx, ready_tx))
+            .map_err(|e| format!("control store thread: {e}"))?;
+        // The first load, or the first failure, whichever comes first.
+        let _ = ready_rx.recv_timeout(timeout + Duration::from_secs(1));
+        Ok(Self {
+            identity,
+            map,
+            up,
+            commands: Mutex::new(tx),
+            timeout,
+        })
+    }
+
+    pub fn identity(&self) -> &str {
+        &self.identity
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    fn send(&self, c: Command) -> Result<(), StoreError> {
+        self.commands
+            .lock()
+            .map_err(|_| StoreError::Unavailable("store thread poisoned".into()))?
+            .send(c)
+            .map_err(|_| StoreError::Unavailable("store thread ended".into()))
+    }
+}
+
+impl KeyStore for ControlKeys {
+    fn get(&self, id: &str) -> Option<Arc<KeyRecord>> {
+        self.map.load().get(id).cloned()
+    }
+
+    fn list(&self, org: Option<&str>) -> Vec<Arc<KeyRecord>> {
+        let mut v: Vec<_> = self
+            .map
+            .load()
+            .values()
+            .filter(|k| org.is_none_or(|o| k.org == o))
+            .cloned()
+            .collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v
+    }
+
+    fn insert(&self, record: KeyRecord) -> std::io::Result<()> {
+        let (tx, rx) = mpsc::channel();
+        self.send(Command::Insert(Box::new(record), tx))?;
+        rx.recv_timeout(self.timeout)
+            .map_err(|_| StoreError::Unavailable("timed out".into()))??;
+        Ok(())
+    }
+
+    fn revoke(&self, id: &str, at: u64) -> std::io::Result<Option<Arc<KeyRecord>>> {
+        let (tx, rx) = mpsc::channel();
+        self.send(Command::Revoke(id.to_string(), at, tx))?;
+        let rec = rx
+            .recv_timeout(self.timeout)
+            .map_err(|_| StoreError::Unavailable("timed out".into()))??;
+        Ok(rec.map(|r| self.get(&r.id).unwrap_or_else(|| Arc::new(r))))
+    }
+}
+
+/// How often the thread looks for work: commands, announcements, the version.
+const TICK: Duration = Duration::from_millis(25);
+
+/// The store's thread: connect, migrate, import, load; then serve commands and follow
+/// changes until the store fails; then fail static and reconnect. Ends when the
+/// `ControlKeys` is dropped.
+fn run(
+    s: ControlSettings,
+    map: Arc<ArcSwap<HashMap<String, Arc<KeyRecord>>>>,
+    up: Arc<AtomicBool>,
+    rx: mpsc::Receiver<Command>,
+    ready: mpsc::Sender<()>,
+) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let session = (|| -> Result<(Box<dyn Backend>, i64), String> {
+            let mut b = s.open()?;
+            b.migrate()?;
+            import_json(&s, b.as_mut())?;
+            let version = b.version()?;
+            load(b.as_mut(), &map)?;
+            Ok((b, version))
+        })();
+        match session {
+            Ok((mut b, version)) => {
+                up.store(true, Ordering::Relaxed);
+                METRICS.control_store_up.set(1);
+                let _ = ready.send(());
+                backoff = Duration::from_millis(100);
+                match follow(&s, b.as_mut(), version, &map, &rx) {
+                    Ok(()) => return,
+                    Err(e) => log::error!("control store: {e}; serving the last snapshot"),
+                }
+            }
+            Err(e) => log::error!("control store: {e}; serving the last snapshot"),
+        }
+        up.store(false, Ordering::Relaxed);
+        METRICS.control_store_up.set(0);
+        let _ = ready.send(());
+        // Down: writes are refused at once, and the store is tried again after `backoff`.
+        let until = Instant::now() + backoff;
+        while let Some(left) = until.checked_duration_since(Instant::now()) {
+            match rx.recv_timeout(left) {
+                Ok(c) => refuse(c),
+                Err(mpsc::RecvTimeoutError::Timeout) => break,
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            }
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+fn refuse(c: Command) {
+    let down = || StoreError::Unavailable("the control store is down".into());
+    match c {
+        Command::Insert(_, reply) => {
+            let _ = reply.send(Err(down()));
+        }
+        Command::Revoke(_, _, reply) => {
+            let _ = reply.send(Err(down()));
+        }
+    }
+}
+
+fn load(b: &mut dyn Backend, map: &ArcSwap<HashMap<String, Arc<KeyRecord>>>) -> Result<(), String> {
+    let keys = b.keys()?;
+    map.store(Arc::new(
+        keys.into_iter()
+            .map(|k| (k.id.clone(), Arc::new(k)))
+            .collect(),
+    ));
+    Ok(())
+}
+
+/// Serves commands and follows changes; `Ok` when the `ControlKeys` is gone, `Err` when the
+/// store failed.
+fn follow(
+    s: &ControlSettings,
+    b: &mut dyn Backend,
+    mut version: i64,
+    map: &ArcSwap<HashMap<String, Arc<KeyRecord>>>,
+    rx: &mpsc::Receiver<Command>,
+) -> Result<(), String> {
+    let mut checked = Instant::now();
+    loop {
+        match rx.recv_timeout(TICK) {
+            Ok(Command::Insert(rec, reply)) => {
+                let r = b.insert_keys(std::slice::from_ref(&rec));
+                let failed = matches!(r, Err(StoreError::Unavailable(_)));
+                let _ = reply.send(r.and_then(|()| load(b, map).map_err(StoreError::Unavailable)));
+                if failed {
+                    return Err("write failed".into());
+                }
+                version = b.version()?;
+            }
+            Ok(Command::Revoke(id, at, reply)) => {
+                let r = b.revoke_key(&id, at);
+                let failed = matches!(r, Err(StoreError::Unavailable(_)));
+                let r =
+                    r.and_then(|rec| load(b, map).map(|()| rec).map_err(StoreError::Unavailable));
+                let _ = reply.send(r);
+                if failed {
+                    return Err("write failed".into());
+                }
+                version = b.version()?;
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => return Ok(()),
+        }
+        // NOTIFY says at once; the version, compared every `poll`, says it anyway.
+        let announced = b.announced()?;
+        if announced || checked.elapsed() >= s.poll {
+            checked = Instant::now();
+            let now = b.version()?;
+            if now != version {
+                load(b, map)?;
+                version = now;
+            }
+        }
+    }
+}

@@ -1,0 +1,262 @@
+//! The shared control store, with gateways as child processes: three replicas on one real
+//! PostgreSQL see each other's key creations and revocations; PostgreSQL killed under load
+//! costs no data-plane request, admin writes answer 503, and everything catches up when it
+//! returns. The embedded SQLite store imports the JSON key store on first start and follows
+//! what the CLI writes.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+/// Propagation is specified as within 1 s; the deadline here leaves room for a loaded CI
+/// machine, and the time it took is printed.
+const PROPAGATION: Duration = Duration::from_secs(5);
+
+fn tenants(dir: &std::path::Path, control: &str) -> String {
+    let policies = policies_dir(dir, "");
+    format!(
+        r#"
+[auth]
+key_store = "keys.json"
+policies = "{}"
+
+[orgs.acme]
+[orgs.beta]
+
+{control}
+"#,
+        policies.display()
+    )
+}
+
+async fn models_status(g: &Gateway, key: &str) -> u16 {
+    client()
+        .get(g.url("/v1/models"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// Waits until `key` gets `want` from every gateway; returns how long it took.
+async fn everywhere(gs: &[&Gateway], key: &str, want: u16) -> Duration {
+    let start = Instant::now();
+    eventually(PROPAGATION, || async {
+        for g in gs {
+            let s = models_status(g, key).await;
+            if s != want {
+                return Err(format!("{} answered {s}", g.port));
+            }
+        }
+        Ok(())
+    })
+    .await;
+    start.elapsed()
+}
+
+async fn admin(g: &Gateway, key: &str, method: &str, path: &str, body: Value) -> (u16, Value) {
+    let c = client();
+    let req = match method {
+        "POST" => c.post(g.ops_url(path)).json(&body),
+        _ => c.get(g.ops_url(path)),
+    };
+    let r = req.bearer_auth(key).send().await.unwrap();
+    let s = r.status().as_u16();
+    (s, r.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn three_replicas_share_keys_through_postgres() {
+    let pg = PrivatePostgres::start();
+    // The version check is a minute apart: what arrives within the deadline came by NOTIFY.
+    let control = format!(
+        "[control]\nstore = \"postgres\"\nurl = \"{}\"\npoll_ms = 60000\n",
+        pg.url
+    );
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let gs: Vec<Gateway> = dirs
+        .iter()
+        .map(|d| Gateway::start_with(&[], &tenants(d.path(), &control)))
+        .collect();
+    let all: Vec<&Gateway> = gs.iter().collect();
+    for g in &gs {
+        g.wait_metric("model_bridge_control_store_up", 1.0, PROPAGATION)
+            .await;
+    }
+    // A key made with the CLI of replica 1 works on all three.
+    let (root, _) = gs[0].create_key(&["--org", "acme", "--role", "org-admin"]);
+    let took = everywhere(&all, &root, 200).await;
+    eprintln!("CLI key on every replica after {took:?}");
+
+    // A key created through replica 1's admin API authenticates on 2 and 3.
+    let (s, v) = admin(
+        &gs[0],
+        &root,
+        "POST",
+        "/admin/v1/orgs/acme/keys",
+        json!({"roles": ["developer"]}),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let (dev, dev_id) = (
+        v["key"].as_str().unwrap().to_string(),
+        v["id"].as_str().unwrap().to_string(),
+    );
+    let took = everywhere(&all, &dev, 200).await;
+    eprintln!("API key on every replica after {took:?}");
+    // Listed the same everywhere, never with its secret or hash.
+    for g in &gs {
+        let (s, v) = admin(g, &root, "GET", "/admin/v1/orgs/acme/keys", Value::Null).await;
+        assert_eq!(s, 200);
+        let text = v.to_string();
+        assert!(text.contains(&dev_id) && !text.contains(&dev) && !text.contains("hash"));
+    }
+
+    // Revoked on replica 3: refused on 1 and 2.
+    let (s, v) = admin(
+        &gs[2],
+        &root,
+        "POST",
+        &format!("/admin/v1/orgs/acme/keys/{dev_id}/revoke"),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let took = everywhere(&all, &dev, 401).await;
+    eprintln!("revocation on every replica after {took:?}");
+
+    // PostgreSQL killed under load: the data plane keeps serving from the snapshot, admin
+    // writes answer 503, the store is reported down.
+    let (s, v) = admin(
+        &gs[1],
+        &root,
+        "POST",
+        "/admin/v1/orgs/acme/keys",
+        json!({"roles": ["developer"]}),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let live = v["key"].as_str().unwrap().to_string();
+    everywhere(&all, &live, 200).await;
+    pg.kill();
+    let load = {
+        let urls: Vec<String> = gs.iter().map(|g| g.url("/v1/chat/completions")).collect();
+        let key = live.clone();
+        tokio::spawn(async move {
+            let c = client();
+            let mut statuses = Vec::new();
+            for i in 0..150 {
+                let r = c
+                    .post(&urls[i % urls.len()])
+                    .bearer_auth(&key)
+                    .json(&chat("gpt-4o-mini", false))
+                    .send()
+                    .await
+                    .unwrap();
+                statuses.push(r.status().as_u16());
+                let _ = r.bytes().await;
+            }
+            statuses
+        })
+    };
+    for g in &gs {
+        g.wait_metric("model_bridge_control_store_up", 0.0, PROPAGATION)
+            .await;
+    }
+    let (s, v) = admin(
+        &gs[0],
+        &root,
+        "POST",
+        "/admin/v1/orgs/acme/keys",
+        json!({"roles": ["developer"]}),
+    )
+    .await;
+    assert_eq!(s, 503, "{v}");
+    assert_eq!(v["error"]["code"], "control_store_unavailable", "{v}");
+    assert!(v["error"]["message"].as_str().is_some());
+    let statuses = load.await.unwrap();
+    assert!(
+        statuses.iter().all(|s| *s == 200),
+        "every data-plane request served during the outage: {statuses:?}"
+    );
+
+    // Back: every replica reconnects; a key created now works everywhere, and nothing made
+    // before the outage was lost.
+    pg.restart();
+    for g in &gs {
+        g.wait_metric(
+            "model_bridge_control_store_up",
+            1.0,
+            Duration::from_secs(20),
+        )
+        .await;
+    }
+    let (s, v) = admin(
+        &gs[2],
+        &root,
+        "POST",
+        "/admin/v1/orgs/beta/keys",
+        json!({"roles": ["developer"]}),
+    )
+    .await;
+    // An org-admin of acme may not make keys in beta.
+    assert_eq!(s, 404, "{v}");
+    let (s, v) = admin(
+        &gs[2],
+        &root,
+        "POST",
+        "/admin/v1/orgs/acme/keys",
+        json!({"roles": ["developer"]}),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    everywhere(&all, v["key"].as_str().unwrap(), 200).await;
+    everywhere(&all, &live, 200).await;
+    everywhere(&all, &dev, 401).await;
+    // The secret and the store's password-bearing URL never reach a log.
+    for g in &gs {
+        let log = g.log_text();
+        assert!(!log.contains(&live) && !log.contains(&root));
+        assert!(!log.contains(&pg.url));
+    }
+}
+
+#[tokio::test]
+async fn the_sqlite_store_imports_the_json_store_and_follows_the_cli() {
+    // First without [control]: a key in the JSON file.
+    let dir = tempfile::tempdir().unwrap();
+    let mut g = Gateway::start_with(&[], &tenants(dir.path(), ""));
+    let (old, _) = g.create_key(&["--org", "acme", "--role", "developer"]);
+    g.wait_key(&old).await;
+    g.stop();
+    g.wait_exit(Duration::from_secs(20));
+    // Then with the embedded control store: the JSON store is imported and retired.
+    let text = std::fs::read_to_string(&g.config).unwrap();
+    std::fs::write(
+        &g.config,
+        format!("{text}\n[control]\nstore = \"sqlite\"\npath = \"control.db\"\n"),
+    )
+    .unwrap();
+    g.restart();
+    assert_eq!(models_status(&g, &old).await, 200);
+    let base = g.config.parent().unwrap().to_path_buf();
+    assert!(base.join("control.db").exists());
+    assert!(!base.join("keys.json").exists());
+    assert!(base.join("keys.json.imported").exists());
+    // A key the CLI writes into the store reaches the running gateway; so does a revocation.
+    let (new, new_id) = g.create_key(&["--org", "acme", "--role", "developer"]);
+    everywhere(&[&g], &new, 200).await;
+    let (ok, out, err) = g.cli(&["keys", "revoke", &new_id]);
+    assert!(ok, "{out}{err}");
+    everywhere(&[&g], &new, 401).await;
+    // And the store survives a restart (it is the one source now).
+    g.stop();
+    g.wait_exit(Duration::from_secs(20));
+    g.restart();
+    assert_eq!(models_status(&g, &old).await, 200);
+    assert_eq!(models_status(&g, &new).await, 401);
+}
