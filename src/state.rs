@@ -126,7 +126,7 @@ impl Shared {
             crate::routing::resilience::RetryBudget::new(config.routing.retry_budget_ratio, 10);
         let notifier = arc_swap::ArcSwapOption::empty();
         refresh_notifier(&notifier, &config);
-        Ok(Arc::new(Self {
+        let shared = Arc::new(Self {
             notifier,
             limiter,
             breakers: Default::default(),
@@ -142,7 +142,30 @@ impl Shared {
             sink,
             draining: AtomicBool::new(false),
             inflight: AtomicI64::new(0),
-        }))
+        });
+        shared.follow_control_policy();
+        Ok(shared)
+    }
+
+    /// With a control store, a change of its policy (custom roles, bindings) reloads the
+    /// config, so RBAC compiles it; and the policy already in the store when the gateway
+    /// started is compiled now.
+    fn follow_control_policy(self: &Arc<Self>) {
+        let Some(keys) = self.keys() else { return };
+        let Keys::Control(c) = &*keys else { return };
+        let weak = Arc::downgrade(self);
+        c.on_policy_change(move || {
+            if let Some(s) = weak.upgrade() {
+                if let Err(e) = s.reload() {
+                    log::error!("control store policy: reload failed: {e}");
+                }
+            }
+        });
+        if !crate::control::policy_overlay().is_empty() {
+            if let Err(e) = self.reload() {
+                log::error!("control store policy: reload failed: {e}");
+            }
+        }
     }
 
     fn audit_reload(&self, outcome: &'static str, reason: Option<String>, generation: u64) {

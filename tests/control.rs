@@ -260,3 +260,235 @@ async fn the_sqlite_store_imports_the_json_store_and_follows_the_cli() {
     assert_eq!(models_status(&g, &old).await, 200);
     assert_eq!(models_status(&g, &new).await, 401);
 }
+
+#[tokio::test]
+async fn roles_and_bindings_made_on_one_replica_decide_on_all_without_escalation() {
+    let pg = PrivatePostgres::start();
+    let control = format!("[control]\nstore = \"postgres\"\nurl = \"{}\"\n", pg.url);
+    let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let gs: Vec<Gateway> = dirs
+        .iter()
+        .map(|d| Gateway::start_with(&[], &tenants(d.path(), &control)))
+        .collect();
+    let all: Vec<&Gateway> = gs.iter().collect();
+    let (root, _) = gs[0].create_key(&["--org", "acme", "--role", "org-admin"]);
+    let (god, _) = gs[0].create_key(&["--org", "acme", "--role", "super-admin"]);
+    everywhere(&all, &root, 200).await;
+    everywhere(&all, &god, 200).await;
+    // A key with no role may call nothing.
+    let (s, v) = admin(
+        &gs[0],
+        &root,
+        "POST",
+        "/admin/v1/orgs/acme/keys",
+        json!({"roles": []}),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let (bare, bare_id) = (
+        v["key"].as_str().unwrap().to_string(),
+        v["id"].as_str().unwrap().to_string(),
+    );
+    everywhere(&all, &bare, 200).await;
+    let chat_status = |g: &Gateway, key: String| {
+        let url = g.url("/v1/chat/completions");
+        async move {
+            let r = client()
+                .post(url)
+                .bearer_auth(key)
+                .json(&chat("gpt-4o-mini", false))
+                .send()
+                .await
+                .unwrap();
+            r.status().as_u16()
+        }
+    };
+    for g in &gs {
+        assert_eq!(chat_status(g, bare.clone()).await, 403);
+    }
+
+    // A custom role made on replica 1, bound to the key on replica 1: it may chat on both.
+    let (s, v) = admin(
+        &gs[0],
+        &root,
+        "POST",
+        "/admin/v1/orgs/acme/roles",
+        json!({"name": "chatter", "permissions": ["model:invoke:gpt-4o-mini", "endpoint:chat_completions"]}),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = admin(
+        &gs[0],
+        &root,
+        "POST",
+        "/admin/v1/orgs/acme/bindings",
+        json!({"subject": format!("key:{bare_id}"), "roles": ["chatter"]}),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let binding = v["id"].as_str().unwrap().to_string();
+    let start = Instant::now();
+    eventually(PROPAGATION, || async {
+        for g in &gs {
+            let s = chat_status(g, bare.clone()).await;
+            if s != 200 {
+                return Err(format!("{} answered {s}", g.port));
+            }
+        }
+        Ok(())
+    })
+    .await;
+    eprintln!(
+        "binding in force on every replica after {:?}",
+        start.elapsed()
+    );
+    let (_, v) = admin(
+        &gs[1],
+        &root,
+        "GET",
+        "/admin/v1/orgs/acme/roles",
+        Value::Null,
+    )
+    .await;
+    assert_eq!(v["data"][0]["id"], "chatter", "{v}");
+    assert_eq!(v["data"][0]["managed_by"], "api");
+
+    // Removed on replica 2: refused again on both.
+    let c = client();
+    let r = c
+        .delete(gs[1].ops_url(&format!("/admin/v1/orgs/acme/bindings/{binding}")))
+        .bearer_auth(&root)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    eventually(PROPAGATION, || async {
+        for g in &gs {
+            let s = chat_status(g, bare.clone()).await;
+            if s != 403 {
+                return Err(format!("{} answered {s}", g.port));
+            }
+        }
+        Ok(())
+    })
+    .await;
+
+    // No escalation: a role with a permission the caller lacks, a binding of a role it lacks,
+    // and a key for a user whose bindings carry more — all 403, and audited.
+    let (s, v) = admin(
+        &gs[0],
+        &root,
+        "POST",
+        "/admin/v1/orgs/acme/roles",
+        json!({"name": "sneaky", "permissions": ["admin:reload:write"]}),
+    )
+    .await;
+    assert_eq!(s, 403, "{v}");
+    let (s, v) = admin(
+        &gs[0],
+        &root,
+        "POST",
+        "/admin/v1/orgs/acme/roles",
+        json!({"name": "heir", "inherits": ["super-admin"]}),
+    )
+    .await;
+    assert_eq!(s, 403, "{v}");
+    let (s, v) = admin(
+        &gs[0],
+        &root,
+        "POST",
+        "/admin/v1/orgs/acme/bindings",
+        json!({"subject": format!("key:{bare_id}"), "roles": ["super-admin"]}),
+    )
+    .await;
+    assert_eq!(s, 403, "{v}");
+    // The super-admin may: a powerful role bound to a user …
+    let (s, v) = admin(
+        &gs[0],
+        &god,
+        "POST",
+        "/admin/v1/orgs/acme/roles",
+        json!({"name": "operator", "permissions": ["admin:reload:write"]}),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = admin(
+        &gs[0],
+        &god,
+        "POST",
+        "/admin/v1/orgs/acme/bindings",
+        json!({"subject": "user:alice", "roles": ["operator"]}),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    // … so the org-admin may not mint a key for that user, on either replica.
+    let g1 = &gs[1];
+    eventually(PROPAGATION, || async {
+        let (s, v) = admin(
+            g1,
+            &root,
+            "POST",
+            "/admin/v1/orgs/acme/keys",
+            json!({"roles": ["developer"], "user": "alice"}),
+        )
+        .await;
+        if s == 403 {
+            Ok(())
+        } else {
+            Err(format!("{s} {v}"))
+        }
+    })
+    .await;
+    // A binding of a role that does not exist is refused as such.
+    let (s, v) = admin(
+        &gs[0],
+        &god,
+        "POST",
+        "/admin/v1/orgs/acme/bindings",
+        json!({"subject": "user:bob", "roles": ["no-such-role"]}),
+    )
+    .await;
+    assert_eq!(s, 400, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no-such-role"),
+        "{v}"
+    );
+    // A bound role cannot be deleted.
+    let r = c
+        .delete(gs[0].ops_url("/admin/v1/orgs/acme/roles/operator"))
+        .bearer_auth(&god)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409);
+    // The refusals are in the audit trail.
+    let audit =
+        std::fs::read_to_string(gs[0].config.parent().unwrap().join("audit.jsonl")).unwrap();
+    let denied: Vec<Value> = audit
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e["action"] == "admin.denied")
+        .collect();
+    for resource in [
+        "role:acme:sneaky",
+        "role:acme:heir",
+        &format!("binding:key:{bare_id}"),
+    ] {
+        assert!(
+            denied.iter().any(|e| e["resource"] == resource),
+            "{resource} not audited: {denied:?}"
+        );
+    }
+    let writes: Vec<Value> = audit
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e["action"] == "role.create" || e["action"] == "binding.create")
+        .collect();
+    assert!(
+        writes.iter().any(|e| e["after"]["id"] == "chatter"),
+        "{writes:?}"
+    );
+}

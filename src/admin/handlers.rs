@@ -21,6 +21,12 @@ pub async fn run(ctx: &Ctx<'_>, op: Op, p: &Params<'_>) -> Reply {
         Op::ListUsers => list_users(ctx, org),
         Op::ListKeys => list_keys(ctx, org),
         Op::CreateKey => create_key(ctx, org),
+        Op::ListOrgRoles => super::policy::list_roles(ctx, org),
+        Op::CreateOrgRole => super::policy::create_role(ctx, org),
+        Op::DeleteOrgRole => super::policy::delete_role(ctx, org, p.id.unwrap_or_default()),
+        Op::ListOrgBindings => super::policy::list_bindings(ctx, org),
+        Op::CreateOrgBinding => super::policy::create_binding(ctx, org),
+        Op::DeleteOrgBinding => super::policy::delete_binding(ctx, org, p.id.unwrap_or_default()),
         Op::GetKey => get_key(ctx, org, p.id.unwrap_or_default()),
         Op::RevokeKey => revoke_key(ctx, org, p.id.unwrap_or_default()),
         Op::RotateKey => rotate_key(ctx, org, p.id.unwrap_or_default()),
@@ -143,7 +149,7 @@ fn list_cost_centers(ctx: &Ctx<'_>, org: &str) -> Reply {
     page(ctx, items)
 }
 
-fn org_keys(ctx: &Ctx<'_>, org: &str) -> Vec<(KeyRecord, &'static str)> {
+pub(super) fn org_keys(ctx: &Ctx<'_>, org: &str) -> Vec<(KeyRecord, &'static str)> {
     let mut out: Vec<(KeyRecord, &'static str)> = Vec::new();
     if let Some(a) = &ctx.live.config.auth {
         out.extend(
@@ -257,7 +263,7 @@ fn check_grant(
 
 /// Another org that `user` belongs to, if any: a binding of the user scoped to another org, or a
 /// key of another org naming the user.
-fn user_org_elsewhere(ctx: &Ctx<'_>, org: &str, user: &str) -> Option<String> {
+pub(super) fn user_org_elsewhere(ctx: &Ctx<'_>, org: &str, user: &str) -> Option<String> {
     let subject = format!("user:{user}");
     let bound = ctx
         .live
@@ -444,7 +450,9 @@ fn list_roles(ctx: &Ctx<'_>) -> Reply {
             (
                 r.name.clone(),
                 json!({"id": r.name, "description": r.description, "permissions": r.declared,
-                       "inherits": r.inherits, "managed_by": "file"}),
+                       "inherits": r.inherits,
+                       // Custom roles of an org are `<org>:<name>`, from the control store.
+                       "managed_by": if r.name.contains(':') { "api" } else { "file" }}),
             )
         })
         .collect::<std::collections::BTreeMap<_, _>>()
@@ -468,7 +476,8 @@ fn list_bindings(ctx: &Ctx<'_>) -> Reply {
             (
                 format!("{i:06}"),
                 json!({"subject": b.subject, "roles": b.roles, "org": b.org, "expires_at": b.expires_at,
-                       "file": b.file.display().to_string(), "managed_by": "file"}),
+                       "file": b.file.display().to_string(),
+                       "managed_by": if b.file.as_os_str() == "control-store" { "api" } else { "file" }}),
             )
         })
         .collect();

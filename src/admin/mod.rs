@@ -4,6 +4,7 @@
 //! is audited with before / after (secrets redacted).
 
 mod handlers;
+mod policy;
 mod warehouse;
 
 use crate::audit::AuditEvent;
@@ -29,6 +30,12 @@ pub enum Op {
     RotateKey,
     ListRoles,
     ListBindings,
+    ListOrgRoles,
+    CreateOrgRole,
+    DeleteOrgRole,
+    ListOrgBindings,
+    CreateOrgBinding,
+    DeleteOrgBinding,
     Reload,
     Spend,
     SpendForecast,
@@ -137,7 +144,49 @@ pub const ROUTES: &[Route] = &[
         path: "/admin/v1/bindings",
         permission: Some("admin:bindings:read"),
         op: Op::ListBindings,
-        summary: "Role bindings visible to the caller (file-managed, read-only).",
+        summary: "Role bindings visible to the caller (file-managed and API-managed).",
+    },
+    Route {
+        method: "GET",
+        path: "/admin/v1/orgs/{org}/roles",
+        permission: Some("admin:roles:read"),
+        op: Op::ListOrgRoles,
+        summary: "The org's custom roles (API-managed, in the control store).",
+    },
+    Route {
+        method: "POST",
+        path: "/admin/v1/orgs/{org}/roles",
+        permission: Some("admin:roles:write"),
+        op: Op::CreateOrgRole,
+        summary: "Create a custom role of the org (name, description, permissions, inherits); refused if it would hold a permission the caller lacks.",
+    },
+    Route {
+        method: "DELETE",
+        path: "/admin/v1/orgs/{org}/roles/{id}",
+        permission: Some("admin:roles:write"),
+        op: Op::DeleteOrgRole,
+        summary: "Delete a custom role that no binding names.",
+    },
+    Route {
+        method: "GET",
+        path: "/admin/v1/orgs/{org}/bindings",
+        permission: Some("admin:bindings:read"),
+        op: Op::ListOrgBindings,
+        summary: "The org's role bindings made through the API.",
+    },
+    Route {
+        method: "POST",
+        path: "/admin/v1/orgs/{org}/bindings",
+        permission: Some("admin:bindings:write"),
+        op: Op::CreateOrgBinding,
+        summary: "Bind roles to a key, user or group of the org (subject, roles, expires_at); refused if the roles hold a permission the caller lacks.",
+    },
+    Route {
+        method: "DELETE",
+        path: "/admin/v1/orgs/{org}/bindings/{id}",
+        permission: Some("admin:bindings:write"),
+        op: Op::DeleteOrgBinding,
+        summary: "Remove a binding made through the API.",
     },
     Route {
         method: "POST",
@@ -300,7 +349,7 @@ impl Ctx<'_> {
         });
     }
 
-    fn deny(&self, resource: String, reason: &str) {
+    pub(super) fn deny(&self, resource: String, reason: &str) {
         self.shared.audit.record(AuditEvent {
             ts_ms: crate::time::now_unix() * 1000,
             request_id: self.req.request_id.to_string(),

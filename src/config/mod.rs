@@ -404,7 +404,15 @@ fn validate(raw: RawConfig, path: &Path, err: &mut dyn FnMut(&str, String)) -> C
             let policies = base.join(&a.policies);
             let mut aliases: Vec<&str> = models.keys().map(String::as_str).collect();
             aliases.sort_unstable();
-            let rbac = match Rbac::load(&policies, &aliases) {
+            let overlay = raw
+                .control
+                .as_ref()
+                .map(|_| crate::control::policy_overlay());
+            let rbac = match Rbac::load_with(
+                &policies,
+                &aliases,
+                overlay.as_deref().map(String::as_str),
+            ) {
                 Ok(r) => r,
                 Err(errs) => {
                     for e in errs {

@@ -39,7 +39,8 @@ impl From<StoreError> for std::io::Error {
 
 /// Versioned migrations, the same statements for both backends (portable SQL): applied in
 /// order, each recorded in `control_migrations`.
-pub const MIGRATIONS: &[(i64, &str, &str)] = &[(
+pub const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
     1,
     "keys",
     "CREATE TABLE IF NOT EXISTS control_version (id INTEGER PRIMARY KEY, version BIGINT NOT NULL);
@@ -52,7 +53,29 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[(
          revoked_at BIGINT
      );
      CREATE INDEX IF NOT EXISTS virtual_keys_org ON virtual_keys (org);",
-)];
+    ),
+    (
+        2,
+        "policy",
+        "CREATE TABLE IF NOT EXISTS policy_docs (
+             kind TEXT NOT NULL,
+             id TEXT NOT NULL,
+             org TEXT NOT NULL,
+             record TEXT NOT NULL,
+             PRIMARY KEY (kind, id)
+         );",
+    ),
+];
+
+/// A policy document: an org's custom role (`kind = "role"`, `id = "<org>:<name>"`) or a
+/// role binding (`kind = "binding"`), its record as JSON.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Doc {
+    pub kind: String,
+    pub id: String,
+    pub org: String,
+    pub record: String,
+}
 
 pub trait Backend: Send {
     /// Applies the migrations not applied yet; returns the versions it applied.
@@ -67,6 +90,16 @@ pub trait Backend: Send {
     fn insert_keys(&mut self, records: &[KeyRecord]) -> Result<(), StoreError>;
     /// Marks a key revoked at `at` (an earlier revocation stands); the record after.
     fn revoke_key(&mut self, id: &str, at: u64) -> Result<Option<KeyRecord>, StoreError>;
+    fn docs(&mut self) -> Result<Vec<Doc>, String>;
+    /// Writes a document (`create`: refuse an existing id) or deletes one (`None`); the
+    /// document before.
+    fn put_doc(
+        &mut self,
+        kind: &str,
+        id: &str,
+        doc: Option<&Doc>,
+        create: bool,
+    ) -> Result<Option<Doc>, StoreError>;
 }
 
 pub fn encode(r: &KeyRecord) -> Result<String, StoreError> {

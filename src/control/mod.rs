@@ -24,6 +24,7 @@ use crate::auth::store::KeyStore;
 use crate::metrics::METRICS;
 use crate::routing::Secret;
 use arc_swap::ArcSwap;
+pub use backend::Doc;
 use backend::{Backend, StoreError};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -112,12 +113,74 @@ enum Command {
         u64,
         mpsc::Sender<Result<Option<KeyRecord>, StoreError>>,
     ),
+    /// Writes (or, without a document, deletes) a policy document.
+    Put(PutDoc, mpsc::Sender<Result<Option<Doc>, StoreError>>),
 }
+
+struct PutDoc {
+    kind: String,
+    id: String,
+    doc: Option<Doc>,
+    create: bool,
+}
+
+/// The policy of the control store (custom roles, bindings) as one policy file's TOML: RBAC
+/// compiles it after the files of `[auth] policies` (empty without a control store).
+static POLICY: std::sync::LazyLock<ArcSwap<String>> =
+    std::sync::LazyLock::new(|| ArcSwap::from_pointee(String::new()));
+
+/// The control store's policy, as policy-file TOML.
+pub fn policy_overlay() -> Arc<String> {
+    POLICY.load_full()
+}
+
+/// Renders policy documents as one policy file.
+pub fn render(docs: &[Doc]) -> String {
+    let mut roles = toml::map::Map::new();
+    let mut bindings = Vec::new();
+    for d in docs {
+        let Ok(mut v) = serde_json::from_str::<serde_json::Value>(&d.record) else {
+            continue;
+        };
+        // TOML has no null: an absent optional field is simply left out.
+        if let Some(o) = v.as_object_mut() {
+            o.retain(|_, x| !x.is_null());
+        }
+        let Ok(t) = toml::Value::try_from(v) else {
+            continue;
+        };
+        match d.kind.as_str() {
+            "role" => {
+                roles.insert(d.id.clone(), t);
+            }
+            _ => bindings.push(t),
+        }
+    }
+    let mut root = toml::map::Map::new();
+    if !roles.is_empty() {
+        root.insert("roles".into(), toml::Value::Table(roles));
+    }
+    if !bindings.is_empty() {
+        root.insert("bindings".into(), toml::Value::Array(bindings));
+    }
+    toml::to_string(&toml::Value::Table(root)).unwrap_or_default()
+}
+
+/// What the store's thread keeps current, and who to tell when the policy changes.
+struct Snapshot {
+    keys: Arc<ArcSwap<HashMap<String, Arc<KeyRecord>>>>,
+    docs: Arc<ArcSwap<Vec<Doc>>>,
+    on_policy: Arc<Mutex<Option<PolicyHook>>>,
+}
+
+type PolicyHook = Box<dyn Fn() + Send>;
 
 /// The key store over the control store: snapshot reads, writes through the store's thread.
 pub struct ControlKeys {
     identity: String,
     map: Arc<ArcSwap<HashMap<String, Arc<KeyRecord>>>>,
+    docs: Arc<ArcSwap<Vec<Doc>>>,
+    on_policy: Arc<Mutex<Option<PolicyHook>>>,
     up: Arc<AtomicBool>,
     commands: Mutex<mpsc::Sender<Command>>,
     timeout: Duration,
@@ -128,21 +191,30 @@ impl ControlKeys {
     /// connection failed: the gateway then starts with no store keys and catches up).
     pub fn start(s: ControlSettings) -> Result<Self, String> {
         let map = Arc::new(ArcSwap::from_pointee(HashMap::new()));
+        let docs = Arc::new(ArcSwap::from_pointee(Vec::new()));
+        let on_policy: Arc<Mutex<Option<PolicyHook>>> = Arc::new(Mutex::new(None));
         let up = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::channel();
         let (ready_tx, ready_rx) = mpsc::channel();
         let identity = s.identity();
         let timeout = s.timeout;
-        let (m, u) = (map.clone(), up.clone());
+        let snapshot = Snapshot {
+            keys: map.clone(),
+            docs: docs.clone(),
+            on_policy: on_policy.clone(),
+        };
+        let u = up.clone();
         std::thread::Builder::new()
             .name("control-store".into())
-            .spawn(move || run(s, m, u, rx, ready_tx))
+            .spawn(move || run(s, snapshot, u, rx, ready_tx))
             .map_err(|e| format!("control store thread: {e}"))?;
         // The first load, or the first failure, whichever comes first.
         let _ = ready_rx.recv_timeout(timeout + Duration::from_secs(1));
         Ok(Self {
             identity,
             map,
+            docs,
+            on_policy,
             up,
             commands: Mutex::new(tx),
             timeout,
@@ -155,6 +227,43 @@ impl ControlKeys {
 
     pub fn is_up(&self) -> bool {
         self.up.load(Ordering::Relaxed)
+    }
+
+    /// Called (on the store's thread) whenever the store's policy changed: the gateway
+    /// reloads its config then, so RBAC compiles the new policy.
+    pub fn on_policy_change(&self, hook: impl Fn() + Send + 'static) {
+        if let Ok(mut h) = self.on_policy.lock() {
+            *h = Some(Box::new(hook));
+        }
+    }
+
+    /// The policy documents now (custom roles and bindings).
+    pub fn docs(&self) -> Arc<Vec<Doc>> {
+        self.docs.load_full()
+    }
+
+    /// Writes (`Some`) or deletes (`None`) the policy document `kind`/`id`; the document
+    /// before. Answers once every part of this process sees the change.
+    pub fn put_doc(
+        &self,
+        kind: &str,
+        id: &str,
+        doc: Option<Doc>,
+        create: bool,
+    ) -> std::io::Result<Option<Doc>> {
+        let (tx, rx) = mpsc::channel();
+        self.send(Command::Put(
+            PutDoc {
+                kind: kind.to_string(),
+                id: id.to_string(),
+                doc,
+                create,
+            },
+            tx,
+        ))?;
+        Ok(rx
+            .recv_timeout(self.timeout)
+            .map_err(|_| StoreError::Unavailable("timed out".into()))??)
     }
 
     fn send(&self, c: Command) -> Result<(), StoreError> {
@@ -209,7 +318,7 @@ const TICK: Duration = Duration::from_millis(25);
 /// `ControlKeys` is dropped.
 fn run(
     s: ControlSettings,
-    map: Arc<ArcSwap<HashMap<String, Arc<KeyRecord>>>>,
+    map: Snapshot,
     up: Arc<AtomicBool>,
     rx: mpsc::Receiver<Command>,
     ready: mpsc::Sender<()>,
@@ -262,16 +371,31 @@ fn refuse(c: Command) {
         Command::Revoke(_, _, reply) => {
             let _ = reply.send(Err(down()));
         }
+        Command::Put(_, reply) => {
+            let _ = reply.send(Err(down()));
+        }
     }
 }
 
-fn load(b: &mut dyn Backend, map: &ArcSwap<HashMap<String, Arc<KeyRecord>>>) -> Result<(), String> {
+/// Loads keys and policy; when the policy changed, publishes it and tells the hook.
+fn load(b: &mut dyn Backend, snap: &Snapshot) -> Result<(), String> {
     let keys = b.keys()?;
-    map.store(Arc::new(
+    let docs = b.docs()?;
+    snap.keys.store(Arc::new(
         keys.into_iter()
             .map(|k| (k.id.clone(), Arc::new(k)))
             .collect(),
     ));
+    if **snap.docs.load() != docs {
+        let text = render(&docs);
+        snap.docs.store(Arc::new(docs));
+        POLICY.store(Arc::new(text));
+        if let Ok(hook) = snap.on_policy.lock() {
+            if let Some(h) = hook.as_ref() {
+                h();
+            }
+        }
+    }
     Ok(())
 }
 
@@ -281,7 +405,7 @@ fn follow(
     s: &ControlSettings,
     b: &mut dyn Backend,
     mut version: i64,
-    map: &ArcSwap<HashMap<String, Arc<KeyRecord>>>,
+    map: &Snapshot,
     rx: &mpsc::Receiver<Command>,
 ) -> Result<(), String> {
     let mut checked = Instant::now();
@@ -301,6 +425,20 @@ fn follow(
                 let failed = matches!(r, Err(StoreError::Unavailable(_)));
                 let r =
                     r.and_then(|rec| load(b, map).map(|()| rec).map_err(StoreError::Unavailable));
+                let _ = reply.send(r);
+                if failed {
+                    return Err("write failed".into());
+                }
+                version = b.version()?;
+            }
+            Ok(Command::Put(p, reply)) => {
+                let r = b.put_doc(&p.kind, &p.id, p.doc.as_ref(), p.create);
+                let failed = matches!(r, Err(StoreError::Unavailable(_)));
+                let r = r.and_then(|before| {
+                    load(b, map)
+                        .map(|()| before)
+                        .map_err(StoreError::Unavailable)
+                });
                 let _ = reply.send(r);
                 if failed {
                     return Err("write failed".into());

@@ -141,6 +141,70 @@ impl Backend for Postgres {
         tx.commit().map_err(unavailable)?;
         Ok(Some(rec))
     }
+
+    fn docs(&mut self) -> Result<Vec<super::backend::Doc>, String> {
+        Ok(self
+            .client
+            .query(
+                "SELECT kind, id, org, record FROM policy_docs ORDER BY kind, id",
+                &[],
+            )
+            .map_err(|e| e.to_string())?
+            .iter()
+            .map(Self::doc_of)
+            .collect())
+    }
+
+    fn put_doc(
+        &mut self,
+        kind: &str,
+        id: &str,
+        doc: Option<&super::backend::Doc>,
+        create: bool,
+    ) -> Result<Option<super::backend::Doc>, StoreError> {
+        let mut tx = self.client.transaction().map_err(unavailable)?;
+        let before = tx
+            .query_opt(
+                "SELECT kind, id, org, record FROM policy_docs WHERE kind = $1 AND id = $2 FOR UPDATE",
+                &[&kind, &id],
+            )
+            .map_err(unavailable)?
+            .map(|r| Self::doc_of(&r));
+        if create && before.is_some() {
+            return Err(StoreError::Exists);
+        }
+        match doc {
+            Some(d) => {
+                tx.execute(
+                    "INSERT INTO policy_docs (kind, id, org, record) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (kind, id) DO UPDATE SET org = EXCLUDED.org, record = EXCLUDED.record",
+                    &[&d.kind, &d.id, &d.org, &d.record],
+                )
+                .map_err(unavailable)?;
+            }
+            None => {
+                tx.execute(
+                    "DELETE FROM policy_docs WHERE kind = $1 AND id = $2",
+                    &[&kind, &id],
+                )
+                .map_err(unavailable)?;
+            }
+        }
+        bump(&mut tx)?;
+        tx.commit().map_err(unavailable)?;
+        Ok(before)
+    }
+}
+
+impl Postgres {
+    fn doc_of(row: &postgres::Row) -> super::backend::Doc {
+        super::backend::Doc {
+            kind: row.get(0),
+            id: row.get(1),
+            org: row.get(2),
+            record: row.get(3),
+        }
+    }
 }
 
 /// Bumps the version and announces the change (NOTIFY is delivered when the transaction

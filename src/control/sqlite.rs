@@ -152,4 +152,72 @@ impl Backend for Sqlite {
         tx.commit().map_err(unavailable)?;
         Ok(Some(rec))
     }
+
+    fn docs(&mut self) -> Result<Vec<super::backend::Doc>, String> {
+        let mut st = self
+            .conn
+            .prepare("SELECT kind, id, org, record FROM policy_docs ORDER BY kind, id")
+            .map_err(|e| e.to_string())?;
+        let rows = st
+            .query_map([], |r| {
+                Ok(super::backend::Doc {
+                    kind: r.get(0)?,
+                    id: r.get(1)?,
+                    org: r.get(2)?,
+                    record: r.get(3)?,
+                })
+            })
+            .map_err(|e| e.to_string())?;
+        rows.collect::<Result<_, _>>().map_err(|e| e.to_string())
+    }
+
+    fn put_doc(
+        &mut self,
+        kind: &str,
+        id: &str,
+        doc: Option<&super::backend::Doc>,
+        create: bool,
+    ) -> Result<Option<super::backend::Doc>, StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(unavailable)?;
+        let before = tx
+            .query_row(
+                "SELECT kind, id, org, record FROM policy_docs WHERE kind = ?1 AND id = ?2",
+                [kind, id],
+                |r| {
+                    Ok(super::backend::Doc {
+                        kind: r.get(0)?,
+                        id: r.get(1)?,
+                        org: r.get(2)?,
+                        record: r.get(3)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(unavailable)?;
+        if create && before.is_some() {
+            return Err(StoreError::Exists);
+        }
+        match doc {
+            Some(d) => tx.execute(
+                "INSERT INTO policy_docs (kind, id, org, record) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT (kind, id) DO UPDATE SET org = excluded.org, record = excluded.record",
+                params![d.kind, d.id, d.org, d.record],
+            ),
+            None => tx.execute(
+                "DELETE FROM policy_docs WHERE kind = ?1 AND id = ?2",
+                [kind, id],
+            ),
+        }
+        .map_err(unavailable)?;
+        tx.execute(
+            "UPDATE control_version SET version = version + 1 WHERE id = 1",
+            [],
+        )
+        .map_err(unavailable)?;
+        tx.commit().map_err(unavailable)?;
+        Ok(before)
+    }
 }

@@ -212,6 +212,43 @@ impl Rbac {
         Self::compile(&sources, aliases)
     }
 
+    /// `load`, then the control store's policy (custom roles and bindings written through
+    /// the admin API) as one more policy file after the directory's.
+    pub fn load_with(
+        dir: &Path,
+        aliases: &[&str],
+        overlay: Option<&str>,
+    ) -> Result<Rbac, Vec<PolicyError>> {
+        let Some(text) = overlay.filter(|t| !t.trim().is_empty()) else {
+            return Self::load(dir, aliases);
+        };
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(|e| {
+                vec![PolicyError {
+                    file: dir.display().to_string(),
+                    path: String::new(),
+                    reason: format!("cannot read policy directory: {e}"),
+                }]
+            })?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+            .collect();
+        files.sort();
+        let mut sources = Vec::new();
+        for f in files {
+            let t = std::fs::read_to_string(&f).map_err(|e| {
+                vec![PolicyError {
+                    file: f.display().to_string(),
+                    path: String::new(),
+                    reason: e.to_string(),
+                }]
+            })?;
+            sources.push((f, t));
+        }
+        sources.push((PathBuf::from("control-store"), text.to_string()));
+        Self::compile(&sources, aliases)
+    }
+
     /// Compiles policy texts (file name, contents).
     pub fn compile(
         sources: &[(PathBuf, String)],

@@ -1,0 +1,389 @@
+//! Admin handlers for the policy the control store holds: an org's custom roles and its role
+//! bindings (subjects `key:<id>`, `user:<id>`, `group:<name>` → roles, with an optional
+//! expiry). File-declared roles and bindings stay read-only; these live in the store, reach
+//! every replica through it, and are compiled into RBAC with the files.
+//!
+//! No escalation: a role is created, and a binding made, only when everything it would grant —
+//! the role's permissions with its inheritance, or the bound roles' — is within what the
+//! caller holds. A refusal is audited.
+
+use super::handlers::{org_keys, user_org_elsewhere};
+use super::{Ctx, Reply};
+use crate::auth::store::Keys;
+use crate::control::{ControlKeys, Doc};
+use crate::rbac::Rbac;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+/// The control store, or the answer when there is none or API writes are off.
+fn store(ctx: &Ctx<'_>) -> Result<Arc<Keys>, Reply> {
+    match ctx.shared.keys() {
+        Some(k) if matches!(&*k, Keys::Control(_)) => Ok(k),
+        _ => Err(Reply::error(
+            409,
+            "policy_not_writable",
+            "Roles and bindings are file-managed here: configure a [control] store to manage them through the API.",
+        )),
+    }
+}
+
+fn control(k: &Keys) -> &ControlKeys {
+    match k {
+        Keys::Control(c) => c,
+        // `store` only returns the control store.
+        Keys::File(_) => unreachable!("policy writes need the control store"),
+    }
+}
+
+fn valid_name(n: &str) -> bool {
+    (1..=64).contains(&n.len())
+        && n.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+/// A role name as the org's callers write it: the org's own custom role of that name when
+/// there is one, else a file role.
+fn resolve(rbac: &Rbac, org: &str, name: &str) -> String {
+    let own = format!("{org}:{name}");
+    if rbac.has_role(&own) {
+        own
+    } else {
+        name.to_string()
+    }
+}
+
+/// Compiles the policy files with `docs` as the store's policy: what RBAC will be once the
+/// change is written (its errors are the caller's).
+fn candidate(ctx: &Ctx<'_>, docs: &[Doc]) -> Result<Rbac, Reply> {
+    let Some(a) = ctx.live.config.auth.as_ref() else {
+        return Err(Reply::error(
+            409,
+            "policy_not_writable",
+            "Authentication is off.",
+        ));
+    };
+    let mut aliases: Vec<&str> = ctx.live.config.models.keys().map(String::as_str).collect();
+    aliases.sort_unstable();
+    Rbac::load_with(&a.policies, &aliases, Some(&crate::control::render(docs))).map_err(|errs| {
+        let reasons: Vec<String> = errs
+            .iter()
+            .map(|e| format!("{} {}", e.path, e.reason).trim().to_string())
+            .collect();
+        Reply::error(400, "invalid_request_error", reasons.join("; "))
+    })
+}
+
+/// Refuses (403, audited) when `grants` hold anything the caller does not.
+fn no_escalation(ctx: &Ctx<'_>, resource: &str, grants: &crate::rbac::Grants) -> Result<(), Reply> {
+    if let Some(perm) = grants.uncovered_by(&ctx.principal.grants) {
+        let reason = format!("would grant `{perm}`, which the caller does not hold");
+        ctx.deny(resource.to_string(), &reason);
+        return Err(Reply::error(
+            403,
+            "permission_denied",
+            format!("This would grant permission `{perm}`, which you do not hold."),
+        ));
+    }
+    Ok(())
+}
+
+fn written(e: std::io::Error, what: &str) -> Reply {
+    match e.kind() {
+        std::io::ErrorKind::AlreadyExists => {
+            Reply::error(409, "conflict", format!("{what} exists already."))
+        }
+        std::io::ErrorKind::NotConnected => Reply::error(
+            503,
+            "control_store_unavailable",
+            format!("The control store is unreachable; {what} was not written. Retry later."),
+        ),
+        _ => {
+            log::error!("control store: {e}");
+            Reply::error(500, "store_error", format!("{what} could not be written."))
+        }
+    }
+}
+
+fn docs_of(k: &Keys, kind: &str, org: &str) -> Vec<Doc> {
+    control(k)
+        .docs()
+        .iter()
+        .filter(|d| d.kind == kind && d.org == org)
+        .cloned()
+        .collect()
+}
+
+fn role_json(d: &Doc) -> Value {
+    let mut v: Value = serde_json::from_str(&d.record).unwrap_or(Value::Null);
+    let name = d.id.split_once(':').map_or(d.id.as_str(), |(_, n)| n);
+    v["id"] = json!(name);
+    v["org"] = json!(d.org);
+    v["managed_by"] = json!("api");
+    v
+}
+
+fn binding_json(d: &Doc) -> Value {
+    let mut v: Value = serde_json::from_str(&d.record).unwrap_or(Value::Null);
+    v["id"] = json!(d.id);
+    v["managed_by"] = json!("api");
+    v
+}
+
+/// `GET /admin/v1/orgs/{org}/roles`: the org's custom roles.
+pub fn list_roles(ctx: &Ctx<'_>, org: &str) -> Reply {
+    let Some(k) = ctx.shared.keys() else {
+        return Reply::ok(json!({"object": "list", "data": []}));
+    };
+    let data: Vec<Value> = match &*k {
+        Keys::Control(_) => docs_of(&k, "role", org).iter().map(role_json).collect(),
+        Keys::File(_) => Vec::new(),
+    };
+    Reply::ok(json!({"object": "list", "data": data}))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RoleSpec {
+    name: String,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    permissions: Vec<String>,
+    #[serde(default)]
+    inherits: Vec<String>,
+}
+
+/// `POST /admin/v1/orgs/{org}/roles`: a custom role of the org (`{org}:{name}` in RBAC).
+pub fn create_role(ctx: &Ctx<'_>, org: &str) -> Reply {
+    let k = match store(ctx) {
+        Ok(k) => k,
+        Err(r) => return r,
+    };
+    let spec: RoleSpec = match serde_json::from_slice(ctx.req.body) {
+        Ok(s) => s,
+        Err(e) => return Reply::error(400, "invalid_request_error", format!("Invalid role: {e}")),
+    };
+    if !valid_name(&spec.name) {
+        return Reply::error(
+            400,
+            "invalid_request_error",
+            "A role name is 1-64 of a-z, 0-9, - and _.",
+        );
+    }
+    let rbac = &ctx.live.config.rbac;
+    let inherits: Vec<String> = spec
+        .inherits
+        .iter()
+        .map(|i| resolve(rbac, org, i))
+        .collect();
+    let id = format!("{org}:{}", spec.name);
+    let record = json!({"description": spec.description, "permissions": spec.permissions, "inherits": inherits});
+    let doc = Doc {
+        kind: "role".into(),
+        id: id.clone(),
+        org: org.to_string(),
+        record: record.to_string(),
+    };
+    let mut docs: Vec<Doc> = control(&k)
+        .docs()
+        .iter()
+        .filter(|d| d.id != id || d.kind != "role")
+        .cloned()
+        .collect();
+    docs.push(doc.clone());
+    let next = match candidate(ctx, &docs) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let resource = format!("role:{id}");
+    let grants = next.grants([id.as_str()], &[], org, crate::time::now_unix());
+    if let Err(r) = no_escalation(ctx, &resource, &grants) {
+        return r;
+    }
+    match control(&k).put_doc("role", &id, Some(doc.clone()), true) {
+        Ok(_) => {
+            ctx.audit(
+                "role.create",
+                Some(org),
+                resource,
+                None,
+                Some(role_json(&doc)),
+            );
+            Reply {
+                status: 201,
+                body: role_json(&doc),
+                text: None,
+            }
+        }
+        Err(e) => written(e, &format!("Role `{}`", spec.name)),
+    }
+}
+
+/// `DELETE /admin/v1/orgs/{org}/roles/{name}`; refused while a binding of the store names it.
+pub fn delete_role(ctx: &Ctx<'_>, org: &str, name: &str) -> Reply {
+    let k = match store(ctx) {
+        Ok(k) => k,
+        Err(r) => return r,
+    };
+    let id = format!("{org}:{name}");
+    let Some(before) = docs_of(&k, "role", org).into_iter().find(|d| d.id == id) else {
+        return Reply::error(404, "not_found", format!("No custom role `{name}`."));
+    };
+    let used = control(&k)
+        .docs()
+        .iter()
+        .any(|d| d.kind == "binding" && d.record.contains(&format!("\"{id}\"")));
+    if used {
+        return Reply::error(
+            409,
+            "conflict",
+            format!("Role `{name}` is bound; delete its bindings first."),
+        );
+    }
+    match control(&k).put_doc("role", &id, None, false) {
+        Ok(_) => {
+            ctx.audit(
+                "role.delete",
+                Some(org),
+                format!("role:{id}"),
+                Some(role_json(&before)),
+                None,
+            );
+            Reply::ok(json!({"id": name, "deleted": true}))
+        }
+        Err(e) => written(e, &format!("Role `{name}`")),
+    }
+}
+
+/// `GET /admin/v1/orgs/{org}/bindings`: the org's bindings made through the API.
+pub fn list_bindings(ctx: &Ctx<'_>, org: &str) -> Reply {
+    let Some(k) = ctx.shared.keys() else {
+        return Reply::ok(json!({"object": "list", "data": []}));
+    };
+    let data: Vec<Value> = match &*k {
+        Keys::Control(_) => docs_of(&k, "binding", org)
+            .iter()
+            .map(binding_json)
+            .collect(),
+        Keys::File(_) => Vec::new(),
+    };
+    Reply::ok(json!({"object": "list", "data": data}))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BindingSpec {
+    subject: String,
+    roles: Vec<String>,
+    #[serde(default)]
+    expires_at: Option<String>,
+}
+
+/// `POST /admin/v1/orgs/{org}/bindings`: binds roles to a key, user or group of the org.
+pub fn create_binding(ctx: &Ctx<'_>, org: &str) -> Reply {
+    let k = match store(ctx) {
+        Ok(k) => k,
+        Err(r) => return r,
+    };
+    let spec: BindingSpec = match serde_json::from_slice(ctx.req.body) {
+        Ok(s) => s,
+        Err(e) => {
+            return Reply::error(
+                400,
+                "invalid_request_error",
+                format!("Invalid binding: {e}"),
+            )
+        }
+    };
+    let bad = |m: String| Reply::error(400, "invalid_request_error", m);
+    if spec.roles.is_empty() {
+        return bad("A binding names at least one role.".into());
+    }
+    match spec.subject.split_once(':') {
+        Some(("key", id)) if org_keys(ctx, org).iter().any(|(k, _)| k.id == id) => {}
+        Some(("key", id)) => {
+            return Reply::error(404, "not_found", format!("No key `{id}` in org `{org}`."))
+        }
+        Some(("user", u)) if !u.is_empty() => {
+            if let Some(other) = user_org_elsewhere(ctx, org, u) {
+                return Reply::error(
+                    403,
+                    "permission_denied",
+                    format!("User `{u}` belongs to org `{other}`."),
+                );
+            }
+        }
+        Some(("group", g)) if !g.is_empty() => {}
+        _ => return bad("The subject is key:<id>, user:<id> or group:<name>.".into()),
+    }
+    if let Some(e) = &spec.expires_at {
+        if crate::time::parse_rfc3339(e).is_none() {
+            return bad(format!("expires_at `{e}` is not an RFC 3339 UTC time."));
+        }
+    }
+    let rbac = &ctx.live.config.rbac;
+    let roles: Vec<String> = spec.roles.iter().map(|r| resolve(rbac, org, r)).collect();
+    // The visible id part of a fresh key: random, 12 characters.
+    let id = crate::auth::keys::generate().1;
+    let record =
+        json!({"subject": spec.subject, "roles": roles, "org": org, "expires_at": spec.expires_at});
+    let doc = Doc {
+        kind: "binding".into(),
+        id: id.clone(),
+        org: org.to_string(),
+        record: record.to_string(),
+    };
+    let mut docs: Vec<Doc> = control(&k).docs().to_vec();
+    docs.push(doc.clone());
+    let next = match candidate(ctx, &docs) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let resource = format!("binding:{}", spec.subject);
+    let grants = next.grants(roles.iter().map(String::as_str), &[], org, 0);
+    if let Err(r) = no_escalation(ctx, &resource, &grants) {
+        return r;
+    }
+    match control(&k).put_doc("binding", &id, Some(doc.clone()), true) {
+        Ok(_) => {
+            ctx.audit(
+                "binding.create",
+                Some(org),
+                resource,
+                None,
+                Some(binding_json(&doc)),
+            );
+            Reply {
+                status: 201,
+                body: binding_json(&doc),
+                text: None,
+            }
+        }
+        Err(e) => written(e, "The binding"),
+    }
+}
+
+/// `DELETE /admin/v1/orgs/{org}/bindings/{id}`.
+pub fn delete_binding(ctx: &Ctx<'_>, org: &str, id: &str) -> Reply {
+    let k = match store(ctx) {
+        Ok(k) => k,
+        Err(r) => return r,
+    };
+    let Some(before) = docs_of(&k, "binding", org).into_iter().find(|d| d.id == id) else {
+        return Reply::error(404, "not_found", format!("No binding `{id}`."));
+    };
+    match control(&k).put_doc("binding", id, None, false) {
+        Ok(_) => {
+            ctx.audit(
+                "binding.delete",
+                Some(org),
+                format!("binding:{id}"),
+                Some(binding_json(&before)),
+                None,
+            );
+            Reply::ok(json!({"id": id, "deleted": true}))
+        }
+        Err(e) => written(e, "The binding"),
+    }
+}
