@@ -492,3 +492,29 @@ async fn roles_and_bindings_made_on_one_replica_decide_on_all_without_escalation
         "{writes:?}"
     );
 }
+
+#[tokio::test]
+async fn a_read_only_admin_api_refuses_every_control_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = Gateway::start_with(&[], &tenants(dir.path(), "[admin]\nwritable = false\n"));
+    // GitOps: the CLI still bootstraps keys; the API only reads.
+    let (root, root_id) = g.create_key(&["--org", "acme", "--role", "org-admin"]);
+    g.wait_key(&root).await;
+    let (s, _) = admin(&g, &root, "GET", "/admin/v1/orgs/acme/keys", Value::Null).await;
+    assert_eq!(s, 200);
+    for path in [
+        "/admin/v1/orgs/acme/keys".to_string(),
+        format!("/admin/v1/orgs/acme/keys/{root_id}/revoke"),
+        format!("/admin/v1/orgs/acme/keys/{root_id}/rotate"),
+        "/admin/v1/orgs/acme/roles".to_string(),
+        "/admin/v1/orgs/acme/bindings".to_string(),
+    ] {
+        let (s, v) = admin(&g, &root, "POST", &path, json!({"roles": ["developer"]})).await;
+        assert_eq!(
+            (s, v["error"]["code"].as_str()),
+            (403, Some("admin_read_only")),
+            "{path}: {v}"
+        );
+    }
+    assert_eq!(models_status(&g, &root).await, 200, "nothing was revoked");
+}

@@ -45,6 +45,22 @@ pub enum Op {
     ExperimentReport,
 }
 
+impl Op {
+    /// Writes control state (keys, roles, bindings): what `[admin] writable = false` turns off.
+    fn writes_control_state(self) -> bool {
+        matches!(
+            self,
+            Op::CreateKey
+                | Op::RevokeKey
+                | Op::RotateKey
+                | Op::CreateOrgRole
+                | Op::DeleteOrgRole
+                | Op::CreateOrgBinding
+                | Op::DeleteOrgBinding
+        )
+    }
+}
+
 pub struct Route {
     pub method: &'static str,
     pub path: &'static str,
@@ -408,6 +424,13 @@ pub async fn handle(
                     format!("This needs the `{perm}` permission."),
                 );
             }
+        }
+        if !live.config.admin_writable && r.op.writes_control_state() {
+            return Reply::error(
+                403,
+                "admin_read_only",
+                "API writes are turned off here ([admin] writable = false): change keys, roles and bindings through the config and the CLI.",
+            );
         }
         if let Some(org) = params.org {
             if !ctx.may_access_org(org) {

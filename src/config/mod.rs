@@ -178,6 +178,8 @@ pub struct Config {
     pub finance: crate::finance::FinanceSettings,
     /// `None`: keys created through the API or CLI live in `[auth] key_store`.
     pub control: Option<crate::control::ControlSettings>,
+    /// `[admin] writable`: whether the admin API may write control state.
+    pub admin_writable: bool,
     /// Hash of the text this config was parsed from (the file watcher compares against it).
     pub source_hash: u64,
 }
@@ -535,6 +537,7 @@ fn validate(raw: RawConfig, path: &Path, err: &mut dyn FnMut(&str, String)) -> C
             }
         }),
         finance: finance_settings(&raw.finance, err),
+        admin_writable: raw.admin.writable,
         control: raw.control.as_ref().and_then(|c| {
             let kind = match (c.store.as_str(), &c.url) {
                 ("sqlite", _) => crate::control::StoreKind::Sqlite(base.join(&c.path)),

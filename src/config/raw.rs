@@ -54,6 +54,24 @@ pub struct RawConfig {
     /// in `[auth] key_store` (one node).
     #[serde(default)]
     pub control: Option<RawControl>,
+    /// The admin API.
+    #[serde(default)]
+    pub admin: RawAdmin,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    /// `false`: the admin API only reads; keys, roles and bindings change through config
+    /// files and the CLI (GitOps).
+    #[serde(default = "default_true")]
+    pub writable: bool,
+}
+
+impl Default for RawAdmin {
+    fn default() -> Self {
+        Self { writable: true }
+    }
 }
 
 #[derive(Debug, Deserialize)]
