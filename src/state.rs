@@ -151,8 +151,7 @@ impl Shared {
     /// config, so RBAC compiles it; and the policy already in the store when the gateway
     /// started is compiled now.
     fn follow_control_policy(self: &Arc<Self>) {
-        let Some(keys) = self.keys() else { return };
-        let Keys::Control(c) = &*keys else { return };
+        let Some(c) = self.keys() else { return };
         let weak = Arc::downgrade(self);
         c.on_policy_change(move || {
             if let Some(s) = weak.upgrade() {

@@ -227,20 +227,28 @@ async fn three_replicas_share_keys_through_postgres() {
 
 #[tokio::test]
 async fn the_sqlite_store_imports_the_json_store_and_follows_the_cli() {
-    // First without [control]: a key in the JSON file.
+    // A key store an older version left: the JSON file, one key in it.
     let dir = tempfile::tempdir().unwrap();
     let mut g = Gateway::start_with(&[], &tenants(dir.path(), ""));
-    let (old, _) = g.create_key(&["--org", "acme", "--role", "developer"]);
-    g.wait_key(&old).await;
     g.stop();
     g.wait_exit(Duration::from_secs(20));
-    // Then with the embedded control store: the JSON store is imported and retired.
-    let text = std::fs::read_to_string(&g.config).unwrap();
-    std::fs::write(
-        &g.config,
-        format!("{text}\n[control]\nstore = \"sqlite\"\npath = \"control.db\"\n"),
-    )
+    let base = g.config.parent().unwrap().to_path_buf();
+    let _ = std::fs::remove_file(base.join("control.db"));
+    let _ = std::fs::remove_file(base.join("control.db-wal"));
+    let _ = std::fs::remove_file(base.join("control.db-shm"));
+    let (old, id, hash) = model_bridge::auth::keys::generate();
+    let record: model_bridge::auth::keys::KeyRecord = serde_json::from_value(json!({
+        "id": id, "hash": hash, "org": "acme", "roles": ["developer"], "created_at": 1,
+    }))
     .unwrap();
+    {
+        use model_bridge::auth::store::KeyStore;
+        model_bridge::auth::store::FileKeyStore::open(&base.join("keys.json"))
+            .unwrap()
+            .insert(record)
+            .unwrap();
+    }
+    // The embedded control store (the default) imports it on start and retires the file.
     g.restart();
     assert_eq!(models_status(&g, &old).await, 200);
     let base = g.config.parent().unwrap().to_path_buf();

@@ -343,14 +343,17 @@ async fn keys_tenancy_rbac_attribution_and_audit() {
         m.contains(r#"model_bridge_auth_failures_total{reason="revoked"}"#),
         "{m}"
     );
-    let keys_file = std::fs::read_to_string(g.dir.path().join("keys.json")).unwrap();
+    // The key store (the embedded control store's file) holds hashes only.
+    let mut store_bytes = std::fs::read(g.dir.path().join("control.db")).unwrap();
+    store_bytes.extend(std::fs::read(g.dir.path().join("control.db-wal")).unwrap_or_default());
+    let keys_file = String::from_utf8_lossy(&store_bytes).to_string();
     let usage = std::fs::read_to_string(&g.usage).unwrap();
     for secret in [&ka, &kb, &k_alice, &k_expired, &ka_ml] {
         for (what, text) in [
             ("log", g.log_text()),
             ("audit", audit.clone()),
             ("usage", usage.clone()),
-            ("keys.json", keys_file.clone()),
+            ("control.db", keys_file.clone()),
             ("metrics", m.clone()),
         ] {
             assert!(

@@ -16,24 +16,19 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use std::sync::Arc;
 
-/// The control store, or the answer when there is none or API writes are off.
+/// The control store (none while authentication is off).
 fn store(ctx: &Ctx<'_>) -> Result<Arc<Keys>, Reply> {
-    match ctx.shared.keys() {
-        Some(k) if matches!(&*k, Keys::Control(_)) => Ok(k),
-        _ => Err(Reply::error(
+    ctx.shared.keys().ok_or_else(|| {
+        Reply::error(
             409,
             "policy_not_writable",
-            "Roles and bindings are file-managed here: configure a [control] store to manage them through the API.",
-        )),
-    }
+            "Authentication is off: there are no roles to manage.",
+        )
+    })
 }
 
 fn control(k: &Keys) -> &ControlKeys {
-    match k {
-        Keys::Control(c) => c,
-        // `store` only returns the control store.
-        Keys::File(_) => unreachable!("policy writes need the control store"),
-    }
+    k
 }
 
 fn valid_name(n: &str) -> bool {
@@ -135,10 +130,7 @@ pub fn list_roles(ctx: &Ctx<'_>, org: &str) -> Reply {
     let Some(k) = ctx.shared.keys() else {
         return Reply::ok(json!({"object": "list", "data": []}));
     };
-    let data: Vec<Value> = match &*k {
-        Keys::Control(_) => docs_of(&k, "role", org).iter().map(role_json).collect(),
-        Keys::File(_) => Vec::new(),
-    };
+    let data: Vec<Value> = docs_of(&k, "role", org).iter().map(role_json).collect();
     Reply::ok(json!({"object": "list", "data": data}))
 }
 
@@ -261,13 +253,10 @@ pub fn list_bindings(ctx: &Ctx<'_>, org: &str) -> Reply {
     let Some(k) = ctx.shared.keys() else {
         return Reply::ok(json!({"object": "list", "data": []}));
     };
-    let data: Vec<Value> = match &*k {
-        Keys::Control(_) => docs_of(&k, "binding", org)
-            .iter()
-            .map(binding_json)
-            .collect(),
-        Keys::File(_) => Vec::new(),
-    };
+    let data: Vec<Value> = docs_of(&k, "binding", org)
+        .iter()
+        .map(binding_json)
+        .collect();
     Reply::ok(json!({"object": "list", "data": data}))
 }
 

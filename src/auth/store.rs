@@ -1,5 +1,5 @@
-//! Durable key store behind a trait, so a shared store for several replicas can replace the
-//! embedded one without touching the hot path. The embedded store keeps every record in memory
+//! Durable key store behind a trait: the control store implements it (`crate::control`); the
+//! JSON file store here is what older versions kept keys in, read once to import them. The embedded store keeps every record in memory
 //! (reads are lock-free snapshots, never disk) and persists each change by writing the whole
 //! set to a temp file, fsync, rename, fsync of the directory: a crash leaves the old or the new
 //! file, never a torn one.
@@ -23,79 +23,9 @@ pub trait KeyStore: Send + Sync {
     fn revoke(&self, id: &str, at: u64) -> std::io::Result<Option<Arc<KeyRecord>>>;
 }
 
-/// The key store a process runs with: the JSON file beside the config (one node, the default)
-/// or the shared control store (`[control]`).
-pub enum Keys {
-    File(FileKeyStore),
-    Control(crate::control::ControlKeys),
-}
-
-impl Keys {
-    /// The store `cfg` names (`None` while authentication is off).
-    pub fn open(cfg: &crate::config::Config) -> std::io::Result<Option<Self>> {
-        let Some(a) = &cfg.auth else {
-            return Ok(None);
-        };
-        Ok(Some(match &cfg.control {
-            Some(c) => Keys::Control(
-                crate::control::ControlKeys::start(c.clone()).map_err(std::io::Error::other)?,
-            ),
-            None => Keys::File(FileKeyStore::open(&a.key_store)?),
-        }))
-    }
-
-    /// Names the store: a reload naming the same one keeps it.
-    pub fn identity_of(cfg: &crate::config::Config) -> Option<String> {
-        let a = cfg.auth.as_ref()?;
-        Some(match &cfg.control {
-            Some(c) => c.identity(),
-            None => format!("file:{}", a.key_store.display()),
-        })
-    }
-
-    pub fn identity(&self) -> String {
-        match self {
-            Keys::File(f) => format!("file:{}", f.path().display()),
-            Keys::Control(c) => c.identity().to_string(),
-        }
-    }
-
-    /// Picks up changes other processes made (the file store; the control store follows
-    /// changes on its own thread).
-    pub fn refresh(&self) -> std::io::Result<()> {
-        match self {
-            Keys::File(f) => f.refresh_if_changed(),
-            Keys::Control(_) => Ok(()),
-        }
-    }
-}
-
-impl KeyStore for Keys {
-    fn get(&self, id: &str) -> Option<Arc<KeyRecord>> {
-        match self {
-            Keys::File(f) => f.get(id),
-            Keys::Control(c) => c.get(id),
-        }
-    }
-    fn list(&self, org: Option<&str>) -> Vec<Arc<KeyRecord>> {
-        match self {
-            Keys::File(f) => f.list(org),
-            Keys::Control(c) => c.list(org),
-        }
-    }
-    fn insert(&self, record: KeyRecord) -> std::io::Result<()> {
-        match self {
-            Keys::File(f) => f.insert(record),
-            Keys::Control(c) => c.insert(record),
-        }
-    }
-    fn revoke(&self, id: &str, at: u64) -> std::io::Result<Option<Arc<KeyRecord>>> {
-        match self {
-            Keys::File(f) => f.revoke(id, at),
-            Keys::Control(c) => c.revoke(id, at),
-        }
-    }
-}
+/// The key store a process runs with: the control store (`[control]`; by default an embedded
+/// SQLite file beside `auth.key_store`, which it imports once and retires).
+pub type Keys = crate::control::ControlKeys;
 
 #[derive(Serialize, Deserialize, Default)]
 struct FileFormat {

@@ -35,10 +35,8 @@ fn store_of(cfg: &Config) -> Result<Keys, String> {
     let keys = Keys::open(cfg)
         .map_err(|e| format!("key store: {e}"))?
         .ok_or("authentication is not configured ([auth] is absent)")?;
-    if let Keys::Control(c) = &keys {
-        if !c.is_up() {
-            return Err("the control store is unreachable".into());
-        }
+    if !keys.is_up() {
+        return Err("the control store is unreachable".into());
     }
     Ok(keys)
 }

@@ -538,33 +538,49 @@ fn validate(raw: RawConfig, path: &Path, err: &mut dyn FnMut(&str, String)) -> C
         }),
         finance: finance_settings(&raw.finance, err),
         admin_writable: raw.admin.writable,
-        control: raw.control.as_ref().and_then(|c| {
-            let kind = match (c.store.as_str(), &c.url) {
-                ("sqlite", _) => crate::control::StoreKind::Sqlite(base.join(&c.path)),
-                ("postgres", Some(url))
-                    if url.starts_with("postgres://") || url.starts_with("postgresql://") =>
-                {
-                    crate::control::StoreKind::Postgres(crate::routing::Secret::new(url.clone()))
-                }
-                ("postgres", _) => {
-                    err("control.url", "a postgres:// URL (use ${ENV_VAR})".into());
-                    return None;
-                }
-                (other, _) => {
-                    err(
-                        "control.store",
-                        format!("unknown store `{other}` (sqlite or postgres)"),
-                    );
-                    return None;
-                }
-            };
-            Some(crate::control::ControlSettings {
-                kind,
-                poll: Duration::from_millis(c.poll_ms.max(10)),
-                timeout: Duration::from_millis(c.timeout_ms.max(100)),
-                import_from: raw.auth.as_ref().map(|a| base.join(&a.key_store)),
-            })
-        }),
+        control: raw.control.as_ref().map_or_else(
+            || {
+                // With authentication and no [control]: the embedded store, beside the
+                // JSON key store of older versions (imported once, then retired).
+                let a = raw.auth.as_ref().filter(|a| a.enabled)?;
+                let json = base.join(&a.key_store);
+                Some(crate::control::ControlSettings {
+                    kind: crate::control::StoreKind::Sqlite(json.with_file_name("control.db")),
+                    poll: Duration::from_millis(250),
+                    timeout: Duration::from_secs(3),
+                    import_from: Some(json),
+                })
+            },
+            |c| {
+                let kind = match (c.store.as_str(), &c.url) {
+                    ("sqlite", _) => crate::control::StoreKind::Sqlite(base.join(&c.path)),
+                    ("postgres", Some(url))
+                        if url.starts_with("postgres://") || url.starts_with("postgresql://") =>
+                    {
+                        crate::control::StoreKind::Postgres(crate::routing::Secret::new(
+                            url.clone(),
+                        ))
+                    }
+                    ("postgres", _) => {
+                        err("control.url", "a postgres:// URL (use ${ENV_VAR})".into());
+                        return None;
+                    }
+                    (other, _) => {
+                        err(
+                            "control.store",
+                            format!("unknown store `{other}` (sqlite or postgres)"),
+                        );
+                        return None;
+                    }
+                };
+                Some(crate::control::ControlSettings {
+                    kind,
+                    poll: Duration::from_millis(c.poll_ms.max(10)),
+                    timeout: Duration::from_millis(c.timeout_ms.max(100)),
+                    import_from: raw.auth.as_ref().map(|a| base.join(&a.key_store)),
+                })
+            },
+        ),
         clickhouse: raw.clickhouse.as_ref().map(|c| {
             let ident = |v: &str| {
                 !v.is_empty() && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')

@@ -187,6 +187,22 @@ pub struct ControlKeys {
 }
 
 impl ControlKeys {
+    /// The store `cfg` names (`None` while authentication is off).
+    pub fn open(cfg: &crate::config::Config) -> std::io::Result<Option<Self>> {
+        match (&cfg.auth, &cfg.control) {
+            (Some(_), Some(c)) => Self::start(c.clone())
+                .map(Some)
+                .map_err(std::io::Error::other),
+            _ => Ok(None),
+        }
+    }
+
+    /// Names the store `cfg` configures: a reload naming the same one keeps it.
+    pub fn identity_of(cfg: &crate::config::Config) -> Option<String> {
+        cfg.auth.as_ref()?;
+        cfg.control.as_ref().map(ControlSettings::identity)
+    }
+
     /// Starts the store's thread; returns once the first snapshot is loaded (or the first
     /// connection failed: the gateway then starts with no store keys and catches up).
     pub fn start(s: ControlSettings) -> Result<Self, String> {

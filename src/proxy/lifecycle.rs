@@ -145,12 +145,6 @@ impl BackgroundService for Reloader {
                     failed = self.shared.reload().err().and(content_hash(&self.path));
                 }
                 _ = tokio::time::sleep(settings.poll_interval) => {
-                    // Keys written by another process (the `keys` CLI) take effect here.
-                    if let Some(store) = self.shared.keys() {
-                        if let Err(e) = store.refresh() {
-                            log::error!("key store refresh: {e}");
-                        }
-                    }
                     if !settings.watch {
                         continue;
                     }
