@@ -317,7 +317,8 @@ pub struct RawAuth {
     /// Require a credential on the data plane.
     #[serde(default = "default_true")]
     pub enabled: bool,
-    /// Durable store of keys created through the API or CLI (relative to this file).
+    /// Beside this path (relative to this file) lives the embedded control store, `control.db`;
+    /// a JSON key store of older versions found here is imported into it once.
     #[serde(default = "default_key_store")]
     pub key_store: String,
     /// Directory of RBAC policy files (relative to this file).
