@@ -381,54 +381,50 @@ async fn roles_and_bindings_made_on_one_replica_decide_on_all_without_escalation
     })
     .await;
 
-    // No escalation: a role with a permission the caller lacks, a binding of a role it lacks,
-    // and a key for a user whose bindings carry more — all 403, and audited.
-    let (s, v) = admin(
-        &gs[0],
-        &root,
-        "POST",
-        "/admin/v1/orgs/acme/roles",
-        json!({"name": "sneaky", "permissions": ["admin:reload:write"]}),
-    )
-    .await;
-    assert_eq!(s, 403, "{v}");
-    let (s, v) = admin(
-        &gs[0],
-        &root,
-        "POST",
-        "/admin/v1/orgs/acme/roles",
-        json!({"name": "heir", "inherits": ["super-admin"]}),
-    )
-    .await;
-    assert_eq!(s, 403, "{v}");
-    let (s, v) = admin(
-        &gs[0],
-        &root,
-        "POST",
-        "/admin/v1/orgs/acme/bindings",
-        json!({"subject": format!("key:{bare_id}"), "roles": ["super-admin"]}),
-    )
-    .await;
-    assert_eq!(s, 403, "{v}");
-    // The super-admin may: a powerful role bound to a user …
-    let (s, v) = admin(
-        &gs[0],
-        &god,
-        "POST",
-        "/admin/v1/orgs/acme/roles",
-        json!({"name": "operator", "permissions": ["admin:reload:write"]}),
-    )
-    .await;
-    assert_eq!(s, 201, "{v}");
-    let (s, v) = admin(
-        &gs[0],
-        &god,
-        "POST",
-        "/admin/v1/orgs/acme/bindings",
-        json!({"subject": "user:alice", "roles": ["operator"]}),
-    )
-    .await;
-    assert_eq!(s, 201, "{v}");
+    // No escalation: a role with a permission the caller lacks (directly or inherited), a
+    // binding of a role it lacks — 403, and audited; the super-admin may make the same.
+    for (key, path, body, want) in [
+        (
+            &root,
+            "roles",
+            json!({"name": "sneaky", "permissions": ["admin:reload:write"]}),
+            403,
+        ),
+        (
+            &root,
+            "roles",
+            json!({"name": "heir", "inherits": ["super-admin"]}),
+            403,
+        ),
+        (
+            &root,
+            "bindings",
+            json!({"subject": format!("key:{bare_id}"), "roles": ["super-admin"]}),
+            403,
+        ),
+        (
+            &god,
+            "roles",
+            json!({"name": "operator", "permissions": ["admin:reload:write"]}),
+            201,
+        ),
+        (
+            &god,
+            "bindings",
+            json!({"subject": "user:alice", "roles": ["operator"]}),
+            201,
+        ),
+    ] {
+        let (s, v) = admin(
+            &gs[0],
+            key,
+            "POST",
+            &format!("/admin/v1/orgs/acme/{path}"),
+            body,
+        )
+        .await;
+        assert_eq!(s, want, "{path}: {v}");
+    }
     // … so the org-admin may not mint a key for that user, on either replica.
     let g1 = &gs[1];
     eventually(PROPAGATION, || async {

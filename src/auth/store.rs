@@ -12,6 +12,17 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+/// The records of `map` (of one org, or all), ordered by id: what `KeyStore::list` answers.
+pub fn sorted(map: &HashMap<String, Arc<KeyRecord>>, org: Option<&str>) -> Vec<Arc<KeyRecord>> {
+    let mut v: Vec<_> = map
+        .values()
+        .filter(|k| org.is_none_or(|o| k.org == o))
+        .cloned()
+        .collect();
+    v.sort_by(|a, b| a.id.cmp(&b.id));
+    v
+}
+
 pub trait KeyStore: Send + Sync {
     /// The record of key `id` (hot path: must not block on I/O).
     fn get(&self, id: &str) -> Option<Arc<KeyRecord>>;
@@ -198,15 +209,7 @@ impl KeyStore for FileKeyStore {
     }
 
     fn list(&self, org: Option<&str>) -> Vec<Arc<KeyRecord>> {
-        let mut v: Vec<_> = self
-            .map
-            .load()
-            .values()
-            .filter(|k| org.is_none_or(|o| k.org == o))
-            .cloned()
-            .collect();
-        v.sort_by(|a, b| a.id.cmp(&b.id));
-        v
+        sorted(&self.map.load(), org)
     }
 
     fn insert(&self, record: KeyRecord) -> std::io::Result<()> {

@@ -297,15 +297,7 @@ impl KeyStore for ControlKeys {
     }
 
     fn list(&self, org: Option<&str>) -> Vec<Arc<KeyRecord>> {
-        let mut v: Vec<_> = self
-            .map
-            .load()
-            .values()
-            .filter(|k| org.is_none_or(|o| k.org == o))
-            .cloned()
-            .collect();
-        v.sort_by(|a, b| a.id.cmp(&b.id));
-        v
+        crate::auth::store::sorted(&self.map.load(), org)
     }
 
     fn insert(&self, record: KeyRecord) -> std::io::Result<()> {
