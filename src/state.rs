@@ -194,6 +194,11 @@ impl Shared {
         self.keys.load_full()
     }
 
+    /// The config file this process serves.
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
     /// The generation serving now.
     pub fn live(&self) -> Arc<Live> {
         self.live.load_full()

@@ -443,6 +443,65 @@ async fn roles_and_bindings_made_on_one_replica_decide_on_all_without_escalation
         }
     })
     .await;
+    // A cost center added on replica 1 (with its monthly budget) exists on replica 2: a key
+    // there may be charged to it; a bad budget is refused; file-declared ones stay.
+    let (s, v) = admin(
+        &gs[0],
+        &root,
+        "POST",
+        "/admin/v1/orgs/acme/cost_centers",
+        json!({"id": "research", "department": "R&D", "monthly_budget_usd": "250"}),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = admin(
+        &gs[0],
+        &root,
+        "POST",
+        "/admin/v1/orgs/acme/cost_centers",
+        json!({"id": "broken", "monthly_budget_usd": "-3"}),
+    )
+    .await;
+    assert_eq!(s, 400, "{v}");
+    let g1 = &gs[1];
+    eventually(PROPAGATION, || async {
+        let (_, v) = admin(
+            g1,
+            &root,
+            "GET",
+            "/admin/v1/orgs/acme/cost_centers",
+            Value::Null,
+        )
+        .await;
+        let found = v["data"].as_array().into_iter().flatten().any(|c| {
+            c["id"] == "research"
+                && c["managed_by"] == "api"
+                && c["budget"]["usd"] == "250.000000000"
+        });
+        if found {
+            Ok(())
+        } else {
+            Err(v.to_string())
+        }
+    })
+    .await;
+    let (s, v) = admin(
+        g1,
+        &root,
+        "POST",
+        "/admin/v1/orgs/acme/keys",
+        json!({"roles": ["developer"], "cost_center": "research"}),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let r = c
+        .delete(gs[1].ops_url("/admin/v1/orgs/acme/cost_centers/research"))
+        .bearer_auth(&root)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
     // A binding of a role that does not exist is refused as such.
     let (s, v) = admin(
         &gs[0],

@@ -21,6 +21,22 @@ pub async fn run(ctx: &Ctx<'_>, op: Op, p: &Params<'_>) -> Reply {
         Op::ListUsers => list_users(ctx, org),
         Op::ListKeys => list_keys(ctx, org),
         Op::CreateKey => create_key(ctx, org),
+        Op::CreateTeam => super::policy::create_entry(ctx, org, super::policy::Entry::Team),
+        Op::DeleteTeam => super::policy::delete_entry(
+            ctx,
+            org,
+            p.id.unwrap_or_default(),
+            super::policy::Entry::Team,
+        ),
+        Op::CreateCostCenter => {
+            super::policy::create_entry(ctx, org, super::policy::Entry::CostCenter)
+        }
+        Op::DeleteCostCenter => super::policy::delete_entry(
+            ctx,
+            org,
+            p.id.unwrap_or_default(),
+            super::policy::Entry::CostCenter,
+        ),
         Op::ListOrgRoles => super::policy::list_roles(ctx, org),
         Op::CreateOrgRole => super::policy::create_role(ctx, org),
         Op::DeleteOrgRole => super::policy::delete_role(ctx, org, p.id.unwrap_or_default()),
@@ -121,9 +137,23 @@ fn list_teams(ctx: &Ctx<'_>, org: &str) -> Reply {
     let items = o
         .teams
         .iter()
-        .map(|(id, t)| (id.clone(), json!({"id": id, "org": org, "name": t.name, "default_cost_center": t.default_cost_center})))
+        .map(|(id, t)| (id.clone(), json!({"id": id, "org": org, "name": t.name, "default_cost_center": t.default_cost_center,
+                                           "managed_by": managed_by("team", org, id)})))
         .collect();
     page(ctx, items)
+}
+
+/// `api` for an entry the control store added, `file` otherwise.
+fn managed_by(kind: &str, org: &str, id: &str) -> &'static str {
+    let doc = format!("{org}:{id}");
+    if crate::control::docs()
+        .iter()
+        .any(|d| d.kind == kind && d.id == doc)
+    {
+        "api"
+    } else {
+        "file"
+    }
 }
 
 fn list_cost_centers(ctx: &Ctx<'_>, org: &str) -> Reply {
@@ -135,6 +165,7 @@ fn list_cost_centers(ctx: &Ctx<'_>, org: &str) -> Reply {
             (
                 id.clone(),
                 json!({"id": id, "org": org, "name": c.name, "department": c.department,
+                "managed_by": managed_by("cost_center", org, id),
                 "budget": c.budget.as_ref().map(|b| json!({
                     "usd": crate::usage::pricing::format_usd(b.nano),
                     "period": match b.period {

@@ -30,6 +30,10 @@ pub enum Op {
     RotateKey,
     ListRoles,
     ListBindings,
+    CreateTeam,
+    DeleteTeam,
+    CreateCostCenter,
+    DeleteCostCenter,
     ListOrgRoles,
     CreateOrgRole,
     DeleteOrgRole,
@@ -53,6 +57,10 @@ impl Op {
             Op::CreateKey
                 | Op::RevokeKey
                 | Op::RotateKey
+                | Op::CreateTeam
+                | Op::DeleteTeam
+                | Op::CreateCostCenter
+                | Op::DeleteCostCenter
                 | Op::CreateOrgRole
                 | Op::DeleteOrgRole
                 | Op::CreateOrgBinding
@@ -161,6 +169,34 @@ pub const ROUTES: &[Route] = &[
         permission: Some("admin:bindings:read"),
         op: Op::ListBindings,
         summary: "Role bindings visible to the caller (file-managed and API-managed).",
+    },
+    Route {
+        method: "POST",
+        path: "/admin/v1/orgs/{org}/teams",
+        permission: Some("admin:teams:write"),
+        op: Op::CreateTeam,
+        summary: "Add a team to the org (id and the config file's team fields: name, default_cost_center, limits, budget).",
+    },
+    Route {
+        method: "DELETE",
+        path: "/admin/v1/orgs/{org}/teams/{id}",
+        permission: Some("admin:teams:write"),
+        op: Op::DeleteTeam,
+        summary: "Remove a team added through the API that nothing names.",
+    },
+    Route {
+        method: "POST",
+        path: "/admin/v1/orgs/{org}/cost_centers",
+        permission: Some("admin:cost_centers:write"),
+        op: Op::CreateCostCenter,
+        summary: "Add a cost center (id, name, department, monthly_budget_usd or budget).",
+    },
+    Route {
+        method: "DELETE",
+        path: "/admin/v1/orgs/{org}/cost_centers/{id}",
+        permission: Some("admin:cost_centers:write"),
+        op: Op::DeleteCostCenter,
+        summary: "Remove a cost center added through the API that nothing names.",
     },
     Route {
         method: "GET",

@@ -376,3 +376,172 @@ pub fn delete_binding(ctx: &Ctx<'_>, org: &str, id: &str) -> Reply {
         Err(e) => written(e, "The binding"),
     }
 }
+
+/// What an org entry written through the API is: a team or a cost center (the config file's
+/// `[orgs.<org>.teams.<id>]` / `[orgs.<org>.cost_centers.<id>]`, same fields).
+#[derive(Clone, Copy)]
+pub enum Entry {
+    Team,
+    CostCenter,
+}
+
+impl Entry {
+    fn kind(self) -> &'static str {
+        match self {
+            Entry::Team => "team",
+            Entry::CostCenter => "cost_center",
+        }
+    }
+
+    fn exists(self, ctx: &Ctx<'_>, org: &str, id: &str) -> bool {
+        let o = &ctx.live.config.orgs[org];
+        match self {
+            Entry::Team => o.teams.contains_key(id),
+            Entry::CostCenter => o.cost_centers.contains_key(id),
+        }
+    }
+}
+
+/// The config this process would serve with `docs` as the store's documents: its errors are
+/// the caller's (an unknown cost center, a bad budget).
+fn check_config(ctx: &Ctx<'_>, docs: &[Doc]) -> Result<(), Reply> {
+    let path = ctx.shared.config_path();
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Reply::error(500, "api_error", format!("config unreadable: {e}")))?;
+    crate::config::Config::parse_with(&text, path, &|n| std::env::var(n).ok(), docs)
+        .map(|_| ())
+        .map_err(|e| {
+            let reasons: Vec<String> =
+                e.0.iter()
+                    .map(|x| format!("{}: {}", x.path, x.reason))
+                    .collect();
+            Reply::error(400, "invalid_request_error", reasons.join("; "))
+        })
+}
+
+/// `POST /admin/v1/orgs/{org}/teams` · `…/cost_centers`: `{"id": …}` and the fields the config
+/// file takes for one (name, default_cost_center, limits, budget · name, department,
+/// monthly_budget_usd, budget). A file-declared id cannot be replaced.
+pub fn create_entry(ctx: &Ctx<'_>, org: &str, what: Entry) -> Reply {
+    let k = match store(ctx) {
+        Ok(k) => k,
+        Err(r) => return r,
+    };
+    let mut body: serde_json::Map<String, Value> = match serde_json::from_slice(ctx.req.body) {
+        Ok(Value::Object(m)) => m,
+        _ => {
+            return Reply::error(
+                400,
+                "invalid_request_error",
+                "The body is a JSON object with an `id`.",
+            )
+        }
+    };
+    let Some(id) = body
+        .remove("id")
+        .and_then(|v| v.as_str().map(str::to_string))
+    else {
+        return Reply::error(400, "invalid_request_error", "`id` is required.");
+    };
+    if !valid_name(&id) {
+        return Reply::error(
+            400,
+            "invalid_request_error",
+            "An id is 1-64 of a-z, 0-9, - and _.",
+        );
+    }
+    if what.exists(ctx, org, &id) {
+        return Reply::error(409, "conflict", format!("`{id}` exists already."));
+    }
+    let doc = Doc {
+        kind: what.kind().into(),
+        id: format!("{org}:{id}"),
+        org: org.to_string(),
+        record: Value::Object(body.clone()).to_string(),
+    };
+    let mut docs: Vec<Doc> = control(&k).docs().to_vec();
+    docs.push(doc.clone());
+    if let Err(r) = check_config(ctx, &docs) {
+        return r;
+    }
+    let mut shown = Value::Object(body);
+    shown["id"] = json!(id);
+    shown["org"] = json!(org);
+    shown["managed_by"] = json!("api");
+    match control(&k).put_doc(what.kind(), &doc.id, Some(doc.clone()), true) {
+        Ok(_) => {
+            let action = match what {
+                Entry::Team => "team.create",
+                Entry::CostCenter => "cost_center.create",
+            };
+            ctx.audit(
+                action,
+                Some(org),
+                format!("{}:{org}:{id}", what.kind()),
+                None,
+                Some(shown.clone()),
+            );
+            Reply {
+                status: 201,
+                body: shown,
+                text: None,
+            }
+        }
+        Err(e) => written(e, &format!("`{id}`")),
+    }
+}
+
+/// `DELETE /admin/v1/orgs/{org}/teams/{id}` · `…/cost_centers/{id}`: only API-managed ones, and
+/// only when nothing in the config still names it.
+pub fn delete_entry(ctx: &Ctx<'_>, org: &str, id: &str, what: Entry) -> Reply {
+    let k = match store(ctx) {
+        Ok(k) => k,
+        Err(r) => return r,
+    };
+    let doc_id = format!("{org}:{id}");
+    let Some(before) = docs_of(&k, what.kind(), org)
+        .into_iter()
+        .find(|d| d.id == doc_id)
+    else {
+        return if what.exists(ctx, org, id) {
+            Reply::error(
+                409,
+                "conflict",
+                format!("`{id}` is declared in the config file."),
+            )
+        } else {
+            Reply::error(404, "not_found", format!("No `{id}`."))
+        };
+    };
+    let docs: Vec<Doc> = control(&k)
+        .docs()
+        .iter()
+        .filter(|d| **d != before)
+        .cloned()
+        .collect();
+    if let Err(r) = check_config(ctx, &docs) {
+        return Reply::error(
+            409,
+            "conflict",
+            format!("`{id}` is still named: {}", r.body["error"]["message"]),
+        );
+    }
+    match control(&k).put_doc(what.kind(), &doc_id, None, false) {
+        Ok(_) => {
+            let action = match what {
+                Entry::Team => "team.delete",
+                Entry::CostCenter => "cost_center.delete",
+            };
+            let was: Value = serde_json::from_str(&before.record).unwrap_or(Value::Null);
+            ctx.audit(
+                action,
+                Some(org),
+                format!("{}:{doc_id}", what.kind()),
+                Some(was),
+                None,
+            );
+            Reply::ok(json!({"id": id, "deleted": true}))
+        }
+        Err(e) => written(e, &format!("`{id}`")),
+    }
+}

@@ -182,6 +182,9 @@ pub struct Config {
     pub admin_writable: bool,
     /// Hash of the text this config was parsed from (the file watcher compares against it).
     pub source_hash: u64,
+    /// Hash of the control store's documents the config was built with (teams and cost
+    /// centers join it from there): with `source_hash`, what names a generation's content.
+    pub control_hash: u64,
 }
 
 /// FNV-1a 64 of config text: identifies one version of a config file.
@@ -208,11 +211,23 @@ impl Config {
         Self::parse(&text, path, &|n| std::env::var(n).ok())
     }
 
-    /// Parses and validates config text; `path` is used for messages and relative paths.
+    /// Parses and validates config text; `path` is used for messages and relative paths. The
+    /// teams and cost centers of the control store (in a process running one) join the file's.
     pub fn parse(
         text: &str,
         path: &Path,
         env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigErrors> {
+        Self::parse_with(text, path, env, &crate::control::docs())
+    }
+
+    /// `parse` with the control store's documents given (an admin write checks the config
+    /// its change would make).
+    pub fn parse_with(
+        text: &str,
+        path: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+        docs: &[crate::control::Doc],
     ) -> Result<Config, ConfigErrors> {
         let file = path.display().to_string();
         let err = |key: &str, reason: String| ConfigError {
@@ -232,6 +247,7 @@ impl Config {
         })?;
         interpolate::expand_tree(&mut tree, &mut Vec::new(), env)
             .map_err(|(p, reason)| ConfigErrors(vec![err(&p, reason)]))?;
+        crate::control::merge_org_docs(&mut tree, docs);
         let raw: RawConfig = serde_path_to_error::deserialize(tree).map_err(|e| {
             let p = e.path().to_string();
             let p = if p == "." { String::new() } else { p };
@@ -241,6 +257,7 @@ impl Config {
         let mut errors = Vec::new();
         let mut cfg = validate(raw, path, &mut |k: &str, r: String| errors.push(err(k, r)));
         cfg.source_hash = source_hash(text.as_bytes());
+        cfg.control_hash = source_hash(format!("{docs:?}").as_bytes());
         if errors.is_empty() {
             Ok(cfg)
         } else {
@@ -652,6 +669,7 @@ fn validate(raw: RawConfig, path: &Path, err: &mut dyn FnMut(&str, String)) -> C
             }
         }),
         source_hash: 0,
+        control_hash: 0,
     }
 }
 

@@ -129,6 +129,53 @@ struct PutDoc {
 static POLICY: std::sync::LazyLock<ArcSwap<String>> =
     std::sync::LazyLock::new(|| ArcSwap::from_pointee(String::new()));
 
+/// Every document of the control store (empty in a process without one).
+static DOCS: std::sync::LazyLock<ArcSwap<Vec<Doc>>> =
+    std::sync::LazyLock::new(|| ArcSwap::from_pointee(Vec::new()));
+
+/// The control store's documents now.
+pub fn docs() -> Arc<Vec<Doc>> {
+    DOCS.load_full()
+}
+
+/// Adds the teams and cost centers of `docs` (`kind` team / cost_center, `id`
+/// `<org>:<name>`, record as in the config file) to a config tree: an org's file-declared
+/// entries win, and an org the file does not declare gets none.
+pub fn merge_org_docs(tree: &mut toml::Value, docs: &[Doc]) {
+    for d in docs {
+        let section = match d.kind.as_str() {
+            "team" => "teams",
+            "cost_center" => "cost_centers",
+            _ => continue,
+        };
+        let Some((_, name)) = d.id.split_once(':') else {
+            continue;
+        };
+        let Ok(mut v) = serde_json::from_str::<serde_json::Value>(&d.record) else {
+            continue;
+        };
+        if let Some(o) = v.as_object_mut() {
+            o.retain(|_, x| !x.is_null());
+        }
+        let Ok(record) = toml::Value::try_from(v) else {
+            continue;
+        };
+        let Some(org) = tree
+            .get_mut("orgs")
+            .and_then(|o| o.get_mut(&d.org))
+            .and_then(toml::Value::as_table_mut)
+        else {
+            continue;
+        };
+        let entries = org
+            .entry(section)
+            .or_insert_with(|| toml::Value::Table(Default::default()));
+        if let Some(t) = entries.as_table_mut() {
+            t.entry(name).or_insert(record);
+        }
+    }
+}
+
 /// The control store's policy, as policy-file TOML.
 pub fn policy_overlay() -> Arc<String> {
     POLICY.load_full()
@@ -153,7 +200,8 @@ pub fn render(docs: &[Doc]) -> String {
             "role" => {
                 roles.insert(d.id.clone(), t);
             }
-            _ => bindings.push(t),
+            "binding" => bindings.push(t),
+            _ => {}
         }
     }
     let mut root = toml::map::Map::new();
@@ -396,7 +444,9 @@ fn load(b: &mut dyn Backend, snap: &Snapshot) -> Result<(), String> {
     ));
     if **snap.docs.load() != docs {
         let text = render(&docs);
-        snap.docs.store(Arc::new(docs));
+        let docs = Arc::new(docs);
+        snap.docs.store(docs.clone());
+        DOCS.store(docs);
         POLICY.store(Arc::new(text));
         if let Ok(hook) = snap.on_policy.lock() {
             if let Some(h) = hook.as_ref() {

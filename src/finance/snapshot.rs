@@ -45,7 +45,7 @@ fn period(p: &Period) -> String {
 
 /// The rows of `cfg`'s budgets and allocations, stamped `at` (Unix seconds).
 pub fn rows(cfg: &Config, node: &str, at: u32) -> (Vec<BudgetRow>, Vec<AllocationRow>) {
-    let hash = format!("{:016x}", cfg.source_hash);
+    let hash = format!("{:016x}", cfg.source_hash ^ cfg.control_hash);
     let mut budgets = Vec::new();
     let mut allocations = Vec::new();
     for (org_id, org) in &cfg.orgs {
@@ -130,7 +130,7 @@ pub async fn write(s: &ClickHouseSettings, cfg: &Config) -> Result<(), String> {
     let (mut budgets, allocations) = rows(cfg, &s.node, at);
     budgets.push(BudgetRow {
         written_at: at,
-        config_hash: format!("{:016x}", cfg.source_hash),
+        config_hash: format!("{:016x}", cfg.source_hash ^ cfg.control_hash),
         node: s.node.clone(),
         org: String::new(),
         scope: "snapshot",

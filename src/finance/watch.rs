@@ -49,7 +49,7 @@ struct ForecastRow {
 /// What one process remembers between passes.
 #[derive(Default)]
 struct State {
-    /// `source_hash` of the config whose snapshot is written.
+    /// Content hash (file and control store) of the config whose snapshot is written.
     written: Option<u64>,
     /// Anomalies already announced: id → bucket start; pruned to the last week.
     seen: HashMap<String, u64>,
@@ -100,9 +100,10 @@ async fn pass(
     state: &mut State,
     notifier: Option<&Notifier>,
 ) -> Result<(), String> {
-    if state.written != Some(cfg.source_hash) {
+    let generation = cfg.source_hash ^ cfg.control_hash;
+    if state.written != Some(generation) {
         super::snapshot::write(ch, cfg).await?;
-        state.written = Some(cfg.source_hash);
+        state.written = Some(generation);
     }
     let client = ch.db_client();
     let now = crate::time::now_unix();
