@@ -69,6 +69,18 @@ async fn admin(g: &Gateway, key: &str, method: &str, path: &str, body: Value) ->
     (s, r.json().await.unwrap_or(Value::Null))
 }
 
+/// Creates a developer key of acme through `g`'s admin API as `caller`: (status, answer).
+async fn api_key(g: &Gateway, caller: &str) -> (u16, Value) {
+    admin(
+        g,
+        caller,
+        "POST",
+        "/admin/v1/orgs/acme/keys",
+        json!({"roles": ["developer"]}),
+    )
+    .await
+}
+
 #[tokio::test]
 async fn three_replicas_share_keys_through_postgres() {
     let pg = PrivatePostgres::start();
@@ -93,14 +105,7 @@ async fn three_replicas_share_keys_through_postgres() {
     eprintln!("CLI key on every replica after {took:?}");
 
     // A key created through replica 1's admin API authenticates on 2 and 3.
-    let (s, v) = admin(
-        &gs[0],
-        &root,
-        "POST",
-        "/admin/v1/orgs/acme/keys",
-        json!({"roles": ["developer"]}),
-    )
-    .await;
+    let (s, v) = api_key(&gs[0], &root).await;
     assert_eq!(s, 201, "{v}");
     let (dev, dev_id) = (
         v["key"].as_str().unwrap().to_string(),
@@ -131,14 +136,7 @@ async fn three_replicas_share_keys_through_postgres() {
 
     // PostgreSQL killed under load: the data plane keeps serving from the snapshot, admin
     // writes answer 503, the store is reported down.
-    let (s, v) = admin(
-        &gs[1],
-        &root,
-        "POST",
-        "/admin/v1/orgs/acme/keys",
-        json!({"roles": ["developer"]}),
-    )
-    .await;
+    let (s, v) = api_key(&gs[1], &root).await;
     assert_eq!(s, 201, "{v}");
     let live = v["key"].as_str().unwrap().to_string();
     everywhere(&all, &live, 200).await;
@@ -167,14 +165,7 @@ async fn three_replicas_share_keys_through_postgres() {
         g.wait_metric("model_bridge_control_store_up", 0.0, PROPAGATION)
             .await;
     }
-    let (s, v) = admin(
-        &gs[0],
-        &root,
-        "POST",
-        "/admin/v1/orgs/acme/keys",
-        json!({"roles": ["developer"]}),
-    )
-    .await;
+    let (s, v) = api_key(&gs[0], &root).await;
     assert_eq!(s, 503, "{v}");
     assert_eq!(v["error"]["code"], "control_store_unavailable", "{v}");
     assert!(v["error"]["message"].as_str().is_some());
@@ -205,14 +196,7 @@ async fn three_replicas_share_keys_through_postgres() {
     .await;
     // An org-admin of acme may not make keys in beta.
     assert_eq!(s, 404, "{v}");
-    let (s, v) = admin(
-        &gs[2],
-        &root,
-        "POST",
-        "/admin/v1/orgs/acme/keys",
-        json!({"roles": ["developer"]}),
-    )
-    .await;
+    let (s, v) = api_key(&gs[2], &root).await;
     assert_eq!(s, 201, "{v}");
     everywhere(&all, v["key"].as_str().unwrap(), 200).await;
     everywhere(&all, &live, 200).await;
