@@ -8,7 +8,7 @@ use common::*;
 use serde_json::{json, Value};
 
 /// Distinct paths in the admin route table (a new route must be added here deliberately).
-const ROUTE_PATHS: usize = 25;
+const ROUTE_PATHS: usize = 26;
 
 fn start() -> (Gateway, tempfile::TempDir) {
     start_with_policies("")
@@ -51,6 +51,7 @@ async fn admin(
     let mut req = match method {
         "GET" => c.get(g.ops_url(path)),
         "DELETE" => c.delete(g.ops_url(path)),
+        "PUT" => c.put(g.ops_url(path)),
         _ => c.post(g.ops_url(path)),
     };
     if let Some(k) = key {

@@ -486,6 +486,44 @@ async fn roles_and_bindings_made_on_one_replica_decide_on_all_without_escalation
         .unwrap();
     assert_eq!(r.status(), 200);
 
+    // An org budget set through replica 1's API is enforced by replica 2 (far below one
+    // request's worst case: refused), and lifted again; an org-admin may not set it.
+    let (_, v) = api_key(&gs[0], &root).await;
+    let spender = v["key"].as_str().unwrap().to_string();
+    everywhere(&all, &spender, 200).await;
+    assert_eq!(chat_status(&gs[1], spender.clone()).await, 200);
+    let budget = json!({"budget": {"usd": "0.000001", "period": "month"}});
+    let put = |key: &str| {
+        client()
+            .put(gs[0].ops_url("/admin/v1/orgs/acme/limits"))
+            .bearer_auth(key)
+            .json(&budget)
+            .send()
+    };
+    assert_eq!(put(&root).await.unwrap().status(), 403);
+    assert_eq!(put(&god).await.unwrap().status(), 200);
+    eventually(PROPAGATION, || async {
+        match chat_status(&gs[1], spender.clone()).await {
+            429 => Ok(()),
+            s => Err(format!("answered {s}")),
+        }
+    })
+    .await;
+    let r = c
+        .delete(gs[1].ops_url("/admin/v1/orgs/acme/limits"))
+        .bearer_auth(&god)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    eventually(PROPAGATION, || async {
+        match chat_status(&gs[0], spender.clone()).await {
+            200 => Ok(()),
+            s => Err(format!("answered {s}")),
+        }
+    })
+    .await;
+
     // A binding of a role that does not exist is refused as such.
     let (s, v) = admin(
         &gs[0],

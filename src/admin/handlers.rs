@@ -21,6 +21,8 @@ pub async fn run(ctx: &Ctx<'_>, op: Op, p: &Params<'_>) -> Reply {
         Op::ListUsers => list_users(ctx, org),
         Op::ListKeys => list_keys(ctx, org),
         Op::CreateKey => create_key(ctx, org),
+        Op::PutOrgLimits => super::policy::put_limits(ctx, org),
+        Op::DeleteOrgLimits => super::policy::delete_limits(ctx, org),
         Op::CreateTeam => super::policy::create_entry(ctx, org, super::policy::Entry::Team),
         Op::DeleteTeam => super::policy::delete_entry(
             ctx,

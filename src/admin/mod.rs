@@ -30,6 +30,8 @@ pub enum Op {
     RotateKey,
     ListRoles,
     ListBindings,
+    PutOrgLimits,
+    DeleteOrgLimits,
     CreateTeam,
     DeleteTeam,
     CreateCostCenter,
@@ -57,6 +59,8 @@ impl Op {
             Op::CreateKey
                 | Op::RevokeKey
                 | Op::RotateKey
+                | Op::PutOrgLimits
+                | Op::DeleteOrgLimits
                 | Op::CreateTeam
                 | Op::DeleteTeam
                 | Op::CreateCostCenter
@@ -169,6 +173,20 @@ pub const ROUTES: &[Route] = &[
         permission: Some("admin:bindings:read"),
         op: Op::ListBindings,
         summary: "Role bindings visible to the caller (file-managed and API-managed).",
+    },
+    Route {
+        method: "PUT",
+        path: "/admin/v1/orgs/{org}/limits",
+        permission: Some("admin:limits:write"),
+        op: Op::PutOrgLimits,
+        summary: "Set the org's limits, per-key limits and budget (the config file's syntax) where the file sets none.",
+    },
+    Route {
+        method: "DELETE",
+        path: "/admin/v1/orgs/{org}/limits",
+        permission: Some("admin:limits:write"),
+        op: Op::DeleteOrgLimits,
+        summary: "Remove the limits set through the API.",
     },
     Route {
         method: "POST",

@@ -545,3 +545,99 @@ pub fn delete_entry(ctx: &Ctx<'_>, org: &str, id: &str, what: Entry) -> Reply {
         Err(e) => written(e, &format!("`{id}`")),
     }
 }
+
+/// The org fields `PUT …/limits` sets.
+const LIMIT_FIELDS: &[&str] = &["limits", "key_limits", "budget"];
+
+/// `PUT /admin/v1/orgs/{org}/limits`: the org's `limits`, `key_limits` (each key's) and
+/// `budget`, with the config file's syntax; a field the file sets cannot be set here.
+pub fn put_limits(ctx: &Ctx<'_>, org: &str) -> Reply {
+    let k = match store(ctx) {
+        Ok(k) => k,
+        Err(r) => return r,
+    };
+    let body: serde_json::Map<String, Value> = match serde_json::from_slice(ctx.req.body) {
+        Ok(Value::Object(m)) => m,
+        _ => return Reply::error(400, "invalid_request_error", "The body is a JSON object."),
+    };
+    if let Some(f) = body.keys().find(|f| !LIMIT_FIELDS.contains(&f.as_str())) {
+        return Reply::error(
+            400,
+            "invalid_request_error",
+            format!("Unknown field `{f}` (limits, key_limits, budget)."),
+        );
+    }
+    let before = docs_of(&k, "org_limits", org).into_iter().next();
+    let o = &ctx.live.config.orgs[org];
+    let set_here = |f: &str| {
+        before
+            .as_ref()
+            .and_then(|d| serde_json::from_str::<Value>(&d.record).ok())
+            .is_some_and(|v| !v[f].is_null())
+    };
+    let in_file = |f: &str| match f {
+        "limits" => o.limits.is_some() && !set_here(f),
+        "key_limits" => o.key_limits.is_some() && !set_here(f),
+        _ => o.budget.is_some() && !set_here(f),
+    };
+    if let Some(f) = body.keys().find(|f| in_file(f)) {
+        return Reply::error(
+            409,
+            "conflict",
+            format!("`{f}` of org `{org}` is set in the config file."),
+        );
+    }
+    let doc = Doc {
+        kind: "org_limits".into(),
+        id: org.to_string(),
+        org: org.to_string(),
+        record: Value::Object(body.clone()).to_string(),
+    };
+    let mut docs: Vec<Doc> = control(&k)
+        .docs()
+        .iter()
+        .filter(|d| !(d.kind == "org_limits" && d.id == org))
+        .cloned()
+        .collect();
+    docs.push(doc.clone());
+    if let Err(r) = check_config(ctx, &docs) {
+        return r;
+    }
+    match control(&k).put_doc("org_limits", org, Some(doc), false) {
+        Ok(_) => {
+            let was = before.and_then(|d| serde_json::from_str(&d.record).ok());
+            ctx.audit(
+                "org.limits",
+                Some(org),
+                format!("org:{org}"),
+                was,
+                Some(Value::Object(body.clone())),
+            );
+            Reply::ok(json!({"org": org, "limits": body, "managed_by": "api"}))
+        }
+        Err(e) => written(e, "The limits"),
+    }
+}
+
+/// `DELETE /admin/v1/orgs/{org}/limits`: back to what the config file sets.
+pub fn delete_limits(ctx: &Ctx<'_>, org: &str) -> Reply {
+    let k = match store(ctx) {
+        Ok(k) => k,
+        Err(r) => return r,
+    };
+    let Some(before) = docs_of(&k, "org_limits", org).into_iter().next() else {
+        return Reply::error(
+            404,
+            "not_found",
+            format!("Org `{org}` has no limits set through the API."),
+        );
+    };
+    match control(&k).put_doc("org_limits", org, None, false) {
+        Ok(_) => {
+            let was = serde_json::from_str(&before.record).ok();
+            ctx.audit("org.limits", Some(org), format!("org:{org}"), was, None);
+            Reply::ok(json!({"org": org, "deleted": true}))
+        }
+        Err(e) => written(e, "The limits"),
+    }
+}

@@ -143,6 +143,10 @@ pub fn docs() -> Arc<Vec<Doc>> {
 /// entries win, and an org the file does not declare gets none.
 pub fn merge_org_docs(tree: &mut toml::Value, docs: &[Doc]) {
     for d in docs {
+        if d.kind == "org_limits" {
+            merge_org_limits(tree, d);
+            continue;
+        }
         let section = match d.kind.as_str() {
             "team" => "teams",
             "cost_center" => "cost_centers",
@@ -172,6 +176,29 @@ pub fn merge_org_docs(tree: &mut toml::Value, docs: &[Doc]) {
             .or_insert_with(|| toml::Value::Table(Default::default()));
         if let Some(t) = entries.as_table_mut() {
             t.entry(name).or_insert(record);
+        }
+    }
+}
+
+/// An org's limits, per-key limits and budget set through the API (`kind = org_limits`,
+/// `id` = the org): each joins the org where the file sets none.
+fn merge_org_limits(tree: &mut toml::Value, d: &Doc) {
+    let Ok(serde_json::Value::Object(fields)) = serde_json::from_str(&d.record) else {
+        return;
+    };
+    let Some(org) = tree
+        .get_mut("orgs")
+        .and_then(|o| o.get_mut(&d.org))
+        .and_then(toml::Value::as_table_mut)
+    else {
+        return;
+    };
+    for (k, v) in fields {
+        if v.is_null() {
+            continue;
+        }
+        if let Ok(t) = toml::Value::try_from(v) {
+            org.entry(k).or_insert(t);
         }
     }
 }
