@@ -5,8 +5,6 @@
 
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The shared server's URL; `None` (test skipped, said loudly) only outside the test script.
@@ -172,8 +170,7 @@ impl Drop for PrivateClickHouse {
 }
 
 /// What the proxy does with a connection.
-#[repr(u8)]
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     Pass = 0,
     /// Accepts and closes at once: ClickHouse "down".
@@ -185,7 +182,8 @@ pub enum Mode {
 /// A TCP proxy in front of ClickHouse whose behaviour a test switches.
 pub struct FlakyProxy {
     pub port: u16,
-    mode: Arc<AtomicU8>,
+    /// Connections watch it: a switch reaches open ones at once.
+    mode: tokio::sync::watch::Sender<Mode>,
 }
 
 impl FlakyProxy {
@@ -193,7 +191,7 @@ impl FlakyProxy {
         let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = std_listener.local_addr().unwrap().port();
         std_listener.set_nonblocking(true).unwrap();
-        let mode = Arc::new(AtomicU8::new(Mode::Pass as u8));
+        let mode = tokio::sync::watch::Sender::new(Mode::Pass);
         let m = mode.clone();
         std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -206,12 +204,11 @@ impl FlakyProxy {
                     let Ok((mut client, _)) = l.accept().await else {
                         continue;
                     };
-                    let mode = m.load(Ordering::SeqCst);
-                    if mode == Mode::Refuse as u8 {
+                    if *m.borrow() == Mode::Refuse {
                         drop(client);
                         continue;
                     }
-                    let m2 = m.clone();
+                    let (passing, mut refusing) = (m.subscribe(), m.subscribe());
                     tokio::spawn(async move {
                         let Ok(mut server) =
                             tokio::net::TcpStream::connect(("127.0.0.1", target_port)).await
@@ -231,7 +228,7 @@ impl FlakyProxy {
                                     Ok(0) | Err(_) => return,
                                     Ok(n) => n,
                                 };
-                                if m2.load(Ordering::SeqCst) == Mode::Pass as u8
+                                if *passing.borrow() == Mode::Pass
                                     && tokio::io::AsyncWriteExt::write_all(&mut cw, &buf[..n])
                                         .await
                                         .is_err()
@@ -241,11 +238,7 @@ impl FlakyProxy {
                             }
                         };
                         // Refusing also ends the connections already open.
-                        let refused = async {
-                            while m2.load(Ordering::SeqCst) != Mode::Refuse as u8 {
-                                tokio::time::sleep(Duration::from_millis(10)).await;
-                            }
-                        };
+                        let refused = refusing.wait_for(|m| *m == Mode::Refuse);
                         tokio::select! {
                             _ = tokio::io::copy(&mut cr, &mut sw) => {}
                             _ = answers => {}
@@ -263,7 +256,7 @@ impl FlakyProxy {
     }
 
     pub fn set(&self, mode: Mode) {
-        self.mode.store(mode as u8, Ordering::SeqCst);
+        self.mode.send_replace(mode);
     }
 }
 
