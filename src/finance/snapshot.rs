@@ -96,32 +96,6 @@ pub fn rows(cfg: &Config, node: &str, at: u32) -> (Vec<BudgetRow>, Vec<Allocatio
     (budgets, allocations)
 }
 
-async fn insert<T: for<'a> clickhouse::Row<Value<'a> = T> + serde::Serialize>(
-    s: &ClickHouseSettings,
-    table: &str,
-    rows: &[T],
-) -> Result<(), String> {
-    if rows.is_empty() {
-        return Ok(());
-    }
-    let client = s.db_client();
-    let t = s.insert_timeout;
-    let work = async {
-        let mut ins = client
-            .insert::<T>(table)
-            .await
-            .map_err(|e| e.to_string())?
-            .with_timeouts(Some(t), Some(t));
-        for r in rows {
-            ins.write(r).await.map_err(|e| e.to_string())?;
-        }
-        ins.end().await.map_err(|e| e.to_string())
-    };
-    tokio::time::timeout(t, work)
-        .await
-        .map_err(|_| format!("{table} insert timed out after {t:?}"))?
-}
-
 /// Writes the snapshot of `cfg`: its budgets and allocations, and one `snapshot` marker row,
 /// so the latest snapshot exists even for a config without budgets (readers take the rows of
 /// the latest marker's `config_hash`: a removed budget disappears from dashboards).
@@ -141,6 +115,6 @@ pub async fn write(s: &ClickHouseSettings, cfg: &Config) -> Result<(), String> {
         limit_nanousd: 0,
         thresholds: Vec::new(),
     });
-    insert(s, "budgets", &budgets).await?;
-    insert(s, "allocations", &allocations).await
+    super::insert(s, "budgets", &budgets).await?;
+    super::insert(s, "allocations", &allocations).await
 }

@@ -114,7 +114,7 @@ async fn pass(
         let last = now - now % step - step;
         // From the bucket after the last one looked at; a fresh process looks back over
         // what the anomalies dashboard shows by default.
-        let first = match state.examined.get(grain_name(*grain)) {
+        let first = match state.examined.get(grain.name()) {
             Some(done) => done + step,
             None => last.saturating_sub(lookback(*grain) * step),
         };
@@ -126,7 +126,7 @@ async fn pass(
                 std::iter::once(None).chain(o.cost_centers.keys().map(|c| Some(c.as_str())));
             for cc in scopes {
                 let found = detect(&client, Some(org), cc, *grain, first, last).await?;
-                let labels = [org.as_str(), cc.unwrap_or(""), grain_name(*grain)];
+                let labels = [org.as_str(), cc.unwrap_or(""), grain.name()];
                 let score = found
                     .iter()
                     .find(|f| f.start == last)
@@ -142,7 +142,7 @@ async fn pass(
                 }
             }
         }
-        state.examined.insert(grain_name(*grain), last);
+        state.examined.insert(grain.name(), last);
     }
     // Past the look-back no bucket is looked at again.
     let horizon = now.saturating_sub(31 * 86_400);
@@ -180,24 +180,7 @@ async fn forecasts(ch: &ClickHouseSettings, cfg: &Config, now: u64) -> Result<()
             });
         }
     }
-    if rows.is_empty() {
-        return Ok(());
-    }
-    let mut ins = client
-        .insert::<ForecastRow>("spend_forecasts")
-        .await
-        .map_err(|e| e.to_string())?;
-    for r in &rows {
-        ins.write(r).await.map_err(|e| e.to_string())?;
-    }
-    ins.end().await.map_err(|e| e.to_string())
-}
-
-fn grain_name(g: Grain) -> &'static str {
-    match g {
-        Grain::Day => "day",
-        Grain::Hour => "hour",
-    }
+    super::insert(ch, "spend_forecasts", &rows).await
 }
 
 async fn announce(
@@ -205,7 +188,7 @@ async fn announce(
     f: &Found,
     notifier: Option<&Notifier>,
 ) -> Result<(), String> {
-    let grain = grain_name(f.grain);
+    let grain = f.grain.name();
     METRICS
         .spend_anomalies
         .with_label_values(&[f.org.as_deref().unwrap_or(""), grain])
@@ -230,13 +213,7 @@ async fn announce(
         score: f.score,
         drivers: f.drivers.to_string(),
     };
-    let client = ch.db_client();
-    let mut ins = client
-        .insert::<AnomalyRow>("spend_anomalies")
-        .await
-        .map_err(|e| e.to_string())?;
-    ins.write(&row).await.map_err(|e| e.to_string())?;
-    ins.end().await.map_err(|e| e.to_string())?;
+    super::insert(ch, "spend_anomalies", std::slice::from_ref(&row)).await?;
     if let Some(n) = notifier {
         n.send(Event {
             id: f.id(),

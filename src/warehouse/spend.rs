@@ -281,72 +281,48 @@ pub async fn spend(client: &clickhouse::Client, q: &SpendQuery) -> Result<Value,
     }))
 }
 
-/// Spend per UTC day (nano-USD) from `from` to `to` inclusive, every day present (0 when
-/// nothing was spent), for one org (or all) and optionally one cost center.
-pub async fn daily(
+/// Spend (nano-USD) per day or hour of the buckets `from ..= to` (Unix seconds, bucket
+/// starts), every bucket present (0 when nothing was spent), for one org (or all) and
+/// optionally one cost center.
+pub async fn series(
     client: &clickhouse::Client,
     org: Option<&str>,
     cost_center: Option<&str>,
+    grain: Grain,
     from: u64,
     to: u64,
-) -> Result<Vec<(String, i64)>, String> {
+) -> Result<Vec<i64>, String> {
     let filters = cost_center_filter(cost_center);
-    let mut sql = String::from(
-        "SELECT toString(day) AS d, sum(cost_nanousd) AS c FROM usage_daily \
-         WHERE day >= toDate(?) AND day <= toDate(?)",
+    let (table, bucket) = grain.rollup();
+    let mut sql = format!(
+        "SELECT toString({bucket}) AS b, sum(cost_nanousd) AS c FROM {table} WHERE {}",
+        grain.range("<=")
     );
     sql.push_str(&scope_filter(org, &filters));
-    sql.push_str(" GROUP BY day ORDER BY day");
-    let (from_day, to_day) = (crate::time::date(from), crate::time::date(to));
-    let q = bind_scope(
-        client.query(&sql).bind(&from_day).bind(&to_day),
-        org,
-        &filters,
-    );
-    let rows: Vec<(String, i64)> = q.fetch_all().await.map_err(|e| e.to_string())?;
-    let by_day: std::collections::BTreeMap<String, i64> = rows.into_iter().collect();
-    Ok((0..=(to.saturating_sub(from) / 86_400))
-        .map(|i| {
-            let d = crate::time::date(from + i * 86_400);
-            let c = by_day.get(&d).copied().unwrap_or(0);
-            (d, c)
-        })
-        .collect())
+    sql.push_str(&format!(" GROUP BY {bucket}"));
+    let q = grain.bind(grain.bind(client.query(&sql), from), to);
+    let rows: Vec<(String, i64)> = bind_scope(q, org, &filters)
+        .fetch_all()
+        .await
+        .map_err(|e| e.to_string())?;
+    let step = grain.seconds();
+    let mut out = vec![0i64; (to.saturating_sub(from) / step + 1) as usize];
+    for (b, c) in rows {
+        let at = grain
+            .parse(&b)
+            .ok_or_else(|| format!("bucket `{b}` does not parse"))?;
+        if let Some(slot) = at
+            .checked_sub(from)
+            .and_then(|d| out.get_mut((d / step) as usize))
+        {
+            *slot = c;
+        }
+    }
+    Ok(out)
 }
 
-/// Spend per UTC hour (nano-USD) of the hours `from ..= to` (Unix seconds, hour starts),
-/// every hour present.
-pub async fn hourly(
-    client: &clickhouse::Client,
-    org: Option<&str>,
-    cost_center: Option<&str>,
-    from: u64,
-    to: u64,
-) -> Result<Vec<(u64, i64)>, String> {
-    let filters = cost_center_filter(cost_center);
-    let mut sql = String::from(
-        "SELECT toUInt64(toUInt32(hour)) AS h, sum(cost_nanousd) AS c FROM usage_hourly \
-         WHERE hour >= toDateTime(?) AND hour <= toDateTime(?)",
-    );
-    sql.push_str(&scope_filter(org, &filters));
-    sql.push_str(" GROUP BY hour ORDER BY hour");
-    let q = bind_scope(
-        client.query(&sql).bind(from as u32).bind(to as u32),
-        org,
-        &filters,
-    );
-    let rows: Vec<(u64, i64)> = q.fetch_all().await.map_err(|e| e.to_string())?;
-    let by_hour: std::collections::BTreeMap<u64, i64> = rows.into_iter().collect();
-    Ok((0..=(to.saturating_sub(from) / 3_600))
-        .map(|i| {
-            let h = from + i * 3_600;
-            (h, by_hour.get(&h).copied().unwrap_or(0))
-        })
-        .collect())
-}
-
-/// What drives spend in a time range (`[from, to)` Unix seconds, read from the rollup of
-/// `grain`): the largest three values of each of model, key and project, with their spend.
+/// What drives spend in the buckets `[from, to)` (Unix seconds) of `grain`'s rollup: the
+/// largest three values of each of model, key and project, with their spend.
 pub async fn drivers(
     client: &clickhouse::Client,
     org: Option<&str>,
@@ -356,26 +332,20 @@ pub async fn drivers(
     to: u64,
 ) -> Result<Value, String> {
     let filters = cost_center_filter(cost_center);
-    let (table, column) = match grain {
-        Grain::Day => ("usage_daily", "toDateTime(day)"),
-        Grain::Hour => ("usage_hourly", "hour"),
-    };
+    let (table, _) = grain.rollup();
     let mut out = Map::new();
     for dim in ["model", "key_id", "project"] {
         let mut sql = format!(
-            "SELECT {dim} AS v, sum(cost_nanousd) AS c FROM {table} \
-             WHERE {column} >= toDateTime(?) AND {column} < toDateTime(?)"
+            "SELECT {dim} AS v, sum(cost_nanousd) AS c FROM {table} WHERE {}",
+            grain.range("<")
         );
         sql.push_str(&scope_filter(org, &filters));
         sql.push_str(" GROUP BY v ORDER BY c DESC, v LIMIT 3");
-        let rows: Vec<(String, i64)> = bind_scope(
-            client.query(&sql).bind(from as u32).bind(to as u32),
-            org,
-            &filters,
-        )
-        .fetch_all()
-        .await
-        .map_err(|e| e.to_string())?;
+        let q = grain.bind(grain.bind(client.query(&sql), from), to);
+        let rows: Vec<(String, i64)> = bind_scope(q, org, &filters)
+            .fetch_all()
+            .await
+            .map_err(|e| e.to_string())?;
         out.insert(
             dim.to_string(),
             rows.into_iter()
@@ -395,10 +365,50 @@ pub enum Grain {
 }
 
 impl Grain {
+    /// `day` or `hour`: in metric labels, ids and tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            Grain::Day => "day",
+            Grain::Hour => "hour",
+        }
+    }
+
     pub fn seconds(self) -> u64 {
         match self {
             Grain::Day => 86_400,
             Grain::Hour => 3_600,
+        }
+    }
+
+    /// The rollup of this grain and its bucket column.
+    fn rollup(self) -> (&'static str, &'static str) {
+        match self {
+            Grain::Day => ("usage_daily", "day"),
+            Grain::Hour => ("usage_hourly", "hour"),
+        }
+    }
+
+    /// `bucket >= ? AND bucket <op> ?`. Days compare as dates (bound as `YYYY-MM-DD`), so no
+    /// server time zone enters; hours are UTC DateTimes (bound as Unix seconds).
+    fn range(self, op: &str) -> String {
+        match self {
+            Grain::Day => format!("day >= toDate(?) AND day {op} toDate(?)"),
+            Grain::Hour => format!("hour >= toDateTime(?) AND hour {op} toDateTime(?)"),
+        }
+    }
+
+    fn bind(self, q: clickhouse::query::Query, at: u64) -> clickhouse::query::Query {
+        match self {
+            Grain::Day => q.bind(crate::time::date(at)),
+            Grain::Hour => q.bind(at as u32),
+        }
+    }
+
+    /// Unix seconds of a bucket as `toString` prints it (`YYYY-MM-DD`, `YYYY-MM-DD HH:MM:SS`).
+    fn parse(self, text: &str) -> Option<u64> {
+        match self {
+            Grain::Day => crate::time::parse_rfc3339(&format!("{text}T00:00:00Z")),
+            Grain::Hour => crate::time::parse_rfc3339(&format!("{}Z", text.replacen(' ', "T", 1))),
         }
     }
 }

@@ -40,21 +40,14 @@ impl Found {
             "anomaly:{}:{}:{}:{}",
             self.org.as_deref().unwrap_or("*"),
             self.cost_center.as_deref().unwrap_or("*"),
-            match self.grain {
-                Grain::Day => "day",
-                Grain::Hour => "hour",
-            },
+            self.grain.name(),
             self.bucket()
         )
     }
 
     pub fn json(&self) -> Value {
-        let when = match self.grain {
-            Grain::Day => "day",
-            Grain::Hour => "hour",
-        };
         json!({
-            when: self.bucket(),
+            self.grain.name(): self.bucket(),
             "org": self.org,
             "cost_center": self.cost_center,
             "actual_nanousd": self.actual,
@@ -90,18 +83,7 @@ pub async fn detect(
     // Eight seasons for the baseline of the earliest point of the spread window, and the window.
     let lead = (8 * s.length + s.window) as u64;
     let start = from.saturating_sub(lead * step);
-    let series: Vec<i64> = match grain {
-        Grain::Day => spend::daily(client, org, cost_center, start, to)
-            .await?
-            .into_iter()
-            .map(|(_, c)| c)
-            .collect(),
-        Grain::Hour => spend::hourly(client, org, cost_center, start, to)
-            .await?
-            .into_iter()
-            .map(|(_, c)| c)
-            .collect(),
-    };
+    let series = spend::series(client, org, cost_center, grain, start, to).await?;
     let first = ((from - start) / step) as usize;
     let mut out = Vec::new();
     for a in forecast::anomalies(&series, first, s) {
@@ -152,20 +134,18 @@ pub async fn month_forecast(
         .unwrap_or(today + 86_400);
     let from = today.saturating_sub(forecast::WINDOW as u64 * 86_400);
     let first = from.min(month_start);
-    let days = spend::daily(client, org, cost_center, first, today).await?;
+    let days = spend::series(client, org, cost_center, Grain::Day, first, today).await?;
     // Complete days (up to yesterday) feed the projection; today is partly spent.
-    let history: Vec<i64> = days[..days.len() - 1].iter().map(|(_, c)| *c).collect();
+    let history = &days[..days.len() - 1];
     let weekday = |i: usize| ((first / 86_400 + i as u64 + 3) % 7) as usize;
     let month = crate::time::date(month_start);
-    let spent: i64 = days
+    let spent: i64 = days[((month_start - first) / 86_400) as usize..]
         .iter()
-        .filter(|(d, _)| d.as_str() >= month.as_str())
-        .map(|(_, c)| *c)
-        .fold(0i64, |a, c| a.saturating_add(c));
+        .fold(0i64, |a, c| a.saturating_add(*c));
     let today_left = 1.0 - (now - today) as f64 / 86_400.0;
     let days_after = ((next_month - today) / 86_400).saturating_sub(1) as usize;
     let by_day = forecast::cumulative(
-        &forecast::project(&history, weekday, days_after + 1),
+        &forecast::project(history, weekday, days_after + 1),
         spent,
         today_left,
     );
