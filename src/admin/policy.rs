@@ -10,7 +10,7 @@
 use super::handlers::{org_keys, user_org_elsewhere};
 use super::{Ctx, Reply};
 use crate::auth::store::Keys;
-use crate::control::{ControlKeys, Doc};
+use crate::control::Doc;
 use crate::rbac::Rbac;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -25,10 +25,6 @@ fn store(ctx: &Ctx<'_>) -> Result<Arc<Keys>, Reply> {
             "Authentication is off: there are no roles to manage.",
         )
     })
-}
-
-fn control(k: &Keys) -> &ControlKeys {
-    k
 }
 
 fn valid_name(n: &str) -> bool {
@@ -101,8 +97,7 @@ fn written(e: std::io::Error, what: &str) -> Reply {
 }
 
 fn docs_of(k: &Keys, kind: &str, org: &str) -> Vec<Doc> {
-    control(k)
-        .docs()
+    k.docs()
         .iter()
         .filter(|d| d.kind == kind && d.org == org)
         .cloned()
@@ -177,7 +172,7 @@ pub fn create_role(ctx: &Ctx<'_>, org: &str) -> Reply {
         org: org.to_string(),
         record: record.to_string(),
     };
-    let mut docs: Vec<Doc> = control(&k)
+    let mut docs: Vec<Doc> = k
         .docs()
         .iter()
         .filter(|d| d.id != id || d.kind != "role")
@@ -193,7 +188,7 @@ pub fn create_role(ctx: &Ctx<'_>, org: &str) -> Reply {
     if let Err(r) = no_escalation(ctx, &resource, &grants) {
         return r;
     }
-    match control(&k).put_doc("role", &id, Some(doc.clone()), true) {
+    match k.put_doc("role", &id, Some(doc.clone()), true) {
         Ok(_) => {
             ctx.audit(
                 "role.create",
@@ -222,7 +217,7 @@ pub fn delete_role(ctx: &Ctx<'_>, org: &str, name: &str) -> Reply {
     let Some(before) = docs_of(&k, "role", org).into_iter().find(|d| d.id == id) else {
         return Reply::error(404, "not_found", format!("No custom role `{name}`."));
     };
-    let used = control(&k)
+    let used = k
         .docs()
         .iter()
         .any(|d| d.kind == "binding" && d.record.contains(&format!("\"{id}\"")));
@@ -233,7 +228,7 @@ pub fn delete_role(ctx: &Ctx<'_>, org: &str, name: &str) -> Reply {
             format!("Role `{name}` is bound; delete its bindings first."),
         );
     }
-    match control(&k).put_doc("role", &id, None, false) {
+    match k.put_doc("role", &id, None, false) {
         Ok(_) => {
             ctx.audit(
                 "role.delete",
@@ -323,7 +318,7 @@ pub fn create_binding(ctx: &Ctx<'_>, org: &str) -> Reply {
         org: org.to_string(),
         record: record.to_string(),
     };
-    let mut docs: Vec<Doc> = control(&k).docs().to_vec();
+    let mut docs: Vec<Doc> = k.docs().to_vec();
     docs.push(doc.clone());
     let next = match candidate(ctx, &docs) {
         Ok(r) => r,
@@ -334,7 +329,7 @@ pub fn create_binding(ctx: &Ctx<'_>, org: &str) -> Reply {
     if let Err(r) = no_escalation(ctx, &resource, &grants) {
         return r;
     }
-    match control(&k).put_doc("binding", &id, Some(doc.clone()), true) {
+    match k.put_doc("binding", &id, Some(doc.clone()), true) {
         Ok(_) => {
             ctx.audit(
                 "binding.create",
@@ -362,7 +357,7 @@ pub fn delete_binding(ctx: &Ctx<'_>, org: &str, id: &str) -> Reply {
     let Some(before) = docs_of(&k, "binding", org).into_iter().find(|d| d.id == id) else {
         return Reply::error(404, "not_found", format!("No binding `{id}`."));
     };
-    match control(&k).put_doc("binding", id, None, false) {
+    match k.put_doc("binding", id, None, false) {
         Ok(_) => {
             ctx.audit(
                 "binding.delete",
@@ -459,7 +454,7 @@ pub fn create_entry(ctx: &Ctx<'_>, org: &str, what: Entry) -> Reply {
         org: org.to_string(),
         record: Value::Object(body.clone()).to_string(),
     };
-    let mut docs: Vec<Doc> = control(&k).docs().to_vec();
+    let mut docs: Vec<Doc> = k.docs().to_vec();
     docs.push(doc.clone());
     if let Err(r) = check_config(ctx, &docs) {
         return r;
@@ -468,7 +463,7 @@ pub fn create_entry(ctx: &Ctx<'_>, org: &str, what: Entry) -> Reply {
     shown["id"] = json!(id);
     shown["org"] = json!(org);
     shown["managed_by"] = json!("api");
-    match control(&k).put_doc(what.kind(), &doc.id, Some(doc.clone()), true) {
+    match k.put_doc(what.kind(), &doc.id, Some(doc.clone()), true) {
         Ok(_) => {
             let action = match what {
                 Entry::Team => "team.create",
@@ -513,12 +508,7 @@ pub fn delete_entry(ctx: &Ctx<'_>, org: &str, id: &str, what: Entry) -> Reply {
             Reply::error(404, "not_found", format!("No `{id}`."))
         };
     };
-    let docs: Vec<Doc> = control(&k)
-        .docs()
-        .iter()
-        .filter(|d| **d != before)
-        .cloned()
-        .collect();
+    let docs: Vec<Doc> = k.docs().iter().filter(|d| **d != before).cloned().collect();
     if let Err(r) = check_config(ctx, &docs) {
         return Reply::error(
             409,
@@ -526,7 +516,7 @@ pub fn delete_entry(ctx: &Ctx<'_>, org: &str, id: &str, what: Entry) -> Reply {
             format!("`{id}` is still named: {}", r.body["error"]["message"]),
         );
     }
-    match control(&k).put_doc(what.kind(), &doc_id, None, false) {
+    match k.put_doc(what.kind(), &doc_id, None, false) {
         Ok(_) => {
             let action = match what {
                 Entry::Team => "team.delete",
@@ -593,7 +583,7 @@ pub fn put_limits(ctx: &Ctx<'_>, org: &str) -> Reply {
         org: org.to_string(),
         record: Value::Object(body.clone()).to_string(),
     };
-    let mut docs: Vec<Doc> = control(&k)
+    let mut docs: Vec<Doc> = k
         .docs()
         .iter()
         .filter(|d| !(d.kind == "org_limits" && d.id == org))
@@ -603,7 +593,7 @@ pub fn put_limits(ctx: &Ctx<'_>, org: &str) -> Reply {
     if let Err(r) = check_config(ctx, &docs) {
         return r;
     }
-    match control(&k).put_doc("org_limits", org, Some(doc), false) {
+    match k.put_doc("org_limits", org, Some(doc), false) {
         Ok(_) => {
             let was = before.and_then(|d| serde_json::from_str(&d.record).ok());
             ctx.audit(
@@ -632,7 +622,7 @@ pub fn delete_limits(ctx: &Ctx<'_>, org: &str) -> Reply {
             format!("Org `{org}` has no limits set through the API."),
         );
     };
-    match control(&k).put_doc("org_limits", org, None, false) {
+    match k.put_doc("org_limits", org, None, false) {
         Ok(_) => {
             let was = serde_json::from_str(&before.record).ok();
             ctx.audit("org.limits", Some(org), format!("org:{org}"), was, None);

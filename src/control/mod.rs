@@ -106,23 +106,9 @@ fn import_json(s: &ControlSettings, b: &mut dyn Backend) -> Result<(), String> {
     Ok(())
 }
 
-enum Command {
-    Insert(Box<KeyRecord>, mpsc::Sender<Result<(), StoreError>>),
-    Revoke(
-        String,
-        u64,
-        mpsc::Sender<Result<Option<KeyRecord>, StoreError>>,
-    ),
-    /// Writes (or, without a document, deletes) a policy document.
-    Put(PutDoc, mpsc::Sender<Result<Option<Doc>, StoreError>>),
-}
-
-struct PutDoc {
-    kind: String,
-    id: String,
-    doc: Option<Doc>,
-    create: bool,
-}
+/// A write for the store's thread. It runs against the backend (`None`: the store is down)
+/// and answers its caller itself; it returns whether the store failed.
+type Write = Box<dyn for<'a> FnOnce(Option<(&'a mut dyn Backend, &'a Snapshot)>) -> bool + Send>;
 
 /// The policy of the control store (custom roles, bindings) as one policy file's TOML: RBAC
 /// compiles it after the files of `[auth] policies` (empty without a control store).
@@ -155,13 +141,7 @@ pub fn merge_org_docs(tree: &mut toml::Value, docs: &[Doc]) {
         let Some((_, name)) = d.id.split_once(':') else {
             continue;
         };
-        let Ok(mut v) = serde_json::from_str::<serde_json::Value>(&d.record) else {
-            continue;
-        };
-        if let Some(o) = v.as_object_mut() {
-            o.retain(|_, x| !x.is_null());
-        }
-        let Ok(record) = toml::Value::try_from(v) else {
+        let Some(record) = toml_of(&d.record) else {
             continue;
         };
         let Some(org) = tree
@@ -183,7 +163,7 @@ pub fn merge_org_docs(tree: &mut toml::Value, docs: &[Doc]) {
 /// An org's limits, per-key limits and budget set through the API (`kind = org_limits`,
 /// `id` = the org): each joins the org where the file sets none.
 fn merge_org_limits(tree: &mut toml::Value, d: &Doc) {
-    let Ok(serde_json::Value::Object(fields)) = serde_json::from_str(&d.record) else {
+    let Some(toml::Value::Table(fields)) = toml_of(&d.record) else {
         return;
     };
     let Some(org) = tree
@@ -194,12 +174,7 @@ fn merge_org_limits(tree: &mut toml::Value, d: &Doc) {
         return;
     };
     for (k, v) in fields {
-        if v.is_null() {
-            continue;
-        }
-        if let Ok(t) = toml::Value::try_from(v) {
-            org.entry(k).or_insert(t);
-        }
+        org.entry(k).or_insert(v);
     }
 }
 
@@ -208,19 +183,22 @@ pub fn policy_overlay() -> Arc<String> {
     POLICY.load_full()
 }
 
+/// A document's JSON record as TOML, as a config or policy file would write it (TOML has no
+/// null: an absent optional field is left out).
+fn toml_of(record: &str) -> Option<toml::Value> {
+    let mut v: serde_json::Value = serde_json::from_str(record).ok()?;
+    if let Some(o) = v.as_object_mut() {
+        o.retain(|_, x| !x.is_null());
+    }
+    toml::Value::try_from(v).ok()
+}
+
 /// Renders policy documents as one policy file.
 pub fn render(docs: &[Doc]) -> String {
     let mut roles = toml::map::Map::new();
     let mut bindings = Vec::new();
     for d in docs {
-        let Ok(mut v) = serde_json::from_str::<serde_json::Value>(&d.record) else {
-            continue;
-        };
-        // TOML has no null: an absent optional field is simply left out.
-        if let Some(o) = v.as_object_mut() {
-            o.retain(|_, x| !x.is_null());
-        }
-        let Ok(t) = toml::Value::try_from(v) else {
+        let Some(t) = toml_of(&d.record) else {
             continue;
         };
         match d.kind.as_str() {
@@ -257,7 +235,7 @@ pub struct ControlKeys {
     docs: Arc<ArcSwap<Vec<Doc>>>,
     on_policy: Arc<Mutex<Option<PolicyHook>>>,
     up: Arc<AtomicBool>,
-    commands: Mutex<mpsc::Sender<Command>>,
+    commands: Mutex<mpsc::Sender<Write>>,
     timeout: Duration,
 }
 
@@ -342,30 +320,39 @@ impl ControlKeys {
         doc: Option<Doc>,
         create: bool,
     ) -> std::io::Result<Option<Doc>> {
-        let (tx, rx) = mpsc::channel();
-        self.send(Command::Put(
-            PutDoc {
-                kind: kind.to_string(),
-                id: id.to_string(),
-                doc,
-                create,
-            },
-            tx,
-        ))?;
-        Ok(rx
-            .recv_timeout(self.timeout)
-            .map_err(|_| StoreError::Unavailable("timed out".into()))??)
+        let (kind, id) = (kind.to_string(), id.to_string());
+        Ok(self.write(move |b| b.put_doc(&kind, &id, doc.as_ref(), create))?)
     }
 
-    fn send(&self, c: Command) -> Result<(), StoreError> {
+    /// Runs `op` on the store's thread; once it succeeded, every part of this process sees the
+    /// change (the snapshot is reloaded before the answer).
+    fn write<T: Send + 'static>(
+        &self,
+        op: impl FnOnce(&mut dyn Backend) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (tx, rx) = mpsc::channel();
+        let job: Write = Box::new(move |store| {
+            let Some((b, snap)) = store else {
+                let _ = tx.send(Err(StoreError::Unavailable(
+                    "the control store is down".into(),
+                )));
+                return false;
+            };
+            let r = op(b);
+            let failed = matches!(r, Err(StoreError::Unavailable(_)));
+            let _ =
+                tx.send(r.and_then(|v| load(b, snap).map(|()| v).map_err(StoreError::Unavailable)));
+            failed
+        });
         self.commands
             .lock()
             .map_err(|_| StoreError::Unavailable("store thread poisoned".into()))?
-            .send(c)
-            .map_err(|_| StoreError::Unavailable("store thread ended".into()))
+            .send(job)
+            .map_err(|_| StoreError::Unavailable("store thread ended".into()))?;
+        rx.recv_timeout(self.timeout)
+            .map_err(|_| StoreError::Unavailable("timed out".into()))?
     }
 }
-
 impl KeyStore for ControlKeys {
     fn get(&self, id: &str) -> Option<Arc<KeyRecord>> {
         self.map.load().get(id).cloned()
@@ -376,19 +363,12 @@ impl KeyStore for ControlKeys {
     }
 
     fn insert(&self, record: KeyRecord) -> std::io::Result<()> {
-        let (tx, rx) = mpsc::channel();
-        self.send(Command::Insert(Box::new(record), tx))?;
-        rx.recv_timeout(self.timeout)
-            .map_err(|_| StoreError::Unavailable("timed out".into()))??;
-        Ok(())
+        Ok(self.write(move |b| b.insert_keys(std::slice::from_ref(&record)))?)
     }
 
     fn revoke(&self, id: &str, at: u64) -> std::io::Result<Option<Arc<KeyRecord>>> {
-        let (tx, rx) = mpsc::channel();
-        self.send(Command::Revoke(id.to_string(), at, tx))?;
-        let rec = rx
-            .recv_timeout(self.timeout)
-            .map_err(|_| StoreError::Unavailable("timed out".into()))??;
+        let id = id.to_string();
+        let rec = self.write(move |b| b.revoke_key(&id, at))?;
         Ok(rec.map(|r| self.get(&r.id).unwrap_or_else(|| Arc::new(r))))
     }
 }
@@ -403,7 +383,7 @@ fn run(
     s: ControlSettings,
     map: Snapshot,
     up: Arc<AtomicBool>,
-    rx: mpsc::Receiver<Command>,
+    rx: mpsc::Receiver<Write>,
     ready: mpsc::Sender<()>,
 ) {
     let mut backoff = Duration::from_millis(100);
@@ -436,27 +416,14 @@ fn run(
         let until = Instant::now() + backoff;
         while let Some(left) = until.checked_duration_since(Instant::now()) {
             match rx.recv_timeout(left) {
-                Ok(c) => refuse(c),
+                Ok(job) => {
+                    job(None);
+                }
                 Err(mpsc::RecvTimeoutError::Timeout) => break,
                 Err(mpsc::RecvTimeoutError::Disconnected) => return,
             }
         }
         backoff = (backoff * 2).min(Duration::from_secs(2));
-    }
-}
-
-fn refuse(c: Command) {
-    let down = || StoreError::Unavailable("the control store is down".into());
-    match c {
-        Command::Insert(_, reply) => {
-            let _ = reply.send(Err(down()));
-        }
-        Command::Revoke(_, _, reply) => {
-            let _ = reply.send(Err(down()));
-        }
-        Command::Put(_, reply) => {
-            let _ = reply.send(Err(down()));
-        }
     }
 }
 
@@ -491,41 +458,13 @@ fn follow(
     b: &mut dyn Backend,
     mut version: i64,
     map: &Snapshot,
-    rx: &mpsc::Receiver<Command>,
+    rx: &mpsc::Receiver<Write>,
 ) -> Result<(), String> {
     let mut checked = Instant::now();
     loop {
         match rx.recv_timeout(TICK) {
-            Ok(Command::Insert(rec, reply)) => {
-                let r = b.insert_keys(std::slice::from_ref(&rec));
-                let failed = matches!(r, Err(StoreError::Unavailable(_)));
-                let _ = reply.send(r.and_then(|()| load(b, map).map_err(StoreError::Unavailable)));
-                if failed {
-                    return Err("write failed".into());
-                }
-                version = b.version()?;
-            }
-            Ok(Command::Revoke(id, at, reply)) => {
-                let r = b.revoke_key(&id, at);
-                let failed = matches!(r, Err(StoreError::Unavailable(_)));
-                let r =
-                    r.and_then(|rec| load(b, map).map(|()| rec).map_err(StoreError::Unavailable));
-                let _ = reply.send(r);
-                if failed {
-                    return Err("write failed".into());
-                }
-                version = b.version()?;
-            }
-            Ok(Command::Put(p, reply)) => {
-                let r = b.put_doc(&p.kind, &p.id, p.doc.as_ref(), p.create);
-                let failed = matches!(r, Err(StoreError::Unavailable(_)));
-                let r = r.and_then(|before| {
-                    load(b, map)
-                        .map(|()| before)
-                        .map_err(StoreError::Unavailable)
-                });
-                let _ = reply.send(r);
-                if failed {
+            Ok(job) => {
+                if job(Some((b, map))) {
                     return Err("write failed".into());
                 }
                 version = b.version()?;
