@@ -63,11 +63,27 @@ pub fn date(unix: u64) -> String {
     format!("{y:04}-{m:02}-{d:02}")
 }
 
+/// `YYYY-MM-DDTHH:MM:SSZ` of Unix seconds (what `parse_rfc3339` reads back).
+pub fn rfc3339(unix: u64) -> String {
+    let s = unix % 86_400;
+    format!(
+        "{}T{:02}:{:02}:{:02}Z",
+        date(unix),
+        s / 3600,
+        s / 60 % 60,
+        s % 60
+    )
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
     fn parses() {
         assert_eq!(super::parse_rfc3339("1970-01-01T00:00:00Z"), Some(0));
+        for t in [0, 59, 86_399, 951_782_400, 1_798_761_599] {
+            assert_eq!(super::parse_rfc3339(&super::rfc3339(t)), Some(t));
+        }
+        assert_eq!(super::rfc3339(1_798_761_599), "2026-12-31T23:59:59Z");
         assert_eq!(
             super::parse_rfc3339("2027-01-01T00:00:00Z"),
             Some(1_798_761_600)

@@ -8,7 +8,7 @@ use common::*;
 use serde_json::{json, Value};
 
 /// Distinct paths in the admin route table (a new route must be added here deliberately).
-const ROUTE_PATHS: usize = 26;
+const ROUTE_PATHS: usize = 31;
 
 fn start() -> (Gateway, tempfile::TempDir) {
     start_with_policies("")
@@ -281,7 +281,10 @@ async fn admin_api_rbac_isolation_lifecycle_and_audit() {
     assert_eq!(paths.len(), ROUTE_PATHS);
     for (path, ops) in paths {
         for method in ops.as_object().unwrap().keys() {
-            let concrete = path.replace("{org}", "a").replace("{id}", &admin_a_id);
+            let concrete = path
+                .replace("{org}", "a")
+                .replace("{id}", &admin_a_id)
+                .replace("{role}", "developer");
             let (s, v) = admin(
                 &g,
                 Some(&root),

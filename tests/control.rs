@@ -603,3 +603,268 @@ async fn a_read_only_admin_api_refuses_every_control_write() {
     }
     assert_eq!(models_status(&g, &root).await, 200, "nothing was revoked");
 }
+
+/// Sends `method path` with a JSON body to `g`'s ops plane as `key`.
+async fn send(g: &Gateway, key: &str, method: &str, path: &str, body: Value) -> (u16, Value) {
+    let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+    let r = client()
+        .request(m, g.ops_url(path))
+        .bearer_auth(key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let s = r.status().as_u16();
+    (s, r.json().await.unwrap_or(Value::Null))
+}
+
+async fn chat_status(g: &Gateway, key: &str) -> u16 {
+    client()
+        .post(g.url("/v1/chat/completions"))
+        .bearer_auth(key)
+        .json(&chat("gpt-4o-mini", false))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// Waits until `key`'s chat completions answer `want`.
+async fn chat_becomes(g: &Gateway, key: &str, want: u16) {
+    eventually(PROPAGATION, || async {
+        match chat_status(g, key).await {
+            s if s == want => Ok(()),
+            s => Err(format!("answered {s}")),
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn key_limits_allocations_and_user_roles_through_the_api_on_the_embedded_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = Gateway::start_with(&[], &tenants(dir.path(), ""));
+    let (god, _) = g.create_key(&["--org", "acme", "--role", "super-admin"]);
+    let (root, _) = g.create_key(&["--org", "acme", "--role", "org-admin"]);
+    g.wait_key(&god).await;
+    g.wait_key(&root).await;
+    let new_key = |body: Value| {
+        let (g, root) = (&g, root.clone());
+        async move {
+            let (s, v) = send(g, &root, "POST", "/admin/v1/orgs/acme/keys", body).await;
+            assert_eq!(s, 201, "{v}");
+            (
+                v["key"].as_str().unwrap().to_string(),
+                v["id"].as_str().unwrap().to_string(),
+            )
+        }
+    };
+    let (capped, capped_id) = new_key(json!({"roles": ["developer"]})).await;
+    let (other, _) = new_key(json!({"roles": ["developer"]})).await;
+    g.wait_key(&capped).await;
+    g.wait_key(&other).await;
+
+    // One key's own limits and budget: an org admin may not set them, unknown keys and
+    // fields are refused, and they hold for that key only.
+    let limits = format!("/admin/v1/orgs/acme/keys/{capped_id}/limits");
+    let rpm = json!({"limits": {"requests_per_minute": 1}});
+    assert_eq!(send(&g, &root, "PUT", &limits, rpm.clone()).await.0, 403);
+    let (s, v) = send(
+        &g,
+        &god,
+        "PUT",
+        "/admin/v1/orgs/acme/keys/nosuchkey123/limits",
+        rpm.clone(),
+    )
+    .await;
+    assert_eq!(s, 404, "{v}");
+    let (s, v) = send(&g, &god, "PUT", &limits, json!({"key_limits": {}})).await;
+    assert_eq!(s, 400, "{v}");
+    let (s, v) = send(
+        &g,
+        &god,
+        "PUT",
+        &limits,
+        json!({"budget": {"usd": "-1", "period": "month"}}),
+    )
+    .await;
+    assert_eq!(s, 400, "{v}");
+    let (s, v) = send(&g, &god, "PUT", &limits, rpm).await;
+    assert_eq!(
+        (s, v["key"].as_str()),
+        (200, Some(capped_id.as_str())),
+        "{v}"
+    );
+    chat_becomes(&g, &capped, 429).await;
+    assert_eq!(
+        chat_status(&g, &other).await,
+        200,
+        "the limit is the key's own"
+    );
+    let budget = json!({"budget": {"usd": "0.000001", "period": "month"}});
+    assert_eq!(send(&g, &god, "PUT", &limits, budget).await.0, 200);
+    let r = client()
+        .post(g.url("/v1/chat/completions"))
+        .bearer_auth(&capped)
+        .json(&chat("gpt-4o-mini", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    let body: Value = r.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("key acme/{capped_id}")),
+        "the refusal names the key's budget: {body}"
+    );
+    assert_eq!(chat_status(&g, &other).await, 200);
+    assert_eq!(send(&g, &god, "DELETE", &limits, Value::Null).await.0, 200);
+    chat_becomes(&g, &capped, 200).await;
+    assert_eq!(send(&g, &god, "DELETE", &limits, Value::Null).await.0, 404);
+
+    // Allocations of a source across cost centers the API created.
+    for cc in ["ml", "ops"] {
+        let (s, v) = send(
+            &g,
+            &root,
+            "POST",
+            "/admin/v1/orgs/acme/cost_centers",
+            json!({"id": cc}),
+        )
+        .await;
+        assert_eq!(s, 201, "{v}");
+    }
+    let alloc = format!("/admin/v1/orgs/acme/allocations/key:{capped_id}");
+    let (s, v) = send(&g, &root, "PUT", &alloc, json!({"split": {"ml": 50}})).await;
+    assert_eq!(s, 400, "a split must sum to 100: {v}");
+    let (s, v) = send(
+        &g,
+        &root,
+        "PUT",
+        &alloc,
+        json!({"split": {"ml": 50, "nowhere": 50}}),
+    )
+    .await;
+    assert_eq!(s, 400, "{v}");
+    let (s, v) = send(
+        &g,
+        &root,
+        "PUT",
+        &alloc,
+        json!({"split": {"ml": 60, "ops": 40}}),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = send(
+        &g,
+        &root,
+        "PUT",
+        &alloc,
+        json!({"split": {"ml": 62.5, "ops": 37.5}}),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    eventually(PROPAGATION, || async {
+        let (_, v) = send(&g, &root, "GET", "/admin/v1/orgs/acme/allocations", Value::Null).await;
+        let want = json!([{"source": format!("key:{capped_id}"), "split": {"ml": 62.5, "ops": 37.5}, "managed_by": "api"}]);
+        if v["data"] == want { Ok(()) } else { Err(v.to_string()) }
+    })
+    .await;
+    // A cost center an allocation names cannot go.
+    let (s, v) = send(
+        &g,
+        &root,
+        "DELETE",
+        "/admin/v1/orgs/acme/cost_centers/ops",
+        Value::Null,
+    )
+    .await;
+    assert_eq!(s, 409, "{v}");
+    assert_eq!(send(&g, &root, "DELETE", &alloc, Value::Null).await.0, 200);
+    assert_eq!(send(&g, &root, "DELETE", &alloc, Value::Null).await.0, 404);
+
+    // A user's roles, with expiry: a key made for the user holds what the user is assigned.
+    let (alice, _) = new_key(json!({"user": "alice", "roles": []})).await;
+    g.wait_key(&alice).await;
+    assert_eq!(chat_status(&g, &alice).await, 403);
+    let roles = "/admin/v1/orgs/acme/users/alice/roles";
+    let (s, v) = send(&g, &root, "POST", roles, json!({"roles": ["super-admin"]})).await;
+    assert_eq!(s, 403, "no escalation through an assignment: {v}");
+    let (s, v) = send(
+        &g,
+        &root,
+        "POST",
+        roles,
+        json!({"roles": ["developer"], "expires_at": "tomorrow"}),
+    )
+    .await;
+    assert_eq!(s, 400, "{v}");
+    let (s, v) = send(
+        &g,
+        &root,
+        "POST",
+        roles,
+        json!({"roles": ["developer"], "expires_at": "2099-01-01T00:00:00Z"}),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    chat_becomes(&g, &alice, 200).await;
+    let (s, v) = send(&g, &root, "GET", roles, Value::Null).await;
+    assert_eq!(s, 200);
+    assert_eq!(v["roles"], json!(["developer"]), "{v}");
+    assert_eq!(
+        v["assignments"][0]["expires_at"], "2099-01-01T00:00:00Z",
+        "{v}"
+    );
+    assert_eq!(v["assignments"][0]["managed_by"], "api", "{v}");
+    assert_eq!(v["assignments"][0]["active"], true, "{v}");
+    let (s, v) = send(
+        &g,
+        &root,
+        "DELETE",
+        &format!("{roles}/developer"),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    chat_becomes(&g, &alice, 403).await;
+    let (s, _) = send(
+        &g,
+        &root,
+        "DELETE",
+        &format!("{roles}/developer"),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(s, 404);
+    let (_, v) = send(&g, &root, "GET", roles, Value::Null).await;
+    assert_eq!(v["roles"], json!([]), "{v}");
+
+    // Every write is audited with before and after.
+    let audit = std::fs::read_to_string(g.config.parent().unwrap().join("audit.jsonl")).unwrap();
+    let events: Vec<Value> = audit
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .collect();
+    let has = |action: &str, check: &dyn Fn(&Value) -> bool| {
+        assert!(
+            events.iter().any(|e| e["action"] == action && check(e)),
+            "{action} not audited as expected"
+        )
+    };
+    has("key.limits", &|e| {
+        e["after"]["limits"]["requests_per_minute"] == 1
+    });
+    has("key.limits", &|e| {
+        e["before"]["budget"]["usd"] == "0.000001" && e["after"].is_null()
+    });
+    has("allocation.put", &|e| {
+        e["before"]["split"]["ml"] == 60 && e["after"]["split"]["ml"] == 62.5
+    });
+    has("allocation.delete", &|e| e["after"].is_null());
+    has("role.unassign", &|e| e["before"]["subject"] == "user:alice");
+    has("admin.denied", &|e| e["resource"] == "binding:user:alice");
+}

@@ -1,5 +1,6 @@
 //! Admin handlers: plain functions over the live config, the key store and the caller.
 
+use super::policy::LimitTarget;
 use super::{Ctx, Op, Params, Reply, ALL_ORGS};
 use crate::auth::issue::{issue, redacted, KeySpec};
 use crate::auth::keys::KeyRecord;
@@ -12,6 +13,7 @@ const MAX_LIMIT: usize = 100;
 
 pub async fn run(ctx: &Ctx<'_>, op: Op, p: &Params<'_>) -> Reply {
     let org = p.org.unwrap_or_default();
+    let id = p.id.unwrap_or_default();
     match op {
         Op::Whoami => whoami(ctx),
         Op::ListOrgs => list_orgs(ctx),
@@ -21,33 +23,35 @@ pub async fn run(ctx: &Ctx<'_>, op: Op, p: &Params<'_>) -> Reply {
         Op::ListUsers => list_users(ctx, org),
         Op::ListKeys => list_keys(ctx, org),
         Op::CreateKey => create_key(ctx, org),
-        Op::PutOrgLimits => super::policy::put_limits(ctx, org),
-        Op::DeleteOrgLimits => super::policy::delete_limits(ctx, org),
+        Op::PutOrgLimits => super::policy::put_limits(ctx, org, LimitTarget::Org),
+        Op::DeleteOrgLimits => super::policy::delete_limits(ctx, org, LimitTarget::Org),
+        Op::PutKeyLimits => super::policy::put_limits(ctx, org, LimitTarget::Key(id)),
+        Op::DeleteKeyLimits => super::policy::delete_limits(ctx, org, LimitTarget::Key(id)),
+        Op::ListAllocations => super::allocations::list(ctx, org),
+        Op::PutAllocation => super::allocations::put(ctx, org, id),
+        Op::DeleteAllocation => super::allocations::delete(ctx, org, id),
+        Op::ListUserRoles => super::user_roles::list(ctx, org, id),
+        Op::AssignUserRoles => super::user_roles::assign(ctx, org, id),
+        Op::UnassignUserRole => {
+            super::user_roles::unassign(ctx, org, id, p.role.unwrap_or_default())
+        }
         Op::CreateTeam => super::policy::create_entry(ctx, org, super::policy::Entry::Team),
-        Op::DeleteTeam => super::policy::delete_entry(
-            ctx,
-            org,
-            p.id.unwrap_or_default(),
-            super::policy::Entry::Team,
-        ),
+        Op::DeleteTeam => super::policy::delete_entry(ctx, org, id, super::policy::Entry::Team),
         Op::CreateCostCenter => {
             super::policy::create_entry(ctx, org, super::policy::Entry::CostCenter)
         }
-        Op::DeleteCostCenter => super::policy::delete_entry(
-            ctx,
-            org,
-            p.id.unwrap_or_default(),
-            super::policy::Entry::CostCenter,
-        ),
+        Op::DeleteCostCenter => {
+            super::policy::delete_entry(ctx, org, id, super::policy::Entry::CostCenter)
+        }
         Op::ListOrgRoles => super::policy::list_roles(ctx, org),
         Op::CreateOrgRole => super::policy::create_role(ctx, org),
-        Op::DeleteOrgRole => super::policy::delete_role(ctx, org, p.id.unwrap_or_default()),
+        Op::DeleteOrgRole => super::policy::delete_role(ctx, org, id),
         Op::ListOrgBindings => super::policy::list_bindings(ctx, org),
         Op::CreateOrgBinding => super::policy::create_binding(ctx, org),
-        Op::DeleteOrgBinding => super::policy::delete_binding(ctx, org, p.id.unwrap_or_default()),
-        Op::GetKey => get_key(ctx, org, p.id.unwrap_or_default()),
-        Op::RevokeKey => revoke_key(ctx, org, p.id.unwrap_or_default()),
-        Op::RotateKey => rotate_key(ctx, org, p.id.unwrap_or_default()),
+        Op::DeleteOrgBinding => super::policy::delete_binding(ctx, org, id),
+        Op::GetKey => get_key(ctx, org, id),
+        Op::RevokeKey => revoke_key(ctx, org, id),
+        Op::RotateKey => rotate_key(ctx, org, id),
         Op::ListRoles => list_roles(ctx),
         Op::ListBindings => list_bindings(ctx),
         Op::Reload => reload(ctx),
@@ -55,10 +59,8 @@ pub async fn run(ctx: &Ctx<'_>, op: Op, p: &Params<'_>) -> Reply {
         Op::SpendForecast => super::warehouse::forecast(ctx).await,
         Op::SpendAnomalies => super::warehouse::anomalies(ctx).await,
         Op::Chargeback => super::warehouse::chargeback(ctx).await,
-        Op::ExperimentReport => {
-            super::warehouse::experiment_report(ctx, p.id.unwrap_or_default()).await
-        }
-        Op::EraseUser => super::warehouse::erase_user(ctx, org, p.id.unwrap_or_default()).await,
+        Op::ExperimentReport => super::warehouse::experiment_report(ctx, id).await,
+        Op::EraseUser => super::warehouse::erase_user(ctx, org, id).await,
     }
 }
 

@@ -3,8 +3,10 @@
 //! org-scoped route is confined to the caller's org unless it holds `admin:all_orgs`; every write
 //! is audited with before / after (secrets redacted).
 
+mod allocations;
 mod handlers;
 mod policy;
+mod user_roles;
 mod warehouse;
 
 use crate::audit::AuditEvent;
@@ -32,6 +34,14 @@ pub enum Op {
     ListBindings,
     PutOrgLimits,
     DeleteOrgLimits,
+    PutKeyLimits,
+    DeleteKeyLimits,
+    ListUserRoles,
+    AssignUserRoles,
+    UnassignUserRole,
+    ListAllocations,
+    PutAllocation,
+    DeleteAllocation,
     CreateTeam,
     DeleteTeam,
     CreateCostCenter,
@@ -61,6 +71,12 @@ impl Op {
                 | Op::RotateKey
                 | Op::PutOrgLimits
                 | Op::DeleteOrgLimits
+                | Op::PutKeyLimits
+                | Op::DeleteKeyLimits
+                | Op::AssignUserRoles
+                | Op::UnassignUserRole
+                | Op::PutAllocation
+                | Op::DeleteAllocation
                 | Op::CreateTeam
                 | Op::DeleteTeam
                 | Op::CreateCostCenter
@@ -189,6 +205,20 @@ pub const ROUTES: &[Route] = &[
         summary: "Remove the limits set through the API.",
     },
     Route {
+        method: "PUT",
+        path: "/admin/v1/orgs/{org}/keys/{id}/limits",
+        permission: Some("admin:limits:write"),
+        op: Op::PutKeyLimits,
+        summary: "Set one key's own limits (replacing the org's per-key limits for it) and budget, where the file sets none.",
+    },
+    Route {
+        method: "DELETE",
+        path: "/admin/v1/orgs/{org}/keys/{id}/limits",
+        permission: Some("admin:limits:write"),
+        op: Op::DeleteKeyLimits,
+        summary: "Remove the key's limits and budget set through the API.",
+    },
+    Route {
         method: "POST",
         path: "/admin/v1/orgs/{org}/teams",
         permission: Some("admin:teams:write"),
@@ -294,6 +324,48 @@ pub const ROUTES: &[Route] = &[
         summary: "Spend per cost center per month with allocations applied, exact to the nano-dollar (from, to, org, format=json|csv).",
     },
     Route {
+        method: "GET",
+        path: "/admin/v1/orgs/{org}/allocations",
+        permission: Some("admin:cost_centers:read"),
+        op: Op::ListAllocations,
+        summary: "The org's chargeback allocations in force (config file and API).",
+    },
+    Route {
+        method: "PUT",
+        path: "/admin/v1/orgs/{org}/allocations/{id}",
+        permission: Some("admin:cost_centers:write"),
+        op: Op::PutAllocation,
+        summary: "Create or replace the allocation of a source (key:<id>, project:<name>, team:<id>) across cost centers; not one the file allocates.",
+    },
+    Route {
+        method: "DELETE",
+        path: "/admin/v1/orgs/{org}/allocations/{id}",
+        permission: Some("admin:cost_centers:write"),
+        op: Op::DeleteAllocation,
+        summary: "Remove the API's allocation of a source.",
+    },
+    Route {
+        method: "GET",
+        path: "/admin/v1/orgs/{org}/users/{id}/roles",
+        permission: Some("admin:bindings:read"),
+        op: Op::ListUserRoles,
+        summary: "A user's role assignments in the org (policy files and API), with expiry, and the roles held now.",
+    },
+    Route {
+        method: "POST",
+        path: "/admin/v1/orgs/{org}/users/{id}/roles",
+        permission: Some("admin:bindings:write"),
+        op: Op::AssignUserRoles,
+        summary: "Assign roles to a user, optionally until an expiry; only roles within the caller's own permissions.",
+    },
+    Route {
+        method: "DELETE",
+        path: "/admin/v1/orgs/{org}/users/{id}/roles/{role}",
+        permission: Some("admin:bindings:write"),
+        op: Op::UnassignUserRole,
+        summary: "Remove a role from a user's API assignments in the org.",
+    },
+    Route {
         method: "POST",
         path: "/admin/v1/orgs/{org}/users/{id}/erase",
         permission: Some("admin:users:erase"),
@@ -365,6 +437,8 @@ impl Reply {
 pub struct Params<'a> {
     pub org: Option<&'a str>,
     pub id: Option<&'a str>,
+    /// `{role}`: a role name.
+    pub role: Option<&'a str>,
 }
 
 fn matches<'a>(template: &str, path: &'a str) -> Option<Params<'a>> {
@@ -373,12 +447,14 @@ fn matches<'a>(template: &str, path: &'a str) -> Option<Params<'a>> {
     let mut params = Params {
         org: None,
         id: None,
+        role: None,
     };
     loop {
         match (t.next(), p.next()) {
             (None, None) => return Some(params),
             (Some("{org}"), Some(v)) if !v.is_empty() => params.org = Some(v),
             (Some("{id}"), Some(v)) if !v.is_empty() => params.id = Some(v),
+            (Some("{role}"), Some(v)) if !v.is_empty() => params.role = Some(v),
             (Some(a), Some(b)) if a == b => {}
             _ => return None,
         }
@@ -508,8 +584,8 @@ pub fn openapi() -> Value {
     for r in ROUTES {
         let entry = paths.entry(r.path.to_string()).or_insert_with(|| json!({}));
         let mut params = Vec::new();
-        for (name, desc) in [("org", "Org id"), ("id", "Key id (user id for erase)")] {
-            if r.path.contains(&format!("{{{name}}}")) {
+        for name in ["org", "id", "role"] {
+            if let Some(desc) = path_param(r.path, name) {
                 params.push(json!({"name": name, "in": "path", "required": true, "description": desc, "schema": {"type": "string"}}));
             }
         }
@@ -579,11 +655,21 @@ pub fn openapi() -> Value {
         if let Some(p) = r.permission {
             op["x-permission"] = json!(p);
         }
-        if r.op == Op::CreateKey {
-            op["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/KeySpec"}}}});
+        if let Some(schema) = request_body(r.op) {
+            op["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{schema}")}}}});
         }
         entry[r.method.to_ascii_lowercase()] = op;
     }
+    let strings = json!({"type": "array", "items": {"type": "string"}});
+    let values = json!({"type": "object", "additionalProperties": false, "properties": {
+        "requests_per_second": {"type": "integer"}, "requests_per_minute": {"type": "integer"},
+        "tokens_per_minute": {"type": "integer"}, "concurrent_requests": {"type": "integer"}}});
+    let mut limits = values.clone();
+    limits["properties"]["models"] =
+        json!({"type": "object", "description": "Per model alias", "additionalProperties": values});
+    let budget = json!({"type": "object", "required": ["usd", "period"], "properties": {
+        "usd": {"type": "string", "description": "Decimal USD"}, "period": {"type": "string", "pattern": "^(month|[0-9]{1,3}d)$", "description": "month (calendar, UTC) or <n>d (the last n days)"},
+        "soft": {"type": "array", "items": {"type": "number"}, "description": "Warning fractions, 0-1"}}});
     json!({
         "openapi": "3.0.3",
         "info": {"title": "Model Bridge admin API", "version": env!("CARGO_PKG_VERSION")},
@@ -597,9 +683,65 @@ pub fn openapi() -> Value {
                 "KeySpec": {"type": "object", "additionalProperties": false, "properties": {
                     "name": {"type": "string"}, "team": {"type": "string"}, "user": {"type": "string"},
                     "roles": {"type": "array", "items": {"type": "string"}}, "cost_center": {"type": "string"},
-                    "models": {"type": "array", "items": {"type": "string"}}, "expires_at": {"type": "string", "format": "date-time"}}}
+                    "models": {"type": "array", "items": {"type": "string"}}, "expires_at": {"type": "string", "format": "date-time"}}},
+                "RoleSpec": {"type": "object", "additionalProperties": false, "required": ["name"], "properties": {
+                    "name": {"type": "string", "pattern": "^[a-z0-9_-]{1,64}$"}, "description": {"type": "string"},
+                    "permissions": strings.clone(), "inherits": strings.clone()}},
+                "BindingSpec": {"type": "object", "additionalProperties": false, "required": ["subject", "roles"], "properties": {
+                    "subject": {"type": "string", "description": "key:<id>, user:<id> or group:<name>"},
+                    "roles": strings.clone(), "expires_at": {"type": "string", "format": "date-time"}}},
+                "RoleAssignment": {"type": "object", "additionalProperties": false, "required": ["roles"], "properties": {
+                    "roles": strings.clone(), "expires_at": {"type": "string", "format": "date-time"}}},
+                "TeamSpec": {"type": "object", "additionalProperties": false, "required": ["id"], "properties": {
+                    "id": {"type": "string"}, "name": {"type": "string"}, "default_cost_center": {"type": "string"},
+                    "limits": limits.clone(), "budget": budget.clone()}},
+                "CostCenterSpec": {"type": "object", "additionalProperties": false, "required": ["id"], "properties": {
+                    "id": {"type": "string"}, "name": {"type": "string"}, "department": {"type": "string"},
+                    "monthly_budget_usd": {"type": "string", "description": "Decimal USD"}, "budget": budget.clone()}},
+                "OrgLimits": {"type": "object", "additionalProperties": false, "properties": {
+                    "limits": limits.clone(), "key_limits": limits.clone(), "budget": budget.clone()}},
+                "KeyLimits": {"type": "object", "additionalProperties": false, "properties": {
+                    "limits": limits, "budget": budget}},
+                "AllocationSpec": {"type": "object", "additionalProperties": false, "required": ["split"], "properties": {
+                    "split": {"type": "object", "description": "Percent per cost center of the org (at most two decimals), summing to 100",
+                              "additionalProperties": {"type": "number"}}}}
             }
         }
+    })
+}
+
+/// The schema of a route's JSON body, if it takes one.
+fn request_body(op: Op) -> Option<&'static str> {
+    Some(match op {
+        Op::CreateKey => "KeySpec",
+        Op::CreateOrgRole => "RoleSpec",
+        Op::CreateOrgBinding => "BindingSpec",
+        Op::AssignUserRoles => "RoleAssignment",
+        Op::CreateTeam => "TeamSpec",
+        Op::CreateCostCenter => "CostCenterSpec",
+        Op::PutOrgLimits => "OrgLimits",
+        Op::PutKeyLimits => "KeyLimits",
+        Op::PutAllocation => "AllocationSpec",
+        _ => return None,
+    })
+}
+
+/// What a path parameter of `path` names (the segment before it says), if `path` has it.
+fn path_param(path: &str, name: &str) -> Option<&'static str> {
+    let segments: Vec<&str> = path.split('/').collect();
+    let at = segments.iter().position(|s| *s == format!("{{{name}}}"))?;
+    Some(match (name, segments[at - 1]) {
+        ("org", _) => "Org id",
+        ("role", _) => "Role name",
+        (_, "keys") => "Key id",
+        (_, "teams") => "Team id",
+        (_, "cost_centers") => "Cost center id",
+        (_, "roles") => "Role name",
+        (_, "bindings") => "Binding id",
+        (_, "users") => "User id",
+        (_, "allocations") => "Source: key:<id>, project:<name> or team:<id>",
+        (_, "experiments") => "Experiment id",
+        _ => "Id",
     })
 }
 
@@ -622,6 +764,23 @@ mod tests {
     #[test]
     fn openapi_lists_every_route() {
         let doc = openapi();
+        // Writes without a body: their path says everything.
+        let bodiless = [Op::RevokeKey, Op::RotateKey, Op::Reload, Op::EraseUser];
+        for r in ROUTES {
+            let op = &doc["paths"][r.path][r.method.to_ascii_lowercase()];
+            if matches!(r.method, "POST" | "PUT") && !bodiless.contains(&r.op) {
+                let schema = op["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("{} {} has no request body", r.method, r.path));
+                let name = schema.rsplit('/').next().unwrap();
+                assert!(doc["components"]["schemas"][name].is_object(), "{name}");
+            }
+            for p in op["parameters"].as_array().unwrap() {
+                if p["in"] == "path" {
+                    assert_ne!(p["description"], "Id", "{} {}", r.method, r.path);
+                }
+            }
+        }
         for r in ROUTES {
             assert!(
                 doc["paths"][r.path][r.method.to_ascii_lowercase()].is_object(),

@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use std::sync::Arc;
 
 /// The control store (none while authentication is off).
-fn store(ctx: &Ctx<'_>) -> Result<Arc<Keys>, Reply> {
+pub(super) fn store(ctx: &Ctx<'_>) -> Result<Arc<Keys>, Reply> {
     ctx.shared.keys().ok_or_else(|| {
         Reply::error(
             409,
@@ -27,7 +27,7 @@ fn store(ctx: &Ctx<'_>) -> Result<Arc<Keys>, Reply> {
     })
 }
 
-fn valid_name(n: &str) -> bool {
+pub(super) fn valid_name(n: &str) -> bool {
     (1..=64).contains(&n.len())
         && n.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
@@ -35,7 +35,7 @@ fn valid_name(n: &str) -> bool {
 
 /// A role name as the org's callers write it: the org's own custom role of that name when
 /// there is one, else a file role.
-fn resolve(rbac: &Rbac, org: &str, name: &str) -> String {
+pub(super) fn resolve(rbac: &Rbac, org: &str, name: &str) -> String {
     let own = format!("{org}:{name}");
     if rbac.has_role(&own) {
         own
@@ -46,7 +46,7 @@ fn resolve(rbac: &Rbac, org: &str, name: &str) -> String {
 
 /// Compiles the policy files with `docs` as the store's policy: what RBAC will be once the
 /// change is written (its errors are the caller's).
-fn candidate(ctx: &Ctx<'_>, docs: &[Doc]) -> Result<Rbac, Reply> {
+pub(super) fn candidate(ctx: &Ctx<'_>, docs: &[Doc]) -> Result<Rbac, Reply> {
     let Some(a) = ctx.live.config.auth.as_ref() else {
         return Err(Reply::error(
             409,
@@ -66,7 +66,11 @@ fn candidate(ctx: &Ctx<'_>, docs: &[Doc]) -> Result<Rbac, Reply> {
 }
 
 /// Refuses (403, audited) when `grants` hold anything the caller does not.
-fn no_escalation(ctx: &Ctx<'_>, resource: &str, grants: &crate::rbac::Grants) -> Result<(), Reply> {
+pub(super) fn no_escalation(
+    ctx: &Ctx<'_>,
+    resource: &str,
+    grants: &crate::rbac::Grants,
+) -> Result<(), Reply> {
     if let Some(perm) = grants.uncovered_by(&ctx.principal.grants) {
         let reason = format!("would grant `{perm}`, which the caller does not hold");
         ctx.deny(resource.to_string(), &reason);
@@ -79,7 +83,7 @@ fn no_escalation(ctx: &Ctx<'_>, resource: &str, grants: &crate::rbac::Grants) ->
     Ok(())
 }
 
-fn written(e: std::io::Error, what: &str) -> Reply {
+pub(super) fn written(e: std::io::Error, what: &str) -> Reply {
     match e.kind() {
         std::io::ErrorKind::AlreadyExists => {
             Reply::error(409, "conflict", format!("{what} exists already."))
@@ -96,7 +100,7 @@ fn written(e: std::io::Error, what: &str) -> Reply {
     }
 }
 
-fn docs_of(k: &Keys, kind: &str, org: &str) -> Vec<Doc> {
+pub(super) fn docs_of(k: &Keys, kind: &str, org: &str) -> Vec<Doc> {
     k.docs()
         .iter()
         .filter(|d| d.kind == kind && d.org == org)
@@ -113,7 +117,7 @@ fn role_json(d: &Doc) -> Value {
     v
 }
 
-fn binding_json(d: &Doc) -> Value {
+pub(super) fn binding_json(d: &Doc) -> Value {
     let mut v: Value = serde_json::from_str(&d.record).unwrap_or(Value::Null);
     v["id"] = json!(d.id);
     v["managed_by"] = json!("api");
@@ -257,28 +261,31 @@ pub fn list_bindings(ctx: &Ctx<'_>, org: &str) -> Reply {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct BindingSpec {
-    subject: String,
-    roles: Vec<String>,
+pub(super) struct BindingSpec {
+    pub subject: String,
+    pub roles: Vec<String>,
     #[serde(default)]
-    expires_at: Option<String>,
+    pub expires_at: Option<String>,
 }
 
 /// `POST /admin/v1/orgs/{org}/bindings`: binds roles to a key, user or group of the org.
 pub fn create_binding(ctx: &Ctx<'_>, org: &str) -> Reply {
+    match serde_json::from_slice(ctx.req.body) {
+        Ok(spec) => bind(ctx, org, spec),
+        Err(e) => Reply::error(
+            400,
+            "invalid_request_error",
+            format!("Invalid binding: {e}"),
+        ),
+    }
+}
+
+/// Writes one binding after checking its subject, roles and expiry, and that it grants
+/// nothing the caller lacks.
+pub(super) fn bind(ctx: &Ctx<'_>, org: &str, spec: BindingSpec) -> Reply {
     let k = match store(ctx) {
         Ok(k) => k,
         Err(r) => return r,
-    };
-    let spec: BindingSpec = match serde_json::from_slice(ctx.req.body) {
-        Ok(s) => s,
-        Err(e) => {
-            return Reply::error(
-                400,
-                "invalid_request_error",
-                format!("Invalid binding: {e}"),
-            )
-        }
     };
     let bad = |m: String| Reply::error(400, "invalid_request_error", m);
     if spec.roles.is_empty() {
@@ -399,7 +406,7 @@ impl Entry {
 
 /// The config this process would serve with `docs` as the store's documents: its errors are
 /// the caller's (an unknown cost center, a bad budget).
-fn check_config(ctx: &Ctx<'_>, docs: &[Doc]) -> Result<(), Reply> {
+pub(super) fn check_config(ctx: &Ctx<'_>, docs: &[Doc]) -> Result<(), Reply> {
     let path = ctx.shared.config_path();
     let text = std::fs::read_to_string(path)
         .map_err(|e| Reply::error(500, "api_error", format!("config unreadable: {e}")))?;
@@ -536,96 +543,180 @@ pub fn delete_entry(ctx: &Ctx<'_>, org: &str, id: &str, what: Entry) -> Reply {
     }
 }
 
-/// The org fields `PUT …/limits` sets.
-const LIMIT_FIELDS: &[&str] = &["limits", "key_limits", "budget"];
+/// What `PUT …/limits` sets: an org's limits, per-key limits and budget (doc `org_limits`,
+/// id the org), or one key's own limits and budget (doc `key_policy`, id `<org>:<key>`; the
+/// config file's `[orgs.<org>.keys.<key>]`).
+#[derive(Clone, Copy)]
+pub enum LimitTarget<'a> {
+    Org,
+    Key(&'a str),
+}
 
-/// `PUT /admin/v1/orgs/{org}/limits`: the org's `limits`, `key_limits` (each key's) and
-/// `budget`, with the config file's syntax; a field the file sets cannot be set here.
-pub fn put_limits(ctx: &Ctx<'_>, org: &str) -> Reply {
+impl LimitTarget<'_> {
+    fn fields(self) -> &'static [&'static str] {
+        match self {
+            LimitTarget::Org => &["limits", "key_limits", "budget"],
+            LimitTarget::Key(_) => &["limits", "budget"],
+        }
+    }
+
+    fn kind(self) -> &'static str {
+        match self {
+            LimitTarget::Org => "org_limits",
+            LimitTarget::Key(_) => "key_policy",
+        }
+    }
+
+    fn doc_id(self, org: &str) -> String {
+        match self {
+            LimitTarget::Org => org.to_string(),
+            LimitTarget::Key(k) => format!("{org}:{k}"),
+        }
+    }
+
+    fn resource(self, org: &str) -> String {
+        match self {
+            LimitTarget::Org => format!("org:{org}"),
+            LimitTarget::Key(k) => format!("key:{k}"),
+        }
+    }
+
+    fn action(self) -> &'static str {
+        match self {
+            LimitTarget::Org => "org.limits",
+            LimitTarget::Key(_) => "key.limits",
+        }
+    }
+
+    /// Whether the live config (file plus store) sets `field`.
+    fn is_set(self, ctx: &Ctx<'_>, org: &str, field: &str) -> bool {
+        let o = &ctx.live.config.orgs[org];
+        match (self, field) {
+            (LimitTarget::Org, "limits") => o.limits.is_some(),
+            (LimitTarget::Org, "key_limits") => o.key_limits.is_some(),
+            (LimitTarget::Org, _) => o.budget.is_some(),
+            (LimitTarget::Key(k), "limits") => o.keys.get(k).is_some_and(|p| p.limits.is_some()),
+            (LimitTarget::Key(k), _) => o.keys.get(k).is_some_and(|p| p.budget.is_some()),
+        }
+    }
+
+    /// Refuses a key that is not the org's.
+    fn check(self, ctx: &Ctx<'_>, org: &str) -> Result<(), Reply> {
+        match self {
+            LimitTarget::Key(k) if !org_keys(ctx, org).iter().any(|(r, _)| r.id == k) => Err(
+                Reply::error(404, "not_found", format!("No key `{k}` in org `{org}`.")),
+            ),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// `PUT /admin/v1/orgs/{org}/limits` · `PUT …/keys/{id}/limits`: the config file's syntax; a
+/// field the file sets cannot be set here.
+pub fn put_limits(ctx: &Ctx<'_>, org: &str, target: LimitTarget<'_>) -> Reply {
     let k = match store(ctx) {
         Ok(k) => k,
         Err(r) => return r,
     };
+    if let Err(r) = target.check(ctx, org) {
+        return r;
+    }
     let body: serde_json::Map<String, Value> = match serde_json::from_slice(ctx.req.body) {
         Ok(Value::Object(m)) => m,
         _ => return Reply::error(400, "invalid_request_error", "The body is a JSON object."),
     };
-    if let Some(f) = body.keys().find(|f| !LIMIT_FIELDS.contains(&f.as_str())) {
+    let fields = target.fields();
+    if let Some(f) = body.keys().find(|f| !fields.contains(&f.as_str())) {
         return Reply::error(
             400,
             "invalid_request_error",
-            format!("Unknown field `{f}` (limits, key_limits, budget)."),
+            format!("Unknown field `{f}` ({}).", fields.join(", ")),
         );
     }
-    let before = docs_of(&k, "org_limits", org).into_iter().next();
-    let o = &ctx.live.config.orgs[org];
+    let doc_id = target.doc_id(org);
+    let before = docs_of(&k, target.kind(), org)
+        .into_iter()
+        .find(|d| d.id == doc_id);
     let set_here = |f: &str| {
         before
             .as_ref()
             .and_then(|d| serde_json::from_str::<Value>(&d.record).ok())
             .is_some_and(|v| !v[f].is_null())
     };
-    let in_file = |f: &str| match f {
-        "limits" => o.limits.is_some() && !set_here(f),
-        "key_limits" => o.key_limits.is_some() && !set_here(f),
-        _ => o.budget.is_some() && !set_here(f),
-    };
-    if let Some(f) = body.keys().find(|f| in_file(f)) {
+    if let Some(f) = body
+        .keys()
+        .find(|f| target.is_set(ctx, org, f) && !set_here(f))
+    {
         return Reply::error(
             409,
             "conflict",
-            format!("`{f}` of org `{org}` is set in the config file."),
+            format!(
+                "`{f}` of `{}` is set in the config file.",
+                target.resource(org)
+            ),
         );
     }
     let doc = Doc {
-        kind: "org_limits".into(),
-        id: org.to_string(),
+        kind: target.kind().into(),
+        id: doc_id.clone(),
         org: org.to_string(),
         record: Value::Object(body.clone()).to_string(),
     };
     let mut docs: Vec<Doc> = k
         .docs()
         .iter()
-        .filter(|d| !(d.kind == "org_limits" && d.id == org))
+        .filter(|d| !(d.kind == doc.kind && d.id == doc_id))
         .cloned()
         .collect();
     docs.push(doc.clone());
     if let Err(r) = check_config(ctx, &docs) {
         return r;
     }
-    match k.put_doc("org_limits", org, Some(doc), false) {
+    match k.put_doc(target.kind(), &doc_id, Some(doc), false) {
         Ok(_) => {
             let was = before.and_then(|d| serde_json::from_str(&d.record).ok());
             ctx.audit(
-                "org.limits",
+                target.action(),
                 Some(org),
-                format!("org:{org}"),
+                target.resource(org),
                 was,
                 Some(Value::Object(body.clone())),
             );
-            Reply::ok(json!({"org": org, "limits": body, "managed_by": "api"}))
+            let mut shown = json!({"org": org, "limits": body, "managed_by": "api"});
+            if let LimitTarget::Key(id) = target {
+                shown["key"] = json!(id);
+            }
+            Reply::ok(shown)
         }
         Err(e) => written(e, "The limits"),
     }
 }
 
-/// `DELETE /admin/v1/orgs/{org}/limits`: back to what the config file sets.
-pub fn delete_limits(ctx: &Ctx<'_>, org: &str) -> Reply {
+/// `DELETE /admin/v1/orgs/{org}/limits` · `…/keys/{id}/limits`: back to what the config file
+/// sets.
+pub fn delete_limits(ctx: &Ctx<'_>, org: &str, target: LimitTarget<'_>) -> Reply {
     let k = match store(ctx) {
         Ok(k) => k,
         Err(r) => return r,
     };
-    let Some(before) = docs_of(&k, "org_limits", org).into_iter().next() else {
+    let doc_id = target.doc_id(org);
+    let Some(before) = docs_of(&k, target.kind(), org)
+        .into_iter()
+        .find(|d| d.id == doc_id)
+    else {
         return Reply::error(
             404,
             "not_found",
-            format!("Org `{org}` has no limits set through the API."),
+            format!(
+                "`{}` has no limits set through the API.",
+                target.resource(org)
+            ),
         );
     };
-    match k.put_doc("org_limits", org, None, false) {
+    match k.put_doc(target.kind(), &doc_id, None, false) {
         Ok(_) => {
             let was = serde_json::from_str(&before.record).ok();
-            ctx.audit("org.limits", Some(org), format!("org:{org}"), was, None);
+            ctx.audit(target.action(), Some(org), target.resource(org), was, None);
             Reply::ok(json!({"org": org, "deleted": true}))
         }
         Err(e) => written(e, "The limits"),

@@ -134,6 +134,14 @@ pub struct Team {
     pub budget: Option<Budget>,
 }
 
+/// One key's own limits and budget (`[orgs.<org>.keys.<key id>]`).
+#[derive(Debug, Clone)]
+pub struct KeyPolicy {
+    /// Replaces the org's `key_limits` for this key.
+    pub limits: Option<LimitSet>,
+    pub budget: Option<Budget>,
+}
+
 #[derive(Debug, Clone)]
 pub struct Org {
     pub id: String,
@@ -145,6 +153,8 @@ pub struct Org {
     /// Applied to each key of the org separately.
     pub key_limits: Option<LimitSet>,
     pub budget: Option<Budget>,
+    /// Keys with limits or a budget of their own, by key id.
+    pub keys: BTreeMap<String, KeyPolicy>,
     /// Chargeback allocations, by source (no source twice).
     pub allocations: Vec<crate::finance::allocation::Allocation>,
 }
@@ -423,15 +433,10 @@ fn validate(raw: RawConfig, path: &Path, err: &mut dyn FnMut(&str, String)) -> C
             let policies = base.join(&a.policies);
             let mut aliases: Vec<&str> = models.keys().map(String::as_str).collect();
             aliases.sort_unstable();
-            let overlay = raw
-                .control
-                .as_ref()
-                .map(|_| crate::control::policy_overlay());
-            let rbac = match Rbac::load_with(
-                &policies,
-                &aliases,
-                overlay.as_deref().map(String::as_str),
-            ) {
+            // With authentication on, the key store is the control store (configured or the
+            // embedded default), so its policy always joins the files'.
+            let overlay = crate::control::policy_overlay();
+            let rbac = match Rbac::load_with(&policies, &aliases, Some(overlay.as_str())) {
                 Ok(r) => r,
                 Err(errs) => {
                     for e in errs {
@@ -884,6 +889,16 @@ fn validate_orgs(raw: &RawConfig, err: &mut dyn FnMut(&str, String)) -> BTreeMap
                 .and_then(|b| budget(b, &format!("orgs.{id}.teams.{t}.budget"), err));
             team_extras.insert(t.clone(), (l, b));
         }
+        let mut keys = BTreeMap::new();
+        for (k, p) in &o.keys {
+            let at = format!("orgs.{id}.keys.{k}");
+            let limits = limits_of(&p.limits, format!("{at}.limits"), err);
+            let budget = p
+                .budget
+                .as_ref()
+                .and_then(|b| budget(b, &format!("{at}.budget"), err));
+            keys.insert(k.clone(), KeyPolicy { limits, budget });
+        }
         let mut allocations: Vec<crate::finance::allocation::Allocation> = Vec::new();
         for (i, a) in o.allocations.iter().enumerate() {
             let at = format!("orgs.{id}.allocations.{i}");
@@ -947,6 +962,7 @@ fn validate_orgs(raw: &RawConfig, err: &mut dyn FnMut(&str, String)) -> BTreeMap
                 limits: org_limits,
                 key_limits,
                 budget: org_budget,
+                keys,
                 allocations,
             },
         );

@@ -464,6 +464,9 @@ pub struct RawOrg {
     pub key_limits: Option<RawLimits>,
     #[serde(default)]
     pub budget: Option<RawBudget>,
+    /// One key's own limits (instead of `key_limits`) and budget, by key id.
+    #[serde(default)]
+    pub keys: BTreeMap<String, RawKeyPolicy>,
     /// Spend of a key, project or team shared across cost centers by percentage, for
     /// chargeback.
     #[serde(default)]
@@ -486,6 +489,15 @@ pub struct RawTeam {
     pub name: Option<String>,
     #[serde(default)]
     pub default_cost_center: Option<String>,
+    #[serde(default)]
+    pub limits: Option<RawLimits>,
+    #[serde(default)]
+    pub budget: Option<RawBudget>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawKeyPolicy {
     #[serde(default)]
     pub limits: Option<RawLimits>,
     #[serde(default)]

@@ -124,8 +124,8 @@ pub fn docs() -> Arc<Vec<Doc>> {
     DOCS.load_full()
 }
 
-/// Adds the teams and cost centers of `docs` (`kind` team / cost_center, `id`
-/// `<org>:<name>`, record as in the config file) to a config tree: an org's file-declared
+/// Adds the teams, cost centers and key policies of `docs` (`kind` team / cost_center /
+/// key_policy, `id` `<org>:<name>`, record as in the config file) to a config tree: an org's file-declared
 /// entries win, and an org the file does not declare gets none.
 pub fn merge_org_docs(tree: &mut toml::Value, docs: &[Doc]) {
     for d in docs {
@@ -133,9 +133,14 @@ pub fn merge_org_docs(tree: &mut toml::Value, docs: &[Doc]) {
             merge_org_limits(tree, d);
             continue;
         }
+        if d.kind == "allocation" {
+            merge_allocation(tree, d);
+            continue;
+        }
         let section = match d.kind.as_str() {
             "team" => "teams",
             "cost_center" => "cost_centers",
+            "key_policy" => "keys",
             _ => continue,
         };
         let Some((_, name)) = d.id.split_once(':') else {
@@ -175,6 +180,29 @@ fn merge_org_limits(tree: &mut toml::Value, d: &Doc) {
     };
     for (k, v) in fields {
         org.entry(k).or_insert(v);
+    }
+}
+
+/// An allocation set through the API joins the org's `allocations` unless the file
+/// allocates the same source.
+fn merge_allocation(tree: &mut toml::Value, d: &Doc) {
+    let Some(record) = toml_of(&d.record) else {
+        return;
+    };
+    let Some(org) = tree
+        .get_mut("orgs")
+        .and_then(|o| o.get_mut(&d.org))
+        .and_then(toml::Value::as_table_mut)
+    else {
+        return;
+    };
+    let list = org
+        .entry("allocations")
+        .or_insert_with(|| toml::Value::Array(Vec::new()));
+    if let Some(list) = list.as_array_mut() {
+        if !list.iter().any(|a| a.get("source") == record.get("source")) {
+            list.push(record);
+        }
     }
 }
 

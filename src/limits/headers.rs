@@ -48,7 +48,8 @@ pub fn budget_name(b: &BudgetCheck) -> String {
     match b.scope {
         Scope::Org => format!("org {}", b.org),
         Scope::Team => format!("team {}/{}", b.org, b.id),
-        _ => format!("cost center {}/{}", b.org, b.id),
+        Scope::Key => format!("key {}/{}", b.org, b.id),
+        Scope::CostCenter => format!("cost center {}/{}", b.org, b.id),
     }
 }
 

@@ -395,7 +395,12 @@ pub fn plan<'a>(cfg: &'a Config, r: &Request<'a>) -> (Vec<LimitCheck<'a>>, Vec<B
             add(Scope::Team, tid, set);
         }
     }
-    if let (Some(set), Some(key)) = (&org.key_limits, r.key_id) {
+    // A key's own entry replaces the org's per-key limits for it.
+    let own = r.key_id.and_then(|k| org.keys.get_key_value(k));
+    let key_set = own
+        .and_then(|(_, p)| p.limits.as_ref())
+        .or(org.key_limits.as_ref());
+    if let (Some(set), Some(key)) = (key_set, r.key_id) {
         add(Scope::Key, key, set);
     }
     if let Some(b) = &org.budget {
@@ -415,6 +420,14 @@ pub fn plan<'a>(cfg: &'a Config, r: &Request<'a>) -> (Vec<LimitCheck<'a>>, Vec<B
                 budget: b,
             });
         }
+    }
+    if let Some((kid, b)) = own.and_then(|(k, p)| Some((k, p.budget.as_ref()?))) {
+        budgets.push(BudgetCheck {
+            scope: Scope::Key,
+            org: &org.id,
+            id: kid,
+            budget: b,
+        });
     }
     if let Some((cid, cc)) = r
         .cost_center

@@ -30,6 +30,16 @@ pub fn budgets(cfg: &Config) -> Vec<BudgetCheck<'_>> {
                 });
             }
         }
+        for (k, p) in &org.keys {
+            if let Some(b) = &p.budget {
+                out.push(BudgetCheck {
+                    scope: Scope::Key,
+                    org: &org.id,
+                    id: k,
+                    budget: b,
+                });
+            }
+        }
         for (c, cc) in &org.cost_centers {
             if let Some(b) = &cc.budget {
                 out.push(BudgetCheck {
@@ -54,12 +64,13 @@ pub async fn reconcile(cfg: &Config, limiter: &Limiter) -> Result<usize, String>
     let mut n = 0;
     for b in budgets(cfg) {
         let since = b.budget.period.start(now);
-        let (cc, team) = match b.scope {
-            Scope::CostCenter => (Some(b.id), None),
-            Scope::Team => (None, Some(b.id)),
-            _ => (None, None),
+        let only = match b.scope {
+            Scope::CostCenter => Some(("cost_center", b.id)),
+            Scope::Team => Some(("team", b.id)),
+            Scope::Key => Some(("key_id", b.id)),
+            Scope::Org => None,
         };
-        let spent = period_spend(&client, b.org, cc, team, since).await?;
+        let spent = period_spend(&client, b.org, only, since).await?;
         let state = limiter.local().budget(&b, now);
         state.reconcile(spent, &b.budget.period.label(now), now);
         let mut shown = state.spent();

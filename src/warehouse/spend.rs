@@ -514,18 +514,15 @@ fn table_rows(v: &Value) -> (Vec<String>, Vec<Vec<String>>) {
 }
 
 /// Spend (nano-USD) since `since` (Unix seconds, a day boundary) of an org, or of one of its
-/// cost centers or teams, from the daily rollup.
+/// cost centers, teams or keys (`only`: the dimension and its value), from the daily rollup.
 pub async fn period_spend(
     client: &clickhouse::Client,
     org: &str,
-    cost_center: Option<&str>,
-    team: Option<&str>,
+    only: Option<(&'static str, &str)>,
     since: u64,
 ) -> Result<i64, String> {
-    let mut filters = cost_center_filter(cost_center);
-    if let Some(t) = team.filter(|_| cost_center.is_none()) {
-        filters.push(("team", t.to_string()));
-    }
+    let filters: Vec<(&'static str, String)> =
+        only.map(|(c, v)| (c, v.to_string())).into_iter().collect();
     let mut sql = String::from("SELECT sum(cost_nanousd) FROM usage_daily WHERE day >= toDate(?)");
     sql.push_str(&scope_filter(Some(org), &filters));
     bind_scope(
