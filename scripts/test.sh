@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: lints, Rust unit and integration tests, then the official OpenAI Python
-# SDK against the gateway and the mock provider, then every SQL statement the suite issued
-# replayed on a current ClickHouse engine (chdb). Every server runs on loopback ephemeral ports
+# SDK against the gateway and the mock provider, the console in headless Chromium, then every
+# SQL statement the suite issued replayed on a current ClickHouse engine (chdb). Every server runs on loopback ephemeral ports
 # and is stopped by the tests themselves; ClickHouse runs on 18123/19000 (MB_CH_HTTP_PORT,
 # MB_CH_TCP_PORT) for the duration of this script; tests start their own redis-server processes.
 set -euo pipefail
@@ -27,6 +27,9 @@ scripts/prometheus.sh install
 echo "== Grafana's dashboard schema (@grafana/schema + tsc, pinned, under .run/)"
 scripts/grafana-schema.sh install
 
+echo "== Chromium (Debian's chromium + chromium-driver; the console tests start it headless)"
+scripts/chromium.sh install
+
 echo "== cargo fmt --check"
 cargo fmt --check
 echo "== cargo clippy"
@@ -36,5 +39,7 @@ cargo test --quiet 2>&1 | tee /tmp/model-bridge-cargo-test.log
 echo "== OpenAI SDK client tests"
 cargo build --quiet --bins
 MB_BIN_DIR="$PWD/target/debug" .venv/bin/python -m pytest -q tests/sdk
+echo "== Console in headless Chromium (Selenium; screenshots in target/console-screenshots/)"
+MB_BIN_DIR="$PWD/target/debug" .venv/bin/python -m pytest -q tests/console
 echo "== SQL on a current ClickHouse (chdb): every statement the suite ran on 18.16"
 .venv/bin/python scripts/chdb_check.py

@@ -95,6 +95,8 @@ pub struct Shared {
     pub limiter: Arc<crate::limits::Limiter>,
     /// Circuit breakers by target identity: a reload keeps the state of unchanged targets.
     pub breakers: dashmap::DashMap<Arc<str>, Arc<crate::routing::resilience::Breaker>>,
+    /// Finished records of recent browser requests, for the console.
+    pub receipts: crate::usage::receipts::Receipts,
     pub retry_budget: crate::routing::resilience::RetryBudget,
     /// Monthly spend of shadow traffic, per alias.
     pub shadow_budgets: dashmap::DashMap<Arc<str>, Arc<crate::limits::budget::BudgetState>>,
@@ -130,6 +132,7 @@ impl Shared {
             notifier,
             limiter,
             breakers: Default::default(),
+            receipts: Default::default(),
             shadow_budgets: Default::default(),
             feedback,
             tasks: Default::default(),

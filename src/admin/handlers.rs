@@ -27,6 +27,11 @@ pub async fn run(ctx: &Ctx<'_>, op: Op, p: &Params<'_>) -> Reply {
         Op::DeleteOrgLimits => super::policy::delete_limits(ctx, org, LimitTarget::Org),
         Op::PutKeyLimits => super::policy::put_limits(ctx, org, LimitTarget::Key(id)),
         Op::DeleteKeyLimits => super::policy::delete_limits(ctx, org, LimitTarget::Key(id)),
+        Op::ListAudit => super::audit_log::list(ctx).await,
+        Op::VerifyAudit => super::audit_log::verify(ctx).await,
+        Op::Status => super::status::status(ctx),
+        Op::RequestReceipt => super::status::receipt(ctx, id),
+        Op::ListExperiments => list_experiments(ctx),
         Op::ListAllocations => super::allocations::list(ctx, org),
         Op::PutAllocation => super::allocations::put(ctx, org, id),
         Op::DeleteAllocation => super::allocations::delete(ctx, org, id),
@@ -98,6 +103,16 @@ fn page(ctx: &Ctx<'_>, items: Vec<(String, Value)>) -> Reply {
 
 fn whoami(ctx: &Ctx<'_>) -> Reply {
     let p = ctx.principal;
+    // The admin permissions the caller holds, of those the routes need: what a client (the
+    // console) may offer; the routes still decide.
+    let mut can: Vec<&str> = super::ROUTES
+        .iter()
+        .filter_map(|r| r.permission)
+        .filter(|perm| p.allows(perm))
+        .collect();
+    can.sort_unstable();
+    can.dedup();
+    let writable = ctx.live.config.admin_writable;
     Reply::ok(json!({
         "org": p.org.as_ref(),
         "team": p.team.as_deref(),
@@ -105,7 +120,33 @@ fn whoami(ctx: &Ctx<'_>) -> Reply {
         "key_id": p.key_id.as_deref(),
         "roles": p.grants.role_names(),
         "all_orgs": p.allows(ALL_ORGS),
+        "can": can,
+        "admin_writable": writable,
     }))
+}
+
+/// `GET /admin/v1/experiments`: the splits of aliases the caller's org can use.
+fn list_experiments(ctx: &Ctx<'_>) -> Reply {
+    let all = ctx.principal.allows(ALL_ORGS);
+    let mut data: Vec<Value> = ctx
+        .live
+        .config
+        .models
+        .values()
+        .filter(|m| all || m.visible_to(&ctx.principal.org))
+        .filter_map(|m| {
+            let s = m.split.as_ref()?;
+            Some(json!({
+                "id": s.experiment.as_ref(),
+                "alias": m.alias.as_ref(),
+                "variants": s.variants.iter().map(|v| json!({"name": v.name.as_ref(), "weight": v.weight})).collect::<Vec<_>>(),
+                "start": crate::time::rfc3339(s.start),
+                "end": s.end.map(crate::time::rfc3339),
+            }))
+        })
+        .collect();
+    data.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
+    Reply::ok(json!({"object": "list", "data": data}))
 }
 
 fn org_json(ctx: &Ctx<'_>, id: &str) -> Value {
@@ -475,18 +516,29 @@ fn rotate_key(ctx: &Ctx<'_>, org: &str, id: &str) -> Reply {
 }
 
 fn list_roles(ctx: &Ctx<'_>) -> Reply {
-    let items = ctx
-        .live
-        .config
-        .rbac
+    let rbac = &ctx.live.config.rbac;
+    let all = ctx.principal.allows(ALL_ORGS);
+    let own = format!("{}:", ctx.principal.org);
+    let items = rbac
         .roles
         .values()
+        // Custom roles of an org are `<org>:<name>`, from the control store: another org's
+        // are not the caller's to see.
+        .filter(|r| all || !r.name.contains(':') || r.name.starts_with(&own))
         .map(|r| {
+            // Every permission the role grants: its own and those of everything it inherits.
+            let mut effective: Vec<&str> = r
+                .closure
+                .iter()
+                .filter_map(|n| rbac.roles.get(n))
+                .flat_map(|x| x.declared.iter().map(String::as_str))
+                .collect();
+            effective.sort_unstable();
+            effective.dedup();
             (
                 r.name.clone(),
                 json!({"id": r.name, "description": r.description, "permissions": r.declared,
-                       "inherits": r.inherits,
-                       // Custom roles of an org are `<org>:<name>`, from the control store.
+                       "inherits": r.inherits, "effective": effective,
                        "managed_by": if r.name.contains(':') { "api" } else { "file" }}),
             )
         })

@@ -4,8 +4,10 @@
 //! is audited with before / after (secrets redacted).
 
 mod allocations;
+mod audit_log;
 mod handlers;
 mod policy;
+mod status;
 mod user_roles;
 mod warehouse;
 
@@ -42,6 +44,11 @@ pub enum Op {
     ListAllocations,
     PutAllocation,
     DeleteAllocation,
+    ListAudit,
+    VerifyAudit,
+    Status,
+    RequestReceipt,
+    ListExperiments,
     CreateTeam,
     DeleteTeam,
     CreateCostCenter,
@@ -371,6 +378,41 @@ pub const ROUTES: &[Route] = &[
         permission: Some("admin:users:erase"),
         op: Op::EraseUser,
         summary: "Anonymise a user's usage rows in the org (right to erasure); audited.",
+    },
+    Route {
+        method: "GET",
+        path: "/admin/v1/audit",
+        permission: Some("admin:audit:read"),
+        op: Op::ListAudit,
+        summary: "Audit events, newest first, filtered by actor, action, resource, outcome and time (the caller's org; all with admin:all_orgs).",
+    },
+    Route {
+        method: "GET",
+        path: "/admin/v1/audit/verify",
+        permission: Some("admin:audit:read"),
+        op: Op::VerifyAudit,
+        summary: "Recompute every audit hash chain in ClickHouse (and signatures when a verify key is set); reports the first break.",
+    },
+    Route {
+        method: "GET",
+        path: "/admin/v1/status",
+        permission: Some("admin:status:read"),
+        op: Op::Status,
+        summary: "Readiness, config generation, providers and circuit breakers, usage and audit sinks, control store.",
+    },
+    Route {
+        method: "GET",
+        path: "/admin/v1/requests/{id}",
+        permission: None,
+        op: Op::RequestReceipt,
+        summary: "The usage, cost, route and timing of a recent console (browser) request: the caller's own, or its org's with admin:spend:read.",
+    },
+    Route {
+        method: "GET",
+        path: "/admin/v1/experiments",
+        permission: Some("admin:experiments:read"),
+        op: Op::ListExperiments,
+        summary: "Experiments (model aliases with a split) the caller's org can use, with variants and weights.",
     },
     Route {
         method: "GET",
@@ -741,6 +783,7 @@ fn path_param(path: &str, name: &str) -> Option<&'static str> {
         (_, "users") => "User id",
         (_, "allocations") => "Source: key:<id>, project:<name> or team:<id>",
         (_, "experiments") => "Experiment id",
+        (_, "requests") => "Request id (x-request-id)",
         _ => "Id",
     })
 }

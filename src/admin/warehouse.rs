@@ -341,7 +341,7 @@ pub async fn experiment_report(ctx: &Ctx<'_>, id: &str) -> Reply {
     }
 }
 
-fn percent_decode(s: &str) -> String {
+pub(super) fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;

@@ -190,6 +190,7 @@ pub struct Config {
     pub control: Option<crate::control::ControlSettings>,
     /// `[admin] writable`: whether the admin API may write control state.
     pub admin_writable: bool,
+    pub console: crate::console::ConsoleSettings,
     /// Hash of the text this config was parsed from (the file watcher compares against it).
     pub source_hash: u64,
     /// Hash of the control store's documents the config was built with (teams and cost
@@ -560,6 +561,7 @@ fn validate(raw: RawConfig, path: &Path, err: &mut dyn FnMut(&str, String)) -> C
         }),
         finance: finance_settings(&raw.finance, err),
         admin_writable: raw.admin.writable,
+        console: crate::console::settings(&raw.console, raw.auth.as_ref(), &raw.server, err),
         control: raw.control.as_ref().map_or_else(
             || {
                 // With authentication and no [control]: the embedded store, beside the

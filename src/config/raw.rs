@@ -57,6 +57,52 @@ pub struct RawConfig {
     /// The admin API.
     #[serde(default)]
     pub admin: RawAdmin,
+    /// The browser console on the ops plane.
+    #[serde(default)]
+    pub console: RawConsole,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConsole {
+    /// Serve `/console/` on the ops plane.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Where browsers reach the data plane (the playground's requests); default: the page's
+    /// own host name with the data plane's port.
+    #[serde(default)]
+    pub data_plane_url: Option<String>,
+    /// Origins (`scheme://host:port`) whose pages may call the data plane from a browser;
+    /// default: pages served from the ops plane's port (the console itself).
+    #[serde(default)]
+    pub origins: Vec<String>,
+    /// Sign-in with the identity provider of `[auth.jwt]` (authorization code + PKCE): the
+    /// client id registered there for the console (a public client).
+    #[serde(default)]
+    pub oidc_client_id: Option<String>,
+    /// The IdP's issuer URL for discovery; default `[auth.jwt] issuer`.
+    #[serde(default)]
+    pub oidc_issuer: Option<String>,
+    /// Scopes asked for at sign-in.
+    #[serde(default = "default_oidc_scopes")]
+    pub oidc_scopes: String,
+}
+
+fn default_oidc_scopes() -> String {
+    "openid profile email".into()
+}
+
+impl Default for RawConsole {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            data_plane_url: None,
+            origins: Vec::new(),
+            oidc_client_id: None,
+            oidc_issuer: None,
+            oidc_scopes: default_oidc_scopes(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]

@@ -36,6 +36,8 @@ pub struct Ctx {
     pub scanner: Option<crate::usage::sse::SseScanner>,
     /// The request's trace when tracing is on.
     pub trace: Option<Box<crate::telemetry::RequestTrace>>,
+    /// A browser request (allowed origin): its record is kept as a receipt too.
+    pub receipt: bool,
 }
 
 /// `req_` and 96 random bits in hex: the id in `x-request-id`, usage rows and audit events.
@@ -65,6 +67,7 @@ impl Ctx {
             request_body: None,
             scanner: None,
             trace: None,
+            receipt: false,
             record: UsageRecord {
                 ts_ms,
                 request_id: new_request_id(),
@@ -251,6 +254,9 @@ impl Ctx {
                 status_class(r.status, r.cancelled),
             ])
             .inc();
+        if self.receipt {
+            shared.receipts.keep(&self.record);
+        }
         shared.sink.submit(self.record);
     }
 }

@@ -127,6 +127,19 @@ impl HttpServerApp for DataPlane {
 impl DataPlane {
     async fn handle(&self, s: &mut ServerSession) -> Outcome {
         let live = self.shared.live();
+        // Browsers (the console's playground) call from another origin: a preflight is
+        // answered here, before authentication (it carries no credential), and allowed
+        // origins see the gateway's response headers.
+        let origin = s
+            .get_header("origin")
+            .and_then(|o| o.to_str().ok())
+            .filter(|o| live.config.console.allows_origin(o))
+            .map(str::to_string);
+        if let Some(o) = &origin {
+            if s.req_header().method == http::Method::OPTIONS {
+                return super::cors::preflight(s, o).await;
+            }
+        }
         let req = s.req_header();
         let method = req.method.as_str().to_string();
         // One canonical path for routing, metering and forwarding (routing::path).
@@ -137,6 +150,10 @@ impl DataPlane {
         });
         let shown = path.as_deref().unwrap_or("/");
         let mut ctx = Ctx::new(live, &method, shown, client_ip);
+        if let Some(o) = origin {
+            super::cors::allow(&mut ctx.limit_headers, o);
+            ctx.receipt = true;
+        }
         // Classified before authentication, so refusals are labelled with their endpoint.
         ctx.set_endpoint(Endpoint::classify(shown));
         ctx.start_trace(s.req_header(), &method, shown);

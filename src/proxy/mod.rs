@@ -5,6 +5,7 @@ mod admission;
 pub mod body;
 mod busy_poll;
 mod context;
+mod cors;
 mod data_plane;
 mod feedback;
 mod headers;

@@ -1,4 +1,5 @@
-//! The ops plane: `/metrics`, `/healthz`, `/readyz`. Separate listener, never on the data path.
+//! The ops plane: `/metrics`, `/healthz`, `/readyz`, the admin API and the console. Separate
+//! listener, never on the data path.
 
 use crate::admin;
 use crate::audit::AuditEvent;
@@ -182,6 +183,19 @@ impl OpsPlane {
         let _ = s.drain_request_body().await;
         let path = s.req_header().uri.path();
         let get = s.req_header().method == http::Method::GET;
+        if get && path.starts_with("/console") {
+            let live = self.shared.live();
+            let host = s
+                .get_header(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or_default();
+            let etag = s
+                .get_header(http::header::IF_NONE_MATCH)
+                .map(|v| v.as_bytes());
+            if let Some(r) = crate::console::serve(&live.config.console, path, host, etag) {
+                return r;
+            }
+        }
         match (get, path) {
             (true, "/metrics") => {
                 METRICS.ready.set(self.ready() as i64);

@@ -4,6 +4,7 @@
 pub mod estimate;
 pub mod json;
 pub mod pricing;
+pub mod receipts;
 pub mod record;
 pub mod sink;
 pub mod sse;

@@ -54,7 +54,7 @@ max_body_bytes = 8388608
 drain_timeout_ms = 5000
 
 [usage]
-sink = "jsonl"
+sink = "{sink}"
 path = "{usage}"
 flush_interval_ms = 20
 
@@ -88,8 +88,9 @@ provider = "dead"
 
 
 class Stack:
-    def __init__(self, extra=""):
+    def __init__(self, extra="", mock_args=(), sink="jsonl", env=None):
         self.extra = extra
+        self.sink = sink
         self.dir = Path(tempfile.mkdtemp(prefix="mb-sdk-"))
         self.mock_port = free_port()
         self.port = free_port()
@@ -99,12 +100,13 @@ class Stack:
         self.log = self.dir / "gateway.log"
         self.procs = []
         self.mock = subprocess.Popen(
-            [str(BIN / "mock-openai"), "--listen", f"127.0.0.1:{self.mock_port}", "--threads", "2"],
+            [str(BIN / "mock-openai"), "--listen", f"127.0.0.1:{self.mock_port}", "--threads", "2",
+             *mock_args],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.procs.append(self.mock)
         wait_tcp(self.mock_port)
         self.write_config("")
-        env = dict(os.environ, SDK_PROVIDER_KEY=PROVIDER_KEY, RUST_LOG="info")
+        env = dict(os.environ, SDK_PROVIDER_KEY=PROVIDER_KEY, RUST_LOG="info", **(env or {}))
         logf = open(self.log, "wb")
         self.gw = subprocess.Popen(
             [str(BIN / "model-bridge"), "serve", "--config", str(self.config)],
@@ -115,7 +117,7 @@ class Stack:
 
     def write_config(self, extra):
         text = CONFIG.format(port=self.port, ops=self.ops, mock=self.mock_port,
-                             usage=self.usage, extra=self.extra + extra)
+                             usage=self.usage, sink=self.sink, extra=self.extra + extra)
         tmp = self.config.with_suffix(".tmp")
         tmp.write_text(text)
         tmp.replace(self.config)

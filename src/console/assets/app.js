@@ -1,0 +1,58 @@
+// The console's shell: sign-in state, navigation by permission, and the page router
+// (`#/<page>`). Pages are modules with `render(main)`.
+
+import { h, set } from "./dom.js";
+import { admin, can, credential, loadConfig, session, setCredential } from "./api.js";
+import { renderSignIn, finishOidc } from "./signin.js";
+
+const PAGES = [
+  { id: "playground", label: "Playground", load: () => import("./playground.js"), allowed: () => true },
+  { id: "keys", label: "Keys", load: () => import("./keys.js"), allowed: () => can("admin:keys:read") },
+  { id: "roles", label: "Roles", load: () => import("./roles.js"), allowed: () => can("admin:roles:read") },
+  { id: "audit", label: "Audit log", load: () => import("./audit.js"), allowed: () => can("admin:audit:read") },
+  { id: "spend", label: "Spend", load: () => import("./spend.js"), allowed: () => can("admin:spend:read") },
+  { id: "experiments", label: "Experiments", load: () => import("./experiments.js"), allowed: () => can("admin:experiments:read") },
+  { id: "health", label: "Health", load: () => import("./health.js"), allowed: () => true },
+];
+
+const main = document.getElementById("main");
+
+async function signedIn() {
+  if (!credential()) return false;
+  const r = await admin("GET", "/whoami");
+  if (r.status !== 200) { setCredential(null); return false; }
+  session.me = r.body;
+  return true;
+}
+
+function renderNav(current) {
+  const nav = document.getElementById("nav");
+  set(nav, PAGES.filter(p => p.allowed()).map(p =>
+    h("a", { href: `#/${p.id}`, class: p.id === current ? "active" : null, "data-page": p.id }, p.label)));
+  const me = session.me;
+  const who = me.user ? `${me.user} · ${me.org}` : `key ${me.key_id} · ${me.org}`;
+  set(document.getElementById("who"), who, " ",
+    h("button", { class: "secondary", type: "button", id: "signout", onclick: () => { setCredential(null); location.hash = ""; route(); } }, "Sign out"));
+}
+
+async function route() {
+  if (!(await signedIn())) {
+    set(document.getElementById("nav"));
+    set(document.getElementById("who"));
+    renderSignIn(main, route);
+    return;
+  }
+  const id = (location.hash.match(/^#\/([a-z]+)/) || [])[1] || "playground";
+  const page = PAGES.find(p => p.id === id && p.allowed()) || PAGES[0];
+  renderNav(page.id);
+  const mod = await page.load();
+  set(main);
+  await mod.render(main);
+}
+
+window.addEventListener("hashchange", route);
+(async () => {
+  await loadConfig();
+  await finishOidc();
+  await route();
+})();

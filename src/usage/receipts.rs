@@ -1,0 +1,77 @@
+//! Receipts: the finished usage records of recent browser requests (those from an origin the
+//! console settings allow), kept in memory so the console can show what a playground request
+//! cost, where it went and how long it took, without a warehouse. Only browser requests are
+//! kept: SDK traffic pays nothing for this, and the ring is not flushed by it.
+
+use super::UsageRecord;
+use serde_json::{json, Value};
+use std::collections::VecDeque;
+use std::sync::Mutex;
+
+/// Receipts kept; the oldest goes first.
+const CAPACITY: usize = 1024;
+
+pub struct Receipt {
+    pub request_id: String,
+    pub org: Option<String>,
+    pub key_id: Option<String>,
+    pub user: Option<String>,
+    /// What the caller may read.
+    pub body: Value,
+}
+
+#[derive(Default)]
+pub struct Receipts(Mutex<VecDeque<Receipt>>);
+
+impl Receipts {
+    pub fn keep(&self, r: &UsageRecord) {
+        let cost = r.cost_nanousd;
+        let body = json!({
+            "object": "request.receipt",
+            "request_id": r.request_id,
+            "model": r.requested_model,
+            "provider": r.provider.as_deref(),
+            "provider_model": r.provider_model,
+            "experiment": r.experiment.as_deref(),
+            "variant": r.variant.as_deref(),
+            "status": r.status,
+            "stream": r.stream,
+            "cancelled": r.cancelled,
+            "error_type": r.error_type,
+            "usage": {
+                "prompt_tokens": r.prompt_tokens,
+                "cached_tokens": r.cached_tokens,
+                "completion_tokens": r.completion_tokens,
+                "source": r.usage_source,
+            },
+            "cost_nanousd": cost,
+            "cost_usd": cost.map(super::pricing::format_usd),
+            "latency_ms": r.latency_ms,
+            "ttft_ms": r.ttft_ms,
+            "retries": r.retries,
+        });
+        let receipt = Receipt {
+            request_id: r.request_id.clone(),
+            org: r.org.as_deref().map(str::to_string),
+            key_id: r.key_id.as_deref().map(str::to_string),
+            user: r.user.as_deref().map(str::to_string),
+            body,
+        };
+        if let Ok(mut q) = self.0.lock() {
+            if q.len() == CAPACITY {
+                q.pop_front();
+            }
+            q.push_back(receipt);
+        }
+    }
+
+    /// The receipt of `request_id` when `visible` says the caller may read it.
+    pub fn find(&self, request_id: &str, visible: impl Fn(&Receipt) -> bool) -> Option<Value> {
+        let q = self.0.lock().ok()?;
+        q.iter()
+            .rev()
+            .find(|r| r.request_id == request_id)
+            .filter(|r| visible(r))
+            .map(|r| r.body.clone())
+    }
+}
