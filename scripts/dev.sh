@@ -24,6 +24,6 @@ echo
 echo "== its usage record (.run/usage.jsonl)"
 sleep 0.5; tail -n 1 .run/usage.jsonl
 echo
-echo "Gateway: http://127.0.0.1:8080/v1   metrics: http://127.0.0.1:9090/metrics   logs: .run/"
+echo "Gateway: http://127.0.0.1:8080/v1   console: http://127.0.0.1:9090/console/   metrics: http://127.0.0.1:9090/metrics   logs: .run/"
 echo "Ctrl-C to stop."
 wait $gw

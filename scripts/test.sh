@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The whole test suite: lints, Rust unit and integration tests, then the official OpenAI Python
 # SDK against the gateway and the mock provider, the console in headless Chromium, then every
-# SQL statement the suite issued replayed on a current ClickHouse engine (chdb). Every server runs on loopback ephemeral ports
-# and is stopped by the tests themselves; ClickHouse runs on 18123/19000 (MB_CH_HTTP_PORT,
-# MB_CH_TCP_PORT) for the duration of this script; tests start their own redis-server processes.
+# SQL statement the suite issued replayed on a current ClickHouse engine (chdb). Every server
+# runs on loopback ephemeral ports and is stopped by the tests themselves; ClickHouse runs on
+# 18123/19000 (MB_CH_HTTP_PORT, MB_CH_TCP_PORT) for the duration of this script; tests start
+# their own redis-server processes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh

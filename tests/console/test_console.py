@@ -4,15 +4,22 @@ streamed chat in the playground, the generated Python snippet run as is, keys cr
 shown once and revoked, the audit log filtered and its chain verified, the spend page's total
 against the spend API's, a viewer without write controls whose forged write is refused, and
 hostile text rendered as text. Screenshots of every page go to target/console-screenshots/."""
+import base64
+import hashlib
 import json
 import os
 import secrets
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+
+import jwt
 
 import pytest
 from selenium import webdriver
@@ -35,13 +42,91 @@ def ch(sql):
         return r.read().decode().strip()
 
 
+class Idp:
+    """A minimal OIDC provider: discovery, an authorization endpoint that signs the user in at
+    once, and a token endpoint that checks the PKCE verifier against the challenge (S256)."""
+
+    def __init__(self):
+        self.codes = {}
+        self.exchanges = []
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self.handler())
+        self.port = self.server.server_address[1]
+        self.issuer = f"http://127.0.0.1:{self.port}"
+        self.secret = secrets.token_hex(16)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def handler(self):
+        idp = self
+
+        class H(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def reply(self, status, body, headers=()):
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("access-control-allow-origin", "*")
+                for k, v in headers:
+                    self.send_header(k, v)
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self):
+                url = urllib.parse.urlparse(self.path)
+                q = dict(urllib.parse.parse_qsl(url.query))
+                if url.path == "/.well-known/openid-configuration":
+                    return self.reply(200, {"issuer": idp.issuer,
+                                            "authorization_endpoint": f"{idp.issuer}/authorize",
+                                            "token_endpoint": f"{idp.issuer}/token"})
+                if url.path == "/authorize":
+                    assert q["response_type"] == "code" and q["client_id"] == "mb-console"
+                    assert q["code_challenge_method"] == "S256" and len(q["code_challenge"]) == 43
+                    code = secrets.token_urlsafe(16)
+                    idp.codes[code] = (q["code_challenge"], q["redirect_uri"])
+                    loc = f"{q['redirect_uri']}?{urllib.parse.urlencode({'code': code, 'state': q['state']})}"
+                    self.send_response(302)
+                    self.send_header("location", loc)
+                    self.end_headers()
+                    return
+                self.reply(404, {})
+
+            def do_POST(self):
+                form = dict(urllib.parse.parse_qsl(self.rfile.read(int(self.headers["content-length"])).decode()))
+                challenge, redirect = idp.codes.pop(form.get("code"), (None, None))
+                digest = hashlib.sha256(form.get("code_verifier", "").encode()).digest()
+                ok = (challenge is not None and redirect == form.get("redirect_uri")
+                      and base64.urlsafe_b64encode(digest).rstrip(b"=").decode() == challenge)
+                idp.exchanges.append(ok)
+                if not ok:
+                    return self.reply(400, {"error": "invalid_grant"})
+                now = int(time.time())
+                token = jwt.encode({"iss": idp.issuer, "aud": "mb-console", "sub": "ann", "email": "ann@acme.test",
+                                    "org": "acme", "groups": ["acme-admins"], "iat": now, "exp": now + 300},
+                                   idp.secret, algorithm="HS256")
+                self.reply(200, {"access_token": "opaque-" + secrets.token_hex(8), "id_token": token,
+                                 "token_type": "Bearer"})
+
+        return H
+
+
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
+def idp():
+    i = Idp()
+    yield i
+    i.server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, idp):
     if not CH:
         assert os.environ.get("CI") not in ("true", "1"), "MB_CLICKHOUSE_URL must be set in CI"
         pytest.skip("MB_CLICKHOUSE_URL not set (run scripts/test.sh)")
     policies = tmp_path_factory.mktemp("policies")
     (policies / "roles.toml").write_text((ROOT / "policies" / "roles.toml").read_text())
+    (policies / "sso.toml").write_text(
+        '[[bindings]]\nsubject = "group:acme-admins"\nroles = ["org-admin"]\norg = "acme"\n')
     db = f"mb_console_{secrets.token_hex(4)}"
     extra = f"""
 [models."gpt-4o"]
@@ -52,6 +137,14 @@ price = {{ input_per_1m = "2.5", output_per_1m = "10" }}
 [auth]
 key_store = "keys.json"
 policies = "{policies}"
+
+[auth.jwt]
+issuer = "{idp.issuer}"
+audience = "mb-console"
+hs256_secret = "{idp.secret}"
+
+[console]
+oidc_client_id = "mb-console"
 
 [audit]
 sink = "clickhouse"
@@ -374,3 +467,20 @@ def test_roles_assignment_and_every_page(stack, browser):
     # The strict CSP held: nothing on any page needed inline script or style.
     violations = [e for e in d.get_log("browser") if "Content Security Policy" in e["message"]]
     assert not violations, violations
+
+
+def test_sso_sign_in_with_authorization_code_and_pkce(stack, idp, browser):
+    d = browser
+    d.get(f"{stack.ops_url}/console/")
+    d.execute_script("sessionStorage.clear()")
+    d.get(f"{stack.ops_url}/console/")
+    wait(d, lambda d: present(d, "#signin-sso"))
+    css(d, "#signin-sso").click()
+    # To the IdP and back: the code is traded for tokens with the PKCE verifier.
+    wait(d, lambda d: present(d, "#signout"))
+    assert idp.exchanges == [True]
+    assert "ann@acme.test · acme" in css(d, "#who").text
+    assert "code=" not in d.current_url, "the code does not linger in the address bar"
+    # The SSO user's group binding makes them an org admin: the keys page offers writes.
+    page(d, stack, "keys", "#key-form")
+    shot(d, "signed-in-with-sso")

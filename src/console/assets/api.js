@@ -52,7 +52,8 @@ export function data(method, path, body) {
 // delta of an SSE stream, `onEvent(obj)` per parsed event. Resolves with status, headers and
 // (for an error or a non-stream answer) the body.
 export async function dataStream(path, body, { onEvent, signal } = {}) {
-  const headers = { "content-type": "application/json", authorization: `Bearer ${credential()}` };
+  const headers = { "content-type": "application/json" };
+  if (credential()) headers.authorization = `Bearer ${credential()}`;
   const r = await fetch(`${dataPlaneUrl()}${path}`, { method: "POST", headers, body: JSON.stringify(body), signal });
   const type = r.headers.get("content-type") || "";
   if (!r.ok || !type.includes("text/event-stream")) {

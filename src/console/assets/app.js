@@ -18,11 +18,16 @@ const PAGES = [
 const main = document.getElementById("main");
 
 async function signedIn() {
-  if (!credential()) return false;
   const r = await admin("GET", "/whoami");
-  if (r.status !== 200) { setCredential(null); return false; }
-  session.me = r.body;
-  return true;
+  if (r.status === 200 && credential()) { session.me = r.body; return true; }
+  // A gateway without authentication (the dev profile): no tenants, no admin API; the
+  // playground and health still work, as anyone.
+  if (r.status === 403 && r.body && r.body.error && r.body.error.code === "admin_disabled") {
+    session.me = { anonymous: true, org: "", can: [], admin_writable: false };
+    return true;
+  }
+  setCredential(null);
+  return false;
 }
 
 function renderNav(current) {
@@ -30,6 +35,10 @@ function renderNav(current) {
   set(nav, PAGES.filter(p => p.allowed()).map(p =>
     h("a", { href: `#/${p.id}`, class: p.id === current ? "active" : null, "data-page": p.id }, p.label)));
   const me = session.me;
+  if (me.anonymous) {
+    set(document.getElementById("who"), "authentication off");
+    return;
+  }
   const who = me.user ? `${me.user} · ${me.org}` : `key ${me.key_id} · ${me.org}`;
   set(document.getElementById("who"), who, " ",
     h("button", { class: "secondary", type: "button", id: "signout", onclick: () => { setCredential(null); location.hash = ""; route(); } }, "Sign out"));
