@@ -44,17 +44,22 @@ def welch(k, scale=1.0, cond=lambda r: True, src=None):
     else:
         a = [f["score"] for f in fb if f["variant"] == "control"]; b = [f["score"] for f in fb if f["variant"] == "treatment"]
     t = stats.ttest_ind(b, a, equal_var=False)
-    return {"statistic": float(t.statistic), "p_value": float(t.pvalue)}
+    ci = t.confidence_interval(confidence_level=0.95)
+    return {"statistic": float(t.statistic), "p_value": float(t.pvalue),
+            "difference": sum(b) / len(b) - sum(a) / len(a), "ci95": [float(ci.low), float(ci.high)]}
 c, t = out["control"], out["treatment"]
 p = (c["errors"] + t["errors"]) / (c["n"] + t["n"])
 se = math.sqrt(p * (1 - p) * (1 / c["n"] + 1 / t["n"]))
-z = (t["errors"] / t["n"] - c["errors"] / c["n"]) / se
+p1, p2 = c["errors"] / c["n"], t["errors"] / t["n"]
+z = (p2 - p1) / se
+half = stats.norm.ppf(0.975) * math.sqrt(p1 * (1 - p1) / c["n"] + p2 * (1 - p2) / t["n"])
 out["tests"] = {
     "latency_ms": welch("latency_ms"),
     "ttft_ms": welch("ttft_ms", cond=lambda r: r["ttft_ms"] > 0),
     "cost_per_request_usd": welch("cost_nanousd", scale=1e-9),
     "score": welch(None, src="fb"),
-    "error_rate": {"statistic": z, "p_value": float(2 * stats.norm.sf(abs(z)))},
+    "error_rate": {"statistic": z, "p_value": float(2 * stats.norm.sf(abs(z))),
+                   "difference": p2 - p1, "ci95": [p2 - p1 - half, p2 - p1 + half]},
 }
 print(json.dumps(out))
 "#;
@@ -259,6 +264,27 @@ price = {{ input_per_1m = 0.30, output_per_1m = 1.20 }}
                     want["tests"][k]["p_value"].as_f64().unwrap(),
                     k,
                 );
+                // The difference and its 95% interval (scipy's Welch interval for means).
+                let w = &want["tests"][k];
+                let near = |a: f64, b: f64, what: &str| {
+                    let scale = w["ci95"][1].as_f64().unwrap() - w["ci95"][0].as_f64().unwrap();
+                    assert!(
+                        (a - b).abs() <= 1e-6 * scale.abs().max(1e-12),
+                        "{k} {what}: report {a} vs scipy {b}"
+                    );
+                };
+                near(
+                    got["difference"].as_f64().unwrap(),
+                    w["difference"].as_f64().unwrap(),
+                    "difference",
+                );
+                for i in 0..2 {
+                    near(
+                        got["ci95"][i].as_f64().unwrap(),
+                        w["ci95"][i].as_f64().unwrap(),
+                        "ci95",
+                    );
+                }
                 assert!(got["mde"].as_f64().unwrap() > 0.0, "{k}");
             }
         }

@@ -60,6 +60,7 @@ fn test_json(t: Option<Test>) -> Value {
     match t {
         Some(t) => json!({
             "statistic": t.statistic, "p_value": t.p_value, "df": t.df, "mde": t.mde,
+            "difference": t.difference, "ci95": [t.ci95.0, t.ci95.1],
             "significant": t.p_value < 0.05,
         }),
         None => Value::Null,

@@ -2,7 +2,8 @@
 //! for rates, and the minimum detectable effect at the current sample sizes (two-sided
 //! α = 0.05, power 0.8). Special functions are computed here (log-gamma by Lanczos, the
 //! regularized incomplete beta and gamma functions by their continued fractions) and checked
-//! against scipy by the tests.
+//! against scipy by the tests. The confidence intervals' critical values come from `statrs`
+//! (Student's t quantile at the Welch degrees of freedom).
 
 /// z for a two-sided α of 0.05, and for a power of 0.8.
 const Z_ALPHA: f64 = 1.959_963_984_540_054;
@@ -26,6 +27,17 @@ pub struct Test {
     pub df: Option<f64>,
     /// The smallest difference this sample size detects with 80% power.
     pub mde: f64,
+    /// Variant − control (means, or rates).
+    pub difference: f64,
+    /// 95% confidence interval of the difference: Welch's for means, Wald's (unpooled) for
+    /// rates.
+    pub ci95: (f64, f64),
+}
+
+/// Two-sided 95% critical value of Student's t with `df` degrees of freedom.
+fn t_critical(df: f64) -> f64 {
+    use statrs::distribution::{ContinuousCDF, StudentsT};
+    StudentsT::new(0.0, 1.0, df).map_or(Z_ALPHA, |t| t.inverse_cdf(0.975))
 }
 
 pub fn ln_gamma(x: f64) -> f64 {
@@ -180,6 +192,7 @@ pub fn welch(a: Sample, b: Sample) -> Option<Test> {
     let (va, vb) = (a.var / a.n as f64, b.var / b.n as f64);
     let se = (va + vb).sqrt();
     let mde = (Z_ALPHA + Z_POWER) * se;
+    let difference = b.mean - a.mean;
     if se == 0.0 {
         let p = if a.mean == b.mean { 1.0 } else { 0.0 };
         return Some(Test {
@@ -187,15 +200,20 @@ pub fn welch(a: Sample, b: Sample) -> Option<Test> {
             p_value: p,
             df: None,
             mde,
+            difference,
+            ci95: (difference, difference),
         });
     }
-    let t = (b.mean - a.mean) / se;
+    let t = difference / se;
     let df = (va + vb).powi(2) / (va * va / (a.n as f64 - 1.0) + vb * vb / (b.n as f64 - 1.0));
+    let half = t_critical(df) * se;
     Some(Test {
         statistic: t,
         p_value: t_p(t, df).clamp(0.0, 1.0),
         df: Some(df),
         mde,
+        difference,
+        ci95: (difference - half, difference + half),
     })
 }
 
@@ -209,20 +227,27 @@ pub fn two_proportions(x1: u64, n1: u64, x2: u64, n2: u64) -> Option<Test> {
     let se = (p * (1.0 - p) * (1.0 / n1 as f64 + 1.0 / n2 as f64)).sqrt();
     let base = (p1 * (1.0 - p1)).max(p * (1.0 - p));
     let mde = (Z_ALPHA + Z_POWER) * (base * (1.0 / n1 as f64 + 1.0 / n2 as f64)).sqrt();
+    let difference = p2 - p1;
+    let half = Z_ALPHA * (p1 * (1.0 - p1) / n1 as f64 + p2 * (1.0 - p2) / n2 as f64).sqrt();
+    let ci95 = (difference - half, difference + half);
     if se == 0.0 {
         return Some(Test {
             statistic: 0.0,
             p_value: 1.0,
             df: None,
             mde,
+            difference,
+            ci95,
         });
     }
-    let z = (p2 - p1) / se;
+    let z = difference / se;
     Some(Test {
         statistic: z,
         p_value: normal_p(z).clamp(0.0, 1.0),
         df: None,
         mde,
+        difference,
+        ci95,
     })
 }
 
@@ -264,7 +289,13 @@ mod tests {
         .unwrap();
         close(t.statistic, 1.670_538_139_169_113_4, 1e-9);
         close(t.p_value, 0.099_465_411_176_331_01, 1e-7);
+        // 1 ∓ scipy.stats.t.ppf(0.975, df) * se
+        close(t.ci95.0, -0.194_768_188_506_459_6, 1e-8);
+        close(t.ci95.1, 2.194_768_188_506_459_6, 1e-8);
         let z = two_proportions(10, 100, 20, 100).unwrap();
+        close(z.difference, 0.1, 1e-12);
+        // 0.1 ∓ scipy.stats.norm.ppf(0.975) * sqrt(0.1 * 0.9 / 100 + 0.2 * 0.8 / 100)
+        close(z.ci95.0, 0.1 - 1.959_963_984_540_054 * 0.05, 1e-9);
         close(z.statistic, 1.980_295_085_953_348_8, 1e-9);
         // 2 * scipy.stats.norm.sf(z)
         close(z.p_value, 0.047_670_380_656_161_41, 1e-8);

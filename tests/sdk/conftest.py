@@ -16,10 +16,19 @@ BIN = Path(os.environ.get("MB_BIN_DIR", ROOT / "target" / "debug"))
 PROVIDER_KEY = "sk-provider-secret-sdk-77"
 
 
+_GIVEN = set()
+
+
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port free now and not handed out before in this process (the kernel may give a
+    just-released port again; a gateway's two planes must not get the same one)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _GIVEN:
+            _GIVEN.add(port)
+            return port
 
 
 def wait_http(url, timeout=20):

@@ -1,5 +1,6 @@
 // Experiments: per variant, the report's requests, error rate, latency, cost and score, with
-// the tests against the control (statistic, p-value, confidence interval) and the verdict.
+// the tests against the control (difference, its 95% confidence interval, statistic, p-value)
+// and the verdict.
 
 import { h, set, table, errorBox } from "./dom.js";
 import { admin } from "./api.js";
@@ -49,6 +50,8 @@ function report(rep) {
     tests.length ? [h("h2", {}, "Against the control"), table([
       { label: "Variant", value: t => t.variant },
       { label: "Metric", value: t => t.metric },
+      { label: "Difference", value: t => fmt(t.difference), num: true },
+      { label: "95% CI", value: t => (t.ci95 ? `[${fmt(t.ci95[0])}, ${fmt(t.ci95[1])}]` : "—"), num: true },
       { label: "Statistic", value: t => fmt(t.statistic), num: true },
       { label: "p-value", value: t => fmt(t.p_value), num: true },
       { label: "df", value: t => fmt(t.df), num: true },
