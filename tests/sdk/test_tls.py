@@ -68,7 +68,8 @@ def test_provider_over_tls_keeps_its_connections(tls_stack):
     connections (a late TLS 1.3 session ticket must not make a pooled connection look dead)."""
     d = tls_stack.dir
     port, ops = free_port(), free_port()
-    cfg = CONFIG.format(port=port, ops=ops, mock=0, usage=d / "usage-front.jsonl", extra="")
+    cfg = CONFIG.format(port=port, ops=ops, mock=0, usage=d / "usage-front.jsonl", sink="jsonl",
+                        extra="")
     cfg = cfg.replace('base_url = "http://127.0.0.1:0/v1"',
                       f'base_url = "https://127.0.0.1:{tls_stack.port}/v1"\nverify_tls = false')
     cfg = cfg.replace('model = "mock-1"', 'model = "gpt-4o-mini"')
