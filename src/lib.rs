@@ -34,3 +34,4 @@ pub mod telemetry;
 pub mod time;
 pub mod usage;
 pub mod warehouse;
+pub mod workflow;
