@@ -49,6 +49,12 @@ pub enum GatewayError {
     PermissionDenied(String),
     /// A rate limit, token limit, concurrency limit or budget refused the request.
     Limited(Box<crate::limits::Refusal>),
+    /// A refusal of its own kind (workflows: unknown workflow, too many runs in flight).
+    Refused {
+        status: u16,
+        code: &'static str,
+        message: String,
+    },
 }
 
 impl GatewayError {
@@ -67,6 +73,7 @@ impl GatewayError {
             Self::PermissionDenied(_) => 403,
             Self::UpstreamTimeout { .. } => 504,
             Self::Limited(_) => 429,
+            Self::Refused { status, .. } => *status,
         }
     }
 
@@ -88,10 +95,13 @@ impl GatewayError {
             Self::Limited(r) if r.kind == crate::limits::Kind::Budget => "insufficient_quota",
             Self::Limited(r) if r.kind == crate::limits::Kind::Tokens => "tokens",
             Self::Limited(_) => "requests",
+            Self::Refused { status: 429, .. } => "requests",
+            Self::Refused { status, .. } if *status < 500 => "invalid_request_error",
             Self::UpstreamUnreachable { .. }
             | Self::UpstreamTimeout { .. }
             | Self::UpstreamProtocol { .. }
             | Self::ShuttingDown
+            | Self::Refused { .. }
             | Self::Backpressure => "api_error",
         }
     }
@@ -116,6 +126,7 @@ impl GatewayError {
             Self::Unauthenticated(_) => "invalid_api_key",
             Self::PermissionDenied(_) => "permission_denied",
             Self::Limited(r) => r.kind.code(),
+            Self::Refused { code, .. } => code,
         }
     }
 
@@ -171,6 +182,7 @@ impl GatewayError {
             Self::Unauthenticated(_) => "Incorrect API key provided.".to_string(),
             Self::PermissionDenied(m) => m.clone(),
             Self::Limited(r) => r.message.clone(),
+            Self::Refused { message, .. } => message.clone(),
         }
     }
 

@@ -97,6 +97,8 @@ pub struct Shared {
     pub breakers: dashmap::DashMap<Arc<str>, Arc<crate::routing::resilience::Breaker>>,
     /// Finished records of recent browser requests, for the console.
     pub receipts: crate::usage::receipts::Receipts,
+    /// Workflow runs of this process.
+    pub workflows: crate::workflow::Engine,
     pub retry_budget: crate::routing::resilience::RetryBudget,
     /// Monthly spend of shadow traffic, per alias.
     pub shadow_budgets: dashmap::DashMap<Arc<str>, Arc<crate::limits::budget::BudgetState>>,
@@ -133,6 +135,7 @@ impl Shared {
             limiter,
             breakers: Default::default(),
             receipts: Default::default(),
+            workflows: Default::default(),
             shadow_budgets: Default::default(),
             feedback,
             tasks: Default::default(),

@@ -191,6 +191,7 @@ pub struct Config {
     /// `[admin] writable`: whether the admin API may write control state.
     pub admin_writable: bool,
     pub console: crate::console::ConsoleSettings,
+    pub workflows: Arc<crate::workflow::Settings>,
     /// Hash of the text this config was parsed from (the file watcher compares against it).
     pub source_hash: u64,
     /// Hash of the control store's documents the config was built with (teams and cost
@@ -562,6 +563,12 @@ fn validate(raw: RawConfig, path: &Path, err: &mut dyn FnMut(&str, String)) -> C
         finance: finance_settings(&raw.finance, err),
         admin_writable: raw.admin.writable,
         console: crate::console::settings(&raw.console, raw.auth.as_ref(), &raw.server, err),
+        workflows: Arc::new(crate::workflow::settings(
+            &raw.workflows,
+            base,
+            raw.server.ops_listen.parse().ok(),
+            err,
+        )),
         control: raw.control.as_ref().map_or_else(
             || {
                 // With authentication and no [control]: the embedded store, beside the

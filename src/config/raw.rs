@@ -60,6 +60,9 @@ pub struct RawConfig {
     /// The browser console on the ops plane.
     #[serde(default)]
     pub console: RawConsole,
+    /// Multi-step workflows the gateway runs.
+    #[serde(default)]
+    pub workflows: crate::workflow::RawSettings,
 }
 
 #[derive(Debug, Deserialize)]

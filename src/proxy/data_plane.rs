@@ -210,6 +210,9 @@ impl DataPlane {
         if !path.starts_with("/v1/") {
             return Err(GatewayError::NotFound);
         }
+        if path.starts_with("/v1/workflows/") {
+            return super::workflows::handle(&self.shared, s, ctx, method, path).await;
+        }
         match Endpoint::from_path(path) {
             Some(Endpoint::Models) => {
                 ctx.set_endpoint(Endpoint::Models);
@@ -272,6 +275,21 @@ impl DataPlane {
         // model name is refused with (and recorded as) its first 256 bytes.
         let shown = bounded_text(&model);
         ctx.record.requested_model = Some(shown.clone());
+        if let Some(name) = model.strip_prefix("workflow:") {
+            if ep != Endpoint::ChatCompletions {
+                return Err(GatewayError::ModelNotFound(shown));
+            }
+            return super::workflows::chat(
+                &self.shared,
+                s,
+                ctx,
+                name,
+                &body,
+                fields.stream,
+                fields.include_usage,
+            )
+            .await;
+        }
         let live = ctx.live.clone();
         let route = live
             .config
@@ -415,7 +433,7 @@ impl DataPlane {
     }
 }
 
-async fn write_json(
+pub(super) async fn write_json(
     s: &mut ServerSession,
     ctx: &mut Ctx,
     status: u16,

@@ -113,6 +113,14 @@ pub async fn authenticate(
             ctx.record.department = a.department;
             ctx.record.project = a.project;
             ctx.record.tags = a.tags;
+            // A workflow step's own call: tagged with its run and step, and its receipt
+            // kept for the step's exact cost.
+            if let Some(t) =
+                header(s, crate::workflow::INTERNAL_HEADER).and_then(crate::workflow::internal_tags)
+            {
+                ctx.record.tags.extend(t);
+                ctx.receipt = true;
+            }
             Ok(())
         }
         Err(e) => {

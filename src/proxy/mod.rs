@@ -19,6 +19,7 @@ mod route;
 mod shadow;
 mod sinks;
 mod upstream;
+mod workflows;
 
 use crate::config::Config;
 use crate::state::Shared;

@@ -1,7 +1,8 @@
 //! Receipts: the finished usage records of recent browser requests (those from an origin the
 //! console settings allow), kept in memory so the console can show what a playground request
-//! cost, where it went and how long it took, without a warehouse. Only browser requests are
-//! kept: SDK traffic pays nothing for this, and the ring is not flushed by it.
+//! cost, where it went and how long it took, without a warehouse, and a workflow step learns
+//! the exact cost of its call. Only browser and workflow requests are kept: SDK traffic pays
+//! nothing for this, and the ring is not flushed by it.
 
 use super::UsageRecord;
 use serde_json::{json, Value};
@@ -21,7 +22,11 @@ pub struct Receipt {
 }
 
 #[derive(Default)]
-pub struct Receipts(Mutex<VecDeque<Receipt>>);
+pub struct Receipts {
+    ring: Mutex<VecDeque<Receipt>>,
+    /// Woken at every new receipt (a workflow step waits for its call's).
+    kept: tokio::sync::Notify,
+}
 
 impl Receipts {
     pub fn keep(&self, r: &UsageRecord) {
@@ -57,17 +62,35 @@ impl Receipts {
             user: r.user.as_deref().map(str::to_string),
             body,
         };
-        if let Ok(mut q) = self.0.lock() {
+        if let Ok(mut q) = self.ring.lock() {
             if q.len() == CAPACITY {
                 q.pop_front();
             }
             q.push_back(receipt);
         }
+        self.kept.notify_waiters();
+    }
+
+    /// The receipt of `request_id` once it is kept (its request has finished), or `None`
+    /// after `limit`.
+    pub async fn wait(&self, request_id: &str, limit: std::time::Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let kept = self.kept.notified();
+            tokio::pin!(kept);
+            kept.as_mut().enable();
+            if let Some(v) = self.find(request_id, |_| true) {
+                return Some(v);
+            }
+            if tokio::time::timeout_at(deadline, kept).await.is_err() {
+                return None;
+            }
+        }
     }
 
     /// The receipt of `request_id` when `visible` says the caller may read it.
     pub fn find(&self, request_id: &str, visible: impl Fn(&Receipt) -> bool) -> Option<Value> {
-        let q = self.0.lock().ok()?;
+        let q = self.ring.lock().ok()?;
         q.iter()
             .rev()
             .find(|r| r.request_id == request_id)

