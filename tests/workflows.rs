@@ -14,6 +14,11 @@ use std::time::Duration;
 
 /// An HTTP endpoint that always answers 500, counting the requests it got.
 async fn failing_api() -> (u16, Arc<AtomicUsize>) {
+    api("500 Internal Server Error", "").await
+}
+
+/// An HTTP endpoint with a fixed status line and extra header lines, counting requests.
+async fn api(status: &'static str, extra: &'static str) -> (u16, Arc<AtomicUsize>) {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = l.local_addr().unwrap().port();
     let hits = Arc::new(AtomicUsize::new(0));
@@ -55,7 +60,7 @@ async fn failing_api() -> (u16, Arc<AtomicUsize>) {
                 h.fetch_add(1, Ordering::SeqCst);
                 let body = r#"{"error":"down"}"#;
                 let _ = sock
-                    .write_all(format!("HTTP/1.1 500 Internal Server Error\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len()).as_bytes())
+                    .write_all(format!("HTTP/1.1 {status}\r\n{extra}content-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len()).as_bytes())
                     .await;
             });
         }
@@ -298,4 +303,217 @@ async fn a_workflow_with_every_step_type_runs_and_costs_exactly_its_rows() {
     let (_, run) = post(&g, &key, "/v1/workflows/ssrf/runs", json!({})).await;
     assert_eq!(run["status"], "failed", "{run}");
     assert!(run["error"].as_str().unwrap().contains("metadata"), "{run}");
+}
+
+#[tokio::test]
+async fn ssrf_through_the_ops_plane_or_a_redirect_is_refused() {
+    let (target, target_hits) = api("200 OK", "").await;
+    // Leaked to the redirect through a static: the handler's header is fixed text.
+    let location: &'static str =
+        Box::leak(format!("location: http://127.0.0.1:{target}/inner\r\n").into_boxed_str());
+    let (redirector, _) = api("302 Found", location).await;
+    let defs = [
+        json!({"name": "ops", "steps": [{"id": "peek", "type": "api_call", "url": "http://127.0.0.1:{{ inputs.port }}/admin/v1/whoami"}]}),
+        json!({"name": "hop", "steps": [{"id": "go", "type": "api_call", "url": format!("http://127.0.0.1:{redirector}/")}]}),
+    ];
+    // Every port of 127.0.0.1 is allow-listed: that does not make the ops plane reachable,
+    // nor a redirect into a private range acceptable.
+    let (g, _d) = setup(&defs, "\"127.0.0.1\"", &[]);
+    let (key, _) = g.create_key(&["--org", "a", "--role", "invoker"]);
+    g.wait_key(&key).await;
+    let (_, run) = post(
+        &g,
+        &key,
+        "/v1/workflows/ops/runs",
+        json!({"inputs": {"port": g.ops}}),
+    )
+    .await;
+    assert_eq!(run["status"], "failed", "{run}");
+    assert!(
+        run["error"].as_str().unwrap().contains("ops plane"),
+        "{run}"
+    );
+    let (_, run) = post(&g, &key, "/v1/workflows/hop/runs", json!({})).await;
+    assert_eq!(run["status"], "failed", "{run}");
+    assert!(
+        run["error"]
+            .as_str()
+            .unwrap()
+            .contains("private address range"),
+        "{run}"
+    );
+    assert_eq!(
+        target_hits.load(Ordering::SeqCst),
+        0,
+        "the redirect was not followed"
+    );
+}
+
+#[tokio::test]
+async fn cancelling_a_run_stops_its_pending_steps() {
+    let slow = json!({"name": "slow", "steps": [
+        {"id": "each", "type": "loop", "over": "inputs.items", "steps": [
+            {"id": "ask", "type": "llm", "model": "gpt-4o-mini", "messages": [{"role": "user", "content": "{{ item }}"}]}]}]});
+    let (g, _d) = setup(&[slow], "", &["--latency-ms", "300"]);
+    let (key, _) = g.create_key(&["--org", "a", "--role", "invoker"]);
+    g.wait_key(&key).await;
+    let (s, run) = post(
+        &g,
+        &key,
+        "/v1/workflows/slow/runs",
+        json!({"wait": false, "inputs": {"items": [1, 2, 3, 4, 5, 6, 7, 8]}}),
+    )
+    .await;
+    assert_eq!((s, run["status"].as_str()), (202, Some("running")), "{run}");
+    let id = run["id"].as_str().unwrap().to_string();
+    // Once the first item's call is on its way, cancel.
+    eventually(Duration::from_secs(5), || async {
+        let r = client()
+            .get(g.url(&format!("/v1/workflows/runs/{id}")))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap();
+        let v: Value = r.json().await.unwrap();
+        if v["steps"]
+            .as_array()
+            .is_some_and(|s| s.iter().any(|s| s["path"] == "steps.each[0].steps.ask"))
+        {
+            Ok(())
+        } else {
+            Err(v.to_string())
+        }
+    })
+    .await;
+    let (s, run) = post(
+        &g,
+        &key,
+        &format!("/v1/workflows/runs/{id}/cancel"),
+        json!({}),
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(run["status"], "cancelled", "{run}");
+    let asked = run["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["path"].as_str().unwrap().ends_with(".ask"))
+        .count();
+    assert!(asked < 8, "pending items never started: {asked} {run}");
+    // Nothing more starts after the cancellation.
+    let again: Value = client()
+        .get(g.url(&format!("/v1/workflows/runs/{id}")))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        again["steps"].as_array().unwrap().len(),
+        run["steps"].as_array().unwrap().len()
+    );
+}
+
+#[tokio::test]
+async fn a_workflow_is_a_model() {
+    let echo = json!({"name": "echo", "steps": [
+        {"id": "answer", "type": "llm", "model": "gpt-4o-mini",
+         "messages": [{"role": "user", "content": "Answer: {{ inputs.text }}"}]},
+        {"id": "shout", "type": "transform", "expr": "'> ' + steps.answer.output"}]});
+    let (g, _d) = setup(&[echo], "", &[]);
+    let (key, _) = g.create_key(&["--org", "a", "--role", "invoker"]);
+    g.wait_key(&key).await;
+    let msgs = json!([{"role": "user", "content": "hello"}]);
+    let (s, v) = post(
+        &g,
+        &key,
+        "/v1/chat/completions",
+        json!({"model": "workflow:echo", "messages": msgs}),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["object"], "chat.completion");
+    assert!(
+        v["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .starts_with("> "),
+        "{v}"
+    );
+    assert!(v["usage"]["completion_tokens"].as_u64().unwrap() > 0, "{v}");
+    let r = client()
+        .post(g.url("/v1/chat/completions"))
+        .bearer_auth(&key)
+        .json(&json!({"model": "workflow:echo", "messages": msgs, "stream": true, "stream_options": {"include_usage": true}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["content-type"], "text/event-stream");
+    let text = r.text().await.unwrap();
+    let events: Vec<Value> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    let content: String = events
+        .iter()
+        .filter_map(|e| e["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert!(content.starts_with("> "), "{text}");
+    assert!(
+        events.last().unwrap()["usage"]["total_tokens"]
+            .as_u64()
+            .unwrap()
+            > 0,
+        "{text}"
+    );
+    assert!(text.trim_end().ends_with("data: [DONE]"));
+}
+
+#[test]
+fn invalid_definitions_are_refused_with_their_step_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    let wf = dir.path().join("workflows");
+    std::fs::create_dir(&wf).unwrap();
+    std::fs::write(
+        wf.join("bad.json"),
+        json!({"name": "bad", "steps": [
+            {"id": "a", "type": "teleport"},
+            {"id": "b", "type": "loop", "over": "inputs.x", "steps": [
+                {"id": "c", "type": "transform", "expr": "steps.zzz.output +"}]},
+            {"id": "d", "type": "transform", "expr": "1", "needs": ["e"]},
+            {"id": "e", "type": "transform", "expr": "1", "needs": ["d"]}
+        ]})
+        .to_string(),
+    )
+    .unwrap();
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[providers.mock]\nkind = \"openai_compatible\"\nbase_url = \"http://127.0.0.1:1/v1\"\n\n[models.m]\nprovider = \"mock\"\n\n[workflows]\ndir = \"{}\"\n",
+            wf.display()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_model-bridge"))
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let text =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    for want in [
+        "workflows.bad.json.steps.a.type",
+        "workflows.bad.json.steps.b.steps.c.expr",
+        "workflows.bad.json.steps.d",
+        "cycle",
+    ] {
+        assert!(text.contains(want), "{want} not in {text}");
+    }
 }

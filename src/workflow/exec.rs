@@ -105,6 +105,9 @@ fn run_step<'a>(
     path: String,
 ) -> BoxFuture<'a, Result<Value, Failure>> {
     Box::pin(async move {
+        if env.run.is_cancelled() {
+            return Err(fail(&step, "cancelled".into(), false));
+        }
         {
             let mut s = env.run.lock();
             s.executed += 1;
@@ -263,13 +266,11 @@ async fn execute(
                 sc["index"] = json!(i);
                 run_block(env, body, sc, format!("{path}[{i}].steps."))
             });
-            // In order, at most `parallelism` at a time.
-            let outs: Vec<BlockResult> = futures_util::stream::iter(runs)
-                .buffered(*parallelism)
-                .collect()
-                .await;
-            let mut out = Vec::with_capacity(outs.len());
-            for o in outs {
+            // In order, at most `parallelism` at a time; the first failure stops the rest
+            // (dropping the stream drops the iterations in flight and starts no more).
+            let mut outs = futures_util::stream::iter(runs).buffered(*parallelism);
+            let mut out = Vec::new();
+            while let Some(o) = outs.next().await {
                 out.push(o?.1);
             }
             Ok(Value::Array(out))
