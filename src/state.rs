@@ -150,6 +150,9 @@ impl Shared {
             inflight: AtomicI64::new(0),
         });
         shared.follow_control_policy();
+        shared
+            .workflows
+            .open_journal(&shared.live().config.workflows);
         Ok(shared)
     }
 

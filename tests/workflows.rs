@@ -517,3 +517,74 @@ fn invalid_definitions_are_refused_with_their_step_paths() {
         assert!(text.contains(want), "{want} not in {text}");
     }
 }
+
+#[tokio::test]
+async fn a_restart_mid_run_leaves_the_run_failed_with_its_reason_never_missing() {
+    let slow = json!({"name": "slow", "steps": [
+        {"id": "each", "type": "loop", "over": "inputs.items", "steps": [
+            {"id": "ask", "type": "llm", "model": "gpt-4o-mini", "messages": [{"role": "user", "content": "{{ item }}"}]}]}]});
+    let done = json!({"name": "quick", "steps": [{"id": "one", "type": "transform", "expr": "1"}]});
+    let (mut g, _d) = setup(&[slow, done], "", &["--latency-ms", "300"]);
+    let (key, _) = g.create_key(&["--org", "a", "--role", "invoker"]);
+    g.wait_key(&key).await;
+    let (_, finished) = post(&g, &key, "/v1/workflows/quick/runs", json!({})).await;
+    let (_, run) = post(
+        &g,
+        &key,
+        "/v1/workflows/slow/runs",
+        json!({"wait": false, "inputs": {"items": [1, 2, 3, 4, 5, 6]}}),
+    )
+    .await;
+    let id = run["id"].as_str().unwrap().to_string();
+    eventually(Duration::from_secs(5), || async {
+        let v: Value = client()
+            .get(g.url(&format!("/v1/workflows/runs/{id}")))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if v["steps"].as_array().is_some_and(|s| !s.is_empty()) {
+            Ok(())
+        } else {
+            Err(v.to_string())
+        }
+    })
+    .await;
+    g.crash_and_restart();
+    g.wait_key(&key).await;
+    let get = |id: String| {
+        let (g, key) = (&g, key.clone());
+        async move {
+            let r = client()
+                .get(g.url(&format!("/v1/workflows/runs/{id}")))
+                .bearer_auth(&key)
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    };
+    let (s, v) = get(id.clone()).await;
+    assert_eq!(s, 200, "the run is not missing: {v}");
+    assert_eq!(v["status"], "failed", "{v}");
+    assert!(v["error"].as_str().unwrap().contains("restarted"), "{v}");
+    // A run that had finished reads as it ended.
+    let (s, v) = get(finished["id"].as_str().unwrap().to_string()).await;
+    assert_eq!(
+        (s, v["status"].as_str(), &v["output"]),
+        (200, Some("succeeded"), &json!(1))
+    );
+    // Still its caller's only.
+    let (other, _) = g.create_key(&["--org", "a", "--role", "invoker"]);
+    g.wait_key(&other).await;
+    let r = client()
+        .get(g.url(&format!("/v1/workflows/runs/{id}")))
+        .bearer_auth(&other)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+}

@@ -81,6 +81,9 @@ fn start(
         data_plane: crate::workflow::loopback(&ctx.live.config.server),
         client: shared.workflows.client.clone(),
     };
+    if let Some(j) = shared.workflows.journal.get() {
+        j.started(&run);
+    }
     tokio::spawn(exec::run(env, inputs));
     Ok(run)
 }
@@ -116,8 +119,11 @@ pub async fn handle(
             }
         }
         ("GET", ["runs", id]) => {
-            let run = owned(shared, ctx, id)?;
-            write_json(s, ctx, 200, Bytes::from(run.json().to_string())).await
+            let body = match owned(shared, ctx, id) {
+                Ok(run) => run.json(),
+                Err(e) => restored(shared, ctx, id).ok_or(e)?,
+            };
+            write_json(s, ctx, 200, Bytes::from(body.to_string())).await
         }
         ("POST", ["runs", id, "cancel"]) => {
             let run = owned(shared, ctx, id)?;
@@ -141,7 +147,24 @@ fn owned(shared: &Shared, ctx: &Ctx, id: &str) -> Result<Arc<Run>, GatewayError>
         .runs
         .get(id)
         .filter(|r| r.owned_by(&p.org, p.key_id.as_deref(), p.user.as_deref()))
-        .ok_or_else(|| refused(404, "run_not_found", format!("No workflow run `{id}`.")))
+        .ok_or_else(|| not_found(id))
+}
+
+fn not_found(id: &str) -> GatewayError {
+    refused(404, "run_not_found", format!("No workflow run `{id}`."))
+}
+
+/// A run of an earlier process of this gateway, from the journal, if the caller started it.
+fn restored(shared: &Shared, ctx: &Ctx, id: &str) -> Option<Value> {
+    let p = &ctx.principal;
+    let r = shared.workflows.restored.get(id)?;
+    let mine = r.org == p.org.as_ref()
+        && match (p.key_id.as_deref(), p.user.as_deref()) {
+            (Some(k), _) => r.key_id.as_deref() == Some(k),
+            (None, Some(u)) => r.key_id.is_none() && r.user.as_deref() == Some(u),
+            (None, None) => r.key_id.is_none() && r.user.is_none(),
+        };
+    mine.then(|| r.run.clone())
 }
 
 /// `model = "workflow:<name>"`: the chat's messages are the input (`inputs.messages`, and the

@@ -460,5 +460,8 @@ pub async fn run(env: Env, inputs: Value) {
             )
         }
     }
+    if let Some(j) = env.shared.workflows.journal.get() {
+        j.ended(run);
+    }
     env.shared.workflows.runs.ended(&run.id);
 }

@@ -7,6 +7,7 @@ pub mod def;
 pub mod exec;
 pub mod expr;
 pub mod http;
+pub mod journal;
 pub mod run;
 
 use std::collections::BTreeMap;
@@ -24,6 +25,8 @@ pub struct Settings {
     pub max_loop_items: usize,
     pub max_duration: Duration,
     pub guard: http::Guard,
+    /// The run journal (beside the config file by default when definitions are configured).
+    pub journal: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -43,6 +46,10 @@ pub struct RawSettings {
     /// Hosts `api_call` steps may reach: `host` or `host:port`.
     #[serde(default)]
     pub allow_hosts: Vec<String>,
+    /// The run journal (relative to the config file); default `workflow-runs.jsonl` when
+    /// `dir` is set.
+    #[serde(default)]
+    pub journal: Option<String>,
 }
 
 fn default_concurrent() -> usize {
@@ -67,6 +74,7 @@ impl Default for RawSettings {
             max_loop_items: default_loop_items(),
             max_duration_s: default_duration(),
             allow_hosts: Vec::new(),
+            journal: None,
         }
     }
 }
@@ -131,19 +139,51 @@ pub fn settings(
             allow_hosts: raw.allow_hosts.clone(),
             ops,
         },
+        journal: raw
+            .journal
+            .clone()
+            .or_else(|| raw.dir.as_ref().map(|_| "workflow-runs.jsonl".to_string()))
+            .map(|j| base.join(j)),
     }
 }
 
-/// The process's workflow engine: its runs, and the client of its LLM calls.
+/// The process's workflow engine: its runs, the client of its LLM calls, and the journal with
+/// the runs of earlier processes.
 pub struct Engine {
     pub runs: run::Registry,
     pub client: reqwest::Client,
+    pub journal: std::sync::OnceLock<journal::Journal>,
+    pub restored: dashmap::DashMap<String, journal::Restored>,
+}
+
+impl Engine {
+    /// Opens the journal `settings` names (once per process); runs an earlier process left in
+    /// flight are marked failed.
+    pub fn open_journal(&self, settings: &Settings) {
+        let Some(path) = &settings.journal else {
+            return;
+        };
+        if self.journal.get().is_some() {
+            return;
+        }
+        match journal::Journal::open(path) {
+            Ok((j, runs)) => {
+                for (id, r) in runs {
+                    self.restored.insert(id, r);
+                }
+                let _ = self.journal.set(j);
+            }
+            Err(e) => log::error!("workflow journal {}: {e}", path.display()),
+        }
+    }
 }
 
 impl Default for Engine {
     fn default() -> Self {
         Self {
             runs: run::Registry::default(),
+            journal: std::sync::OnceLock::new(),
+            restored: Default::default(),
             // Loopback to this very process: no proxy, and a TLS data plane's own
             // certificate need not name 127.0.0.1.
             client: reqwest::Client::builder()
