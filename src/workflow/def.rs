@@ -692,4 +692,18 @@ mod tests {
             "{p:?}"
         );
     }
+
+    #[test]
+    fn the_readme_example_validates_and_its_expressions_run() {
+        let readme = include_str!("../../README.md");
+        let start = readme
+            .find("{\n  \"name\": \"triage\"")
+            .expect("the example");
+        let end = start + readme[start..].find("\n```").expect("its end");
+        let w = parse(&readme[start..end], "triage.json").unwrap_or_else(|p| panic!("{p:?}"));
+        assert_eq!((w.name.as_str(), w.version), ("triage", 3));
+        let count = Expr::compile("steps.each.output.filter(c, c == 'bug').size()").unwrap();
+        let scope = json!({"steps": {"each": {"output": ["bug", "other", "bug"]}}});
+        assert_eq!(count.eval(&scope).unwrap(), json!(2));
+    }
 }

@@ -6,11 +6,20 @@
 use serde_json::Value;
 use std::sync::Arc;
 
+/// CEL's standard functions and macros, built once (building them per evaluation was most of
+/// a step's cost).
+static STDLIB: std::sync::LazyLock<Arc<cel::Env>> =
+    std::sync::LazyLock::new(|| Arc::new(cel::Env::stdlib()));
+
 /// A compiled expression, shareable across runs.
 #[derive(Clone)]
 pub struct Expr {
     source: Arc<str>,
     program: Arc<cel::Program>,
+    /// The variables it reads, and the step ids it reads through `steps`: only those are
+    /// converted for an evaluation (a long run's `steps` is not copied at every step).
+    vars: Arc<[String]>,
+    steps: Arc<[String]>,
 }
 
 impl std::fmt::Debug for Expr {
@@ -28,9 +37,17 @@ impl Expr {
                 text.lines().next().unwrap_or("syntax error")
             )
         })?;
+        let vars: Vec<String> = program
+            .references()
+            .variables()
+            .into_iter()
+            .map(str::to_string)
+            .collect();
         Ok(Self {
             source: Arc::from(source),
             program: Arc::new(program),
+            vars: vars.into(),
+            steps: step_refs(source).into(),
         })
     }
 
@@ -45,11 +62,24 @@ impl Expr {
 
     /// Evaluates against `scope` (a JSON object of the variables).
     pub fn eval(&self, scope: &Value) -> Result<Value, String> {
-        let mut ctx = cel::Context::default();
-        if let Some(vars) = scope.as_object() {
-            for (k, v) in vars {
-                ctx.add_variable_from_value(k.as_str(), to_cel(v));
-            }
+        let mut ctx = cel::Context::with_env(STDLIB.clone());
+        for name in self.vars.iter() {
+            let Some(v) = scope.get(name.as_str()) else {
+                continue;
+            };
+            let value = match (name.as_str(), v.as_object()) {
+                // `steps.<id>` with ids named literally: just those steps.
+                ("steps", Some(all)) if !self.steps.is_empty() => {
+                    let some: std::collections::HashMap<String, cel::Value> = self
+                        .steps
+                        .iter()
+                        .filter_map(|id| all.get(id).map(|s| (id.clone(), to_cel(s))))
+                        .collect();
+                    cel::Value::from(some)
+                }
+                _ => to_cel(v),
+            };
+            ctx.add_variable_from_value(name.as_str(), value);
         }
         let out = self
             .program
