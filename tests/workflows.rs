@@ -588,3 +588,66 @@ async fn a_restart_mid_run_leaves_the_run_failed_with_its_reason_never_missing()
         .unwrap();
     assert_eq!(r.status(), 404);
 }
+
+#[tokio::test]
+async fn a_run_streams_its_step_events() {
+    let slow = json!({"name": "slow", "steps": [
+        {"id": "each", "type": "loop", "over": "inputs.items", "steps": [
+            {"id": "ask", "type": "llm", "model": "gpt-4o-mini", "messages": [{"role": "user", "content": "{{ item }}"}]}]}]});
+    let (g, _d) = setup(&[slow], "", &["--latency-ms", "50"]);
+    let (key, _) = g.create_key(&["--org", "a", "--role", "invoker"]);
+    g.wait_key(&key).await;
+    let (_, run) = post(
+        &g,
+        &key,
+        "/v1/workflows/slow/runs",
+        json!({"wait": false, "inputs": {"items": [1, 2, 3]}}),
+    )
+    .await;
+    let id = run["id"].as_str().unwrap();
+    let r = client()
+        .get(g.url(&format!("/v1/workflows/runs/{id}/events")))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["content-type"], "text/event-stream");
+    let text = r.text().await.unwrap();
+    let events: Vec<Value> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    for i in 0..3 {
+        let path = format!("steps.each[{i}].steps.ask");
+        assert!(
+            events
+                .iter()
+                .any(|e| e["path"] == path && e["status"] == "running"),
+            "{text}"
+        );
+        assert!(
+            events
+                .iter()
+                .any(|e| e["path"] == path && e["status"] == "succeeded"),
+            "{text}"
+        );
+    }
+    let last = events.last().unwrap();
+    assert_eq!(
+        (last["type"].as_str(), last["status"].as_str()),
+        (Some("run"), Some("succeeded")),
+        "{text}"
+    );
+    // Asked again once it ended: the same steps, then the end.
+    let again = client()
+        .get(g.url(&format!("/v1/workflows/runs/{id}/events")))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(again.contains("event: run"), "{again}");
+}

@@ -125,6 +125,10 @@ pub async fn handle(
             };
             write_json(s, ctx, 200, Bytes::from(body.to_string())).await
         }
+        ("GET", ["runs", id, "events"]) => {
+            let run = owned(shared, ctx, id)?;
+            events(s, ctx, &run).await
+        }
         ("POST", ["runs", id, "cancel"]) => {
             let run = owned(shared, ctx, id)?;
             let _ = s.drain_request_body().await;
@@ -132,7 +136,7 @@ pub async fn handle(
             run.wait().await;
             write_json(s, ctx, 200, Bytes::from(run.json().to_string())).await
         }
-        (_, [_, "runs"]) | (_, ["runs", _]) | (_, ["runs", _, "cancel"]) => {
+        (_, [_, "runs"]) | (_, ["runs", _]) | (_, ["runs", _, "cancel" | "events"]) => {
             Err(GatewayError::MethodNotAllowed)
         }
         _ => Err(GatewayError::NotFound),
@@ -165,6 +169,67 @@ fn restored(shared: &Shared, ctx: &Ctx, id: &str) -> Option<Value> {
             (None, None) => r.key_id.is_none() && r.user.is_none(),
         };
     mine.then(|| r.run.clone())
+}
+
+/// `GET /v1/workflows/runs/{id}/events`: server-sent events — each step as it starts and
+/// ends (those before the request first), then the run's end.
+async fn events(s: &mut ServerSession, ctx: &mut Ctx, run: &Run) -> Result<Outcome, GatewayError> {
+    let (mut rx, past) = run.subscribe();
+    let Ok(mut h) = pingora_http::ResponseHeader::build(200, Some(6)) else {
+        return Ok(Outcome::Abort);
+    };
+    let _ = h.insert_header("content-type", "text/event-stream");
+    let _ = h.insert_header("cache-control", "no-cache");
+    if s.is_http2() {
+        // (h2 frames the body itself.)
+    } else {
+        let _ = h.insert_header("transfer-encoding", "chunked");
+    }
+    let _ = h.insert_header("x-request-id", ctx.id());
+    super::headers::add(&mut h, &ctx.limit_headers);
+    ctx.record.status = 200;
+    if s.write_response_header(Box::new(h)).await.is_err() {
+        return Ok(Outcome::Abort);
+    }
+    let send = |e: &Value| {
+        Bytes::from(format!(
+            "event: {}\ndata: {e}\n\n",
+            e["type"].as_str().unwrap_or("step")
+        ))
+    };
+    for e in &past {
+        if s.write_response_body(send(e), false).await.is_err() {
+            return Ok(Outcome::Abort);
+        }
+    }
+    if !run.is_done() {
+        loop {
+            match rx.recv().await {
+                Ok(e) => {
+                    let last = e["type"] == "run";
+                    if s.write_response_body(send(&e), false).await.is_err() {
+                        return Ok(Outcome::Abort);
+                    }
+                    if last {
+                        break;
+                    }
+                }
+                // A slow reader missed events: the run's state is still exact in GET.
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(_) => break,
+            }
+        }
+    } else if s
+        .write_response_body(send(&run.end_event()), false)
+        .await
+        .is_err()
+    {
+        return Ok(Outcome::Abort);
+    }
+    if s.write_response_body(Bytes::new(), true).await.is_err() {
+        return Ok(Outcome::Abort);
+    }
+    Ok(Outcome::Done)
 }
 
 /// `model = "workflow:<name>"`: the chat's messages are the input (`inputs.messages`, and the

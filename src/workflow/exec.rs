@@ -137,6 +137,7 @@ fn run_step<'a>(
             });
             s.steps.len() - 1
         };
+        env.run.step_event(index);
         let mut cancel = env.run.cancelled();
         let mut last: Option<Failure> = None;
         for attempt in 0..=step.retries {
@@ -166,10 +167,13 @@ fn run_step<'a>(
             };
             match result {
                 Ok(v) => {
-                    let mut s = env.run.lock();
-                    let r = &mut s.steps[index];
-                    r.status = "succeeded";
-                    r.ended_ms = Some(crate::time::now_unix_ms());
+                    {
+                        let mut s = env.run.lock();
+                        let r = &mut s.steps[index];
+                        r.status = "succeeded";
+                        r.ended_ms = Some(crate::time::now_unix_ms());
+                    }
+                    env.run.step_event(index);
                     return Ok(v);
                 }
                 Err(f) => {
@@ -189,12 +193,14 @@ fn run_step<'a>(
             r.error = Some(f.message.clone());
             r.ended_ms = Some(crate::time::now_unix_ms());
         }
+        env.run.step_event(index);
         match (&step.on_error, env.run.is_cancelled()) {
             (Some(handler), false) => {
                 let mut sc = scope;
                 sc["error"] = json!({"message": f.message, "step": f.step});
                 let (_, out) = run_block(env, handler, sc, format!("{path}.on_error.")).await?;
                 env.run.lock().steps[index].status = "handled";
+                env.run.step_event(index);
                 Ok(out)
             }
             _ => Err(f),

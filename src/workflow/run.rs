@@ -70,6 +70,8 @@ pub struct Run {
     pub state: Mutex<State>,
     cancel: watch::Sender<bool>,
     done: watch::Sender<bool>,
+    /// Step and run events as they happen (the run's SSE stream).
+    events: tokio::sync::broadcast::Sender<Value>,
 }
 
 impl Run {
@@ -98,6 +100,7 @@ impl Run {
             }),
             cancel: watch::channel(false).0,
             done: watch::channel(false).0,
+            events: tokio::sync::broadcast::channel(256).0,
         }
     }
 
@@ -125,7 +128,42 @@ impl Run {
             s.error = error;
             s.ended_ms = Some(crate::time::now_unix_ms());
         }
+        let _ = self.events.send(self.end_event());
         self.done.send_replace(true);
+    }
+
+    /// The event that ends a run's stream.
+    pub fn end_event(&self) -> Value {
+        let s = self.lock();
+        json!({"type": "run", "id": self.id, "status": s.status.name(), "output": s.output,
+               "error": s.error, "cost_nanousd": s.totals.cost_nanousd})
+    }
+
+    /// Tells subscribers that step `index` changed.
+    pub fn step_event(&self, index: usize) {
+        let event = {
+            let s = self.lock();
+            let Some(r) = s.steps.get(index) else { return };
+            json!({"type": "step", "path": r.path, "step_type": r.kind, "status": r.status,
+                   "attempts": r.attempts, "error": r.error, "cost_nanousd": r.cost_nanousd})
+        };
+        let _ = self.events.send(event);
+    }
+
+    /// Events from now on, and the steps so far as events (subscribed first, so nothing
+    /// falls between the two).
+    pub fn subscribe(&self) -> (tokio::sync::broadcast::Receiver<Value>, Vec<Value>) {
+        let rx = self.events.subscribe();
+        let s = self.lock();
+        let past = s
+            .steps
+            .iter()
+            .map(|r| {
+                json!({"type": "step", "path": r.path, "step_type": r.kind, "status": r.status,
+                       "attempts": r.attempts, "error": r.error, "cost_nanousd": r.cost_nanousd})
+            })
+            .collect();
+        (rx, past)
     }
 
     /// Resolves once the run has ended.
