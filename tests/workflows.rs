@@ -651,3 +651,69 @@ async fn a_run_streams_its_step_events() {
         .unwrap();
     assert!(again.contains("event: run"), "{again}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_and_steps_reach_clickhouse_and_the_cost_is_the_rows_sum() {
+    let Some(url) = common::clickhouse::shared_url() else {
+        return;
+    };
+    let db = common::clickhouse::new_db();
+    let (api, _) = failing_api().await;
+    let dir = tempfile::tempdir().unwrap();
+    let wf = dir.path().join("workflows");
+    std::fs::create_dir(&wf).unwrap();
+    std::fs::write(wf.join("full.json"), full(api).to_string()).unwrap();
+    let policies = policies_dir(dir.path(), "");
+    let extra = format!(
+        "[auth]\nkey_store = \"keys.json\"\npolicies = \"{}\"\n\n[orgs.a]\n\n[workflows]\ndir = \"{}\"\nallow_hosts = [\"127.0.0.1:{api}\"]\n",
+        policies.display(),
+        wf.display()
+    );
+    let g = Gateway::start_edited(&[], &extra, |t| {
+        common::clickhouse::sink_config(t, &url, &db, "")
+    });
+    let (key, _) = g.create_key(&["--org", "a", "--role", "invoker"]);
+    g.wait_key(&key).await;
+    let items: Vec<u32> = (0..10).collect();
+    let (_, run) = post(
+        &g,
+        &key,
+        "/v1/workflows/full/runs",
+        json!({"inputs": {"items": items}}),
+    )
+    .await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    let id = run["id"].as_str().unwrap();
+    let steps = run["steps"].as_array().unwrap().len();
+    common::clickhouse::wait_for(
+        &url,
+        &format!("SELECT count() FROM {db}.workflow_steps WHERE run_id = '{id}'"),
+        &steps.to_string(),
+        20,
+    )
+    .await;
+    common::clickhouse::wait_for(
+        &url,
+        &format!("SELECT count() FROM {db}.workflow_runs WHERE run_id = '{id}'"),
+        "1",
+        20,
+    )
+    .await;
+    let rows_sum = common::clickhouse::wait_for(
+        &url,
+        &format!(
+            "SELECT sum(cost_nanousd) FROM {db}.usage_events WHERE has(tags, 'workflow_run:{id}')"
+        ),
+        &run["cost_nanousd"].to_string(),
+        20,
+    )
+    .await;
+    let recorded = common::clickhouse::query(&url, &format!("SELECT cost_nanousd, status, llm_calls, workflow, version FROM {db}.workflow_runs WHERE run_id = '{id}' FORMAT TSV")).await;
+    assert_eq!(
+        recorded.trim(),
+        format!("{}\tsucceeded\t11\tfull\t2", rows_sum.trim())
+    );
+    let handled = common::clickhouse::query(&url, &format!("SELECT attempts, status FROM {db}.workflow_steps WHERE run_id = '{id}' AND path = 'steps.notify' FORMAT TSV")).await;
+    assert_eq!(handled.trim(), "3\thandled");
+    common::clickhouse::query(&url, &format!("DROP DATABASE {db}")).await;
+}

@@ -89,6 +89,8 @@ pub struct Metrics {
     /// Admissions decided locally because Redis was unreachable.
     pub limits_fallbacks: prometheus::IntCounter,
     pub feedback_queue_depth: IntGauge,
+    pub workflow_queue_depth: IntGauge,
+    pub workflow_rows: IntCounterVec,
     /// {outcome}
     pub feedback_rows: IntCounterVec,
     /// {model, variant}: requests routed by an experiment.
@@ -443,6 +445,17 @@ impl Metrics {
                 &r,
                 "feedback_rows_total",
                 "Feedback scores by outcome (inserted, spooled, replayed, lost).",
+                &["outcome"],
+            ),
+            workflow_queue_depth: gauge(
+                &r,
+                "workflow_history_queue_depth",
+                "Workflow run and step rows waiting for the sink.",
+            ),
+            workflow_rows: counter(
+                &r,
+                "workflow_history_rows_total",
+                "Workflow run and step rows by outcome (inserted, spooled, replayed, lost).",
                 &["outcome"],
             ),
             variant_requests: counter(

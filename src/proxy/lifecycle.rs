@@ -62,9 +62,13 @@ impl Signals {
         let sink = self.shared.sink.clone();
         let audit = self.shared.audit.clone();
         let feedback = self.shared.feedback.clone();
+        let history = self.shared.workflows.history.get().cloned();
         let _ = tokio::task::spawn_blocking(move || {
             if let Some(f) = feedback {
                 f.flush(SINK_FLUSH);
+            }
+            if let Some(h) = history {
+                h.flush(SINK_FLUSH);
             }
             // Each sink inserts or spools what it holds; both run within the same bound.
             let a = std::thread::spawn(move || audit.flush(SINK_FLUSH));

@@ -47,12 +47,16 @@ pub fn serve(config: Config, config_path: &Path) -> Result<(), String> {
     }
     let (sink, audit) = sinks::start(&config)?;
     let feedback = sinks::feedback(&config)?;
+    let workflow_history = sinks::workflows(&config)?;
     let server_cfg = config.server.clone();
     if config.auth.is_none() {
         log::warn!("authentication is disabled ([auth] absent): every caller is unrestricted");
     }
     let shared = Shared::new(config, config_path, sink, audit, feedback)
         .map_err(|e| format!("key store: {e}"))?;
+    if let Some(h) = workflow_history {
+        let _ = shared.workflows.history.set(h);
+    }
 
     {
         let live = shared.live();

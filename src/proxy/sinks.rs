@@ -5,7 +5,9 @@ use crate::audit::{AuditSink, JsonLinesAudit};
 use crate::config::raw::{AuditSinkKind, SinkKind};
 use crate::config::Config;
 use crate::usage::{JsonLinesSink, UsageSink};
-use crate::warehouse::sinks::{ClickHouseAudit, ClickHouseFeedback, ClickHouseUsage};
+use crate::warehouse::sinks::{
+    ClickHouseAudit, ClickHouseFeedback, ClickHouseUsage, ClickHouseWorkflows,
+};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -59,6 +61,20 @@ pub fn feedback(config: &Config) -> Result<Option<Arc<ClickHouseFeedback>>, Stri
     ClickHouseFeedback::start(ch.db_client(), ch.pipeline("feedback", 16_384))
         .map(Some)
         .map_err(|e| format!("feedback sink: {e}"))
+}
+
+/// The workflow history sink (runs and steps), when a warehouse is configured.
+pub fn workflows(config: &Config) -> Result<Option<Arc<ClickHouseWorkflows>>, String> {
+    let Some(ch) = &config.clickhouse else {
+        return Ok(None);
+    };
+    ClickHouseWorkflows::start(
+        ch.db_client(),
+        ch.pipeline("workflow_runs", 16_384),
+        ch.pipeline("workflow_steps", 65_536),
+    )
+    .map(Some)
+    .map_err(|e| format!("workflow history sink: {e}"))
 }
 
 /// Applies retention a minute after start and then every `retention_interval`, on a thread of

@@ -42,6 +42,11 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
         "finance",
         include_str!("../../config/clickhouse/007_finance.sql"),
     ),
+    (
+        8,
+        "workflows",
+        include_str!("../../config/clickhouse/008_workflows.sql"),
+    ),
 ];
 
 /// The migration creating the attribution rollups: once applied, the rows already in

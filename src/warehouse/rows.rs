@@ -169,3 +169,45 @@ impl AuditRow {
         }
     }
 }
+
+/// One ended workflow run (`workflow_runs`).
+#[derive(Debug, Clone, PartialEq, clickhouse::Row, Serialize, Deserialize)]
+pub struct WorkflowRunRow {
+    pub ts: u32,
+    pub batch_id: String,
+    pub run_id: String,
+    pub workflow: String,
+    pub version: u32,
+    pub org: String,
+    pub key_id: String,
+    pub user: String,
+    pub status: String,
+    pub error: String,
+    pub started_ms: u64,
+    pub ended_ms: u64,
+    pub steps: u32,
+    pub llm_calls: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub cost_nanousd: i64,
+}
+
+/// One step execution of a run (`workflow_steps`).
+#[derive(Debug, Clone, PartialEq, clickhouse::Row, Serialize, Deserialize)]
+pub struct WorkflowStepRow {
+    pub ts: u32,
+    pub batch_id: String,
+    pub run_id: String,
+    pub workflow: String,
+    pub version: u32,
+    pub org: String,
+    pub path: String,
+    pub step_type: String,
+    pub status: String,
+    pub attempts: u32,
+    pub started_ms: u64,
+    pub ended_ms: u64,
+    pub error: String,
+    pub cost_nanousd: i64,
+    pub request_ids: Vec<String>,
+}

@@ -2,7 +2,7 @@
 //! duplicate check compares, and how an item becomes a row.
 
 use super::chain::Chain;
-use super::rows::{AuditRow, FeedbackRow, UsageRow};
+use super::rows::{AuditRow, FeedbackRow, UsageRow, WorkflowRunRow, WorkflowStepRow};
 use super::sink::{Pipeline, PipelineSettings, Stamp, Table};
 use crate::audit::{AuditEvent, AuditSink};
 use crate::metrics::METRICS;
@@ -99,6 +99,97 @@ impl ClickHouseFeedback {
 
     pub fn flush(&self, timeout: Duration) -> bool {
         self.0.flush(timeout)
+    }
+}
+
+impl Table for WorkflowRunRow {
+    const TABLE: &'static str = "workflow_runs";
+
+    fn key(&self) -> String {
+        self.run_id.clone()
+    }
+
+    fn stored_keys(client: &Client, batch_id: &str, _rows: &[Self]) -> clickhouse::query::Query {
+        client
+            .query("SELECT run_id FROM workflow_runs WHERE batch_id = ?")
+            .bind(batch_id)
+    }
+}
+
+impl Table for WorkflowStepRow {
+    const TABLE: &'static str = "workflow_steps";
+
+    fn key(&self) -> String {
+        format!("{} {}", self.run_id, self.path)
+    }
+
+    fn stored_keys(client: &Client, batch_id: &str, _rows: &[Self]) -> clickhouse::query::Query {
+        client
+            .query("SELECT concat(run_id, ' ', path) FROM workflow_steps WHERE batch_id = ?")
+            .bind(batch_id)
+    }
+}
+
+struct RunStamp;
+
+impl Stamp<WorkflowRunRow, WorkflowRunRow> for RunStamp {
+    fn row(&mut self, mut item: WorkflowRunRow, batch_id: &str) -> WorkflowRunRow {
+        item.batch_id = batch_id.to_string();
+        item
+    }
+}
+
+struct StepStamp;
+
+impl Stamp<WorkflowStepRow, WorkflowStepRow> for StepStamp {
+    fn row(&mut self, mut item: WorkflowStepRow, batch_id: &str) -> WorkflowStepRow {
+        item.batch_id = batch_id.to_string();
+        item
+    }
+}
+
+/// Workflow history: runs and their steps, through the same never-lose pipeline as usage.
+pub struct ClickHouseWorkflows {
+    runs: Pipeline<WorkflowRunRow>,
+    steps: Pipeline<WorkflowStepRow>,
+}
+
+impl ClickHouseWorkflows {
+    pub fn start(
+        client: Client,
+        runs: PipelineSettings,
+        steps: PipelineSettings,
+    ) -> std::io::Result<Arc<Self>> {
+        Ok(Arc::new(Self {
+            runs: Pipeline::start::<WorkflowRunRow, _>(
+                "workflow_runs",
+                client.clone(),
+                runs,
+                RunStamp,
+                METRICS.workflow_queue_depth.clone(),
+                &METRICS.workflow_rows,
+            )?,
+            steps: Pipeline::start::<WorkflowStepRow, _>(
+                "workflow_steps",
+                client,
+                steps,
+                StepStamp,
+                METRICS.workflow_queue_depth.clone(),
+                &METRICS.workflow_rows,
+            )?,
+        }))
+    }
+
+    pub fn submit(&self, run: WorkflowRunRow, steps: Vec<WorkflowStepRow>) {
+        for s in steps {
+            self.steps.submit(s);
+        }
+        self.runs.submit(run);
+    }
+
+    pub fn flush(&self, timeout: Duration) -> bool {
+        let s = self.steps.flush(timeout);
+        self.runs.flush(timeout) && s
     }
 }
 

@@ -469,5 +469,9 @@ pub async fn run(env: Env, inputs: Value) {
     if let Some(j) = env.shared.workflows.journal.get() {
         j.ended(run);
     }
+    if let Some(h) = env.shared.workflows.history.get() {
+        let (r, steps) = run.rows();
+        h.submit(r, steps);
+    }
     env.shared.workflows.runs.ended(&run.id);
 }

@@ -154,6 +154,8 @@ pub struct Engine {
     pub client: reqwest::Client,
     pub journal: std::sync::OnceLock<journal::Journal>,
     pub restored: dashmap::DashMap<String, journal::Restored>,
+    /// Where ended runs and their steps go for history (ClickHouse), when configured.
+    pub history: std::sync::OnceLock<Arc<crate::warehouse::sinks::ClickHouseWorkflows>>,
 }
 
 impl Engine {
@@ -184,6 +186,7 @@ impl Default for Engine {
             runs: run::Registry::default(),
             journal: std::sync::OnceLock::new(),
             restored: Default::default(),
+            history: std::sync::OnceLock::new(),
             // Loopback to this very process: no proxy, and a TLS data plane's own
             // certificate need not name 127.0.0.1.
             client: reqwest::Client::builder()

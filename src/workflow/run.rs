@@ -222,6 +222,62 @@ impl Run {
     }
 }
 
+impl Run {
+    /// The run and its step executions as warehouse rows (once it has ended).
+    pub fn rows(
+        &self,
+    ) -> (
+        crate::warehouse::rows::WorkflowRunRow,
+        Vec<crate::warehouse::rows::WorkflowStepRow>,
+    ) {
+        let s = self.lock();
+        let ended = s.ended_ms.unwrap_or_else(crate::time::now_unix_ms);
+        let ts = (ended / 1000) as u32;
+        let wf = &self.workflow;
+        let steps = s
+            .steps
+            .iter()
+            .map(|r| crate::warehouse::rows::WorkflowStepRow {
+                ts,
+                batch_id: String::new(),
+                run_id: self.id.clone(),
+                workflow: wf.name.clone(),
+                version: wf.version,
+                org: self.org.clone(),
+                path: r.path.clone(),
+                step_type: r.kind.to_string(),
+                status: r.status.to_string(),
+                attempts: r.attempts,
+                started_ms: r.started_ms,
+                ended_ms: r.ended_ms.unwrap_or(ended),
+                error: r.error.clone().unwrap_or_default(),
+                cost_nanousd: r.cost_nanousd,
+                request_ids: r.request_ids.clone(),
+            })
+            .collect();
+        let run = crate::warehouse::rows::WorkflowRunRow {
+            ts,
+            batch_id: String::new(),
+            run_id: self.id.clone(),
+            workflow: wf.name.clone(),
+            version: wf.version,
+            org: self.org.clone(),
+            key_id: self.key_id.clone().unwrap_or_default(),
+            user: self.user.clone().unwrap_or_default(),
+            status: s.status.name().to_string(),
+            error: s.error.clone().unwrap_or_default(),
+            started_ms: self.started_ms,
+            ended_ms: ended,
+            steps: s.steps.len() as u32,
+            llm_calls: s.totals.llm_calls,
+            prompt_tokens: s.totals.prompt_tokens,
+            completion_tokens: s.totals.completion_tokens,
+            cost_nanousd: s.totals.cost_nanousd,
+        };
+        (run, steps)
+    }
+}
+
 /// Runs of this process, by id; ended runs are kept (the newest `KEEP_ENDED`) for reading.
 #[derive(Default)]
 pub struct Registry {
