@@ -101,7 +101,10 @@ async fn migrations_apply_once_and_the_rollup_aggregates() {
     .unwrap();
 
     let first = migrate(&cfg);
-    assert!(first.contains("applied [1, 2, 3, 4, 5, 6, 7, 8]"), "{first}");
+    assert!(
+        first.contains("applied [1, 2, 3, 4, 5, 6, 7, 8]"),
+        "{first}"
+    );
     let second = migrate(&cfg);
     assert!(
         second.contains("applied [], already applied [1, 2, 3, 4, 5, 6, 7, 8]"),
