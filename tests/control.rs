@@ -843,28 +843,37 @@ async fn key_limits_allocations_and_user_roles_through_the_api_on_the_embedded_s
     let (_, v) = send(&g, &root, "GET", roles, Value::Null).await;
     assert_eq!(v["roles"], json!([]), "{v}");
 
-    // Every write is audited with before and after.
-    let audit = std::fs::read_to_string(g.config.parent().unwrap().join("audit.jsonl")).unwrap();
-    let events: Vec<Value> = audit
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .collect();
-    let has = |action: &str, check: &dyn Fn(&Value) -> bool| {
-        assert!(
-            events.iter().any(|e| e["action"] == action && check(e)),
-            "{action} not audited as expected"
-        )
-    };
-    has("key.limits", &|e| {
-        e["after"]["limits"]["requests_per_minute"] == 1
-    });
-    has("key.limits", &|e| {
-        e["before"]["budget"]["usd"] == "0.000001" && e["after"].is_null()
-    });
-    has("allocation.put", &|e| {
-        e["before"]["split"]["ml"] == 60 && e["after"]["split"]["ml"] == 62.5
-    });
-    has("allocation.delete", &|e| e["after"].is_null());
-    has("role.unassign", &|e| e["before"]["subject"] == "user:alice");
-    has("admin.denied", &|e| e["resource"] == "binding:user:alice");
+    // Every write is audited with before and after (the audit file is written behind the
+    // requests: read until the last event is there).
+    type Check = (&'static str, fn(&Value) -> bool);
+    let checks: [Check; 6] = [
+        ("key.limits", |e| {
+            e["after"]["limits"]["requests_per_minute"] == 1
+        }),
+        ("key.limits", |e| {
+            e["before"]["budget"]["usd"] == "0.000001" && e["after"].is_null()
+        }),
+        ("allocation.put", |e| {
+            e["before"]["split"]["ml"] == 60 && e["after"]["split"]["ml"] == 62.5
+        }),
+        ("allocation.delete", |e| e["after"].is_null()),
+        ("role.unassign", |e| e["before"]["subject"] == "user:alice"),
+        ("admin.denied", |e| e["resource"] == "binding:user:alice"),
+    ];
+    let path = g.config.parent().unwrap().join("audit.jsonl");
+    eventually(PROPAGATION, || async {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let events: Vec<Value> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .collect();
+        match checks
+            .iter()
+            .find(|(action, check)| !events.iter().any(|e| e["action"] == *action && check(e)))
+        {
+            None => Ok(()),
+            Some((action, _)) => Err(format!("{action} not audited as expected")),
+        }
+    })
+    .await;
 }

@@ -98,6 +98,13 @@ fn full(api: u16) -> Value {
     })
 }
 
+/// A loop of LLM calls over `inputs.items`, one at a time.
+fn slow() -> Value {
+    json!({"name": "slow", "steps": [
+        {"id": "each", "type": "loop", "over": "inputs.items", "steps": [
+            {"id": "ask", "type": "llm", "model": "gpt-4o-mini", "messages": [{"role": "user", "content": "{{ item }}"}]}]}]})
+}
+
 fn setup(defs: &[Value], allow: &str, mock: &[&str]) -> (Gateway, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let wf = dir.path().join("workflows");
@@ -351,9 +358,7 @@ async fn ssrf_through_the_ops_plane_or_a_redirect_is_refused() {
 
 #[tokio::test]
 async fn cancelling_a_run_stops_its_pending_steps() {
-    let slow = json!({"name": "slow", "steps": [
-        {"id": "each", "type": "loop", "over": "inputs.items", "steps": [
-            {"id": "ask", "type": "llm", "model": "gpt-4o-mini", "messages": [{"role": "user", "content": "{{ item }}"}]}]}]});
+    let slow = slow();
     let (g, _d) = setup(&[slow], "", &["--latency-ms", "300"]);
     let (key, _) = g.create_key(&["--org", "a", "--role", "invoker"]);
     g.wait_key(&key).await;
@@ -520,9 +525,7 @@ fn invalid_definitions_are_refused_with_their_step_paths() {
 
 #[tokio::test]
 async fn a_restart_mid_run_leaves_the_run_failed_with_its_reason_never_missing() {
-    let slow = json!({"name": "slow", "steps": [
-        {"id": "each", "type": "loop", "over": "inputs.items", "steps": [
-            {"id": "ask", "type": "llm", "model": "gpt-4o-mini", "messages": [{"role": "user", "content": "{{ item }}"}]}]}]});
+    let slow = slow();
     let done = json!({"name": "quick", "steps": [{"id": "one", "type": "transform", "expr": "1"}]});
     let (mut g, _d) = setup(&[slow, done], "", &["--latency-ms", "300"]);
     let (key, _) = g.create_key(&["--org", "a", "--role", "invoker"]);
@@ -591,9 +594,7 @@ async fn a_restart_mid_run_leaves_the_run_failed_with_its_reason_never_missing()
 
 #[tokio::test]
 async fn a_run_streams_its_step_events() {
-    let slow = json!({"name": "slow", "steps": [
-        {"id": "each", "type": "loop", "over": "inputs.items", "steps": [
-            {"id": "ask", "type": "llm", "model": "gpt-4o-mini", "messages": [{"role": "user", "content": "{{ item }}"}]}]}]});
+    let slow = slow();
     let (g, _d) = setup(&[slow], "", &["--latency-ms", "50"]);
     let (key, _) = g.create_key(&["--org", "a", "--role", "invoker"]);
     g.wait_key(&key).await;

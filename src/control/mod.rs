@@ -124,31 +124,16 @@ pub fn docs() -> Arc<Vec<Doc>> {
     DOCS.load_full()
 }
 
-/// Adds the teams, cost centers and key policies of `docs` (`kind` team / cost_center /
-/// key_policy, `id` `<org>:<name>`, record as in the config file) to a config tree: an org's file-declared
-/// entries win, and an org the file does not declare gets none.
+/// Adds what the API set for orgs to a config tree, each record as the config file writes it:
+/// teams, cost centers and key policies (`kind` team / cost_center / key_policy, `id`
+/// `<org>:<name>`), an org's limits (`org_limits`) and allocations (`allocation`). The file's
+/// own entries win.
 pub fn merge_org_docs(tree: &mut toml::Value, docs: &[Doc]) {
     for d in docs {
-        if d.kind == "org_limits" {
-            merge_org_limits(tree, d);
-            continue;
-        }
-        if d.kind == "allocation" {
-            merge_allocation(tree, d);
-            continue;
-        }
-        let section = match d.kind.as_str() {
-            "team" => "teams",
-            "cost_center" => "cost_centers",
-            "key_policy" => "keys",
-            _ => continue,
-        };
-        let Some((_, name)) = d.id.split_once(':') else {
-            continue;
-        };
         let Some(record) = toml_of(&d.record) else {
             continue;
         };
+        // An org the file does not declare gets nothing.
         let Some(org) = tree
             .get_mut("orgs")
             .and_then(|o| o.get_mut(&d.org))
@@ -156,52 +141,43 @@ pub fn merge_org_docs(tree: &mut toml::Value, docs: &[Doc]) {
         else {
             continue;
         };
-        let entries = org
-            .entry(section)
-            .or_insert_with(|| toml::Value::Table(Default::default()));
-        if let Some(t) = entries.as_table_mut() {
-            t.entry(name).or_insert(record);
-        }
-    }
-}
-
-/// An org's limits, per-key limits and budget set through the API (`kind = org_limits`,
-/// `id` = the org): each joins the org where the file sets none.
-fn merge_org_limits(tree: &mut toml::Value, d: &Doc) {
-    let Some(toml::Value::Table(fields)) = toml_of(&d.record) else {
-        return;
-    };
-    let Some(org) = tree
-        .get_mut("orgs")
-        .and_then(|o| o.get_mut(&d.org))
-        .and_then(toml::Value::as_table_mut)
-    else {
-        return;
-    };
-    for (k, v) in fields {
-        org.entry(k).or_insert(v);
-    }
-}
-
-/// An allocation set through the API joins the org's `allocations` unless the file
-/// allocates the same source.
-fn merge_allocation(tree: &mut toml::Value, d: &Doc) {
-    let Some(record) = toml_of(&d.record) else {
-        return;
-    };
-    let Some(org) = tree
-        .get_mut("orgs")
-        .and_then(|o| o.get_mut(&d.org))
-        .and_then(toml::Value::as_table_mut)
-    else {
-        return;
-    };
-    let list = org
-        .entry("allocations")
-        .or_insert_with(|| toml::Value::Array(Vec::new()));
-    if let Some(list) = list.as_array_mut() {
-        if !list.iter().any(|a| a.get("source") == record.get("source")) {
-            list.push(record);
+        match d.kind.as_str() {
+            // The org's limits, per-key limits and budget: each field where the file sets none.
+            "org_limits" => {
+                if let toml::Value::Table(fields) = record {
+                    for (k, v) in fields {
+                        org.entry(k).or_insert(v);
+                    }
+                }
+            }
+            // Joins the org's allocations unless the file allocates the same source.
+            "allocation" => {
+                let list = org
+                    .entry("allocations")
+                    .or_insert_with(|| toml::Value::Array(Vec::new()));
+                if let Some(list) = list.as_array_mut() {
+                    if !list.iter().any(|a| a.get("source") == record.get("source")) {
+                        list.push(record);
+                    }
+                }
+            }
+            kind => {
+                let section = match kind {
+                    "team" => "teams",
+                    "cost_center" => "cost_centers",
+                    "key_policy" => "keys",
+                    _ => continue,
+                };
+                let Some((_, name)) = d.id.split_once(':') else {
+                    continue;
+                };
+                let entries = org
+                    .entry(section)
+                    .or_insert_with(|| toml::Value::Table(Default::default()));
+                if let Some(t) = entries.as_table_mut() {
+                    t.entry(name).or_insert(record);
+                }
+            }
         }
     }
 }
