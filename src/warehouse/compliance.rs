@@ -31,6 +31,11 @@ pub const PERSONAL: &[Personal] = &[
         user_columns: &["user"],
         cleared: &["comment"],
     },
+    Personal {
+        table: "workflow_runs",
+        user_columns: &["user"],
+        cleared: &[],
+    },
 ];
 
 /// Personal columns erasure leaves in place, and why. The audit trail is the record of who did
@@ -194,6 +199,13 @@ pub async fn apply_retention(s: &ClickHouseSettings, now: u64) -> Result<Retenti
         } else {
             report.audit_cutoff = cutoff;
             report.audit_partitions_dropped = dropped;
+        }
+    }
+    // Workflow history is usage of its own: it is kept as long as the raw usage rows.
+    if s.usage_retention_months > 0 {
+        let cutoff = cutoff_month(now, s.usage_retention_months);
+        for table in ["workflow_runs", "workflow_steps"] {
+            drop_before(s, table, cutoff).await?;
         }
     }
     if s.hourly_retention_days > 0 {
