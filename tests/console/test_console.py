@@ -183,11 +183,21 @@ def models_status(stack, key):
         return e.code
 
 
-def wait_status(stack, key, want, timeout=10):
-    deadline = time.time() + timeout
-    while (got := models_status(stack, key)) != want:
-        assert time.time() < deadline, f"key answered {got}, not {want}"
+def until(check, timeout, what):
+    """Polls `check` until it returns something truthy (returned), failing with `what`'s text
+    after `timeout` seconds: the one waiting loop of these tests outside the browser."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = check()
+        if got:
+            return got
+        assert time.monotonic() < deadline, what() if callable(what) else what
         time.sleep(0.05)
+
+
+def wait_status(stack, key, want, timeout=10):
+    until(lambda: models_status(stack, key) == want, timeout,
+          lambda: f"key answered {models_status(stack, key)}, not {want}")
 
 
 def admin_get(stack, key, path):
@@ -289,15 +299,12 @@ def test_streamed_chat_in_the_playground_and_its_python_snippet(stack, browser):
     assert rid.startswith("req_")
     shown_cost = css(d, "dd[data-field='Cost']").text
     shown_usage = css(d, "dd[data-field='Usage']").text
-    row = None
-    deadline = time.time() + 15
-    while not row:
+    def usage_row():
         out = ch(f"SELECT prompt_tokens, completion_tokens, cost_nanousd FROM {stack.db}.usage_events "
                  f"WHERE request_id = '{rid}' FORMAT JSONEachRow")
-        row = json.loads(out) if out else None
-        assert row or time.time() < deadline, "usage row never reached ClickHouse"
-        if not row:
-            time.sleep(0.05)
+        return json.loads(out) if out else None
+
+    row = until(usage_row, 15, "usage row never reached ClickHouse")
     nano = int(row["cost_nanousd"])
     assert nano > 0
     assert shown_cost == f"${nano // 10**9}.{nano % 10**9:09d}", (shown_cost, nano)
@@ -407,14 +414,12 @@ def test_audit_log_filters_and_verifies_its_chain(stack, browser):
 def test_spend_total_equals_the_spend_api(stack, browser):
     d = browser
     # Every usage row is in ClickHouse (the rollup follows by materialized view).
-    deadline = time.time() + 20
-    while True:
+    def settled():
         rows = int(ch(f"SELECT count() FROM {stack.db}.usage_events WHERE org = 'acme' AND cost_nanousd > 0"))
         api = admin_get(stack, stack.admin_key, "/spend")
-        if rows > 0 and api["total"]["requests"] >= rows:
-            break
-        assert time.time() < deadline, (rows, api)
-        time.sleep(0.1)
+        return api if rows > 0 and api["total"]["requests"] >= rows else None
+
+    api = until(settled, 20, "the spend API never covered every usage row")
     sign_in(d, stack, stack.admin_key)
     page(d, stack, "spend", "#spend-total")
     shown = int(css(d, "#spend-total").get_attribute("data-nanousd"))
