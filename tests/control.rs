@@ -58,17 +58,6 @@ async fn everywhere(gs: &[&Gateway], key: &str, want: u16) -> Duration {
     start.elapsed()
 }
 
-async fn admin(g: &Gateway, key: &str, method: &str, path: &str, body: Value) -> (u16, Value) {
-    let c = client();
-    let req = match method {
-        "POST" => c.post(g.ops_url(path)).json(&body),
-        _ => c.get(g.ops_url(path)),
-    };
-    let r = req.bearer_auth(key).send().await.unwrap();
-    let s = r.status().as_u16();
-    (s, r.json().await.unwrap_or(Value::Null))
-}
-
 /// Creates a developer key of acme through `g`'s admin API as `caller`: (status, answer).
 async fn api_key(g: &Gateway, caller: &str) -> (u16, Value) {
     admin(
@@ -605,7 +594,7 @@ async fn a_read_only_admin_api_refuses_every_control_write() {
 }
 
 /// Sends `method path` with a JSON body to `g`'s ops plane as `key`.
-async fn send(g: &Gateway, key: &str, method: &str, path: &str, body: Value) -> (u16, Value) {
+async fn admin(g: &Gateway, key: &str, method: &str, path: &str, body: Value) -> (u16, Value) {
     let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
     let r = client()
         .request(m, g.ops_url(path))
@@ -652,7 +641,7 @@ async fn key_limits_allocations_and_user_roles_through_the_api_on_the_embedded_s
     let new_key = |body: Value| {
         let (g, root) = (&g, root.clone());
         async move {
-            let (s, v) = send(g, &root, "POST", "/admin/v1/orgs/acme/keys", body).await;
+            let (s, v) = admin(g, &root, "POST", "/admin/v1/orgs/acme/keys", body).await;
             assert_eq!(s, 201, "{v}");
             (
                 v["key"].as_str().unwrap().to_string(),
@@ -669,8 +658,8 @@ async fn key_limits_allocations_and_user_roles_through_the_api_on_the_embedded_s
     // fields are refused, and they hold for that key only.
     let limits = format!("/admin/v1/orgs/acme/keys/{capped_id}/limits");
     let rpm = json!({"limits": {"requests_per_minute": 1}});
-    assert_eq!(send(&g, &root, "PUT", &limits, rpm.clone()).await.0, 403);
-    let (s, v) = send(
+    assert_eq!(admin(&g, &root, "PUT", &limits, rpm.clone()).await.0, 403);
+    let (s, v) = admin(
         &g,
         &god,
         "PUT",
@@ -679,9 +668,9 @@ async fn key_limits_allocations_and_user_roles_through_the_api_on_the_embedded_s
     )
     .await;
     assert_eq!(s, 404, "{v}");
-    let (s, v) = send(&g, &god, "PUT", &limits, json!({"key_limits": {}})).await;
+    let (s, v) = admin(&g, &god, "PUT", &limits, json!({"key_limits": {}})).await;
     assert_eq!(s, 400, "{v}");
-    let (s, v) = send(
+    let (s, v) = admin(
         &g,
         &god,
         "PUT",
@@ -690,7 +679,7 @@ async fn key_limits_allocations_and_user_roles_through_the_api_on_the_embedded_s
     )
     .await;
     assert_eq!(s, 400, "{v}");
-    let (s, v) = send(&g, &god, "PUT", &limits, rpm).await;
+    let (s, v) = admin(&g, &god, "PUT", &limits, rpm).await;
     assert_eq!(
         (s, v["key"].as_str()),
         (200, Some(capped_id.as_str())),
@@ -703,7 +692,7 @@ async fn key_limits_allocations_and_user_roles_through_the_api_on_the_embedded_s
         "the limit is the key's own"
     );
     let budget = json!({"budget": {"usd": "0.000001", "period": "month"}});
-    assert_eq!(send(&g, &god, "PUT", &limits, budget).await.0, 200);
+    assert_eq!(admin(&g, &god, "PUT", &limits, budget).await.0, 200);
     let r = client()
         .post(g.url("/v1/chat/completions"))
         .bearer_auth(&capped)
@@ -721,13 +710,13 @@ async fn key_limits_allocations_and_user_roles_through_the_api_on_the_embedded_s
         "the refusal names the key's budget: {body}"
     );
     assert_eq!(chat_status(&g, &other).await, 200);
-    assert_eq!(send(&g, &god, "DELETE", &limits, Value::Null).await.0, 200);
+    assert_eq!(admin(&g, &god, "DELETE", &limits, Value::Null).await.0, 200);
     chat_becomes(&g, &capped, 200).await;
-    assert_eq!(send(&g, &god, "DELETE", &limits, Value::Null).await.0, 404);
+    assert_eq!(admin(&g, &god, "DELETE", &limits, Value::Null).await.0, 404);
 
     // Allocations of a source across cost centers the API created.
     for cc in ["ml", "ops"] {
-        let (s, v) = send(
+        let (s, v) = admin(
             &g,
             &root,
             "POST",
@@ -738,9 +727,9 @@ async fn key_limits_allocations_and_user_roles_through_the_api_on_the_embedded_s
         assert_eq!(s, 201, "{v}");
     }
     let alloc = format!("/admin/v1/orgs/acme/allocations/key:{capped_id}");
-    let (s, v) = send(&g, &root, "PUT", &alloc, json!({"split": {"ml": 50}})).await;
+    let (s, v) = admin(&g, &root, "PUT", &alloc, json!({"split": {"ml": 50}})).await;
     assert_eq!(s, 400, "a split must sum to 100: {v}");
-    let (s, v) = send(
+    let (s, v) = admin(
         &g,
         &root,
         "PUT",
@@ -749,7 +738,7 @@ async fn key_limits_allocations_and_user_roles_through_the_api_on_the_embedded_s
     )
     .await;
     assert_eq!(s, 400, "{v}");
-    let (s, v) = send(
+    let (s, v) = admin(
         &g,
         &root,
         "PUT",
@@ -758,7 +747,7 @@ async fn key_limits_allocations_and_user_roles_through_the_api_on_the_embedded_s
     )
     .await;
     assert_eq!(s, 201, "{v}");
-    let (s, v) = send(
+    let (s, v) = admin(
         &g,
         &root,
         "PUT",
@@ -768,13 +757,13 @@ async fn key_limits_allocations_and_user_roles_through_the_api_on_the_embedded_s
     .await;
     assert_eq!(s, 200, "{v}");
     eventually(PROPAGATION, || async {
-        let (_, v) = send(&g, &root, "GET", "/admin/v1/orgs/acme/allocations", Value::Null).await;
+        let (_, v) = admin(&g, &root, "GET", "/admin/v1/orgs/acme/allocations", Value::Null).await;
         let want = json!([{"source": format!("key:{capped_id}"), "split": {"ml": 62.5, "ops": 37.5}, "managed_by": "api"}]);
         if v["data"] == want { Ok(()) } else { Err(v.to_string()) }
     })
     .await;
     // A cost center an allocation names cannot go.
-    let (s, v) = send(
+    let (s, v) = admin(
         &g,
         &root,
         "DELETE",
@@ -783,17 +772,17 @@ async fn key_limits_allocations_and_user_roles_through_the_api_on_the_embedded_s
     )
     .await;
     assert_eq!(s, 409, "{v}");
-    assert_eq!(send(&g, &root, "DELETE", &alloc, Value::Null).await.0, 200);
-    assert_eq!(send(&g, &root, "DELETE", &alloc, Value::Null).await.0, 404);
+    assert_eq!(admin(&g, &root, "DELETE", &alloc, Value::Null).await.0, 200);
+    assert_eq!(admin(&g, &root, "DELETE", &alloc, Value::Null).await.0, 404);
 
     // A user's roles, with expiry: a key made for the user holds what the user is assigned.
     let (alice, _) = new_key(json!({"user": "alice", "roles": []})).await;
     g.wait_key(&alice).await;
     assert_eq!(chat_status(&g, &alice).await, 403);
     let roles = "/admin/v1/orgs/acme/users/alice/roles";
-    let (s, v) = send(&g, &root, "POST", roles, json!({"roles": ["super-admin"]})).await;
+    let (s, v) = admin(&g, &root, "POST", roles, json!({"roles": ["super-admin"]})).await;
     assert_eq!(s, 403, "no escalation through an assignment: {v}");
-    let (s, v) = send(
+    let (s, v) = admin(
         &g,
         &root,
         "POST",
@@ -802,7 +791,7 @@ async fn key_limits_allocations_and_user_roles_through_the_api_on_the_embedded_s
     )
     .await;
     assert_eq!(s, 400, "{v}");
-    let (s, v) = send(
+    let (s, v) = admin(
         &g,
         &root,
         "POST",
@@ -812,7 +801,7 @@ async fn key_limits_allocations_and_user_roles_through_the_api_on_the_embedded_s
     .await;
     assert_eq!(s, 201, "{v}");
     chat_becomes(&g, &alice, 200).await;
-    let (s, v) = send(&g, &root, "GET", roles, Value::Null).await;
+    let (s, v) = admin(&g, &root, "GET", roles, Value::Null).await;
     assert_eq!(s, 200);
     assert_eq!(v["roles"], json!(["developer"]), "{v}");
     assert_eq!(
@@ -821,7 +810,7 @@ async fn key_limits_allocations_and_user_roles_through_the_api_on_the_embedded_s
     );
     assert_eq!(v["assignments"][0]["managed_by"], "api", "{v}");
     assert_eq!(v["assignments"][0]["active"], true, "{v}");
-    let (s, v) = send(
+    let (s, v) = admin(
         &g,
         &root,
         "DELETE",
@@ -831,7 +820,7 @@ async fn key_limits_allocations_and_user_roles_through_the_api_on_the_embedded_s
     .await;
     assert_eq!(s, 200, "{v}");
     chat_becomes(&g, &alice, 403).await;
-    let (s, _) = send(
+    let (s, _) = admin(
         &g,
         &root,
         "DELETE",
@@ -840,7 +829,7 @@ async fn key_limits_allocations_and_user_roles_through_the_api_on_the_embedded_s
     )
     .await;
     assert_eq!(s, 404);
-    let (_, v) = send(&g, &root, "GET", roles, Value::Null).await;
+    let (_, v) = admin(&g, &root, "GET", roles, Value::Null).await;
     assert_eq!(v["roles"], json!([]), "{v}");
 
     // Every write is audited with before and after (the audit file is written behind the

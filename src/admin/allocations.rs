@@ -3,7 +3,7 @@
 //! `[[orgs.<org>.allocations]]` kept in the control store (doc `allocation`, id
 //! `<org>:<source>`). A source the file allocates stays read-only.
 
-use super::policy::{check_config, docs_of, store, written};
+use super::policy::{check_config, docs_of, store, with_doc, written};
 use super::{Ctx, Reply};
 use crate::control::Doc;
 use serde_json::{json, Map, Value};
@@ -91,13 +91,7 @@ pub fn put(ctx: &Ctx<'_>, org: &str, source: &str) -> Reply {
         org: org.to_string(),
         record: record.to_string(),
     };
-    let mut docs: Vec<Doc> = k
-        .docs()
-        .iter()
-        .filter(|d| !(d.kind == "allocation" && d.id == id))
-        .cloned()
-        .collect();
-    docs.push(doc.clone());
+    let docs = with_doc(&k, &doc);
     if let Err(r) = check_config(ctx, &docs) {
         return r;
     }

@@ -100,6 +100,19 @@ pub(super) fn written(e: std::io::Error, what: &str) -> Reply {
     }
 }
 
+/// The store's documents as they would be with `doc` written: it replaces the document of
+/// the same kind and id, if any (what a write's candidate config or RBAC is built from).
+pub(super) fn with_doc(k: &Keys, doc: &Doc) -> Vec<Doc> {
+    let mut docs: Vec<Doc> = k
+        .docs()
+        .iter()
+        .filter(|d| !(d.kind == doc.kind && d.id == doc.id))
+        .cloned()
+        .collect();
+    docs.push(doc.clone());
+    docs
+}
+
 pub(super) fn docs_of(k: &Keys, kind: &str, org: &str) -> Vec<Doc> {
     k.docs()
         .iter()
@@ -176,13 +189,7 @@ pub fn create_role(ctx: &Ctx<'_>, org: &str) -> Reply {
         org: org.to_string(),
         record: record.to_string(),
     };
-    let mut docs: Vec<Doc> = k
-        .docs()
-        .iter()
-        .filter(|d| d.id != id || d.kind != "role")
-        .cloned()
-        .collect();
-    docs.push(doc.clone());
+    let docs = with_doc(&k, &doc);
     let next = match candidate(ctx, &docs) {
         Ok(r) => r,
         Err(r) => return r,
@@ -325,8 +332,7 @@ pub(super) fn bind(ctx: &Ctx<'_>, org: &str, spec: BindingSpec) -> Reply {
         org: org.to_string(),
         record: record.to_string(),
     };
-    let mut docs: Vec<Doc> = k.docs().to_vec();
-    docs.push(doc.clone());
+    let docs = with_doc(&k, &doc);
     let next = match candidate(ctx, &docs) {
         Ok(r) => r,
         Err(r) => return r,
@@ -461,8 +467,7 @@ pub fn create_entry(ctx: &Ctx<'_>, org: &str, what: Entry) -> Reply {
         org: org.to_string(),
         record: Value::Object(body.clone()).to_string(),
     };
-    let mut docs: Vec<Doc> = k.docs().to_vec();
-    docs.push(doc.clone());
+    let docs = with_doc(&k, &doc);
     if let Err(r) = check_config(ctx, &docs) {
         return r;
     }
@@ -662,13 +667,7 @@ pub fn put_limits(ctx: &Ctx<'_>, org: &str, target: LimitTarget<'_>) -> Reply {
         org: org.to_string(),
         record: Value::Object(body.clone()).to_string(),
     };
-    let mut docs: Vec<Doc> = k
-        .docs()
-        .iter()
-        .filter(|d| !(d.kind == doc.kind && d.id == doc_id))
-        .cloned()
-        .collect();
-    docs.push(doc.clone());
+    let docs = with_doc(&k, &doc);
     if let Err(r) = check_config(ctx, &docs) {
         return r;
     }

@@ -162,12 +162,10 @@ fn not_found(id: &str) -> GatewayError {
 fn restored(shared: &Shared, ctx: &Ctx, id: &str) -> Option<Value> {
     let p = &ctx.principal;
     let r = shared.workflows.restored.get(id)?;
-    let mine = r.org == p.org.as_ref()
-        && match (p.key_id.as_deref(), p.user.as_deref()) {
-            (Some(k), _) => r.key_id.as_deref() == Some(k),
-            (None, Some(u)) => r.key_id.is_none() && r.user.as_deref() == Some(u),
-            (None, None) => r.key_id.is_none() && r.user.is_none(),
-        };
+    let mine = crate::workflow::run::same_caller(
+        (&r.org, r.key_id.as_deref(), r.user.as_deref()),
+        (&p.org, p.key_id.as_deref(), p.user.as_deref()),
+    );
     mine.then(|| r.run.clone())
 }
 

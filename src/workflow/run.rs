@@ -178,12 +178,10 @@ impl Run {
 
     /// Whether `key_id` / `user` (the caller) started this run.
     pub fn owned_by(&self, org: &str, key_id: Option<&str>, user: Option<&str>) -> bool {
-        self.org == org
-            && match (key_id, user) {
-                (Some(k), _) => self.key_id.as_deref() == Some(k),
-                (None, Some(u)) => self.key_id.is_none() && self.user.as_deref() == Some(u),
-                (None, None) => self.key_id.is_none() && self.user.is_none(),
-            }
+        same_caller(
+            (&self.org, self.key_id.as_deref(), self.user.as_deref()),
+            (org, key_id, user),
+        )
     }
 
     pub fn json(&self) -> Value {
@@ -220,6 +218,20 @@ impl Run {
             "steps": steps,
         })
     }
+}
+
+/// Whether two (org, key id, user) name the same caller: the same key, or without a key the
+/// same user (an SSO caller), always in the same org.
+pub fn same_caller(
+    a: (&str, Option<&str>, Option<&str>),
+    b: (&str, Option<&str>, Option<&str>),
+) -> bool {
+    a.0 == b.0
+        && match (b.1, b.2) {
+            (Some(k), _) => a.1 == Some(k),
+            (None, Some(u)) => a.1.is_none() && a.2 == Some(u),
+            (None, None) => a.1.is_none() && a.2.is_none(),
+        }
 }
 
 impl Run {
