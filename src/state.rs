@@ -156,9 +156,9 @@ impl Shared {
         Ok(shared)
     }
 
-    /// With a control store, a change of its policy (custom roles, bindings) reloads the
-    /// config, so RBAC compiles it; and the policy already in the store when the gateway
-    /// started is compiled now.
+    /// With a control store, a change of its documents (custom roles, bindings, org records,
+    /// workflows) reloads the config, so it compiles them; and what the store already held
+    /// when the gateway started is compiled now.
     fn follow_control_policy(self: &Arc<Self>) {
         let Some(c) = self.keys() else { return };
         let weak = Arc::downgrade(self);
@@ -169,7 +169,8 @@ impl Shared {
                 }
             }
         });
-        if !crate::control::policy_overlay().is_empty() {
+        // Anything the store holds (policy, org records, workflows) joins the config now.
+        if !crate::control::docs().is_empty() {
             if let Err(e) = self.reload() {
                 log::error!("control store policy: reload failed: {e}");
             }

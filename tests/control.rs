@@ -595,16 +595,7 @@ async fn a_read_only_admin_api_refuses_every_control_write() {
 
 /// Sends `method path` with a JSON body to `g`'s ops plane as `key`.
 async fn admin(g: &Gateway, key: &str, method: &str, path: &str, body: Value) -> (u16, Value) {
-    let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-    let r = client()
-        .request(m, g.ops_url(path))
-        .bearer_auth(key)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let s = r.status().as_u16();
-    (s, r.json().await.unwrap_or(Value::Null))
+    g.admin(key, method, path, body).await
 }
 
 async fn chat_status(g: &Gateway, key: &str) -> u16 {

@@ -1,8 +1,9 @@
 //! Workflows through the real gateway and the mock provider: every step type in one run (a
 //! loop over 10 items, parallel branches, a condition, an API call that fails, is retried and
 //! lands in its error branch), the run's cost equal to its LLM rows' to the nano-dollar, the
-//! workflow as a model (stream and not), cancellation, RBAC, SSRF refusals, and definitions
-//! rejected with their step paths.
+//! workflow as a model (stream and not), cancellation, RBAC, SSRF refusals, definitions
+//! rejected with their step paths, and an org's own versioned definitions and run limits
+//! through the admin API.
 
 mod common;
 
@@ -127,6 +128,8 @@ key_store = "keys.json"
 policies = "{}"
 
 [orgs.a]
+
+[orgs.b]
 
 [workflows]
 dir = "{}"
@@ -717,4 +720,253 @@ async fn runs_and_steps_reach_clickhouse_and_the_cost_is_the_rows_sum() {
     let handled = common::clickhouse::query(&url, &format!("SELECT attempts, status FROM {db}.workflow_steps WHERE run_id = '{id}' AND path = 'steps.notify' FORMAT TSV")).await;
     assert_eq!(handled.trim(), "3\thandled");
     common::clickhouse::query(&url, &format!("DROP DATABASE {db}")).await;
+}
+
+/// A two-step workflow whose output names the version it came from.
+fn greeting(tag: &str) -> Value {
+    json!({"definition": {"description": format!("greets ({tag})"), "steps": [
+        {"id": "who", "type": "transform", "expr": "inputs.name"},
+        {"id": "say", "type": "transform", "expr": format!("'{tag}: ' + steps.who.output")}]}})
+}
+
+#[tokio::test]
+async fn an_orgs_definitions_are_drafted_published_immutably_and_deployed_through_the_admin_api() {
+    let (g, _d) = setup(&[slow()], "", &[]);
+    let (god, _) = g.create_key(&["--org", "a", "--role", "super-admin"]);
+    let (author, _) = g.create_key(&["--org", "a", "--role", "org-admin"]);
+    let (caller, _) = g.create_key(&["--org", "a", "--role", "invoker"]);
+    let (outsider, _) = g.create_key(&["--org", "b", "--role", "org-admin"]);
+    for k in [&god, &author, &caller, &outsider] {
+        g.wait_key(k).await;
+    }
+    let base = "/admin/v1/orgs/a/workflows/greet";
+    let draft = format!("{base}/draft");
+    let versions = format!("{base}/versions");
+    let deployment = format!("{base}/deployment");
+    let run = |key: &str| {
+        let (g, key) = (&g, key.to_string());
+        async move {
+            post(
+                g,
+                &key,
+                "/v1/workflows/greet/runs",
+                json!({"inputs": {"name": "Ada"}}),
+            )
+            .await
+        }
+    };
+
+    // Writing needs workflow:write, which an invoker lacks.
+    let (s, v) = g.admin(&caller, "PUT", &draft, greeting("v1")).await;
+    assert_eq!(s, 403, "{v}");
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("workflow:write"));
+
+    // An invalid definition is refused with the step path of its problem.
+    let bad = json!({"definition": {"steps": [
+        {"id": "fan", "type": "parallel", "branches": {
+            "x": [{"id": "deep", "type": "teleport"}],
+            "y": [{"id": "fine", "type": "transform", "expr": "1"}]}}]}});
+    let (s, v) = g.admin(&author, "PUT", &draft, bad).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (400, Some("invalid_workflow")),
+        "{v}"
+    );
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("steps.fan.branches.x.deep"), "{msg}");
+    let (s, v) = g
+        .admin(
+            &author,
+            "PUT",
+            &draft,
+            json!({"definition": {"name": "other", "steps": []}}),
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"]["param"].as_str()),
+        (400, Some("name")),
+        "{v}"
+    );
+    // A name the config files define stays theirs.
+    let (s, _) = g
+        .admin(
+            &author,
+            "PUT",
+            "/admin/v1/orgs/a/workflows/slow/draft",
+            greeting("x"),
+        )
+        .await;
+    assert_eq!(s, 409);
+
+    // A draft does not run; publishing makes version 1 (from the draft, which then goes).
+    assert_eq!(g.admin(&author, "PUT", &draft, greeting("v1")).await.0, 201);
+    assert_eq!(g.admin(&author, "PUT", &draft, greeting("v1")).await.0, 200);
+    let (s, v) = run(&caller).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (404, Some("workflow_not_found")),
+        "{v}"
+    );
+    let (s, v) = g.admin(&author, "POST", &versions, Value::Null).await;
+    assert_eq!((s, v["version"].as_u64()), (201, Some(1)), "{v}");
+    let (s, v) = g.admin(&author, "POST", &versions, Value::Null).await;
+    assert_eq!(s, 400, "the draft was consumed: {v}");
+    let (s, v) = g.admin(&author, "POST", &versions, greeting("v2")).await;
+    assert_eq!((s, v["version"].as_u64()), (201, Some(2)), "{v}");
+
+    // Published but not deployed: still not runnable. Only a published version deploys.
+    assert_eq!(run(&caller).await.0, 404);
+    let (s, _) = g
+        .admin(&author, "PUT", &deployment, json!({"version": 3}))
+        .await;
+    assert_eq!(s, 404);
+    let (s, v) = g
+        .admin(&author, "PUT", &deployment, json!({"version": 1}))
+        .await;
+    assert_eq!((s, v["version"].as_u64()), (200, Some(1)), "{v}");
+    let (s, v) = run(&caller).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        (v["output"].as_str(), v["version"].as_u64()),
+        (Some("v1: Ada"), Some(1)),
+        "{v}"
+    );
+    // Another org neither runs nor sees it.
+    assert_eq!(run(&outsider).await.0, 404);
+    let (s, _) = g.admin(&outsider, "GET", base, Value::Null).await;
+    assert_eq!(s, 404);
+    let (_, v) = g
+        .admin(&outsider, "GET", "/admin/v1/orgs/b/workflows", Value::Null)
+        .await;
+    assert!(!v.to_string().contains("greet"), "{v}");
+
+    // Deploying version 2 switches what runs.
+    assert_eq!(
+        g.admin(&author, "PUT", &deployment, json!({"version": 2}))
+            .await
+            .0,
+        200
+    );
+    let (_, v) = run(&caller).await;
+    assert_eq!(
+        (v["output"].as_str(), v["version"].as_u64()),
+        (Some("v2: Ada"), Some(2)),
+        "{v}"
+    );
+
+    // A published version has no way to change: there is no write of one, and a new publish
+    // is a new number, leaving version 1 exactly as it was.
+    let (s, _) = g.admin(&author, "PUT", &versions, greeting("v9")).await;
+    assert_eq!(s, 405);
+    let (s, _) = g
+        .admin(&author, "PUT", &format!("{versions}/1"), greeting("v9"))
+        .await;
+    assert_eq!(s, 404);
+    assert_eq!(
+        g.admin(&author, "POST", &versions, greeting("v3")).await.0,
+        201
+    );
+    let (s, v) = g.admin(&caller, "GET", base, Value::Null).await;
+    assert_eq!(s, 403, "reading needs admin:workflows:read: {v}");
+    let (s, v) = g.admin(&author, "GET", base, Value::Null).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        (v["deployed_version"].as_u64(), v["latest_version"].as_u64()),
+        (Some(2), Some(3))
+    );
+    assert_eq!(
+        v["versions"][0]["definition"],
+        greeting("v1")["definition"],
+        "{v}"
+    );
+    assert_eq!(v["versions"].as_array().unwrap().len(), 3);
+    let (_, list) = g
+        .admin(&author, "GET", "/admin/v1/orgs/a/workflows", Value::Null)
+        .await;
+    let names: Vec<(&str, &str)> = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| {
+            (
+                w["name"].as_str().unwrap(),
+                w["managed_by"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(names, vec![("slow", "file"), ("greet", "api")]);
+
+    // The org's own run limits replace [workflows]'s: one step is too few for two.
+    let (s, v) = g
+        .admin(
+            &god,
+            "PUT",
+            "/admin/v1/orgs/a/limits",
+            json!({"workflow_limits": {"max_steps": 0}}),
+        )
+        .await;
+    assert_eq!(s, 400, "{v}");
+    let (s, v) = g
+        .admin(
+            &god,
+            "PUT",
+            "/admin/v1/orgs/a/limits",
+            json!({"workflow_limits": {"max_steps": 1}}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (_, v) = run(&caller).await;
+    assert_eq!(v["status"], "failed", "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("exceeded 1 step"),
+        "{v}"
+    );
+    assert_eq!(
+        g.admin(&god, "DELETE", "/admin/v1/orgs/a/limits", Value::Null)
+            .await
+            .0,
+        200
+    );
+    assert_eq!(run(&caller).await.1["status"], "succeeded");
+
+    // Undeployed, it takes no runs; every change was audited.
+    assert_eq!(
+        g.admin(&author, "DELETE", &deployment, Value::Null).await.0,
+        200
+    );
+    assert_eq!(run(&caller).await.0, 404);
+    // (The audit trail is written behind the requests: read until the last change is in.)
+    eventually(Duration::from_secs(5), || async {
+        let (_, audit) = g
+            .admin(
+                &god,
+                "GET",
+                "/admin/v1/audit?resource=workflow:a:greet",
+                Value::Null,
+            )
+            .await;
+        let mut actions: Vec<String> = audit["data"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|e| e["action"].as_str().unwrap_or_default().to_string())
+            .collect();
+        actions.sort_unstable();
+        actions.dedup();
+        let want = [
+            "workflow.deploy",
+            "workflow.draft",
+            "workflow.publish",
+            "workflow.undeploy",
+        ];
+        if actions == want {
+            Ok(())
+        } else {
+            Err(format!("{actions:?}"))
+        }
+    })
+    .await;
 }

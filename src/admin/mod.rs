@@ -10,6 +10,7 @@ mod policy;
 mod status;
 mod user_roles;
 mod warehouse;
+mod workflows;
 
 use crate::audit::AuditEvent;
 use crate::auth::Principal;
@@ -66,6 +67,13 @@ pub enum Op {
     Chargeback,
     EraseUser,
     ExperimentReport,
+    ListWorkflows,
+    GetWorkflow,
+    PutWorkflowDraft,
+    DeleteWorkflowDraft,
+    PublishWorkflow,
+    DeployWorkflow,
+    UndeployWorkflow,
 }
 
 impl Op {
@@ -92,6 +100,11 @@ impl Op {
                 | Op::DeleteOrgRole
                 | Op::CreateOrgBinding
                 | Op::DeleteOrgBinding
+                | Op::PutWorkflowDraft
+                | Op::DeleteWorkflowDraft
+                | Op::PublishWorkflow
+                | Op::DeployWorkflow
+                | Op::UndeployWorkflow
         )
     }
 }
@@ -421,6 +434,55 @@ pub const ROUTES: &[Route] = &[
         op: Op::ExperimentReport,
         summary: "Per-variant results of an experiment with significance tests and a verdict (the caller's org; all with admin:all_orgs).",
     },
+    Route {
+        method: "GET",
+        path: "/admin/v1/orgs/{org}/workflows",
+        permission: Some("admin:workflows:read"),
+        op: Op::ListWorkflows,
+        summary: "The workflows the org's callers can run (config files and API), with deployed and latest versions.",
+    },
+    Route {
+        method: "GET",
+        path: "/admin/v1/orgs/{org}/workflows/{id}",
+        permission: Some("admin:workflows:read"),
+        op: Op::GetWorkflow,
+        summary: "A workflow: its published versions with their definitions, its draft and its deployment.",
+    },
+    Route {
+        method: "PUT",
+        path: "/admin/v1/orgs/{org}/workflows/{id}/draft",
+        permission: Some("workflow:write"),
+        op: Op::PutWorkflowDraft,
+        summary: "Create or replace the workflow's draft ({\"definition\": …}); invalid definitions are refused with the step path of each problem.",
+    },
+    Route {
+        method: "DELETE",
+        path: "/admin/v1/orgs/{org}/workflows/{id}/draft",
+        permission: Some("workflow:write"),
+        op: Op::DeleteWorkflowDraft,
+        summary: "Discard the workflow's draft.",
+    },
+    Route {
+        method: "POST",
+        path: "/admin/v1/orgs/{org}/workflows/{id}/versions",
+        permission: Some("workflow:write"),
+        op: Op::PublishWorkflow,
+        summary: "Publish the next version (immutable) from {\"definition\": …}, or from the draft when the body is empty.",
+    },
+    Route {
+        method: "PUT",
+        path: "/admin/v1/orgs/{org}/workflows/{id}/deployment",
+        permission: Some("workflow:write"),
+        op: Op::DeployWorkflow,
+        summary: "Deploy a published version ({\"version\": n}): the one the org's callers run.",
+    },
+    Route {
+        method: "DELETE",
+        path: "/admin/v1/orgs/{org}/workflows/{id}/deployment",
+        permission: Some("workflow:write"),
+        op: Op::UndeployWorkflow,
+        summary: "Stop running the workflow (its versions are kept).",
+    },
 ];
 
 /// A request as the admin handlers see it.
@@ -698,7 +760,9 @@ pub fn openapi() -> Value {
             op["x-permission"] = json!(p);
         }
         if let Some(schema) = request_body(r.op) {
-            op["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{schema}")}}}});
+            // Publishing takes the draft when the body is empty.
+            let required = r.op != Op::PublishWorkflow;
+            op["requestBody"] = json!({"required": required, "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{schema}")}}}});
         }
         entry[r.method.to_ascii_lowercase()] = op;
     }
@@ -741,12 +805,19 @@ pub fn openapi() -> Value {
                     "id": {"type": "string"}, "name": {"type": "string"}, "department": {"type": "string"},
                     "monthly_budget_usd": {"type": "string", "description": "Decimal USD"}, "budget": budget.clone()}},
                 "OrgLimits": {"type": "object", "additionalProperties": false, "properties": {
-                    "limits": limits.clone(), "key_limits": limits.clone(), "budget": budget.clone()}},
+                    "limits": limits.clone(), "key_limits": limits.clone(), "budget": budget.clone(),
+                    "workflow_limits": {"type": "object", "additionalProperties": false, "description": "Workflow run limits in place of [workflows]'s", "properties": {
+                        "max_concurrent_runs": {"type": "integer", "minimum": 1}, "max_steps": {"type": "integer", "minimum": 1},
+                        "max_loop_items": {"type": "integer", "minimum": 0}, "max_duration_s": {"type": "integer", "minimum": 1}}}}},
                 "KeyLimits": {"type": "object", "additionalProperties": false, "properties": {
                     "limits": limits, "budget": budget}},
                 "AllocationSpec": {"type": "object", "additionalProperties": false, "required": ["split"], "properties": {
                     "split": {"type": "object", "description": "Percent per cost center of the org (at most two decimals), summing to 100",
-                              "additionalProperties": {"type": "number"}}}}
+                              "additionalProperties": {"type": "number"}}}},
+                "WorkflowDefinition": {"type": "object", "additionalProperties": false, "required": ["definition"], "properties": {
+                    "definition": {"type": "object", "description": "A workflow definition as a config file's (steps, output, description); name defaults to the URL's; the store numbers versions"}}},
+                "WorkflowDeployment": {"type": "object", "additionalProperties": false, "required": ["version"], "properties": {
+                    "version": {"type": "integer", "minimum": 1}}}
             }
         }
     })
@@ -764,6 +835,9 @@ fn request_body(op: Op) -> Option<&'static str> {
         Op::PutOrgLimits => "OrgLimits",
         Op::PutKeyLimits => "KeyLimits",
         Op::PutAllocation => "AllocationSpec",
+        Op::PutWorkflowDraft => "WorkflowDefinition",
+        Op::PublishWorkflow => "WorkflowDefinition",
+        Op::DeployWorkflow => "WorkflowDeployment",
         _ => return None,
     })
 }
@@ -784,6 +858,7 @@ fn path_param(path: &str, name: &str) -> Option<&'static str> {
         (_, "allocations") => "Source: key:<id>, project:<name> or team:<id>",
         (_, "experiments") => "Experiment id",
         (_, "requests") => "Request id (x-request-id)",
+        (_, "workflows") => "Workflow name",
         _ => "Id",
     })
 }

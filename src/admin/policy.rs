@@ -560,7 +560,7 @@ pub enum LimitTarget<'a> {
 impl LimitTarget<'_> {
     fn fields(self) -> &'static [&'static str] {
         match self {
-            LimitTarget::Org => &["limits", "key_limits", "budget"],
+            LimitTarget::Org => &["limits", "key_limits", "budget", "workflow_limits"],
             LimitTarget::Key(_) => &["limits", "budget"],
         }
     }
@@ -599,6 +599,7 @@ impl LimitTarget<'_> {
         match (self, field) {
             (LimitTarget::Org, "limits") => o.limits.is_some(),
             (LimitTarget::Org, "key_limits") => o.key_limits.is_some(),
+            (LimitTarget::Org, "workflow_limits") => o.workflow_limits.is_some(),
             (LimitTarget::Org, _) => o.budget.is_some(),
             (LimitTarget::Key(k), "limits") => o.keys.get(k).is_some_and(|p| p.limits.is_some()),
             (LimitTarget::Key(k), _) => o.keys.get(k).is_some_and(|p| p.budget.is_some()),

@@ -157,6 +157,8 @@ pub struct Org {
     pub keys: BTreeMap<String, KeyPolicy>,
     /// Chargeback allocations, by source (no source twice).
     pub allocations: Vec<crate::finance::allocation::Allocation>,
+    /// Workflow run limits of the org's own.
+    pub workflow_limits: Option<crate::workflow::LimitOverrides>,
 }
 
 /// The validated, runtime form of one config file.
@@ -270,6 +272,9 @@ impl Config {
         let mut cfg = validate(raw, path, &mut |k: &str, r: String| errors.push(err(k, r)));
         cfg.source_hash = source_hash(text.as_bytes());
         cfg.control_hash = source_hash(format!("{docs:?}").as_bytes());
+        if let Some(w) = Arc::get_mut(&mut cfg.workflows) {
+            w.org_defs = crate::workflow::store::deployed(docs, &|o| cfg.orgs.contains_key(o));
+        }
         if errors.is_empty() {
             Ok(cfg)
         } else {
@@ -925,6 +930,11 @@ fn validate_orgs(raw: &RawConfig, err: &mut dyn FnMut(&str, String)) -> BTreeMap
                 Err((field, reason)) => err(&format!("{at}.{field}"), reason),
             }
         }
+        if let Some(w) = &o.workflow_limits {
+            for at in w.problems(&format!("orgs.{id}.workflow_limits")) {
+                err(&at, "must be at least 1".into());
+            }
+        }
         for (t, team) in &o.teams {
             if let Some(cc) = team.default_cost_center.as_deref().filter(|cc| !has_cc(cc)) {
                 err(
@@ -973,6 +983,7 @@ fn validate_orgs(raw: &RawConfig, err: &mut dyn FnMut(&str, String)) -> BTreeMap
                 budget: org_budget,
                 keys,
                 allocations,
+                workflow_limits: o.workflow_limits.clone(),
             },
         );
     }
@@ -1381,6 +1392,25 @@ provider = "mock"
             "interpolated from the environment"
         );
         assert!(c.passthrough.is_some());
+    }
+
+    #[test]
+    fn an_orgs_workflow_limits_replace_the_global_ones_field_by_field() {
+        let with = |limits: &str| {
+            parse(&format!(
+                "{GOOD}\n[workflows]\nmax_steps = 40\nmax_loop_items = 9\n\n[orgs.acme.workflow_limits]\n{limits}\n"
+            ))
+        };
+        let c = with("max_steps = 3\nmax_duration_s = 7").unwrap();
+        let l = c
+            .workflows
+            .limits
+            .with(c.orgs["acme"].workflow_limits.as_ref());
+        assert_eq!((l.max_steps, l.max_loop_items), (3, 9));
+        assert_eq!(l.max_duration, std::time::Duration::from_secs(7));
+        let e = with("max_concurrent_runs = 0").unwrap_err();
+        assert_eq!(e.0[0].path, "orgs.acme.workflow_limits.max_concurrent_runs");
+        assert!(with("max_stepz = 3").is_err(), "unknown fields are refused");
     }
 
     #[test]

@@ -520,6 +520,9 @@ pub struct RawOrg {
     /// chargeback.
     #[serde(default)]
     pub allocations: Vec<RawAllocation>,
+    /// The org's own workflow run limits, in place of `[workflows]`'s.
+    #[serde(default)]
+    pub workflow_limits: Option<crate::workflow::LimitOverrides>,
 }
 
 #[derive(Debug, Deserialize)]

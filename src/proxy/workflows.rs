@@ -33,7 +33,8 @@ fn start(
     inputs: Value,
 ) -> Result<Arc<Run>, GatewayError> {
     let settings = ctx.live.config.workflows.clone();
-    let Some(wf) = settings.defs.get(name).cloned() else {
+    let org = ctx.principal.org.as_ref();
+    let Some(wf) = settings.find(org, name) else {
         return Err(refused(
             404,
             "workflow_not_found",
@@ -46,6 +47,13 @@ fn start(
         )));
     }
     let p = &ctx.principal;
+    let limits = settings.limits.with(
+        ctx.live
+            .config
+            .orgs
+            .get(org)
+            .and_then(|o| o.workflow_limits.as_ref()),
+    );
     let run = Arc::new(Run::new(
         wf,
         p.org.to_string(),
@@ -55,7 +63,7 @@ fn start(
     shared
         .workflows
         .runs
-        .admit(run.clone(), settings.max_concurrent_runs)
+        .admit(run.clone(), limits.max_concurrent_runs)
         .map_err(|n| {
             refused(
                 429,
@@ -76,6 +84,7 @@ fn start(
     let env = Env {
         run: run.clone(),
         settings,
+        limits,
         shared: shared.clone(),
         credential,
         data_plane: crate::workflow::loopback(&ctx.live.config.server),

@@ -19,6 +19,8 @@ use std::time::Duration;
 pub struct Env {
     pub run: Arc<Run>,
     pub settings: Arc<Settings>,
+    /// The run's limits: `[workflows]`'s with its org's own in place.
+    pub limits: super::Limits,
     pub shared: Arc<crate::state::Shared>,
     /// The caller's `Authorization` value, for its LLM calls (held in memory for the run only).
     pub credential: Option<String>,
@@ -111,13 +113,10 @@ fn run_step<'a>(
         {
             let mut s = env.run.lock();
             s.executed += 1;
-            if s.executed > env.settings.max_steps {
+            if s.executed > env.limits.max_steps {
                 return Err(fail(
                     &step,
-                    format!(
-                        "the run exceeded {} step executions",
-                        env.settings.max_steps
-                    ),
+                    format!("the run exceeded {} step executions", env.limits.max_steps),
                     false,
                 ));
             }
@@ -255,13 +254,13 @@ async fn execute(
                     ))
                 }
             };
-            if items.len() > env.settings.max_loop_items {
+            if items.len() > env.limits.max_loop_items {
                 return Err(fail(
                     step,
                     format!(
                         "{} items is over the limit of {} loop iterations",
                         items.len(),
-                        env.settings.max_loop_items
+                        env.limits.max_loop_items
                     ),
                     false,
                 ));
@@ -418,7 +417,7 @@ pub async fn run(env: Env, inputs: Value) {
     let wf = env.run.workflow.clone();
     let scope = json!({"inputs": inputs, "steps": {}});
     let work = run_block(&env, &wf.steps, scope.clone(), "steps.".into());
-    let result = tokio::time::timeout(env.settings.max_duration, work).await;
+    let result = tokio::time::timeout(env.limits.max_duration, work).await;
     let run = &env.run;
     match result {
         Ok(Ok((outputs, last))) => {
@@ -461,7 +460,7 @@ pub async fn run(env: Env, inputs: Value) {
                 None,
                 Some(format!(
                     "the run exceeded its {} s limit",
-                    env.settings.max_duration.as_secs()
+                    env.limits.max_duration.as_secs()
                 )),
             )
         }

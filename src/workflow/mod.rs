@@ -1,6 +1,7 @@
 //! Workflows: multi-step LLM pipelines the gateway runs — definitions from files (`def`), CEL
 //! expressions and templates (`expr`), runs and their registry (`run`), the executor (`exec`),
-//! and the guard of `api_call` steps (`http`). They are called through
+//! the guard of `api_call` steps (`http`), and the versions orgs publish through the admin API
+//! (`store`). They are called through
 //! `POST /v1/workflows/{name}/runs` or as the model `workflow:<name>`.
 
 pub mod def;
@@ -9,24 +10,102 @@ pub mod expr;
 pub mod http;
 pub mod journal;
 pub mod run;
+pub mod store;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 /// What `[workflows]` configures, with the definitions it loaded.
 #[derive(Debug, Default)]
 pub struct Settings {
+    /// The config files' definitions: every org's.
     pub defs: BTreeMap<String, Arc<def::Workflow>>,
+    /// The deployed version of each workflow an org defined through the admin API, by org.
+    pub org_defs: HashMap<String, BTreeMap<String, Arc<def::Workflow>>>,
+    /// Run limits of an org that sets none of its own (`[orgs.<org>.workflow_limits]`).
+    pub limits: Limits,
+    pub guard: http::Guard,
+    /// The run journal (beside the config file by default when definitions are configured).
+    pub journal: Option<std::path::PathBuf>,
+}
+
+impl Settings {
+    /// The workflow `name` as `org`'s callers see it: a config file's, else the org's deployed
+    /// one.
+    pub fn find(&self, org: &str, name: &str) -> Option<Arc<def::Workflow>> {
+        self.defs
+            .get(name)
+            .or_else(|| self.org_defs.get(org)?.get(name))
+            .cloned()
+    }
+}
+
+/// What one org's runs may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
     /// Runs in flight per org.
     pub max_concurrent_runs: usize,
     /// Step executions per run (a loop's body counts once per item).
     pub max_steps: u32,
     pub max_loop_items: usize,
     pub max_duration: Duration,
-    pub guard: http::Guard,
-    /// The run journal (beside the config file by default when definitions are configured).
-    pub journal: Option<std::path::PathBuf>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_concurrent_runs: default_concurrent(),
+            max_steps: default_steps(),
+            max_loop_items: default_loop_items(),
+            max_duration: Duration::from_secs(default_duration()),
+        }
+    }
+}
+
+impl Limits {
+    /// These limits with an org's own values in place of those it sets.
+    pub fn with(self, own: Option<&LimitOverrides>) -> Limits {
+        let Some(o) = own else { return self };
+        Limits {
+            max_concurrent_runs: o.max_concurrent_runs.unwrap_or(self.max_concurrent_runs),
+            max_steps: o.max_steps.unwrap_or(self.max_steps),
+            max_loop_items: o.max_loop_items.unwrap_or(self.max_loop_items),
+            max_duration: o
+                .max_duration_s
+                .map_or(self.max_duration, Duration::from_secs),
+        }
+    }
+}
+
+/// An org's own run limits (`[orgs.<org>.workflow_limits]`, or through the admin API's org
+/// limits); each field it leaves out is `[workflows]`'s.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitOverrides {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent_runs: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_steps: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_loop_items: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_duration_s: Option<u64>,
+}
+
+impl LimitOverrides {
+    /// The fields that must be positive and are not, as config paths under `at`.
+    pub fn problems(&self, at: &str) -> Vec<String> {
+        let zero = [
+            ("max_concurrent_runs", self.max_concurrent_runs == Some(0)),
+            ("max_steps", self.max_steps == Some(0)),
+            ("max_duration_s", self.max_duration_s == Some(0)),
+        ];
+        zero.iter()
+            .filter(|(_, z)| *z)
+            .map(|(f, _)| format!("{at}.{f}"))
+            .collect()
+    }
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -131,10 +210,13 @@ pub fn settings(
     }
     Settings {
         defs,
-        max_concurrent_runs: raw.max_concurrent_runs.max(1),
-        max_steps: raw.max_steps.max(1),
-        max_loop_items: raw.max_loop_items,
-        max_duration: Duration::from_secs(raw.max_duration_s.max(1)),
+        org_defs: HashMap::new(),
+        limits: Limits {
+            max_concurrent_runs: raw.max_concurrent_runs.max(1),
+            max_steps: raw.max_steps.max(1),
+            max_loop_items: raw.max_loop_items,
+            max_duration: Duration::from_secs(raw.max_duration_s.max(1)),
+        },
         guard: http::Guard {
             allow_hosts: raw.allow_hosts.clone(),
             ops,

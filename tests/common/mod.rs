@@ -353,6 +353,24 @@ impl Gateway {
         format!("http://127.0.0.1:{}{path}", self.ops)
     }
 
+    /// An admin API request as `key`: its status and JSON body (null when none).
+    pub async fn admin(
+        &self,
+        key: &str,
+        method: &str,
+        path: &str,
+        body: serde_json::Value,
+    ) -> (u16, serde_json::Value) {
+        let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut req = client().request(m, self.ops_url(path)).bearer_auth(key);
+        if !body.is_null() {
+            req = req.json(&body);
+        }
+        let r = req.send().await.unwrap();
+        let s = r.status().as_u16();
+        (s, r.json().await.unwrap_or(serde_json::Value::Null))
+    }
+
     /// All usage records written so far.
     pub fn records(&self) -> Vec<serde_json::Value> {
         std::fs::read_to_string(&self.usage)
