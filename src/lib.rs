@@ -17,6 +17,7 @@ pub mod config;
 pub mod console;
 pub mod control;
 pub mod error;
+pub mod eval;
 pub mod experiments;
 pub mod finance;
 pub mod handoff;

@@ -83,6 +83,11 @@ enum Command {
         #[command(subcommand)]
         what: ReportWhat,
     },
+    /// Evaluations: run a dataset through the gateway and score it; compare two results.
+    Eval {
+        #[command(subcommand)]
+        action: EvalAction,
+    },
     /// Manage virtual API keys in the key store (bootstrap without the admin API).
     Keys {
         /// Gateway config file (names the key store, orgs and roles).
@@ -90,6 +95,55 @@ enum Command {
         config: PathBuf,
         #[command(subcommand)]
         action: KeysAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum EvalAction {
+    /// Run (or resume) an eval spec through a running gateway, as `--key`. Exits 0 when every
+    /// case is scored, 3 when the budget stopped it, 4 when some cases failed (resume sends
+    /// them again), 2 on errors.
+    Run {
+        /// The eval spec (TOML).
+        spec: PathBuf,
+        /// Gateway config: its data plane, ops plane and ClickHouse (optional with --gateway).
+        #[arg(long, short, default_value = "config/gateway.toml")]
+        config: PathBuf,
+        /// The data plane's URL (default: from the config).
+        #[arg(long)]
+        gateway: Option<String>,
+        /// The ops plane's URL (receipts; default: from the config).
+        #[arg(long)]
+        ops: Option<String>,
+        /// The virtual key or JWT to call as (default: $MODEL_BRIDGE_API_KEY).
+        #[arg(long)]
+        key: Option<String>,
+        /// Resume this run: cases already scored are not sent again.
+        #[arg(long)]
+        resume: Option<String>,
+        /// The run's USD cap, in place of the spec's.
+        #[arg(long)]
+        budget_usd: Option<String>,
+        /// Where run files live.
+        #[arg(long, default_value = "eval-runs")]
+        dir: PathBuf,
+    },
+    /// Compare a candidate result with a baseline case by case; exits 1 on a regression
+    /// beyond the margin (a CI gate), 0 otherwise, 2 on errors.
+    Compare {
+        /// The baseline run id.
+        baseline: String,
+        /// The candidate run id (may be the baseline's, with another target).
+        candidate: String,
+        #[arg(long)]
+        baseline_target: Option<String>,
+        #[arg(long)]
+        candidate_target: Option<String>,
+        /// A drop of a scorer's mean beyond this (0-1) is a regression when significant.
+        #[arg(long, default_value_t = 0.0)]
+        margin: f64,
+        #[arg(long, default_value = "eval-runs")]
+        dir: PathBuf,
     },
 }
 
@@ -296,6 +350,51 @@ fn main() -> ExitCode {
             model_bridge::cli::warehouse::report_chargeback(c, org.as_deref(), from, to, &format)
                 .map(|()| true)
         }),
+        Command::Eval { action } => {
+            let done = match action {
+                EvalAction::Run {
+                    spec,
+                    config,
+                    gateway,
+                    ops,
+                    key,
+                    resume,
+                    budget_usd,
+                    dir,
+                } => model_bridge::cli::eval::run(model_bridge::cli::eval::RunArgs {
+                    config,
+                    spec,
+                    gateway,
+                    ops,
+                    key,
+                    resume,
+                    budget_usd,
+                    dir,
+                }),
+                EvalAction::Compare {
+                    baseline,
+                    candidate,
+                    baseline_target,
+                    candidate_target,
+                    margin,
+                    dir,
+                } => model_bridge::cli::eval::compare(model_bridge::cli::eval::CompareArgs {
+                    baseline,
+                    candidate,
+                    baseline_target,
+                    candidate_target,
+                    margin,
+                    dir,
+                }),
+            };
+            match done {
+                Ok(code) => ExitCode::from(code),
+                Err(e) => {
+                    eprintln!("eval: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Command::Reconcile { config, from, to } => warehouse_cmd(&config, "reconcile", |c| {
             model_bridge::cli::warehouse::reconcile(c, from, to).map(|()| true)
         }),

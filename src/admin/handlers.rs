@@ -30,7 +30,7 @@ pub async fn run(ctx: &Ctx<'_>, op: Op, p: &Params<'_>) -> Reply {
         Op::ListAudit => super::audit_log::list(ctx).await,
         Op::VerifyAudit => super::audit_log::verify(ctx).await,
         Op::Status => super::status::status(ctx),
-        Op::RequestReceipt => super::status::receipt(ctx, id),
+        Op::RequestReceipt => super::status::receipt(ctx, id).await,
         Op::ListExperiments => list_experiments(ctx),
         Op::ListAllocations => super::allocations::list(ctx, org),
         Op::ListWorkflows => super::workflows::list(ctx, org),

@@ -8,6 +8,7 @@ mod audit_log;
 mod handlers;
 mod policy;
 mod status;
+pub use status::wait_of as receipt_wait;
 mod user_roles;
 mod warehouse;
 mod workflows;

@@ -75,22 +75,40 @@ pub fn status(ctx: &Ctx<'_>) -> Reply {
 
 /// `GET /admin/v1/requests/{id}`: the receipt of a recent console request — the caller's own
 /// (same key, or same user of the org), or any of its org's with `admin:spend:read`.
-pub fn receipt(ctx: &Ctx<'_>, id: &str) -> Reply {
+pub async fn receipt(ctx: &Ctx<'_>, id: &str) -> Reply {
     let p = ctx.principal;
     let reader = p.allows("admin:spend:read");
-    let found = ctx.shared.receipts.find(id, |r| {
-        let same_org = r.org.as_deref() == Some(p.org.as_ref());
-        let own_key = p.key_id.is_some() && r.key_id.as_deref() == p.key_id.as_deref();
-        let own_user =
-            p.key_id.is_none() && p.user.is_some() && r.user.as_deref() == p.user.as_deref();
-        same_org && (own_key || own_user || reader)
-    });
+    let found = ctx
+        .shared
+        .receipts
+        .wait(id, wait_of(ctx.req.query), |r| {
+            let same_org = r.org.as_deref() == Some(p.org.as_ref());
+            let own_key = p.key_id.is_some() && r.key_id.as_deref() == p.key_id.as_deref();
+            let own_user =
+                p.key_id.is_none() && p.user.is_some() && r.user.as_deref() == p.user.as_deref();
+            same_org && (own_key || own_user || reader)
+        })
+        .await;
     match found {
         Some(v) => Reply::ok(v),
         None => Reply::error(
             404,
             "not_found",
-            format!("No receipt for `{id}` (kept for recent console requests only)."),
+            format!(
+                "No receipt for `{id}` (kept for recent console, workflow and eval requests only)."
+            ),
         ),
     }
+}
+
+/// `?wait_ms=` of a receipt request: how long to wait for a request still finishing (at most
+/// 30 s; default: not at all).
+pub fn wait_of(query: Option<&str>) -> std::time::Duration {
+    let ms = query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .find_map(|kv| kv.strip_prefix("wait_ms="))
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    std::time::Duration::from_millis(ms.min(30_000))
 }

@@ -7,6 +7,13 @@
 //! `x-mock-cached-tokens` knob. Every response carries `x-mock-usage: prompt,completion,cached`,
 //! plus what the mock received (`x-mock-body-bytes`, `x-mock-body-fnv`, `x-mock-model`,
 //! `x-mock-authorization`, `x-mock-include-usage`, `x-mock-path`).
+//!
+//! Scripted models answer from the request, so evals have known answers: `echo` repeats the
+//! last user message, `echo-trunc-<n>` its first n characters; `judge-longer` compares the
+//! `<answer_a>` and `<answer_b>` of the last user message and answers `A`, `B` or `TIE` for
+//! the longer, `judge-first` always `A`, `judge-grade-<n>` `SCORE: <n>`; embeddings of model
+//! `embed-letters` are each input's counts of the letters a-z. Their answers are streamed a
+//! word per chunk (completion tokens: the number of words).
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
@@ -89,6 +96,70 @@ struct Req {
     body: Bytes,
     json: Value,
     auth: String,
+    /// A scripted model's answer, in chunks.
+    script: Option<Vec<String>>,
+}
+
+/// The text of the last user message of a chat.
+fn last_user(json: &Value) -> String {
+    json["messages"]
+        .as_array()
+        .and_then(|m| m.iter().rev().find(|m| m["role"] == "user"))
+        .and_then(|m| m["content"].as_str())
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The text between `<tag>` and `</tag>`, trimmed.
+fn tagged(text: &str, tag: &str) -> String {
+    let open = format!("<{tag}>");
+    let close = format!("</{tag}>");
+    text.split_once(&open)
+        .and_then(|(_, rest)| rest.split_once(&close))
+        .map(|(inner, _)| inner.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// What a scripted model answers (see the module's doc), or `None` for any other model.
+fn script(json: &Value) -> Option<Vec<String>> {
+    let model = json["model"].as_str()?;
+    let text = if model == "echo" {
+        last_user(json)
+    } else if let Some(n) = model.strip_prefix("echo-trunc-") {
+        last_user(json).chars().take(n.parse().ok()?).collect()
+    } else if model == "judge-longer" {
+        let q = last_user(json);
+        let (a, b) = (
+            tagged(&q, "answer_a").chars().count(),
+            tagged(&q, "answer_b").chars().count(),
+        );
+        match a.cmp(&b) {
+            std::cmp::Ordering::Greater => "A",
+            std::cmp::Ordering::Less => "B",
+            std::cmp::Ordering::Equal => "TIE",
+        }
+        .to_string()
+    } else if model == "judge-first" {
+        "A".into()
+    } else if let Some(n) = model.strip_prefix("judge-grade-") {
+        format!("SCORE: {n}")
+    } else {
+        return None;
+    };
+    let mut words: Vec<String> = text.split_inclusive(' ').map(str::to_string).collect();
+    if words.is_empty() {
+        words.push(String::new());
+    }
+    Some(words)
+}
+
+/// An input's counts of the letters a-z (case-folded).
+fn letters(text: &str) -> Vec<f32> {
+    let mut v = vec![0.0f32; 26];
+    for c in text.chars().filter(char::is_ascii_alphabetic) {
+        v[(c.to_ascii_lowercase() as u8 - b'a') as usize] += 1.0;
+    }
+    v
 }
 
 impl Req {
@@ -125,7 +196,14 @@ impl Req {
         })
     }
     fn text(&self) -> String {
-        (0..self.knobs.chunks).map(|i| format!("tok{i} ")).collect()
+        (0..self.knobs.chunks).map(|i| self.piece(i)).collect()
+    }
+    /// Content chunk `i`.
+    fn piece(&self, i: u64) -> String {
+        match &self.script {
+            Some(words) => words.get(i as usize).cloned().unwrap_or_default(),
+            None => format!("tok{i} "),
+        }
     }
 }
 
@@ -177,7 +255,13 @@ impl HttpServerApp for MockApp {
         }
         let body = body.freeze();
         let json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        let script = script(&json);
+        let mut knobs = knobs;
+        if let Some(words) = &script {
+            knobs.chunks = words.len() as u64;
+        }
         let req = Req {
+            script,
             cached: header_u64(&s, "x-mock-cached-tokens").unwrap_or(0),
             path: s.req_header().uri.path().to_string(),
             method: s.req_header().method.to_string(),
@@ -323,9 +407,23 @@ async fn respond(s: &mut ServerSession, req: &Req) -> bool {
                 _ => 1,
             };
             let b64 = req.json["encoding_format"].as_str() == Some("base64");
+            let by_letters = model == "embed-letters";
+            let input = |i: usize| match &req.json["input"] {
+                Value::Array(a) => a
+                    .get(i)
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string(),
+                Value::String(s) => s.clone(),
+                _ => String::new(),
+            };
             let data: Vec<Value> = (0..n)
                 .map(|i| {
-                    let vec: Vec<f32> = (0..8).map(|j| (i * 8 + j) as f32 / 100.0).collect();
+                    let vec: Vec<f32> = if by_letters {
+                        letters(&input(i))
+                    } else {
+                        (0..8).map(|j| (i * 8 + j) as f32 / 100.0).collect()
+                    };
                     let emb = if b64 {
                         let bytes: Vec<u8> = vec.iter().flat_map(|f| f.to_le_bytes()).collect();
                         Value::String(base64(&bytes))
@@ -406,7 +504,7 @@ async fn stream(s: &mut ServerSession, req: &Req, kind: Kind) -> bool {
         Kind::Completion => {}
     }
     for i in 0..req.knobs.chunks {
-        let t = format!("tok{i} ");
+        let t = req.piece(i);
         events.push(match kind {
             Kind::Chat => sse(&base(
                 json!([{"index": 0, "delta": {"content": t}, "finish_reason": null}]),

@@ -121,6 +121,18 @@ pub async fn authenticate(
                 ctx.record.tags.extend(t);
                 ctx.receipt = true;
             }
+            // An eval's call: tagged with its run and case, its receipt kept for the
+            // exact cost the eval reads back.
+            if let Some(v) = header(s, crate::eval::runner::EVAL_HEADER) {
+                if !ctx.principal.allows(crate::eval::EVAL_PERMISSION) {
+                    return Err(GatewayError::PermissionDenied(format!(
+                        "Tagging a request as an eval's needs the `{}` permission.",
+                        crate::eval::EVAL_PERMISSION
+                    )));
+                }
+                ctx.record.tags.extend(crate::eval::tags(v));
+                ctx.receipt = true;
+            }
             Ok(())
         }
         Err(e) => {

@@ -60,7 +60,8 @@ impl OpsPlane {
             // Without authentication there are no tenants: a console request's receipt is
             // anyone's (the dev profile's playground shows its cost).
             if let Some(id) = path.strip_prefix("/admin/v1/requests/") {
-                let r = match self.shared.receipts.find(id, |_| true) {
+                let wait = admin::receipt_wait(req_header.uri.query());
+                let r = match self.shared.receipts.wait(id, wait, |_| true).await {
                     Some(v) => admin::Reply::ok(v),
                     None => admin::Reply::error(404, "not_found", "No receipt for this request."),
                 };

@@ -71,15 +71,20 @@ impl Receipts {
         self.kept.notify_waiters();
     }
 
-    /// The receipt of `request_id` once it is kept (its request has finished), or `None`
-    /// after `limit`.
-    pub async fn wait(&self, request_id: &str, limit: std::time::Duration) -> Option<Value> {
+    /// The receipt of `request_id` once it is kept (its request has finished) and `visible`
+    /// says the caller may read it, or `None` after `limit`.
+    pub async fn wait(
+        &self,
+        request_id: &str,
+        limit: std::time::Duration,
+        visible: impl Fn(&Receipt) -> bool,
+    ) -> Option<Value> {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             let kept = self.kept.notified();
             tokio::pin!(kept);
             kept.as_mut().enable();
-            if let Some(v) = self.find(request_id, |_| true) {
+            if let Some(v) = self.find(request_id, &visible) {
                 return Some(v);
             }
             if tokio::time::timeout_at(deadline, kept).await.is_err() {

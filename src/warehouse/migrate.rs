@@ -47,6 +47,11 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
         "workflows",
         include_str!("../../config/clickhouse/008_workflows.sql"),
     ),
+    (
+        9,
+        "evals",
+        include_str!("../../config/clickhouse/009_evals.sql"),
+    ),
 ];
 
 /// The migration creating the attribution rollups: once applied, the rows already in

@@ -395,7 +395,11 @@ async fn llm_call(
     }
     let content = answer["choices"][0]["message"]["content"].clone();
     if let Some(r) = &rid {
-        let receipt = env.shared.receipts.wait(r, Duration::from_secs(10)).await;
+        let receipt = env
+            .shared
+            .receipts
+            .wait(r, Duration::from_secs(10), |_| true)
+            .await;
         let cost = receipt
             .as_ref()
             .and_then(|v| v["cost_nanousd"].as_i64())

@@ -1,0 +1,137 @@
+//! `model-bridge eval run` and `eval compare`: an eval through a running gateway, and the
+//! regression gate between two results. Exit codes: run — 0 every pair scored, 3 stopped by
+//! its budget (resume with a larger `--budget-usd`), 4 some pairs failed (resume sends them
+//! again); compare — 0 no regression, 1 regression; 2 for any error.
+
+use crate::config::Config;
+use crate::eval::runner::{self, Ending, RunFile};
+use crate::eval::{compare, dataset, spec};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub struct RunArgs {
+    pub config: PathBuf,
+    pub spec: PathBuf,
+    pub gateway: Option<String>,
+    pub ops: Option<String>,
+    pub key: Option<String>,
+    pub resume: Option<String>,
+    pub budget_usd: Option<String>,
+    pub dir: PathBuf,
+}
+
+/// The gateway as the config describes it (the URLs may be given instead).
+fn endpoints(cfg: Option<&Config>, a: &RunArgs) -> Result<(String, String), String> {
+    let data = a
+        .gateway
+        .clone()
+        .or_else(|| cfg.map(|c| crate::workflow::loopback(&c.server)))
+        .ok_or("no gateway: pass --gateway or a --config")?;
+    let ops = a
+        .ops
+        .clone()
+        .or_else(|| {
+            cfg.map(|c| {
+                let mut s = c.server.clone();
+                s.listen = c.server.ops_listen;
+                s.tls = None;
+                crate::workflow::loopback(&s)
+            })
+        })
+        .ok_or("no ops plane: pass --ops or a --config")?;
+    Ok((
+        data.trim_end_matches('/').to_string(),
+        ops.trim_end_matches('/').to_string(),
+    ))
+}
+
+pub fn run(a: RunArgs) -> Result<u8, String> {
+    let cfg = if a.config.exists() {
+        Some(Config::load(&a.config).map_err(|e| e.to_string())?)
+    } else {
+        None
+    };
+    let spec = Arc::new(spec::load(&a.spec)?);
+    let ds = Arc::new(dataset::load(&spec.dataset_path)?);
+    let (data_plane, ops) = endpoints(cfg.as_ref(), &a)?;
+    let budget = a
+        .budget_usd
+        .as_deref()
+        .map(|b| crate::usage::pricing::parse_usd(b).map_err(|e| format!("--budget-usd: {e}")))
+        .transpose()?;
+    let gw = runner::Gateway {
+        data_plane,
+        ops,
+        key: a
+            .key
+            .clone()
+            .or_else(|| std::env::var("MODEL_BRIDGE_API_KEY").ok()),
+        client: reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .map_err(|e| e.to_string())?,
+    };
+    let dir = a.dir.clone();
+    let resume = a.resume.clone();
+    let (ds2, ch) = (ds.clone(), cfg.as_ref().and_then(|c| c.clickhouse.clone()));
+    let out = crate::warehouse::block_on(async move {
+        let out = runner::run(spec, ds2.clone(), gw, &dir, resume.as_deref(), budget).await?;
+        let stored = match &ch {
+            Some(ch) => crate::eval::store(&ch.db_client(), &ds2, &out.meta, &out.new)
+                .await
+                .map(|()| true)
+                .map_err(|e| format!("results kept in the run file, not in ClickHouse: {e}")),
+            None => Ok(false),
+        };
+        Ok::<_, String>((out, stored))
+    })??;
+    let (out, stored) = out;
+    let summary = serde_json::json!({
+        "object": "eval.run",
+        "run_id": out.meta.run_id,
+        "eval": out.meta.eval,
+        "dataset": format!("{}@{}", out.meta.dataset, &out.meta.dataset_hash[..12]),
+        "targets": out.meta.targets,
+        "ending": out.ending,
+        "pairs": out.pairs,
+        "done": out.done,
+        "errors": out.errors,
+        "spent_nanousd": out.spent_nanousd.to_string(),
+        "spent_usd": crate::usage::pricing::format_usd(i64::try_from(out.spent_nanousd).unwrap_or(i64::MAX)),
+        "file": RunFile::path(&a.dir, &out.meta.run_id).display().to_string(),
+        "clickhouse": stored.as_ref().map_or_else(|e| serde_json::json!({"error": e}), |s| serde_json::json!(s)),
+    });
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&summary).unwrap_or_default()
+    );
+    Ok(match out.ending {
+        Ending::Completed => 0,
+        Ending::BudgetExhausted => 3,
+        Ending::WithErrors => 4,
+    })
+}
+
+pub struct CompareArgs {
+    pub baseline: String,
+    pub candidate: String,
+    pub baseline_target: Option<String>,
+    pub candidate_target: Option<String>,
+    pub margin: f64,
+    pub dir: PathBuf,
+}
+
+pub fn compare(a: CompareArgs) -> Result<u8, String> {
+    let base = RunFile::read(&a.dir, &a.baseline)?;
+    let cand = RunFile::read(&a.dir, &a.candidate)?;
+    let report = compare::compare(
+        &compare::Side::new(&base, a.baseline_target.as_deref())?,
+        &compare::Side::new(&cand, a.candidate_target.as_deref())?,
+        a.margin,
+    )?;
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&report).unwrap_or_default()
+    );
+    Ok(u8::from(report["regression"] == true))
+}

@@ -1,0 +1,141 @@
+//! An eval's definition (TOML): the dataset, the aliases it runs against, how a case becomes a
+//! chat (its own `messages`, or the `prompt` template over its `vars`), request parameters,
+//! scorers, and the run's caps (concurrency, USD budget).
+
+use super::dataset::Dataset;
+use super::scorer::{self, Named, ScorerSpec};
+use crate::workflow::expr::Template;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSpec {
+    name: String,
+    /// Relative to the spec file.
+    dataset: String,
+    targets: Vec<String>,
+    #[serde(default = "default_concurrency")]
+    concurrency: usize,
+    /// Decimal USD: no case starts once the run has spent this much.
+    #[serde(default)]
+    budget_usd: Option<String>,
+    #[serde(default)]
+    system: Option<String>,
+    /// `{{ vars.<name> }}` templates (CEL) for cases given as `vars`.
+    #[serde(default)]
+    prompt: Option<String>,
+    #[serde(default)]
+    params: serde_json::Map<String, Value>,
+    #[serde(default)]
+    scorers: Vec<ScorerSpec>,
+}
+
+fn default_concurrency() -> usize {
+    4
+}
+
+pub struct Spec {
+    pub name: String,
+    pub dataset_path: PathBuf,
+    pub targets: Vec<String>,
+    pub concurrency: usize,
+    pub budget_nanousd: Option<i128>,
+    pub system: Option<String>,
+    pub prompt: Option<Template>,
+    pub params: serde_json::Map<String, Value>,
+    pub scorers: Vec<Named>,
+}
+
+/// Request fields the eval sets itself.
+const RESERVED: &[&str] = &["model", "messages", "stream", "stream_options", "n"];
+
+pub fn parse(text: &str, base: &Path) -> Result<Spec, String> {
+    let raw: RawSpec = toml::from_str(text).map_err(|e| e.message().trim().to_string())?;
+    if raw.targets.is_empty() {
+        return Err("targets: at least one model alias".into());
+    }
+    if !(1..=64).contains(&raw.concurrency) {
+        return Err("concurrency: 1 to 64".into());
+    }
+    if let Some(k) = raw.params.keys().find(|k| RESERVED.contains(&k.as_str())) {
+        return Err(format!("params.{k}: set by the eval itself"));
+    }
+    let budget_nanousd = raw
+        .budget_usd
+        .as_deref()
+        .map(|b| crate::usage::pricing::parse_usd(b).map_err(|e| format!("budget_usd: {e}")))
+        .transpose()?;
+    let prompt = raw
+        .prompt
+        .as_deref()
+        .map(|p| Template::parse(p).map_err(|e| format!("prompt: {e}")))
+        .transpose()?;
+    let mut scorers = Vec::new();
+    for s in &raw.scorers {
+        let n = scorer::compile(s)?;
+        if scorers.iter().any(|x: &Named| x.name == n.name) {
+            return Err(format!("scorers: `{}` twice (give one a `name`)", n.name));
+        }
+        scorers.push(n);
+    }
+    Ok(Spec {
+        name: raw.name,
+        dataset_path: base.join(raw.dataset),
+        targets: raw.targets,
+        concurrency: raw.concurrency,
+        budget_nanousd,
+        system: raw.system,
+        prompt,
+        params: raw.params,
+        scorers,
+    })
+}
+
+pub fn load(path: &Path) -> Result<Spec, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    parse(&text, base).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+impl Spec {
+    /// The chat a case becomes.
+    pub fn messages(&self, case: &super::dataset::Case) -> Result<Vec<Value>, String> {
+        let mut out = Vec::new();
+        if let Some(s) = &self.system {
+            out.push(json!({"role": "system", "content": s}));
+        }
+        match (&case.messages, &self.prompt) {
+            (Some(m), _) => out.extend(m.iter().cloned()),
+            (None, Some(t)) => {
+                let text = t.render(&json!({"vars": case.vars}))?;
+                out.push(json!({"role": "user", "content": text}));
+            }
+            (None, None) => return Err("the case has only `vars` and the eval no `prompt`".into()),
+        }
+        Ok(out)
+    }
+
+    /// Checks every case becomes a chat before anything is sent.
+    pub fn check(&self, d: &Dataset) -> Result<(), String> {
+        for c in &d.cases {
+            self.messages(c)
+                .map_err(|e| format!("case `{}`: {e}", c.id))?;
+        }
+        Ok(())
+    }
+}
+
+/// The question a judge sees: the case's last user message.
+pub fn question(messages: &[Value]) -> String {
+    messages
+        .iter()
+        .rev()
+        .find(|m| m["role"] == "user")
+        .map(|m| match &m["content"] {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        })
+        .unwrap_or_default()
+}
