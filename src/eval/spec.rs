@@ -139,3 +139,60 @@ pub fn question(messages: &[Value]) -> String {
         })
         .unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The text of the fenced block that follows `marker` in the README.
+    fn block_after<'a>(readme: &'a str, marker: &str) -> &'a str {
+        let at = readme.find(marker).expect("the marker");
+        let open = at + readme[at..].find("```").expect("a block");
+        let start = open + readme[open..].find('\n').expect("its first line") + 1;
+        let end = start + readme[start..].find("\n```").expect("its end");
+        &readme[start..end]
+    }
+
+    #[test]
+    fn the_readme_example_parses_and_its_cases_become_chats() {
+        let readme = include_str!("../../README.md");
+        let spec = parse(
+            block_after(readme, "The eval (`evals/support.toml`)"),
+            Path::new("evals"),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(spec.targets, ["support-bot", "support-bot-next"]);
+        assert_eq!(spec.budget_nanousd, Some(2_500_000_000));
+        assert_eq!(spec.scorers.len(), 4);
+        let cases = block_after(readme, "`evals/support.jsonl`");
+        let ds = super::super::dataset::parse("support", cases.as_bytes()).unwrap();
+        spec.check(&ds).unwrap();
+        let chat = spec.messages(&ds.cases[1]).unwrap();
+        assert_eq!(chat[1]["content"], "Give the status of order A-17 as JSON.");
+        assert_eq!(question(&chat), "Give the status of order A-17 as JSON.");
+    }
+
+    #[test]
+    fn a_spec_refuses_what_it_cannot_run() {
+        let base = Path::new(".");
+        let ok = "name = \"e\"\ndataset = \"d.jsonl\"\ntargets = [\"m\"]\n";
+        assert!(parse(ok, base).is_ok());
+        for (bad, why) in [
+            ("targets = []", "targets"),
+            ("concurrency = 0", "concurrency"),
+            ("params = { stream = false }", "params.stream"),
+            ("budget_usd = \"-1\"", "budget_usd"),
+            ("prompt = \"{{ vars.\"", "prompt"),
+        ] {
+            let text = if bad.starts_with("targets") {
+                ok.replace("targets = [\"m\"]", bad)
+            } else {
+                format!("{ok}{bad}\n")
+            };
+            let e = parse(&text, base)
+                .err()
+                .unwrap_or_else(|| panic!("{bad} accepted"));
+            assert!(e.starts_with(why), "{bad}: {e}");
+        }
+    }
+}
