@@ -316,3 +316,186 @@ price = {{ input_per_1m = 0.30, output_per_1m = 1.20 }}
     tokio::time::sleep(Duration::from_millis(10)).await;
     query(&url, &format!("DROP DATABASE {db}")).await;
 }
+
+/// `promo`: the control fails every request (`fail-100`), the treatment none — a planted
+/// winner on the error rate. `aa`: both variants the same model — nothing to find.
+const AUTO: &str = r#"
+[orgs.a]
+
+[models.promo]
+provider = "mock"
+model = "fail-100"
+retry = { retries = 0 }
+
+[models.promo.split]
+experiment = "promo"
+subject = "end_user"
+
+[[models.promo.split.variants]]
+name = "control"
+weight = 50
+
+[[models.promo.split.variants]]
+name = "treatment"
+weight = 50
+provider = "mock"
+model = "mock-1"
+
+[models.promo.split.auto_promote]
+metric = "error_rate"
+guardrails = ["latency"]
+min_samples = 20
+interval_ms = 200
+
+[models.aa]
+provider = "mock"
+model = "mock-1"
+
+[models.aa.split]
+experiment = "aa"
+subject = "end_user"
+
+[[models.aa.split.variants]]
+name = "control"
+weight = 50
+
+[[models.aa.split.variants]]
+name = "same"
+weight = 50
+provider = "mock"
+model = "mock-1"
+
+[models.aa.split.auto_promote]
+metric = "error_rate"
+min_samples = 20
+interval_ms = 200
+"#;
+
+/// Sends a chat to `model` as end user `user`; the variant that answered.
+async fn variant(g: &Gateway, key: &str, model: &str, user: &str) -> String {
+    let r = client()
+        .post(g.url("/v1/chat/completions"))
+        .bearer_auth(key)
+        .json(
+            &json!({"model": model, "user": user, "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .send()
+        .await
+        .unwrap();
+    header(&r, "x-model-bridge-variant").to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_promote_shifts_traffic_to_the_planted_winner_and_never_on_an_a_a_split() {
+    let Some(url) = shared_url() else {
+        return;
+    };
+    let db = new_db();
+    let dir = tempfile::tempdir().unwrap();
+    let policies = policies_dir(dir.path(), "");
+    let extra = format!(
+        "[auth]\nkey_store = \"keys.json\"\npolicies = \"{}\"\n{AUTO}",
+        policies.display()
+    );
+    let g = Gateway::start_edited(&[], &extra, |t| sink_config(t, &url, &db, ""));
+    let (key, _) = g.create_key(&["--org", "a", "--role", "invoker"]);
+    let (admin, _) = g.create_key(&["--org", "a", "--role", "super-admin"]);
+    g.wait_key(&key).await;
+    g.wait_key(&admin).await;
+    let mut seen = std::collections::BTreeSet::new();
+    for i in 0..60 {
+        seen.insert(variant(&g, &key, "promo", &format!("u{i}")).await);
+        variant(&g, &key, "aa", &format!("u{i}")).await;
+    }
+    assert_eq!(seen.len(), 2, "both variants got traffic: {seen:?}");
+
+    // The pass finds the winner and shifts the split: every new user lands on it.
+    g.wait_metric(
+        "model_bridge_experiment_promoted{experiment=\"promo\"}",
+        1.0,
+        Duration::from_secs(30),
+    )
+    .await;
+    for i in 100..120 {
+        assert_eq!(
+            variant(&g, &key, "promo", &format!("u{i}")).await,
+            "treatment"
+        );
+    }
+    let (s, report) = g
+        .admin(
+            &admin,
+            "GET",
+            "/admin/v1/experiments/promo/report",
+            Value::Null,
+        )
+        .await;
+    assert_eq!(s, 200, "{report}");
+    let auto = &report["auto_promote"];
+    assert_eq!(auto["promotion"]["winner"], "treatment", "{report}");
+    assert_eq!(auto["promotion"]["state"], "promoted");
+    assert_eq!(
+        auto["evidence"]["sample_ratio"]["mismatch"], false,
+        "{report}"
+    );
+    let audit = eventually(Duration::from_secs(5), || async {
+        let (_, v) = g
+            .admin(
+                &admin,
+                "GET",
+                "/admin/v1/audit?action=experiment.promote&org=*",
+                Value::Null,
+            )
+            .await;
+        match v["data"].as_array().and_then(|d| d.first()) {
+            Some(e) => Ok(e.clone()),
+            None => Err(v.to_string()),
+        }
+    })
+    .await;
+    assert_eq!(audit["after"]["winner"], "treatment", "{audit}");
+
+    // The A/A split was looked at with enough samples and never promoted.
+    g.wait_metric_at_least(
+        "model_bridge_experiment_evaluations_total{experiment=\"aa\",outcome=\"no_winner\"}",
+        3.0,
+        Duration::from_secs(30),
+    )
+    .await;
+    let (_, aa) = g
+        .admin(
+            &admin,
+            "GET",
+            "/admin/v1/experiments/aa/report",
+            Value::Null,
+        )
+        .await;
+    assert_eq!(aa["auto_promote"]["promotion"], Value::Null, "{aa}");
+    assert_eq!(
+        aa["auto_promote"]["evidence"]["outcome"], "no_winner",
+        "{aa}"
+    );
+
+    // Reverting restores the configured split and holds the experiment.
+    let path = "/admin/v1/experiments/promo/promotion";
+    let (s, v) = g.admin(&key, "DELETE", path, Value::Null).await;
+    assert_eq!(s, 403, "{v}");
+    let (s, v) = g.admin(&admin, "DELETE", path, Value::Null).await;
+    assert_eq!((s, v["state"].as_str()), (200, Some("held")), "{v}");
+    let mut after = std::collections::BTreeSet::new();
+    for i in 200..240 {
+        after.insert(variant(&g, &key, "promo", &format!("u{i}")).await);
+    }
+    assert_eq!(
+        after.len(),
+        2,
+        "the configured 50/50 split is back: {after:?}"
+    );
+    g.wait_metric(
+        "model_bridge_experiment_promoted{experiment=\"promo\"}",
+        0.0,
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(g.admin(&admin, "DELETE", path, Value::Null).await.0, 404);
+}

@@ -72,6 +72,7 @@ pub async fn run(ctx: &Ctx<'_>, op: Op, p: &Params<'_>) -> Reply {
         Op::SpendAnomalies => super::warehouse::anomalies(ctx).await,
         Op::Chargeback => super::warehouse::chargeback(ctx).await,
         Op::ExperimentReport => super::warehouse::experiment_report(ctx, id).await,
+        Op::RevertPromotion => super::warehouse::revert_promotion(ctx, id),
         Op::EraseUser => super::warehouse::erase_user(ctx, org, id).await,
     }
 }

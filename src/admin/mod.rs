@@ -75,6 +75,7 @@ pub enum Op {
     PublishWorkflow,
     DeployWorkflow,
     UndeployWorkflow,
+    RevertPromotion,
 }
 
 impl Op {
@@ -106,6 +107,7 @@ impl Op {
                 | Op::PublishWorkflow
                 | Op::DeployWorkflow
                 | Op::UndeployWorkflow
+                | Op::RevertPromotion
         )
     }
 }
@@ -434,6 +436,13 @@ pub const ROUTES: &[Route] = &[
         permission: Some("admin:experiments:read"),
         op: Op::ExperimentReport,
         summary: "Per-variant results of an experiment with significance tests and a verdict (the caller's org; all with admin:all_orgs).",
+    },
+    Route {
+        method: "DELETE",
+        path: "/admin/v1/experiments/{id}/promotion",
+        permission: Some("admin:experiments:write"),
+        op: Op::RevertPromotion,
+        summary: "Revert an auto-promotion: the split goes back to its configured weights and the experiment is held (no promotion until its configuration changes).",
     },
     Route {
         method: "GET",

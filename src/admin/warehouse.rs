@@ -332,12 +332,79 @@ pub async fn experiment_report(ctx: &Ctx<'_>, id: &str) -> Reply {
     };
     let org = (!ctx.principal.allows(ALL_ORGS)).then(|| ctx.principal.org.to_string());
     let control = crate::experiments::control_of(&ctx.live.config, id);
-    match crate::experiments::report(&ch.db_client(), id, org.as_deref(), control).await {
+    let docs = ctx.shared.keys().map(|k| k.docs()).unwrap_or_default();
+    let auto = policy_of(ctx, id).map(|p| {
+        let promotion = crate::experiments::promote::promotion(&docs, p);
+        (p, promotion)
+    });
+    match crate::experiments::report(&ch.db_client(), id, org.as_deref(), control, auto).await {
         Ok(v) => Reply::ok(v),
         Err(e) => {
             log::warn!("experiment report: {e}");
             Reply::error(503, "warehouse_unavailable", format!("ClickHouse: {e}"))
         }
+    }
+}
+
+fn policy_of<'a>(ctx: &'a Ctx<'_>, id: &str) -> Option<&'a crate::experiments::promote::Policy> {
+    ctx.live
+        .config
+        .auto_promote
+        .iter()
+        .find(|p| p.experiment == id)
+        .map(|p| &**p)
+}
+
+/// `DELETE /admin/v1/experiments/{id}/promotion`: back to the configured weights, and no
+/// further auto-promotion until the experiment's configuration changes.
+pub fn revert_promotion(ctx: &Ctx<'_>, id: &str) -> Reply {
+    let Some(p) = policy_of(ctx, id) else {
+        return Reply::error(
+            404,
+            "not_found",
+            format!("Experiment `{id}` has no auto_promote."),
+        );
+    };
+    let Some(keys) = ctx.shared.keys() else {
+        return Reply::error(409, "policy_not_writable", "Authentication is off.");
+    };
+    let docs = keys.docs();
+    let Some(before) =
+        crate::experiments::promote::promotion(&docs, p).filter(|r| r["state"] == "promoted")
+    else {
+        return Reply::error(
+            404,
+            "not_found",
+            format!("Experiment `{id}` is not promoted."),
+        );
+    };
+    let record = json!({
+        "experiment": id, "alias": p.alias, "state": "held", "winner": null,
+        "config_hash": p.config_hash, "at": crate::time::rfc3339(crate::time::now_unix()),
+        "by": ctx.principal.actor(), "reverted": before.clone(),
+    });
+    let doc = crate::control::Doc {
+        kind: crate::experiments::promote::DOC.into(),
+        id: id.to_string(),
+        org: String::new(),
+        record: record.to_string(),
+    };
+    match keys.put_doc(crate::experiments::promote::DOC, id, Some(doc), false) {
+        Ok(_) => {
+            crate::metrics::METRICS
+                .experiment_promoted
+                .with_label_values(&[id])
+                .set(0);
+            ctx.audit(
+                "experiment.revert",
+                None,
+                format!("experiment:{id}"),
+                Some(before),
+                Some(record.clone()),
+            );
+            Reply::ok(record)
+        }
+        Err(e) => super::policy::written(e, "The revert"),
     }
 }
 

@@ -304,11 +304,13 @@ pub fn report_chargeback(
 pub fn report_experiment(cfg: &Config, id: &str, org: Option<&str>) -> Result<(), String> {
     let ch = settings(cfg)?;
     let control = crate::experiments::control_of(cfg, id);
+    let policy = cfg.auto_promote.iter().find(|p| p.experiment == id);
     let v = block_on(crate::experiments::report(
         &ch.db_client(),
         id,
         org,
         control,
+        policy.map(|p| (&**p, None)),
     ))??;
     println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
     Ok(())

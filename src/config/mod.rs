@@ -199,6 +199,8 @@ pub struct Config {
     /// Hash of the control store's documents the config was built with (teams and cost
     /// centers join it from there): with `source_hash`, what names a generation's content.
     pub control_hash: u64,
+    /// Experiments that promote their winner.
+    pub auto_promote: Vec<Arc<crate::experiments::promote::Policy>>,
 }
 
 /// FNV-1a 64 of config text: identifies one version of a config file.
@@ -275,6 +277,7 @@ impl Config {
         if let Some(w) = Arc::get_mut(&mut cfg.workflows) {
             w.org_defs = crate::workflow::store::deployed(docs, &|o| cfg.orgs.contains_key(o));
         }
+        crate::experiments::promote::apply(&mut cfg, docs);
         if errors.is_empty() {
             Ok(cfg)
         } else {
@@ -349,6 +352,7 @@ fn validate(raw: RawConfig, path: &Path, err: &mut dyn FnMut(&str, String)) -> C
         }
     }
     let mut models = HashMap::new();
+    let mut auto_promote = Vec::new();
     for (alias, m) in &raw.models {
         if alias.is_empty() {
             err("models", "an alias must not be empty".into());
@@ -431,6 +435,30 @@ fn validate(raw: RawConfig, path: &Path, err: &mut dyn FnMut(&str, String)) -> C
         }
         if let Some(sp) = &m.split {
             route.split = split(sp, &route, &fallbacks, &providers, &at, err);
+            if let Some(ap) = &sp.auto_promote {
+                let at = format!("{at}.split.auto_promote");
+                if raw.clickhouse.is_none() || raw.auth.as_ref().is_none_or(|a| !a.enabled) {
+                    err(
+                        &at,
+                        "needs [clickhouse] (the rows it reads) and [auth] (the control store that holds promotions)".into(),
+                    );
+                }
+                let configured = sp
+                    .variants
+                    .iter()
+                    .map(|v| (v.name.clone(), v.weight))
+                    .collect();
+                if let Some(p) = crate::experiments::promote::policy(
+                    ap,
+                    &sp.experiment,
+                    alias,
+                    configured,
+                    &at,
+                    err,
+                ) {
+                    auto_promote.push(Arc::new(p));
+                }
+            }
         }
         models.insert(alias.clone(), route);
     }
@@ -689,6 +717,7 @@ fn validate(raw: RawConfig, path: &Path, err: &mut dyn FnMut(&str, String)) -> C
         }),
         source_hash: 0,
         control_hash: 0,
+        auto_promote,
     }
 }
 

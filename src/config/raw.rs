@@ -845,6 +845,9 @@ pub struct RawSplit {
     #[serde(default)]
     pub end: Option<String>,
     pub variants: Vec<RawVariant>,
+    /// Shift the split to a winner once one is established (see `experiments::promote`).
+    #[serde(default)]
+    pub auto_promote: Option<crate::experiments::promote::RawPolicy>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -3,6 +3,8 @@
 //! score — each compared with the control (Welch's t-test for means, two-proportion z-test for
 //! error rates, p-value and minimum detectable effect), and a verdict.
 
+pub mod promote;
+pub mod sequential;
 pub mod stats;
 
 use serde_json::{json, Value};
@@ -12,32 +14,34 @@ use stats::{Sample, Test};
 /// the provider refused it for capacity (429); client mistakes (other 4xx) do not count.
 const ERROR: &str = "(status >= 500 OR status = 429)";
 
-#[derive(Debug, clickhouse::Row, serde::Deserialize)]
-struct UsageAgg {
-    variant: String,
-    n: u64,
-    errors: u64,
-    lat_mean: f64,
-    lat_var: f64,
-    lat_p50: f64,
-    lat_p95: f64,
-    ttft_n: u64,
-    ttft_mean: f64,
-    ttft_var: f64,
-    ttft_p50: f64,
-    ttft_p95: f64,
-    prompt_tokens: u64,
-    completion_tokens: u64,
-    cost_mean: f64,
-    cost_var: f64,
+/// One variant's usage rows, summarised.
+#[derive(Debug, Clone, clickhouse::Row, serde::Deserialize)]
+pub struct UsageAgg {
+    pub variant: String,
+    pub n: u64,
+    pub errors: u64,
+    pub lat_mean: f64,
+    pub lat_var: f64,
+    pub lat_p50: f64,
+    pub lat_p95: f64,
+    pub ttft_n: u64,
+    pub ttft_mean: f64,
+    pub ttft_var: f64,
+    pub ttft_p50: f64,
+    pub ttft_p95: f64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub cost_mean: f64,
+    pub cost_var: f64,
 }
 
-#[derive(Debug, clickhouse::Row, serde::Deserialize)]
-struct ScoreAgg {
-    variant: String,
-    n: u64,
-    mean: f64,
-    var: f64,
+/// One variant's feedback scores, summarised.
+#[derive(Debug, Clone, clickhouse::Row, serde::Deserialize)]
+pub struct ScoreAgg {
+    pub variant: String,
+    pub n: u64,
+    pub mean: f64,
+    pub var: f64,
 }
 
 fn finite(x: f64) -> f64 {
@@ -48,7 +52,7 @@ fn finite(x: f64) -> f64 {
     }
 }
 
-fn sample(n: u64, mean: f64, var: f64) -> Sample {
+pub(crate) fn sample(n: u64, mean: f64, var: f64) -> Sample {
     Sample {
         n,
         mean: finite(mean),
@@ -78,13 +82,35 @@ pub fn control_of<'a>(cfg: &'a crate::config::Config, experiment: &str) -> Optio
 }
 
 /// The report of `experiment`; `org` confines it to one org's rows; `control` names the
-/// control variant (default: `control` if present, else the first by name).
+/// control variant (default: `control` if present, else the first by name). With an
+/// auto-promotion policy the report shows it, the promotion in force (`promotion`), and — over
+/// every org's rows, what the decision reads — its evidence.
 pub async fn report(
     client: &clickhouse::Client,
     experiment: &str,
     org: Option<&str>,
     control: Option<&str>,
+    auto: Option<(&promote::Policy, Option<Value>)>,
 ) -> Result<Value, String> {
+    let (usage, scores) = aggregates(client, experiment, org).await?;
+    let mut v = build(experiment, control, &usage, &scores);
+    if let Some((policy, promotion)) = auto {
+        let mut a = policy.json();
+        a["promotion"] = promotion.unwrap_or(Value::Null);
+        if org.is_none() {
+            a["evidence"] = promote::decide(policy, &usage, &scores).json();
+        }
+        v["auto_promote"] = a;
+    }
+    Ok(v)
+}
+
+/// Each variant's usage and feedback of `experiment` (one org's, or every org's).
+pub async fn aggregates(
+    client: &clickhouse::Client,
+    experiment: &str,
+    org: Option<&str>,
+) -> Result<(Vec<UsageAgg>, Vec<ScoreAgg>), String> {
     let scope = if org.is_some() { " AND org = ?" } else { "" };
     let sql = format!(
         "SELECT variant, count() AS n, countIf({ERROR}) AS errors, \
@@ -114,7 +140,7 @@ pub async fn report(
         q = q.bind(o);
     }
     let scores: Vec<ScoreAgg> = q.fetch_all().await.map_err(|e| e.to_string())?;
-    Ok(build(experiment, control, &usage, &scores))
+    Ok((usage, scores))
 }
 
 fn build(

@@ -95,6 +95,10 @@ pub struct Metrics {
     pub feedback_rows: IntCounterVec,
     /// {model, variant}: requests routed by an experiment.
     pub variant_requests: IntCounterVec,
+    /// {experiment, outcome}: auto-promotion passes (insufficient, no_winner, srm, promoted).
+    pub experiment_evaluations: IntCounterVec,
+    /// {experiment}: 1 once auto-promotion shifted the split to a winner.
+    pub experiment_promoted: prometheus::IntGaugeVec,
     /// {target, outcome}: upstream attempts (ok, 5xx, 429, timeout, error, breaker_open).
     pub attempts: IntCounterVec,
     /// {target}: 0 closed, 1 open, 2 half-open.
@@ -464,6 +468,25 @@ impl Metrics {
                 "Requests routed by an experiment, by alias and variant.",
                 &["model", "variant"],
             ),
+            experiment_evaluations: counter(
+                &r,
+                "experiment_evaluations_total",
+                "Auto-promotion passes over an experiment, by outcome (insufficient, no_winner, srm, promoted, error).",
+                &["experiment", "outcome"],
+            ),
+            experiment_promoted: {
+                let g = prometheus::IntGaugeVec::new(
+                    prometheus::Opts::new(
+                        "model_bridge_experiment_promoted",
+                        "1 while an experiment's split is shifted to its auto-promoted winner.",
+                    ),
+                    &["experiment"],
+                )
+                .unwrap_or_else(|e| panic!("metric experiment_promoted: {e}"));
+                r.register(Box::new(g.clone()))
+                    .unwrap_or_else(|e| panic!("register experiment_promoted: {e}"));
+                g
+            },
             attempts: counter(
                 &r,
                 "upstream_attempts_total",

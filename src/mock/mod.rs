@@ -12,7 +12,8 @@
 //! last user message, `echo-trunc-<n>` its first n characters; `judge-longer` compares the
 //! `<answer_a>` and `<answer_b>` of the last user message and answers `A`, `B` or `TIE` for
 //! the longer, `judge-first` always `A`, `judge-grade-<n>` `SCORE: <n>`; embeddings of model
-//! `embed-letters` are each input's counts of the letters a-z. Their answers are streamed a
+//! `embed-letters` are each input's counts of the letters a-z; `fail-<pct>` answers 500 to that
+//! share of requests (evenly spread). Their answers are streamed a
 //! word per chunk (completion tokens: the number of words).
 
 use async_trait::async_trait;
@@ -361,7 +362,26 @@ async fn send_json(s: &mut ServerSession, req: &Req, status: u16, v: &Value) -> 
     s.write_response_header(h).await.is_ok() && s.write_response_body(body, true).await.is_ok()
 }
 
+/// Whether a request to model `fail-<pct>` fails: `pct` of every 100 requests to such models
+/// do, spread evenly (a shared counter), so error rates are exact.
+fn scripted_failure(model: &str) -> bool {
+    static SEEN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let Some(pct) = model
+        .strip_prefix("fail-")
+        .and_then(|p| p.parse::<u64>().ok())
+    else {
+        return false;
+    };
+    let i = SEEN.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 100;
+    // Bresenham: request i fails when the running share of failures falls behind pct.
+    (i + 1) * pct / 100 > i * pct / 100
+}
+
 async fn respond(s: &mut ServerSession, req: &Req) -> bool {
+    if scripted_failure(&req.model()) {
+        let v = json!({"error": {"message": "mock scripted failure", "type": "server_error", "param": null, "code": "mock"}});
+        return send_json(s, req, 500, &v).await;
+    }
     if req.knobs.status >= 400 {
         let v = json!({"error": {"message": format!("mock error {}", req.knobs.status), "type": "mock_error", "param": null, "code": "mock"}});
         return send_json(s, req, req.knobs.status, &v).await;

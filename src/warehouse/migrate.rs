@@ -217,7 +217,7 @@ mod tests {
             let want = match *version {
                 ROLLUPS_VERSION => 5,
                 7 => 4,
-                8 => 2,
+                8 | 9 => 2,
                 _ => 1,
             };
             assert_eq!(stmts.len(), want);
