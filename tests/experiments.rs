@@ -499,3 +499,144 @@ async fn auto_promote_shifts_traffic_to_the_planted_winner_and_never_on_an_a_a_s
     .await;
     assert_eq!(g.admin(&admin, "DELETE", path, Value::Null).await.0, 404);
 }
+
+const ONLINE: &str = r#"
+[orgs.a]
+
+[models.live]
+provider = "mock"
+model = "mock-1"
+price = { input_per_1m = 1, output_per_1m = 2 }
+
+[models.live.split]
+experiment = "online"
+subject = "end_user"
+
+[[models.live.split.variants]]
+name = "control"
+weight = 50
+
+[[models.live.split.variants]]
+name = "b"
+weight = 50
+provider = "mock"
+model = "mock-1"
+
+[models.live.online_eval]
+judge = "grader"
+sample = 1.0
+rubric = "Is it a good answer?"
+budget_usd = "1"
+
+[models.grader]
+provider = "mock"
+model = "judge-grade-7"
+price = { input_per_1m = 3, output_per_1m = 4 }
+
+[models.cheap]
+provider = "mock"
+model = "mock-1"
+
+[models.cheap.online_eval]
+judge = "grader"
+sample = 1.0
+budget_usd = "0.000000001"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_answers_are_graded_off_the_request_path_and_reach_the_report() {
+    let Some(url) = shared_url() else {
+        return;
+    };
+    let db = new_db();
+    let dir = tempfile::tempdir().unwrap();
+    let policies = policies_dir(dir.path(), "");
+    let extra = format!(
+        "[auth]\nkey_store = \"keys.json\"\npolicies = \"{}\"\n{ONLINE}",
+        policies.display()
+    );
+    let g = Gateway::start_edited(&[], &extra, |t| sink_config(t, &url, &db, ""));
+    let (key, _) = g.create_key(&["--org", "a", "--role", "invoker"]);
+    let (admin, _) = g.create_key(&["--org", "a", "--role", "super-admin"]);
+    g.wait_key(&key).await;
+    g.wait_key(&admin).await;
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        let stream = i % 2 == 0;
+        let r = client()
+            .post(g.url("/v1/chat/completions"))
+            .bearer_auth(&key)
+            .json(
+                &json!({"model": "live", "user": format!("u{i}"), "stream": stream,
+                          "messages": [{"role": "user", "content": format!("question {i}")}]}),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        ids.push(header(&r, "x-request-id").to_string());
+        r.bytes().await.unwrap();
+    }
+    // Every answer (streamed or not) got the judge's grade (SCORE: 7 → 0.7) as feedback.
+    wait_for(
+        &url,
+        &format!("SELECT count() FROM {db}.feedback WHERE key_id = 'online_eval' AND score = 0.7"),
+        "10",
+        20,
+    )
+    .await;
+    let graded = query(
+        &url,
+        &format!("SELECT request_id FROM {db}.feedback WHERE key_id = 'online_eval' ORDER BY request_id FORMAT TSV"),
+    )
+    .await;
+    let mut want = ids.clone();
+    want.sort();
+    assert_eq!(graded.lines().collect::<Vec<_>>(), want);
+    // The judge calls are rows of their own, priced, charged to the online-eval budget.
+    let judged = wait_for(
+        &url,
+        &format!("SELECT count() FROM {db}.usage_events WHERE experiment = 'online_eval' AND cost_nanousd > 0 AND requested_model = 'live:judge'"),
+        "10",
+        20,
+    )
+    .await;
+    assert_eq!(judged, "10");
+    // The report shows the grades per variant, apart from posted feedback.
+    let (_, report) = g
+        .admin(
+            &admin,
+            "GET",
+            "/admin/v1/experiments/online/report",
+            Value::Null,
+        )
+        .await;
+    let judged: u64 = report["variants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            let j = &v["feedback"]["judge"];
+            let mean = j["mean_score"].as_f64().unwrap();
+            assert!((mean - 0.7).abs() < 1e-9, "{report}");
+            assert_eq!(v["feedback"]["posted"]["n"], 0);
+            j["n"].as_u64().unwrap()
+        })
+        .sum();
+    assert_eq!(judged, 10, "{report}");
+    // An alias whose judging budget is spent answers as always and is not graded.
+    let r = client()
+        .post(g.url("/v1/chat/completions"))
+        .bearer_auth(&key)
+        .json(&json!({"model": "cheap", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    g.wait_metric(
+        "model_bridge_online_evals_total{model=\"cheap\",outcome=\"skipped_budget\"}",
+        1.0,
+        Duration::from_secs(5),
+    )
+    .await;
+}

@@ -462,6 +462,7 @@ fn validate(raw: RawConfig, path: &Path, err: &mut dyn FnMut(&str, String)) -> C
         }
         models.insert(alias.clone(), route);
     }
+    online_evals(&raw, &mut models, err);
     let orgs = validate_orgs(&raw, err);
     let (auth, rbac) = match &raw.auth {
         Some(a) if a.enabled => {
@@ -1080,6 +1081,63 @@ fn targets(
         out.push(Target::new(p.clone(), model, price));
     }
     out
+}
+
+/// Each alias's `online_eval`: its judge is another alias (any order in the file), whose
+/// primary target grades.
+fn online_evals(
+    raw: &RawConfig,
+    models: &mut HashMap<String, ModelRoute>,
+    err: &mut dyn FnMut(&str, String),
+) {
+    for (alias, m) in &raw.models {
+        let Some(oe) = &m.online_eval else { continue };
+        let at = format!("models.{alias}.online_eval");
+        if !(0.0..=1.0).contains(&oe.sample) {
+            err(&format!("{at}.sample"), "must be between 0 and 1".into());
+        }
+        if raw.clickhouse.is_none() {
+            err(
+                &at,
+                "needs [clickhouse] (grades are stored as feedback)".into(),
+            );
+        }
+        let judge = match models
+            .get(&oe.judge)
+            .filter(|_| oe.judge != *alias)
+            .and_then(|j| j.chain.first())
+        {
+            Some(t) => t.clone(),
+            None => {
+                err(
+                    &format!("{at}.judge"),
+                    format!("`{}` is not another model alias", oe.judge),
+                );
+                continue;
+            }
+        };
+        let budget = budget(
+            &raw::RawBudget {
+                usd: oe.budget_usd.clone(),
+                period: "month".into(),
+                soft: vec![],
+            },
+            &format!("{at}.budget_usd"),
+            err,
+        );
+        if let (Some(b), Some(route)) = (budget, models.get_mut(alias)) {
+            route.online_eval = Some(crate::routing::OnlineEval {
+                judge,
+                sample: oe.sample,
+                rubric: Arc::from(
+                    oe.rubric
+                        .as_deref()
+                        .unwrap_or("Judge whether the answer is correct, complete and helpful."),
+                ),
+                budget: b,
+            });
+        }
+    }
 }
 
 fn split(

@@ -792,6 +792,22 @@ pub struct RawModel {
     /// Mirror a fraction of requests to a candidate (its answers are recorded, never returned).
     #[serde(default)]
     pub shadow: Option<RawShadow>,
+    /// Grade a sampled share of live answers with a judge alias, off the request path.
+    #[serde(default)]
+    pub online_eval: Option<RawOnlineEval>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOnlineEval {
+    /// The judge's alias (its primary target is called).
+    pub judge: String,
+    /// Share of chat completions graded (0..=1).
+    pub sample: f64,
+    #[serde(default)]
+    pub rubric: Option<String>,
+    /// USD per calendar month the judging may cost; grading stops when it is spent.
+    pub budget_usd: toml::Value,
 }
 
 #[derive(Debug, Deserialize)]

@@ -42,6 +42,9 @@ pub struct ScoreAgg {
     pub n: u64,
     pub mean: f64,
     pub var: f64,
+    /// Of them, grades of the online judge (`[models.X.online_eval]`).
+    pub judged_n: u64,
+    pub judged_mean: f64,
 }
 
 fn finite(x: f64) -> f64 {
@@ -131,7 +134,8 @@ pub async fn aggregates(
     // shard (a distributed subquery inside a distributed query is refused); on one server it
     // changes nothing.
     let fsql = format!(
-        "SELECT variant, count(), avg(score), varSamp(score) FROM feedback \
+        "SELECT variant, count(), avg(score), varSamp(score), \
+         countIf(key_id = 'online_eval'), avgIf(score, key_id = 'online_eval') FROM feedback \
          GLOBAL ALL INNER JOIN (SELECT request_id, org, variant FROM usage_events WHERE experiment = ?{scope}) AS u \
          USING (request_id, org) GROUP BY variant ORDER BY variant"
     );
@@ -141,6 +145,27 @@ pub async fn aggregates(
     }
     let scores: Vec<ScoreAgg> = q.fetch_all().await.map_err(|e| e.to_string())?;
     Ok((usage, scores))
+}
+
+/// A variant's scores: all of them (what the tests use), and apart the posted ones and the
+/// online judge's grades.
+fn feedback_json(s: Option<&ScoreAgg>) -> Value {
+    let Some(s) = s else {
+        return json!({"n": 0, "mean_score": null, "posted": {"n": 0, "mean_score": null}, "judge": {"n": 0, "mean_score": null}});
+    };
+    let mean = |n: u64, m: f64| if n > 0 { json!(finite(m)) } else { Value::Null };
+    let posted_n = s.n.saturating_sub(s.judged_n);
+    let posted_mean = if posted_n > 0 {
+        (s.n as f64 * finite(s.mean) - s.judged_n as f64 * finite(s.judged_mean)) / posted_n as f64
+    } else {
+        0.0
+    };
+    json!({
+        "n": s.n,
+        "mean_score": mean(s.n, s.mean),
+        "posted": {"n": posted_n, "mean_score": mean(posted_n, posted_mean)},
+        "judge": {"n": s.judged_n, "mean_score": mean(s.judged_n, s.judged_mean)},
+    })
 }
 
 fn build(
@@ -190,7 +215,7 @@ fn build(
             "prompt_tokens": u.prompt_tokens,
             "completion_tokens": u.completion_tokens,
             "cost_per_request_usd": finite(u.cost_mean) / 1e9,
-            "feedback": {"n": score.n, "mean_score": if score.n > 0 { Some(score.mean) } else { None }},
+            "feedback": feedback_json(scores.iter().find(|s| s.variant == u.variant)),
         });
         if u.variant != ctl.variant {
             let err = stats::two_proportions(ctl.errors, ctl.n, u.errors, u.n);

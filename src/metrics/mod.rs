@@ -95,6 +95,9 @@ pub struct Metrics {
     pub feedback_rows: IntCounterVec,
     /// {model, variant}: requests routed by an experiment.
     pub variant_requests: IntCounterVec,
+    /// {model, outcome}: live answers sent to a judge (scored, failed, skipped_budget,
+    /// no_warehouse).
+    pub online_evals: IntCounterVec,
     /// {experiment, outcome}: auto-promotion passes (insufficient, no_winner, srm, promoted).
     pub experiment_evaluations: IntCounterVec,
     /// {experiment}: 1 once auto-promotion shifted the split to a winner.
@@ -467,6 +470,12 @@ impl Metrics {
                 "variant_requests_total",
                 "Requests routed by an experiment, by alias and variant.",
                 &["model", "variant"],
+            ),
+            online_evals: counter(
+                &r,
+                "online_evals_total",
+                "Sampled live answers graded by a judge alias, by alias and outcome (scored, failed, skipped_budget, no_warehouse).",
+                &["model", "outcome"],
             ),
             experiment_evaluations: counter(
                 &r,

@@ -38,6 +38,10 @@ pub struct Ctx {
     pub trace: Option<Box<crate::telemetry::RequestTrace>>,
     /// A browser request (allowed origin): its record is kept as a receipt too.
     pub receipt: bool,
+    /// Drawn for online scoring: the judge gets the answer once the response is done.
+    pub online: Option<super::online::Sampled>,
+    /// A sampled non-streamed answer's body (the relay hands over what it held anyway).
+    pub answer: Option<Vec<u8>>,
 }
 
 /// `req_` and 96 random bits in hex: the id in `x-request-id`, usage rows and audit events.
@@ -68,6 +72,8 @@ impl Ctx {
             scanner: None,
             trace: None,
             receipt: false,
+            online: None,
+            answer: None,
             record: UsageRecord {
                 ts_ms,
                 request_id: new_request_id(),
@@ -156,6 +162,12 @@ impl Ctx {
         // A provider that answered 2xx bills the prompt even when no usage came back (client
         // gone, upstream dropped, no usage in the stream): count it, marked estimated.
         let answered = (200..300).contains(&r.status) && r.provider.is_some();
+        // A streamed answer drawn for online scoring: its text, as the scanner collected it.
+        let streamed_text = self
+            .online
+            .as_ref()
+            .and(self.scanner.as_ref())
+            .map(|sc| sc.text().0);
         let streamed = self.scanner.take().map(|sc| stream_usage(&sc, r));
         let usage = match streamed.or(self.usage) {
             None if answered && self.request_body.is_some() => {
@@ -256,6 +268,17 @@ impl Ctx {
             .inc();
         if self.receipt {
             shared.receipts.keep(&self.record);
+        }
+        if let Some(sampled) = self.online.take() {
+            let answered = self.record.status == 200 && !self.record.cancelled;
+            let text = streamed_text.or_else(|| {
+                self.answer
+                    .as_deref()
+                    .and_then(super::online::answer_of_body)
+            });
+            if let Some(text) = text.filter(|_| answered) {
+                super::online::judge(sampled, &self.record, self.request_body.as_ref(), text);
+            }
         }
         shared.sink.submit(self.record);
     }

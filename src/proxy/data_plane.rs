@@ -335,6 +335,11 @@ impl DataPlane {
                 fields.max_tokens,
             );
         }
+        if let Some(oe) = route.online_eval.as_ref() {
+            if ep == Endpoint::ChatCompletions {
+                ctx.online = super::online::sample(&self.shared, &self.upstream, &route.alias, oe);
+            }
+        }
         let inject = fields.stream && ep.needs_include_usage();
         let resp = super::route::send(
             &self.shared,

@@ -95,6 +95,35 @@ pub fn upstream_request(
     Ok(h)
 }
 
+/// A request of the gateway's own (a judge's), with no client headers: JSON body, the
+/// provider's credentials and headers, our request id.
+pub fn internal_request(
+    provider: &Provider,
+    method: &str,
+    path: &str,
+    body_len: usize,
+    request_id: &str,
+) -> Result<RequestHeader, GatewayError> {
+    let bad = |_| GatewayError::InvalidField {
+        param: "path",
+        message: "the request path cannot be sent".into(),
+    };
+    let mut h = RequestHeader::build(method, path.as_bytes(), Some(6)).map_err(bad)?;
+    h.insert_header("host", provider.authority.as_str())
+        .map_err(bad)?;
+    h.insert_header("content-type", "application/json")
+        .map_err(bad)?;
+    h.insert_header("content-length", body_len).map_err(bad)?;
+    if let Some((name, value)) = provider.auth_header() {
+        h.insert_header(name, value).map_err(bad)?;
+    }
+    for (name, value) in &provider.extra_headers {
+        h.insert_header(name.clone(), value.as_str()).map_err(bad)?;
+    }
+    h.insert_header("x-request-id", request_id).map_err(bad)?;
+    Ok(h)
+}
+
 /// Response header for the client from the provider's; `keep_length` false when the gateway
 /// changes the body (then h1 clients get chunked framing).
 pub fn client_response(

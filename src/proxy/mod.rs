@@ -12,6 +12,7 @@ mod headers;
 mod identity;
 mod jwks;
 mod lifecycle;
+mod online;
 mod ops;
 mod pool;
 mod relay;

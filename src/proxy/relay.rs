@@ -270,6 +270,10 @@ pub async fn relay(
             });
         }
     }
+    // A sampled answer goes to its judge: hand over the body already held (no copy).
+    if let Some(t) = tail.as_mut().filter(|t| t.whole && ctx.online.is_some()) {
+        ctx.answer = Some(std::mem::take(&mut t.buf));
+    }
     if result != Outcome::Done || ctx.record.cancelled {
         return Ok(Outcome::Abort);
     }

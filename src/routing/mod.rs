@@ -125,6 +125,20 @@ pub struct ModelRoute {
     pub retry: resilience::RetryPolicy,
     /// Mirror a fraction of requests to a candidate, off the request path.
     pub shadow: Option<Shadow>,
+    /// Live answers graded by a judge, sampled.
+    pub online_eval: Option<OnlineEval>,
+}
+
+/// `[models.X.online_eval]`: a share of the alias's chat completions graded by a judge alias.
+#[derive(Debug, Clone)]
+pub struct OnlineEval {
+    /// The judge alias's primary target (called directly, off the request path).
+    pub judge: Target,
+    /// Share of requests graded, 0..=1.
+    pub sample: f64,
+    pub rubric: Arc<str>,
+    /// What the judging may cost per month.
+    pub budget: crate::limits::spec::Budget,
 }
 
 #[derive(Debug, Clone)]
@@ -195,6 +209,7 @@ impl ModelRoute {
             split: None,
             retry: resilience::RetryPolicy::default(),
             shadow: None,
+            online_eval: None,
         }
     }
 
