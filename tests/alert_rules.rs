@@ -449,6 +449,31 @@ fn cases() -> Vec<Case> {
             )],
         },
         Case {
+            name: "a scheduled eval regresses on one replica, another eval holds",
+            series: vec![
+                (
+                    r#"model_bridge_eval_regression{job="model-bridge",instance="gw-a:9090",eval="support"}"#,
+                    "0 0 1x5",
+                ),
+                (
+                    r#"model_bridge_eval_regression{job="model-bridge",instance="gw-b:9090",eval="support"}"#,
+                    "0x7",
+                ),
+                (
+                    r#"model_bridge_eval_regression{job="model-bridge",instance="gw-a:9090",eval="billing"}"#,
+                    "0x7",
+                ),
+            ],
+            checks: vec![
+                ("1m", "ModelBridgeEvalRegression", vec![]),
+                (
+                    "3m",
+                    "ModelBridgeEvalRegression",
+                    vec![vec![JOB, ("eval", "support"), ("severity", "ticket")]],
+                ),
+            ],
+        },
+        Case {
             name: "webhooks fail after their retries, then 30 quiet minutes",
             series: vec![
                 (

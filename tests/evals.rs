@@ -467,3 +467,116 @@ async fn results_land_in_clickhouse_with_costs_equal_to_the_usage_rows() {
     assert_eq!(usage, results);
     assert_ne!(usage, "0");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_runs_evals_through_its_admin_api_and_on_a_schedule_that_catches_a_regression()
+{
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    std::fs::create_dir(dir.join("evals")).unwrap();
+    dataset(&dir.join("evals"));
+    std::fs::write(
+        dir.join("evals/nightly.toml"),
+        "name = \"nightly\"\ndataset = \"cases.jsonl\"\ntargets = [\"flip\"]\n[[scorers]]\ntype = \"exact\"\n",
+    )
+    .unwrap();
+    let policies = policies_dir(dir, "");
+    let flip = "\n[models.flip]\nprovider = \"mock\"\nmodel = \"echo\"\nprice = { input_per_1m = 1, output_per_1m = 2 }\n";
+    let extra = format!(
+        "[auth]\nkey_store = \"keys.json\"\npolicies = \"{}\"\n[orgs.b]\n{MODELS}{flip}\n[evals]\ndir = \"{}\"\nruns_dir = \"{}\"\n",
+        policies.display(),
+        dir.join("evals").display(),
+        dir.join("runs").display()
+    );
+    let g = Gateway::start_with(&[], &extra);
+    let (admin, _) = g.create_key(&["--org", "a", "--role", "org-admin"]);
+    let (outsider, _) = g.create_key(&["--org", "b", "--role", "org-admin"]);
+    let (viewer, _) = g.create_key(&["--org", "a", "--role", "org-viewer"]);
+    for k in [&admin, &outsider, &viewer] {
+        g.wait_key(k).await;
+    }
+    let (s, list) = g.admin(&admin, "GET", "/admin/v1/evals", Value::Null).await;
+    assert_eq!(
+        (s, list["data"][0]["name"].as_str()),
+        (200, Some("nightly")),
+        "{list}"
+    );
+
+    // A run through the API, as the caller, in the background.
+    let (s, v) = g
+        .admin(&viewer, "POST", "/admin/v1/evals/nightly/runs", Value::Null)
+        .await;
+    assert_eq!(s, 403, "{v}");
+    let (s, v) = g
+        .admin(&admin, "POST", "/admin/v1/evals/nightly/runs", Value::Null)
+        .await;
+    assert_eq!(s, 202, "{v}");
+    let run = v["run_id"].as_str().unwrap().to_string();
+    let path = format!("/admin/v1/evals/runs/{run}");
+    let done = eventually(Duration::from_secs(20), || async {
+        let (_, v) = g.admin(&admin, "GET", &path, Value::Null).await;
+        if v["status"] == "ended" {
+            Ok(v)
+        } else {
+            Err(v.to_string())
+        }
+    })
+    .await;
+    let flip_scores = &done["targets"]["flip"];
+    assert_eq!(flip_scores["cases"], 20, "{done}");
+    assert_eq!(flip_scores["scores"]["exact"]["mean"], 1.0, "{done}");
+    let rows = tagged(&g, &format!("eval_run:{run}"));
+    assert!(
+        rows.iter().all(|r| r["org"] == "a"),
+        "the caller's own rows"
+    );
+    // Another org's admin does not see it; the comparison API answers for the owner.
+    assert_eq!(g.admin(&outsider, "GET", &path, Value::Null).await.0, 404);
+    let (s, cmp) = g
+        .admin(
+            &admin,
+            "GET",
+            &format!("/admin/v1/evals/compare?baseline={run}&candidate={run}"),
+            Value::Null,
+        )
+        .await;
+    assert_eq!((s, &cmp["regression"]), (200, &json!(false)), "{cmp}");
+
+    // A schedule: its first run is the baseline; once the alias's model changes, the next
+    // run regresses and the metric the alert watches goes to 1.
+    let (dev, _) = g.create_key(&["--org", "a", "--role", "developer"]);
+    g.wait_key(&dev).await;
+    let text = std::fs::read_to_string(&g.config).unwrap();
+    let scheduled =
+        format!("{text}\n[[evals.schedules]]\neval = \"nightly\"\nevery_s = 1\nkey = \"{dev}\"\n");
+    std::fs::write(&g.config, &scheduled).unwrap();
+    // (Only scheduled runs set the timestamp: the API run above does not count.)
+    g.wait_metric_at_least(
+        "model_bridge_eval_last_run_timestamp_seconds{eval=\"nightly\"}",
+        1.0,
+        Duration::from_secs(20),
+    )
+    .await;
+    assert_eq!(
+        g.metric("model_bridge_eval_regression{eval=\"nightly\"}")
+            .await,
+        0.0
+    );
+    let regressed = scheduled.replace(
+        "[models.flip]\nprovider = \"mock\"\nmodel = \"echo\"",
+        "[models.flip]\nprovider = \"mock\"\nmodel = \"echo-trunc-12\"",
+    );
+    assert_ne!(regressed, scheduled);
+    std::fs::write(&g.config, regressed).unwrap();
+
+    g.wait_metric(
+        "model_bridge_eval_regression{eval=\"nightly\"}",
+        1.0,
+        Duration::from_secs(30),
+    )
+    .await;
+    let mean = g
+        .metric("model_bridge_eval_mean_score{eval=\"nightly\",scorer=\"exact\",target=\"flip\"}")
+        .await;
+    assert_eq!(mean, 0.5, "the truncating model fails the long half");
+}

@@ -73,6 +73,10 @@ pub async fn run(ctx: &Ctx<'_>, op: Op, p: &Params<'_>) -> Reply {
         Op::Chargeback => super::warehouse::chargeback(ctx).await,
         Op::ExperimentReport => super::warehouse::experiment_report(ctx, id).await,
         Op::RevertPromotion => super::warehouse::revert_promotion(ctx, id),
+        Op::ListEvals => super::evals::list(ctx),
+        Op::StartEvalRun => super::evals::start(ctx, id),
+        Op::GetEvalRun => super::evals::get(ctx, id),
+        Op::CompareEvalRuns => super::evals::compare_runs(ctx),
         Op::EraseUser => super::warehouse::erase_user(ctx, org, id).await,
     }
 }

@@ -5,6 +5,7 @@
 
 mod allocations;
 mod audit_log;
+mod evals;
 mod handlers;
 mod policy;
 mod status;
@@ -76,6 +77,10 @@ pub enum Op {
     DeployWorkflow,
     UndeployWorkflow,
     RevertPromotion,
+    ListEvals,
+    StartEvalRun,
+    GetEvalRun,
+    CompareEvalRuns,
 }
 
 impl Op {
@@ -438,6 +443,34 @@ pub const ROUTES: &[Route] = &[
         summary: "Per-variant results of an experiment with significance tests and a verdict (the caller's org; all with admin:all_orgs).",
     },
     Route {
+        method: "GET",
+        path: "/admin/v1/evals",
+        permission: Some("admin:evals:read"),
+        op: Op::ListEvals,
+        summary: "The eval specs of [evals] dir and the schedules.",
+    },
+    Route {
+        method: "POST",
+        path: "/admin/v1/evals/{id}/runs",
+        permission: Some("admin:evals:write"),
+        op: Op::StartEvalRun,
+        summary: "Run (or resume) an eval in the background as the caller ({\"budget_usd\", \"resume\"}, optional); 202 with the run id.",
+    },
+    Route {
+        method: "GET",
+        path: "/admin/v1/evals/runs/{id}",
+        permission: Some("admin:evals:read"),
+        op: Op::GetEvalRun,
+        summary: "An eval run's progress, spend and each target's scores (runs the caller's org started; all with admin:all_orgs).",
+    },
+    Route {
+        method: "GET",
+        path: "/admin/v1/evals/compare",
+        permission: Some("admin:evals:read"),
+        op: Op::CompareEvalRuns,
+        summary: "Compare two eval results case by case: bootstrap CI of score deltas, McNemar, cost and latency deltas, regression verdict (baseline, candidate, baseline_target, candidate_target, margin).",
+    },
+    Route {
         method: "DELETE",
         path: "/admin/v1/experiments/{id}/promotion",
         permission: Some("admin:experiments:write"),
@@ -504,6 +537,9 @@ pub struct Request<'a> {
     pub request_id: &'a str,
     pub client_ip: Option<String>,
     pub user_agent: Option<String>,
+    /// The caller's `Authorization` value, for work done as the caller (an eval run's
+    /// requests); never logged or stored.
+    pub credential: Option<String>,
 }
 
 pub struct Reply {
@@ -770,8 +806,8 @@ pub fn openapi() -> Value {
             op["x-permission"] = json!(p);
         }
         if let Some(schema) = request_body(r.op) {
-            // Publishing takes the draft when the body is empty.
-            let required = r.op != Op::PublishWorkflow;
+            // Publishing takes the draft, and an eval run the spec's caps, when the body is empty.
+            let required = !matches!(r.op, Op::PublishWorkflow | Op::StartEvalRun);
             op["requestBody"] = json!({"required": required, "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{schema}")}}}});
         }
         entry[r.method.to_ascii_lowercase()] = op;
@@ -827,7 +863,10 @@ pub fn openapi() -> Value {
                 "WorkflowDefinition": {"type": "object", "additionalProperties": false, "required": ["definition"], "properties": {
                     "definition": {"type": "object", "description": "A workflow definition as a config file's (steps, output, description); name defaults to the URL's; the store numbers versions"}}},
                 "WorkflowDeployment": {"type": "object", "additionalProperties": false, "required": ["version"], "properties": {
-                    "version": {"type": "integer", "minimum": 1}}}
+                    "version": {"type": "integer", "minimum": 1}}},
+                "EvalRunSpec": {"type": "object", "properties": {
+                    "budget_usd": {"type": "string", "description": "Decimal USD cap, in place of the spec's"},
+                    "resume": {"type": "string", "description": "A run id: cases already scored are not sent again"}}}
             }
         }
     })
@@ -848,6 +887,7 @@ fn request_body(op: Op) -> Option<&'static str> {
         Op::PutWorkflowDraft => "WorkflowDefinition",
         Op::PublishWorkflow => "WorkflowDefinition",
         Op::DeployWorkflow => "WorkflowDeployment",
+        Op::StartEvalRun => "EvalRunSpec",
         _ => return None,
     })
 }
@@ -869,6 +909,8 @@ fn path_param(path: &str, name: &str) -> Option<&'static str> {
         (_, "experiments") => "Experiment id",
         (_, "requests") => "Request id (x-request-id)",
         (_, "workflows") => "Workflow name",
+        (_, "evals") => "Eval name (a spec of [evals] dir)",
+        (_, "runs") => "Eval run id (ev_…)",
         _ => "Id",
     })
 }

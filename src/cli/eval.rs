@@ -22,22 +22,16 @@ pub struct RunArgs {
 
 /// The gateway as the config describes it (the URLs may be given instead).
 fn endpoints(cfg: Option<&Config>, a: &RunArgs) -> Result<(String, String), String> {
+    let local = cfg.map(|c| runner::Gateway::local(&c.server, None));
     let data = a
         .gateway
         .clone()
-        .or_else(|| cfg.map(|c| crate::workflow::loopback(&c.server)))
+        .or_else(|| local.as_ref().map(|g| g.data_plane.clone()))
         .ok_or("no gateway: pass --gateway or a --config")?;
     let ops = a
         .ops
         .clone()
-        .or_else(|| {
-            cfg.map(|c| {
-                let mut s = c.server.clone();
-                s.listen = c.server.ops_listen;
-                s.tls = None;
-                crate::workflow::loopback(&s)
-            })
-        })
+        .or_else(|| local.as_ref().map(|g| g.ops.clone()))
         .ok_or("no ops plane: pass --ops or a --config")?;
     Ok((
         data.trim_end_matches('/').to_string(),
@@ -72,10 +66,13 @@ pub fn run(a: RunArgs) -> Result<u8, String> {
             .map_err(|e| e.to_string())?,
     };
     let dir = a.dir.clone();
-    let resume = a.resume.clone();
+    let start = match a.resume.clone() {
+        Some(id) => runner::Start::Resume(id),
+        None => runner::Start::New(runner::new_run_id()),
+    };
     let (ds2, ch) = (ds.clone(), cfg.as_ref().and_then(|c| c.clickhouse.clone()));
     let out = crate::warehouse::block_on(async move {
-        let out = runner::run(spec, ds2.clone(), gw, &dir, resume.as_deref(), budget).await?;
+        let out = runner::run(spec, ds2.clone(), gw, &dir, start, budget).await?;
         let stored = match &ch {
             Some(ch) => crate::eval::store(&ch.db_client(), &ds2, &out.meta, &out.new)
                 .await

@@ -201,6 +201,7 @@ pub struct Config {
     pub control_hash: u64,
     /// Experiments that promote their winner.
     pub auto_promote: Vec<Arc<crate::experiments::promote::Policy>>,
+    pub evals: crate::eval::schedule::Settings,
 }
 
 /// FNV-1a 64 of config text: identifies one version of a config file.
@@ -719,6 +720,7 @@ fn validate(raw: RawConfig, path: &Path, err: &mut dyn FnMut(&str, String)) -> C
         source_hash: 0,
         control_hash: 0,
         auto_promote,
+        evals: crate::eval::schedule::settings(&raw.evals, base, err),
     }
 }
 

@@ -63,6 +63,9 @@ pub struct RawConfig {
     /// Multi-step workflows the gateway runs.
     #[serde(default)]
     pub workflows: crate::workflow::RawSettings,
+    /// Evals the gateway runs: specs for the admin API, and schedules.
+    #[serde(default)]
+    pub evals: crate::eval::schedule::RawEvals,
 }
 
 #[derive(Debug, Deserialize)]

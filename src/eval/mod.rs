@@ -6,6 +6,7 @@
 pub mod compare;
 pub mod dataset;
 pub mod runner;
+pub mod schedule;
 pub mod scorer;
 pub mod spec;
 

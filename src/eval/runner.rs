@@ -130,9 +130,35 @@ pub struct Outcome {
     pub new: Vec<CaseResult>,
 }
 
-fn new_run_id() -> String {
+pub fn new_run_id() -> String {
     let v: u64 = rand::random();
     format!("ev_{v:016x}")
+}
+
+impl Gateway {
+    /// This gateway as its own config describes it (plain HTTP ops plane on loopback).
+    pub fn local(server: &crate::config::ServerSettings, key: Option<String>) -> Gateway {
+        let mut ops = server.clone();
+        ops.listen = server.ops_listen;
+        ops.tls = None;
+        Gateway {
+            data_plane: crate::workflow::loopback(server),
+            ops: crate::workflow::loopback(&ops),
+            key,
+            client: reqwest::Client::builder()
+                .no_proxy()
+                .danger_accept_invalid_certs(true)
+                .build()
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// A new run (its id) or the run to resume.
+#[derive(Debug, Clone)]
+pub enum Start {
+    New(String),
+    Resume(String),
 }
 
 /// Runs (or resumes) an eval. `budget` replaces the spec's cap when given.
@@ -141,13 +167,13 @@ pub async fn run(
     ds: Arc<Dataset>,
     gw: Gateway,
     dir: &Path,
-    resume: Option<&str>,
+    start: Start,
     budget: Option<i128>,
 ) -> Result<Outcome, String> {
     spec.check(&ds)?;
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let (meta, done) = match resume {
-        Some(id) => {
+    let (meta, done) = match &start {
+        Start::Resume(id) => {
             let f = RunFile::read(dir, id)?;
             if f.meta.dataset_hash != ds.hash {
                 return Err(format!(
@@ -160,9 +186,9 @@ pub async fn run(
             }
             (f.meta.clone(), f)
         }
-        None => {
+        Start::New(id) => {
             let meta = Meta {
-                run_id: new_run_id(),
+                run_id: id.clone(),
                 eval: spec.name.clone(),
                 dataset: ds.name.clone(),
                 dataset_hash: ds.hash.clone(),

@@ -98,6 +98,15 @@ pub struct Metrics {
     /// {model, outcome}: live answers sent to a judge (scored, failed, skipped_budget,
     /// no_warehouse).
     pub online_evals: IntCounterVec,
+    /// {eval, ending}: eval runs the gateway made (completed, budget_exhausted, with_errors,
+    /// error).
+    pub eval_runs: IntCounterVec,
+    /// {eval}: 1 when the last scheduled run regressed against its baseline.
+    pub eval_regression: prometheus::IntGaugeVec,
+    /// {eval}: Unix time of the last scheduled run.
+    pub eval_last_run: prometheus::IntGaugeVec,
+    /// {eval, target, scorer}: the last scheduled run's mean score.
+    pub eval_mean_score: prometheus::GaugeVec,
     /// {experiment, outcome}: auto-promotion passes (insufficient, no_winner, srm, promoted).
     pub experiment_evaluations: IntCounterVec,
     /// {experiment}: 1 once auto-promotion shifted the split to a winner.
@@ -163,6 +172,15 @@ fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeV
 
 fn fgauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> prometheus::GaugeVec {
     let g = prometheus::GaugeVec::new(Opts::new(format!("model_bridge_{name}"), help), labels)
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    r.register(Box::new(g.clone()))
+        .unwrap_or_else(|e| panic!("register {name}: {e}"));
+    g
+}
+
+/// A labelled integer gauge, registered (the full metric name).
+fn int_gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> prometheus::IntGaugeVec {
+    let g = prometheus::IntGaugeVec::new(prometheus::Opts::new(name, help), labels)
         .unwrap_or_else(|e| panic!("metric {name}: {e}"));
     r.register(Box::new(g.clone()))
         .unwrap_or_else(|e| panic!("register {name}: {e}"));
@@ -471,6 +489,37 @@ impl Metrics {
                 "Requests routed by an experiment, by alias and variant.",
                 &["model", "variant"],
             ),
+            eval_runs: counter(
+                &r,
+                "eval_runs_total",
+                "Eval runs the gateway made (scheduled or through the admin API), by eval and ending.",
+                &["eval", "ending"],
+            ),
+            eval_regression: int_gauge_vec(
+                &r,
+                "model_bridge_eval_regression",
+                "1 when the eval's last scheduled run regressed against its baseline.",
+                &["eval"],
+            ),
+            eval_last_run: int_gauge_vec(
+                &r,
+                "model_bridge_eval_last_run_timestamp_seconds",
+                "Unix time of the eval's last scheduled run.",
+                &["eval"],
+            ),
+            eval_mean_score: {
+                let g = prometheus::GaugeVec::new(
+                    prometheus::Opts::new(
+                        "model_bridge_eval_mean_score",
+                        "The last scheduled run's mean score, by eval, target and scorer.",
+                    ),
+                    &["eval", "target", "scorer"],
+                )
+                .unwrap_or_else(|e| panic!("metric eval_mean_score: {e}"));
+                r.register(Box::new(g.clone()))
+                    .unwrap_or_else(|e| panic!("register eval_mean_score: {e}"));
+                g
+            },
             online_evals: counter(
                 &r,
                 "online_evals_total",
@@ -483,19 +532,12 @@ impl Metrics {
                 "Auto-promotion passes over an experiment, by outcome (insufficient, no_winner, srm, promoted, error).",
                 &["experiment", "outcome"],
             ),
-            experiment_promoted: {
-                let g = prometheus::IntGaugeVec::new(
-                    prometheus::Opts::new(
-                        "model_bridge_experiment_promoted",
-                        "1 while an experiment's split is shifted to its auto-promoted winner.",
-                    ),
-                    &["experiment"],
-                )
-                .unwrap_or_else(|e| panic!("metric experiment_promoted: {e}"));
-                r.register(Box::new(g.clone()))
-                    .unwrap_or_else(|e| panic!("register experiment_promoted: {e}"));
-                g
-            },
+            experiment_promoted: int_gauge_vec(
+                &r,
+                "model_bridge_experiment_promoted",
+                "1 while an experiment's split is shifted to its auto-promoted winner.",
+                &["experiment"],
+            ),
             attempts: counter(
                 &r,
                 "upstream_attempts_total",

@@ -66,6 +66,7 @@ pub fn serve(config: Config, config_path: &Path) -> Result<(), String> {
     crate::limits::reconcile::spawn(shared.clone());
     crate::finance::watch::spawn(shared.clone());
     crate::experiments::promote::spawn(shared.clone());
+    crate::eval::schedule::spawn(shared.clone());
 
     let conf = ServerConf {
         threads: server_cfg.threads,

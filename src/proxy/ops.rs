@@ -115,6 +115,15 @@ impl OpsPlane {
         };
         let method = s.req_header().method.as_str().to_string();
         let query = s.req_header().uri.query().map(str::to_string);
+        let credential = s
+            .get_header(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+            .or_else(|| {
+                s.get_header("api-key")
+                    .and_then(|v| v.to_str().ok())
+                    .map(|k| format!("Bearer {k}"))
+            });
         let req = admin::Request {
             method: &method,
             path: &path,
@@ -123,6 +132,7 @@ impl OpsPlane {
             request_id: &request_id,
             client_ip,
             user_agent,
+            credential,
         };
         let r = admin::handle(&self.shared, &live, &principal, &req).await;
         let mut resp = match r.text {
