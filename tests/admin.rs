@@ -8,7 +8,7 @@ use common::*;
 use serde_json::{json, Value};
 
 /// Distinct paths in the admin route table (a new route must be added here deliberately).
-const ROUTE_PATHS: usize = 46;
+const ROUTE_PATHS: usize = 48;
 
 fn start() -> (Gateway, tempfile::TempDir) {
     start_with_policies("")

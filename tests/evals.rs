@@ -460,12 +460,79 @@ async fn results_land_in_clickhouse_with_costs_equal_to_the_usage_rows() {
         "SELECT sum(cost_nanousd) FROM {db}.usage_events WHERE has(tags, 'eval_run:{run}')"
     ))
     .await;
-    let results = q(format!(
+    let recorded = q(format!(
         "SELECT sum(cost_nanousd) FROM {db}.eval_results WHERE run_id = '{run}'"
     ))
     .await;
-    assert_eq!(usage, results);
+    assert_eq!(usage, recorded);
     assert_ne!(usage, "0");
+
+    // A dataset registered through the admin API is a version named by its content hash; a
+    // spec that names it runs its cases from ClickHouse.
+    let (admin, _) = g.create_key(&["--org", "a", "--role", "org-admin"]);
+    g.wait_key(&admin).await;
+    let put = |body: String| {
+        let (g, admin) = (&g, admin.clone());
+        async move {
+            let r = client()
+                .put(g.ops_url("/admin/v1/evals/datasets/reg"))
+                .bearer_auth(&admin)
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    };
+    let (s, v) = put("{\"messages\": []}\nnot json\n".into()).await;
+    assert_eq!(s, 400, "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("line 2"),
+        "{v}"
+    );
+    let text = std::fs::read_to_string(dir.join("cases.jsonl")).unwrap();
+    let (s, v) = put(text.clone()).await;
+    assert_eq!((s, v["cases"].as_u64()), (201, Some(20)), "{v}");
+    let hash = v["hash"].as_str().unwrap().to_string();
+    // The same bytes the file run used: the same version.
+    assert_eq!(
+        out["dataset"].as_str().unwrap(),
+        format!("cases@{}", &hash[..12])
+    );
+    let (_, list) = g
+        .admin(&admin, "GET", "/admin/v1/evals/datasets", Value::Null)
+        .await;
+    assert!(
+        list["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["hash"] == hash.as_str() && d["dataset"] == "reg"),
+        "{list}"
+    );
+    // The file goes; the registered version stays.
+    std::fs::remove_file(dir.join("cases.jsonl")).unwrap();
+    let reg = spec(
+        dir,
+        "reg.toml",
+        "\"good\"",
+        "[[scorers]]\ntype = \"exact\"\n",
+    );
+    let text = std::fs::read_to_string(&reg).unwrap();
+    std::fs::write(
+        &reg,
+        text.replace("dataset = \"cases.jsonl\"", "dataset = \"registered:reg\""),
+    )
+    .unwrap();
+    let (code, out, err) = cli(&g, &key, dir, &["run", &reg]);
+    assert_eq!(code, 0, "{out} {err}");
+    assert_eq!(out["done"], 20, "{out}");
+    assert_eq!(out["dataset"], json!(format!("reg@{}", &hash[..12])));
+    let rows = results(dir, out["run_id"].as_str().unwrap());
+    assert!(
+        rows.iter().all(|r| r["scores"]["exact"]["pass"] == true),
+        "expected answers read back exactly"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

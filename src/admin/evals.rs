@@ -238,3 +238,88 @@ pub fn compare_runs(ctx: &Ctx<'_>) -> Reply {
         Err(e) => Reply::error(400, "invalid_request_error", e),
     }
 }
+
+#[derive(Debug, clickhouse::Row, serde::Deserialize)]
+struct Registered {
+    dataset: String,
+    dataset_hash: String,
+    cases: u64,
+    registered: u32,
+}
+
+/// `GET /admin/v1/evals/datasets`: every registered version, newest first.
+pub async fn list_datasets(ctx: &Ctx<'_>) -> Reply {
+    let Some(ch) = &ctx.live.config.clickhouse else {
+        return Reply::error(
+            409,
+            "warehouse_not_configured",
+            "Datasets are registered in ClickHouse: configure [clickhouse].",
+        );
+    };
+    let rows: Result<Vec<Registered>, _> = ch
+        .db_client()
+        .query(
+            "SELECT dataset, dataset_hash, uniqExact(case_id) AS cases, toUInt32(max(ts)) AS registered \
+             FROM eval_cases GROUP BY dataset, dataset_hash ORDER BY registered DESC, dataset",
+        )
+        .fetch_all()
+        .await;
+    match rows {
+        Ok(rows) => Reply::ok(json!({"object": "list", "data": rows.iter().map(|r| json!({
+            "dataset": r.dataset, "hash": r.dataset_hash,
+            "version": format!("{}@{}", r.dataset, &r.dataset_hash[..12.min(r.dataset_hash.len())]),
+            "cases": r.cases, "registered_at": crate::time::rfc3339(u64::from(r.registered)),
+        })).collect::<Vec<_>>()})),
+        Err(e) => Reply::error(503, "warehouse_unavailable", format!("ClickHouse: {e}")),
+    }
+}
+
+/// `PUT /admin/v1/evals/datasets/{id}`: the body is the dataset's JSONL; registered as the
+/// version its content hash names (specs use `dataset = "registered:<id>"`).
+pub async fn register_dataset(ctx: &Ctx<'_>, name: &str) -> Reply {
+    let Some(ch) = &ctx.live.config.clickhouse else {
+        return Reply::error(
+            409,
+            "warehouse_not_configured",
+            "Datasets are registered in ClickHouse: configure [clickhouse].",
+        );
+    };
+    let ok_name = (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if !ok_name {
+        return Reply::error(
+            400,
+            "invalid_request_error",
+            "A dataset name is 1-64 of a-z, A-Z, 0-9, - _ .",
+        );
+    }
+    let ds = match crate::eval::dataset::parse(name, ctx.req.body) {
+        Ok(d) => d,
+        Err(p) => {
+            return Reply::error(
+                400,
+                "invalid_dataset",
+                format!("Invalid dataset: {}", p.join("; ")),
+            )
+        }
+    };
+    if let Err(e) = crate::eval::store_cases(&ch.db_client(), &ds).await {
+        return Reply::error(503, "warehouse_unavailable", format!("ClickHouse: {e}"));
+    }
+    let body = json!({"object": "eval.dataset", "dataset": name, "hash": ds.hash,
+                      "version": ds.version(), "cases": ds.cases.len()});
+    ctx.audit(
+        "dataset.register",
+        None,
+        format!("dataset:{}", ds.version()),
+        None,
+        Some(body.clone()),
+    );
+    Reply {
+        status: 201,
+        body,
+        text: None,
+    }
+}

@@ -77,6 +77,8 @@ pub async fn run(ctx: &Ctx<'_>, op: Op, p: &Params<'_>) -> Reply {
         Op::StartEvalRun => super::evals::start(ctx, id),
         Op::GetEvalRun => super::evals::get(ctx, id),
         Op::CompareEvalRuns => super::evals::compare_runs(ctx),
+        Op::ListDatasets => super::evals::list_datasets(ctx).await,
+        Op::RegisterDataset => super::evals::register_dataset(ctx, id).await,
         Op::EraseUser => super::warehouse::erase_user(ctx, org, id).await,
     }
 }

@@ -81,6 +81,8 @@ pub enum Op {
     StartEvalRun,
     GetEvalRun,
     CompareEvalRuns,
+    ListDatasets,
+    RegisterDataset,
 }
 
 impl Op {
@@ -465,6 +467,20 @@ pub const ROUTES: &[Route] = &[
     },
     Route {
         method: "GET",
+        path: "/admin/v1/evals/datasets",
+        permission: Some("admin:evals:read"),
+        op: Op::ListDatasets,
+        summary: "Every registered dataset version (name, content hash, cases, when).",
+    },
+    Route {
+        method: "PUT",
+        path: "/admin/v1/evals/datasets/{id}",
+        permission: Some("admin:evals:write"),
+        op: Op::RegisterDataset,
+        summary: "Register a dataset (the body is its JSONL) in ClickHouse as the version its SHA-256 names; specs use dataset = \"registered:<name>\".",
+    },
+    Route {
+        method: "GET",
         path: "/admin/v1/evals/compare",
         permission: Some("admin:evals:read"),
         op: Op::CompareEvalRuns,
@@ -810,6 +826,10 @@ pub fn openapi() -> Value {
             let required = !matches!(r.op, Op::PublishWorkflow | Op::StartEvalRun);
             op["requestBody"] = json!({"required": required, "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{schema}")}}}});
         }
+        if r.op == Op::RegisterDataset {
+            op["requestBody"] = json!({"required": true, "content": {"application/x-ndjson": {"schema": {"type": "string",
+                "description": "JSONL: one case per line — messages or vars, expected, tags, id"}}}});
+        }
         entry[r.method.to_ascii_lowercase()] = op;
     }
     let strings = json!({"type": "array", "items": {"type": "string"}});
@@ -911,6 +931,7 @@ fn path_param(path: &str, name: &str) -> Option<&'static str> {
         (_, "workflows") => "Workflow name",
         (_, "evals") => "Eval name (a spec of [evals] dir)",
         (_, "runs") => "Eval run id (ev_…)",
+        (_, "datasets") => "Dataset name",
         _ => "Id",
     })
 }
@@ -939,6 +960,10 @@ mod tests {
         for r in ROUTES {
             let op = &doc["paths"][r.path][r.method.to_ascii_lowercase()];
             if matches!(r.method, "POST" | "PUT") && !bodiless.contains(&r.op) {
+                if r.op == Op::RegisterDataset {
+                    assert!(op["requestBody"]["content"]["application/x-ndjson"].is_object());
+                    continue;
+                }
                 let schema = op["requestBody"]["content"]["application/json"]["schema"]["$ref"]
                     .as_str()
                     .unwrap_or_else(|| panic!("{} {} has no request body", r.method, r.path));

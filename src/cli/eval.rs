@@ -5,7 +5,7 @@
 
 use crate::config::Config;
 use crate::eval::runner::{self, Ending, RunFile};
-use crate::eval::{compare, dataset, spec};
+use crate::eval::{compare, spec};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -46,7 +46,11 @@ pub fn run(a: RunArgs) -> Result<u8, String> {
         None
     };
     let spec = Arc::new(spec::load(&a.spec)?);
-    let ds = Arc::new(dataset::load(&spec.dataset_path)?);
+    let ch_settings = cfg.as_ref().and_then(|c| c.clickhouse.clone());
+    let ds = Arc::new(crate::warehouse::block_on(crate::eval::resolve(
+        &spec.dataset,
+        ch_settings.as_ref(),
+    ))??);
     let (data_plane, ops) = endpoints(cfg.as_ref(), &a)?;
     let budget = a
         .budget_usd

@@ -121,6 +121,52 @@ pub fn parse(name: &str, bytes: &[u8]) -> Result<Dataset, Vec<String>> {
     })
 }
 
+/// A registered version's cases as `eval_cases` holds them: (id, input JSON, expected JSON or
+/// empty, tags).
+pub fn from_rows(
+    name: &str,
+    hash: &str,
+    rows: Vec<(String, String, String, Vec<String>)>,
+) -> Result<Dataset, String> {
+    let mut cases = Vec::new();
+    for (id, input, expected, tags) in rows {
+        let input: Value = serde_json::from_str(&input).map_err(|e| format!("case {id}: {e}"))?;
+        let expected = if expected.is_empty() {
+            None
+        } else {
+            Some(serde_json::from_str(&expected).map_err(|e| format!("case {id}: {e}"))?)
+        };
+        let (messages, vars) = match input {
+            Value::Array(m) => (Some(m), Value::Object(Default::default())),
+            v => (None, v),
+        };
+        cases.push(Case {
+            id,
+            messages,
+            vars,
+            expected,
+            tags,
+        });
+    }
+    if cases.is_empty() {
+        return Err(format!("dataset {name}@{hash} has no cases"));
+    }
+    Ok(Dataset {
+        name: name.to_string(),
+        hash: hash.to_string(),
+        cases,
+    })
+}
+
+/// A case's input as `eval_cases` stores it: the messages (a JSON array) or the vars (an
+/// object).
+pub fn input_json(c: &Case) -> String {
+    match &c.messages {
+        Some(m) => Value::Array(m.clone()).to_string(),
+        None => c.vars.to_string(),
+    }
+}
+
 pub fn load(path: &std::path::Path) -> Result<Dataset, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let name = path

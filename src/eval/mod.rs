@@ -11,6 +11,7 @@ pub mod scorer;
 pub mod spec;
 
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 /// Sending eval-tagged requests (`x-model-bridge-eval`).
 pub const EVAL_PERMISSION: &str = "eval:run";
@@ -96,6 +97,80 @@ impl ResultRow {
     }
 }
 
+/// The cases of `r`: its file, or its registered version from ClickHouse.
+pub async fn resolve(
+    r: &spec::DatasetRef,
+    ch: Option<&crate::warehouse::ClickHouseSettings>,
+) -> Result<dataset::Dataset, String> {
+    match r {
+        spec::DatasetRef::File(p) => dataset::load(p),
+        spec::DatasetRef::Registered { name, version } => {
+            let ch = ch.ok_or("a registered dataset needs [clickhouse]")?;
+            registered(&ch.db_client(), name, version.as_deref()).await
+        }
+    }
+}
+
+#[derive(Debug, clickhouse::Row, Deserialize)]
+struct VersionRow {
+    dataset_hash: String,
+}
+
+#[derive(Debug, clickhouse::Row, Deserialize)]
+struct StoredCase {
+    case_id: String,
+    input: String,
+    expected: String,
+    tags: Vec<String>,
+}
+
+/// A registered version of `name` (the latest registered, or the one whose hash starts with
+/// `version`).
+pub async fn registered(
+    client: &clickhouse::Client,
+    name: &str,
+    version: Option<&str>,
+) -> Result<dataset::Dataset, String> {
+    let versions: Vec<VersionRow> = client
+        .query(
+            "SELECT dataset_hash FROM eval_cases WHERE dataset = ? AND dataset_hash LIKE ? \
+             GROUP BY dataset_hash ORDER BY max(ts) DESC, dataset_hash LIMIT 2",
+        )
+        .bind(name)
+        // Hex digits only (the spec checks), so the pattern has no wildcard of its own.
+        .bind(format!("{}%", version.unwrap_or("")))
+        .fetch_all()
+        .await
+        .map_err(|e| e.to_string())?;
+    let hash = match (versions.as_slice(), version) {
+        ([], _) => {
+            return Err(format!(
+                "no registered dataset `{name}`{}",
+                version.map(|v| format!("@{v}")).unwrap_or_default()
+            ))
+        }
+        ([_, _], Some(v)) => return Err(format!("`{name}@{v}` names more than one version")),
+        ([first, ..], _) => first.dataset_hash.clone(),
+    };
+    let rows: Vec<StoredCase> = client
+        .query(
+            "SELECT case_id, any(input), any(expected), any(tags) FROM eval_cases \
+             WHERE dataset = ? AND dataset_hash = ? GROUP BY case_id ORDER BY case_id",
+        )
+        .bind(name)
+        .bind(&hash)
+        .fetch_all()
+        .await
+        .map_err(|e| e.to_string())?;
+    dataset::from_rows(
+        name,
+        &hash,
+        rows.into_iter()
+            .map(|r| (r.case_id, r.input, r.expected, r.tags))
+            .collect(),
+    )
+}
+
 /// Writes a dataset version's cases and a run's new results to ClickHouse.
 pub async fn store(
     client: &clickhouse::Client,
@@ -103,29 +178,7 @@ pub async fn store(
     meta: &runner::Meta,
     results: &[runner::CaseResult],
 ) -> Result<(), String> {
-    let now = crate::time::now_unix() as u32;
-    let mut ins = client
-        .insert::<CaseRow>("eval_cases")
-        .await
-        .map_err(|e| e.to_string())?;
-    for c in &ds.cases {
-        let input = match &c.messages {
-            Some(m) => serde_json::to_string(m).unwrap_or_default(),
-            None => c.vars.to_string(),
-        };
-        ins.write(&CaseRow {
-            ts: now,
-            dataset: ds.name.clone(),
-            dataset_hash: ds.hash.clone(),
-            case_id: c.id.clone(),
-            input,
-            expected: c.expected_text().unwrap_or_default(),
-            tags: c.tags.clone(),
-        })
-        .await
-        .map_err(|e| e.to_string())?;
-    }
-    ins.end().await.map_err(|e| e.to_string())?;
+    store_cases(client, ds).await?;
     if results.is_empty() {
         return Ok(());
     }
@@ -137,6 +190,34 @@ pub async fn store(
         ins.write(&ResultRow::of(meta, r))
             .await
             .map_err(|e| e.to_string())?;
+    }
+    ins.end().await.map_err(|e| e.to_string())
+}
+
+/// Registers a dataset version's cases (`eval_cases`, deduplicated by version and case).
+pub async fn store_cases(client: &clickhouse::Client, ds: &dataset::Dataset) -> Result<(), String> {
+    let now = crate::time::now_unix() as u32;
+    let mut ins = client
+        .insert::<CaseRow>("eval_cases")
+        .await
+        .map_err(|e| e.to_string())?;
+    for c in &ds.cases {
+        ins.write(&CaseRow {
+            ts: now,
+            dataset: ds.name.clone(),
+            dataset_hash: ds.hash.clone(),
+            case_id: c.id.clone(),
+            input: dataset::input_json(c),
+            // JSON, so a registered version reads back exactly (a string stays a string).
+            expected: c
+                .expected
+                .as_ref()
+                .map(Value::to_string)
+                .unwrap_or_default(),
+            tags: c.tags.clone(),
+        })
+        .await
+        .map_err(|e| e.to_string())?;
     }
     ins.end().await.map_err(|e| e.to_string())
 }

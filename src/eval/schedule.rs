@@ -6,7 +6,7 @@
 //! `ModelBridgeEvalRegression` watches.
 
 use super::runner::{self, Ending, RunFile, Start};
-use super::{compare, dataset, spec};
+use super::{compare, spec};
 use crate::metrics::METRICS;
 use crate::routing::Secret;
 use serde::Deserialize;
@@ -134,7 +134,7 @@ pub async fn run_named(
         .spec_path(name)
         .ok_or_else(|| format!("no eval `{name}`"))?;
     let spec = Arc::new(spec::load(&path)?);
-    let ds = Arc::new(dataset::load(&spec.dataset_path)?);
+    let ds = Arc::new(super::resolve(&spec.dataset, cfg.clickhouse.as_ref()).await?);
     let gw = runner::Gateway::local(&cfg.server, key);
     let out = runner::run(spec, ds.clone(), gw, &s.runs_dir, start, budget).await?;
     if let Some(ch) = &cfg.clickhouse {

@@ -36,9 +36,22 @@ fn default_concurrency() -> usize {
     4
 }
 
+/// Where a spec's cases come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DatasetRef {
+    /// A JSONL file.
+    File(PathBuf),
+    /// A dataset registered in ClickHouse (`registered:<name>`, or `registered:<name>@<hash
+    /// prefix>` for one version; default its latest).
+    Registered {
+        name: String,
+        version: Option<String>,
+    },
+}
+
 pub struct Spec {
     pub name: String,
-    pub dataset_path: PathBuf,
+    pub dataset: DatasetRef,
     pub targets: Vec<String>,
     pub concurrency: usize,
     pub budget_nanousd: Option<i128>,
@@ -82,7 +95,25 @@ pub fn parse(text: &str, base: &Path) -> Result<Spec, String> {
     }
     Ok(Spec {
         name: raw.name,
-        dataset_path: base.join(raw.dataset),
+        dataset: match raw.dataset.strip_prefix("registered:") {
+            Some(r) => {
+                let (name, version) = match r.split_once('@') {
+                    Some((n, v)) => (n.to_string(), Some(v.to_string())),
+                    None => (r.to_string(), None),
+                };
+                if name.is_empty()
+                    || version
+                        .as_ref()
+                        .is_some_and(|v| v.is_empty() || !v.bytes().all(|b| b.is_ascii_hexdigit()))
+                {
+                    return Err(
+                        "dataset: registered:<name> or registered:<name>@<hash prefix>".into(),
+                    );
+                }
+                DatasetRef::Registered { name, version }
+            }
+            None => DatasetRef::File(base.join(raw.dataset)),
+        },
         targets: raw.targets,
         concurrency: raw.concurrency,
         budget_nanousd,
