@@ -371,6 +371,27 @@ min_samples = 20
 interval_ms = 200
 "#;
 
+/// A gateway with authentication, `models` and its rows in a fresh ClickHouse database, with
+/// an invoker's key and a super-admin's; `None` without ClickHouse.
+async fn with_warehouse(
+    models: &str,
+) -> Option<(Gateway, tempfile::TempDir, String, String, String, String)> {
+    let url = shared_url()?;
+    let db = new_db();
+    let dir = tempfile::tempdir().unwrap();
+    let policies = policies_dir(dir.path(), "");
+    let extra = format!(
+        "[auth]\nkey_store = \"keys.json\"\npolicies = \"{}\"\n{models}",
+        policies.display()
+    );
+    let g = Gateway::start_edited(&[], &extra, |t| sink_config(t, &url, &db, ""));
+    let (key, _) = g.create_key(&["--org", "a", "--role", "invoker"]);
+    let (admin, _) = g.create_key(&["--org", "a", "--role", "super-admin"]);
+    g.wait_key(&key).await;
+    g.wait_key(&admin).await;
+    Some((g, dir, url, db, key, admin))
+}
+
 /// Sends a chat to `model` as end user `user`; the variant that answered.
 async fn variant(g: &Gateway, key: &str, model: &str, user: &str) -> String {
     let r = client()
@@ -387,21 +408,9 @@ async fn variant(g: &Gateway, key: &str, model: &str, user: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auto_promote_shifts_traffic_to_the_planted_winner_and_never_on_an_a_a_split() {
-    let Some(url) = shared_url() else {
+    let Some((g, _dir, _url, _db, key, admin)) = with_warehouse(AUTO).await else {
         return;
     };
-    let db = new_db();
-    let dir = tempfile::tempdir().unwrap();
-    let policies = policies_dir(dir.path(), "");
-    let extra = format!(
-        "[auth]\nkey_store = \"keys.json\"\npolicies = \"{}\"\n{AUTO}",
-        policies.display()
-    );
-    let g = Gateway::start_edited(&[], &extra, |t| sink_config(t, &url, &db, ""));
-    let (key, _) = g.create_key(&["--org", "a", "--role", "invoker"]);
-    let (admin, _) = g.create_key(&["--org", "a", "--role", "super-admin"]);
-    g.wait_key(&key).await;
-    g.wait_key(&admin).await;
     let mut seen = std::collections::BTreeSet::new();
     for i in 0..60 {
         seen.insert(variant(&g, &key, "promo", &format!("u{i}")).await);
@@ -545,21 +554,9 @@ budget_usd = "0.000000001"
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_answers_are_graded_off_the_request_path_and_reach_the_report() {
-    let Some(url) = shared_url() else {
+    let Some((g, _dir, url, db, key, admin)) = with_warehouse(ONLINE).await else {
         return;
     };
-    let db = new_db();
-    let dir = tempfile::tempdir().unwrap();
-    let policies = policies_dir(dir.path(), "");
-    let extra = format!(
-        "[auth]\nkey_store = \"keys.json\"\npolicies = \"{}\"\n{ONLINE}",
-        policies.display()
-    );
-    let g = Gateway::start_edited(&[], &extra, |t| sink_config(t, &url, &db, ""));
-    let (key, _) = g.create_key(&["--org", "a", "--role", "invoker"]);
-    let (admin, _) = g.create_key(&["--org", "a", "--role", "super-admin"]);
-    g.wait_key(&key).await;
-    g.wait_key(&admin).await;
     let mut ids = Vec::new();
     for i in 0..10 {
         let stream = i % 2 == 0;

@@ -85,14 +85,25 @@ pub fn upstream_request(
                 .map_err(bad)?;
         }
     }
+    provider_headers(&mut h, provider, request_id).map_err(bad)?;
+    Ok(h)
+}
+
+/// What every upstream request carries whoever asked: the provider's credential and extra
+/// headers, and our request id.
+fn provider_headers(
+    h: &mut RequestHeader,
+    provider: &Provider,
+    request_id: &str,
+) -> pingora_error::Result<()> {
     if let Some((name, value)) = provider.auth_header() {
-        h.insert_header(name, value).map_err(bad)?;
+        h.insert_header(name, value)?;
     }
     for (name, value) in &provider.extra_headers {
-        h.insert_header(name.clone(), value.as_str()).map_err(bad)?;
+        h.insert_header(name.clone(), value.as_str())?;
     }
-    h.insert_header("x-request-id", request_id).map_err(bad)?;
-    Ok(h)
+    h.insert_header("x-request-id", request_id)?;
+    Ok(())
 }
 
 /// A request of the gateway's own (a judge's), with no client headers: JSON body, the
@@ -114,13 +125,7 @@ pub fn internal_request(
     h.insert_header("content-type", "application/json")
         .map_err(bad)?;
     h.insert_header("content-length", body_len).map_err(bad)?;
-    if let Some((name, value)) = provider.auth_header() {
-        h.insert_header(name, value).map_err(bad)?;
-    }
-    for (name, value) in &provider.extra_headers {
-        h.insert_header(name.clone(), value.as_str()).map_err(bad)?;
-    }
-    h.insert_header("x-request-id", request_id).map_err(bad)?;
+    provider_headers(&mut h, provider, request_id).map_err(bad)?;
     Ok(h)
 }
 

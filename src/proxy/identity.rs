@@ -211,3 +211,16 @@ pub fn authorize_model(
     );
     Err(GatewayError::PermissionDenied(msg))
 }
+
+/// The caller's credential as an `Authorization` value (`api-key` as a bearer token), for work
+/// done later as the caller (a workflow's LLM steps, an eval run); held in memory only.
+pub fn caller_credential(s: &pingora_core::protocols::http::ServerSession) -> Option<String> {
+    s.get_header(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| {
+            s.get_header("api-key")
+                .and_then(|v| v.to_str().ok())
+                .map(|k| format!("Bearer {k}"))
+        })
+}

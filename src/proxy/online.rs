@@ -14,7 +14,7 @@ use crate::limits::budget::BudgetState;
 use crate::metrics::METRICS;
 use crate::routing::{OnlineEval, Target};
 use crate::state::Shared;
-use crate::usage::{UsageRecord, UsageSource};
+use crate::usage::UsageRecord;
 use crate::warehouse::rows::FeedbackRow;
 use bytes::Bytes;
 use std::sync::Arc;
@@ -140,45 +140,17 @@ pub fn judge(s: Sampled, record: &UsageRecord, request: Option<&Bytes>, answer: 
         row.request_bytes = out.len() as u64;
         row.response_bytes = 0;
         row.ttft_ms = None;
-        let mut cost = 0;
-        let mut grade = None;
-        tokio::pin!(cut);
-        let sent = tokio::select! {
-            r = s.upstream.send(&provider, header, Bytes::from(out), started) => r,
-            _ = &mut cut => Err(crate::error::GatewayError::ShuttingDown),
-        };
-        match sent {
-            Ok(mut resp) => {
-                row.status = resp.header().map_or(0, |h| h.status.as_u16());
-                let mut buf = Vec::new();
-                loop {
-                    let chunk = tokio::select! {
-                        c = resp.chunk() => c,
-                        _ = &mut cut => { row.cancelled = true; break; }
-                    };
-                    let Ok(Some(chunk)) = chunk else { break };
-                    if buf.len() < 1 << 20 {
-                        buf.extend_from_slice(&chunk);
-                    }
-                }
-                row.response_bytes = buf.len() as u64;
-                if let Some(u) = crate::usage::json::from_body(&buf) {
-                    row.prompt_tokens = u.prompt_tokens;
-                    row.cached_tokens = u.cached_tokens;
-                    row.completion_tokens = u.completion_tokens;
-                    row.usage_source = UsageSource::Provider;
-                    if let Some(p) = s.judge.price {
-                        cost = p.cost_nanousd(&u);
-                    }
-                }
-                row.cost_nanousd = s.judge.price.map(|_| cost);
-                grade = answer_of_body(&buf).and_then(|t| crate::eval::scorer::parse_grade(&t));
-            }
-            Err(e) => {
-                row.status = e.status();
-                row.error_type = Some(e.code());
-            }
-        }
+        let (body, cost, _) = super::shadow::send_recorded(
+            &s.upstream,
+            &s.judge,
+            header,
+            Bytes::from(out),
+            started,
+            cut,
+            &mut row,
+        )
+        .await;
+        let grade = answer_of_body(&body).and_then(|t| crate::eval::scorer::parse_grade(&t));
         s.budget.settle(worst, cost, crate::time::now_unix());
         row.latency_ms = started.elapsed().as_secs_f64() * 1e3;
         let outcome = match (grade, &shared.feedback) {

@@ -115,15 +115,7 @@ impl OpsPlane {
         };
         let method = s.req_header().method.as_str().to_string();
         let query = s.req_header().uri.query().map(str::to_string);
-        let credential = s
-            .get_header(http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-            .or_else(|| {
-                s.get_header("api-key")
-                    .and_then(|v| v.to_str().ok())
-                    .map(|k| format!("Bearer {k}"))
-            });
+        let credential = super::identity::caller_credential(s);
         let req = admin::Request {
             method: &method,
             path: &path,

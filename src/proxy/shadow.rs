@@ -90,60 +90,84 @@ pub fn maybe_send(
         record.provider_model = Some(target.provider_model.clone());
         record.stream = false;
         record.request_bytes = out.len() as u64;
-        let mut cost = 0;
-        tokio::pin!(cut);
-        let sent = tokio::select! {
-            r = upstream.send(&provider, header, Bytes::from(out), started) => r,
-            _ = &mut cut => Err(crate::error::GatewayError::ShuttingDown),
-        };
-        match sent {
-            Ok(mut resp) => {
-                record.status = resp.header().map_or(0, |h| h.status.as_u16());
-                record.upstream_latency_ms = Some(resp.header_latency.as_secs_f64() * 1e3);
-                let mut buf = Vec::new();
-                loop {
-                    let chunk = tokio::select! {
-                        c = resp.chunk() => c,
-                        _ = &mut cut => {
-                            record.cancelled = true;
-                            record.error_type = Some("shutting_down");
-                            break;
-                        }
-                    };
-                    let Ok(Some(chunk)) = chunk else { break };
-                    if buf.len() < 4 << 20 {
-                        buf.extend_from_slice(&chunk);
-                    }
-                }
-                record.response_bytes = buf.len() as u64;
-                if let Some(u) = crate::usage::json::from_body(&buf) {
-                    record.prompt_tokens = u.prompt_tokens;
-                    record.cached_tokens = u.cached_tokens;
-                    record.completion_tokens = u.completion_tokens;
-                    record.usage_source = UsageSource::Provider;
-                    if let Some(p) = target.price {
-                        cost = p.cost_nanousd(&u);
-                    }
-                }
-                record.cost_nanousd = target.price.map(|_| cost);
-                METRICS
-                    .shadow_requests
-                    .with_label_values(&[&alias, "sent"])
-                    .inc();
-            }
-            Err(e) => {
-                record.status = e.status();
-                record.error_type = Some(e.code());
-                METRICS
-                    .shadow_requests
-                    .with_label_values(&[&alias, "failed"])
-                    .inc();
-            }
-        }
+        let (_, cost, sent) = send_recorded(
+            &upstream,
+            &target,
+            header,
+            Bytes::from(out),
+            started,
+            cut,
+            &mut record,
+        )
+        .await;
+        let outcome = if sent { "sent" } else { "failed" };
+        METRICS
+            .shadow_requests
+            .with_label_values(&[&alias, outcome])
+            .inc();
         budget.settle(worst, cost, crate::time::now_unix());
         record.latency_ms = started.elapsed().as_secs_f64() * 1e3;
         shared.sink.submit(record);
     });
+}
+
+/// Sends a request of the gateway's own (a shadow copy, a judge's task) to `target` and records
+/// its answer in `row`: status, upstream latency, usage and the target's price applied, or the
+/// error. Returns the body (the first 4 MiB), the cost, and whether an answer came.
+pub(super) async fn send_recorded(
+    upstream: &Upstream,
+    target: &crate::routing::Target,
+    header: pingora_http::RequestHeader,
+    body: Bytes,
+    started: Instant,
+    cut: impl std::future::Future<Output = ()>,
+    row: &mut crate::usage::UsageRecord,
+) -> (Vec<u8>, i64, bool) {
+    let mut cost = 0;
+    tokio::pin!(cut);
+    let sent = tokio::select! {
+        r = upstream.send(&target.provider, header, body, started) => r,
+        _ = &mut cut => Err(crate::error::GatewayError::ShuttingDown),
+    };
+    let mut buf = Vec::new();
+    let answered = match sent {
+        Ok(mut resp) => {
+            row.status = resp.header().map_or(0, |h| h.status.as_u16());
+            row.upstream_latency_ms = Some(resp.header_latency.as_secs_f64() * 1e3);
+            loop {
+                let chunk = tokio::select! {
+                    c = resp.chunk() => c,
+                    _ = &mut cut => {
+                        row.cancelled = true;
+                        row.error_type = Some("shutting_down");
+                        break;
+                    }
+                };
+                let Ok(Some(chunk)) = chunk else { break };
+                if buf.len() < 4 << 20 {
+                    buf.extend_from_slice(&chunk);
+                }
+            }
+            row.response_bytes = buf.len() as u64;
+            if let Some(u) = crate::usage::json::from_body(&buf) {
+                row.prompt_tokens = u.prompt_tokens;
+                row.cached_tokens = u.cached_tokens;
+                row.completion_tokens = u.completion_tokens;
+                row.usage_source = UsageSource::Provider;
+                if let Some(p) = target.price {
+                    cost = p.cost_nanousd(&u);
+                }
+            }
+            row.cost_nanousd = target.price.map(|_| cost);
+            true
+        }
+        Err(e) => {
+            row.status = e.status();
+            row.error_type = Some(e.code());
+            false
+        }
+    };
+    (buf, cost, answered)
 }
 
 #[cfg(test)]

@@ -72,15 +72,7 @@ fn start(
             )
         })?;
     // The caller's own credential, for its LLM steps (never stored beyond the run).
-    let credential = s
-        .get_header(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-        .or_else(|| {
-            s.get_header("api-key")
-                .and_then(|v| v.to_str().ok())
-                .map(|k| format!("Bearer {k}"))
-        });
+    let credential = super::identity::caller_credential(s);
     let env = Env {
         run: run.clone(),
         settings,
