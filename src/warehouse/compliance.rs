@@ -201,10 +201,11 @@ pub async fn apply_retention(s: &ClickHouseSettings, now: u64) -> Result<Retenti
             report.audit_partitions_dropped = dropped;
         }
     }
-    // Workflow history is usage of its own: it is kept as long as the raw usage rows.
+    // Workflow history and eval results (model outputs) are usage of their own: they are kept
+    // as long as the raw usage rows.
     if s.usage_retention_months > 0 {
         let cutoff = cutoff_month(now, s.usage_retention_months);
-        for table in ["workflow_runs", "workflow_steps"] {
+        for table in ["workflow_runs", "workflow_steps", "eval_results"] {
             drop_before(s, table, cutoff).await?;
         }
     }
