@@ -180,20 +180,10 @@ pub fn get(ctx: &Ctx<'_>, id: &str) -> Reply {
     let mut targets = serde_json::Map::new();
     for t in &run.meta.targets {
         let ok = runner::by_case(&run, t);
-        let mut scorers = serde_json::Map::new();
-        for sc in &run.meta.scorers {
-            let s: Vec<_> = ok.values().filter_map(|r| r.scores.get(sc)).collect();
-            let n = s.len().max(1) as f64;
-            scorers.insert(
-                sc.clone(),
-                json!({"n": s.len(), "mean": s.iter().map(|x| x.value).sum::<f64>() / n,
-                       "pass_rate": s.iter().filter(|x| x.pass).count() as f64 / n}),
-            );
-        }
         let cost: i64 = ok.values().map(|r| r.cost_nanousd).sum();
         targets.insert(
             t.clone(),
-            json!({"cases": ok.len(), "cost_nanousd": cost.to_string(), "scores": scorers}),
+            json!({"cases": ok.len(), "cost_nanousd": cost.to_string(), "scores": run.scores(t)}),
         );
     }
     let errors = run.results.values().filter(|r| r.status != "ok").count();
@@ -284,11 +274,7 @@ pub async fn register_dataset(ctx: &Ctx<'_>, name: &str) -> Reply {
             "Datasets are registered in ClickHouse: configure [clickhouse].",
         );
     };
-    let ok_name = (1..=64).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
-    if !ok_name {
+    if !crate::config::valid_name(name) {
         return Reply::error(
             400,
             "invalid_request_error",

@@ -20,11 +20,7 @@ fn writable_name(ctx: &Ctx<'_>, name: &str) -> Result<(), Reply> {
             format!("Workflow `{name}` is defined in the config files; change it there."),
         ));
     }
-    let ok = (1..=64).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
-    if ok {
+    if crate::config::valid_name(name) {
         Ok(())
     } else {
         Err(Reply::error(

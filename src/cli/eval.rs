@@ -4,10 +4,9 @@
 //! again); compare — 0 no regression, 1 regression; 2 for any error.
 
 use crate::config::Config;
+use crate::eval::compare;
 use crate::eval::runner::{self, Ending, RunFile};
-use crate::eval::{compare, spec};
 use std::path::PathBuf;
-use std::sync::Arc;
 
 pub struct RunArgs {
     pub config: PathBuf,
@@ -45,12 +44,6 @@ pub fn run(a: RunArgs) -> Result<u8, String> {
     } else {
         None
     };
-    let spec = Arc::new(spec::load(&a.spec)?);
-    let ch_settings = cfg.as_ref().and_then(|c| c.clickhouse.clone());
-    let ds = Arc::new(crate::warehouse::block_on(crate::eval::resolve(
-        &spec.dataset,
-        ch_settings.as_ref(),
-    ))??);
     let (data_plane, ops) = endpoints(cfg.as_ref(), &a)?;
     let budget = a
         .budget_usd
@@ -69,24 +62,14 @@ pub fn run(a: RunArgs) -> Result<u8, String> {
             .build()
             .map_err(|e| e.to_string())?,
     };
-    let dir = a.dir.clone();
     let start = match a.resume.clone() {
         Some(id) => runner::Start::Resume(id),
         None => runner::Start::New(runner::new_run_id()),
     };
-    let (ds2, ch) = (ds.clone(), cfg.as_ref().and_then(|c| c.clickhouse.clone()));
-    let out = crate::warehouse::block_on(async move {
-        let out = runner::run(spec, ds2.clone(), gw, &dir, start, budget).await?;
-        let stored = match &ch {
-            Some(ch) => crate::eval::store(&ch.db_client(), &ds2, &out.meta, &out.new)
-                .await
-                .map(|()| true)
-                .map_err(|e| format!("results kept in the run file, not in ClickHouse: {e}")),
-            None => Ok(false),
-        };
-        Ok::<_, String>((out, stored))
-    })??;
-    let (out, stored) = out;
+    let ch = cfg.as_ref().and_then(|c| c.clickhouse.as_ref());
+    let (out, stored) = crate::warehouse::block_on(crate::eval::run_spec(
+        &a.spec, gw, &a.dir, ch, start, budget,
+    ))??;
     let summary = serde_json::json!({
         "object": "eval.run",
         "run_id": out.meta.run_id,

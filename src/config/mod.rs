@@ -204,6 +204,13 @@ pub struct Config {
     pub evals: crate::eval::schedule::Settings,
 }
 
+/// A name a file or the API gives a workflow or a dataset: 1-64 of A-Z, a-z, 0-9, `-`, `_`, `.`.
+pub fn valid_name(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
 /// FNV-1a 64 of config text: identifies one version of a config file.
 pub fn source_hash(bytes: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf29ce484222325;

@@ -97,6 +97,30 @@ impl ResultRow {
     }
 }
 
+/// Loads the spec at `path`, resolves its dataset, runs it through `gw` and stores what the run
+/// produced in ClickHouse when one is configured: the outcome, and whether the results reached
+/// ClickHouse (`Err`: they are in the run file only).
+pub async fn run_spec(
+    path: &std::path::Path,
+    gw: runner::Gateway,
+    dir: &std::path::Path,
+    ch: Option<&crate::warehouse::ClickHouseSettings>,
+    start: runner::Start,
+    budget: Option<i128>,
+) -> Result<(runner::Outcome, Result<bool, String>), String> {
+    let spec = std::sync::Arc::new(spec::load(path)?);
+    let ds = std::sync::Arc::new(resolve(&spec.dataset, ch).await?);
+    let out = runner::run(spec, ds.clone(), gw, dir, start, budget).await?;
+    let stored = match ch {
+        Some(ch) => store(&ch.db_client(), &ds, &out.meta, &out.new)
+            .await
+            .map(|()| true)
+            .map_err(|e| format!("results kept in the run file, not in ClickHouse: {e}")),
+        None => Ok(false),
+    };
+    Ok((out, stored))
+}
+
 /// The cases of `r`: its file, or its registered version from ClickHouse.
 pub async fn resolve(
     r: &spec::DatasetRef,

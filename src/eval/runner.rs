@@ -100,12 +100,40 @@ impl RunFile {
         Ok(RunFile { meta, results })
     }
 
+    /// Each scorer's summary over `target`'s scored cases.
+    pub fn scores(&self, target: &str) -> BTreeMap<String, ScoreSummary> {
+        let ok = by_case(self, target);
+        self.meta
+            .scorers
+            .iter()
+            .map(|sc| {
+                let s: Vec<&Score> = ok.values().filter_map(|r| r.scores.get(sc)).collect();
+                let n = s.len();
+                let of = |x: f64| if n == 0 { 0.0 } else { x / n as f64 };
+                let summary = ScoreSummary {
+                    n,
+                    mean: of(s.iter().map(|x| x.value).sum()),
+                    pass_rate: of(s.iter().filter(|x| x.pass).count() as f64),
+                };
+                (sc.clone(), summary)
+            })
+            .collect()
+    }
+
     pub fn spent(&self) -> i128 {
         self.results
             .values()
             .map(|r| i128::from(r.cost_nanousd) + i128::from(r.scoring_cost_nanousd))
             .sum()
     }
+}
+
+/// One scorer over one target's cases.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct ScoreSummary {
+    pub n: usize,
+    pub mean: f64,
+    pub pass_rate: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

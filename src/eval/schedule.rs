@@ -133,14 +133,11 @@ pub async fn run_named(
     let path = s
         .spec_path(name)
         .ok_or_else(|| format!("no eval `{name}`"))?;
-    let spec = Arc::new(spec::load(&path)?);
-    let ds = Arc::new(super::resolve(&spec.dataset, cfg.clickhouse.as_ref()).await?);
     let gw = runner::Gateway::local(&cfg.server, key);
-    let out = runner::run(spec, ds.clone(), gw, &s.runs_dir, start, budget).await?;
-    if let Some(ch) = &cfg.clickhouse {
-        if let Err(e) = super::store(&ch.db_client(), &ds, &out.meta, &out.new).await {
-            log::warn!("eval {name}: results kept in the run file, not in ClickHouse: {e}");
-        }
+    let ch = cfg.clickhouse.as_ref();
+    let (out, stored) = super::run_spec(&path, gw, &s.runs_dir, ch, start, budget).await?;
+    if let Err(e) = stored {
+        log::warn!("eval {name}: {e}");
     }
     let label = match out.ending {
         Ending::Completed => "completed",
@@ -205,19 +202,11 @@ fn judge_run(
         .with_label_values(&[&s.eval])
         .set(crate::time::now_unix() as i64);
     for target in &run.meta.targets {
-        let results = runner::by_case(&run, target);
-        for scorer in &run.meta.scorers {
-            let values: Vec<f64> = results
-                .values()
-                .filter_map(|r| r.scores.get(scorer).map(|x| x.value))
-                .collect();
-            if !values.is_empty() {
-                let mean = values.iter().sum::<f64>() / values.len() as f64;
-                METRICS
-                    .eval_mean_score
-                    .with_label_values(&[&s.eval, target, scorer])
-                    .set(mean);
-            }
+        for (scorer, sum) in run.scores(target).iter().filter(|(_, x)| x.n > 0) {
+            METRICS
+                .eval_mean_score
+                .with_label_values(&[&s.eval, target, scorer])
+                .set(sum.mean);
         }
     }
     if out.ending != Ending::Completed {

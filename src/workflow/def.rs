@@ -210,12 +210,7 @@ fn valid_id(s: &str) -> bool {
 /// Validates a parsed definition; every problem is reported, each at its step path.
 pub fn validate(raw: RawWorkflow, source: &str) -> Result<Workflow, Vec<Problem>> {
     let mut problems = Vec::new();
-    if !(1..=64).contains(&raw.name.len())
-        || !raw
-            .name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-    {
+    if !crate::config::valid_name(&raw.name) {
         problems.push(Problem {
             path: "name".into(),
             reason: format!("`{}` is not 1-64 of a-z, 0-9, - _ .", raw.name),
