@@ -580,6 +580,8 @@ async fn the_gateway_runs_evals_through_its_admin_api_and_on_a_schedule_that_cat
     assert_eq!(s, 202, "{v}");
     let run = v["run_id"].as_str().unwrap().to_string();
     let path = format!("/admin/v1/evals/runs/{run}");
+    // Another org's admin learns nothing of it, in flight or ended.
+    assert_eq!(g.admin(&outsider, "GET", &path, Value::Null).await.0, 404);
     let done = eventually(Duration::from_secs(20), || async {
         let (_, v) = g.admin(&admin, "GET", &path, Value::Null).await;
         if v["status"] == "ended" {

@@ -151,31 +151,40 @@ fn mark_owner(dir: &std::path::Path, id: &str, org: &str) {
     }
 }
 
+fn missing(id: &str) -> Reply {
+    Reply::error(404, "not_found", format!("No eval run `{id}`."))
+}
+
+/// Refuses a run the caller may not see (its org's, or every run with `admin:all_orgs`).
+fn may_see(ctx: &Ctx<'_>, id: &str) -> Result<(), Reply> {
+    let valid = id.starts_with("ev_") && id[3..].bytes().all(|b| b.is_ascii_hexdigit());
+    let owner = std::fs::read_to_string(owner_path(&ctx.live.config.evals.runs_dir, id)).ok();
+    let mine = owner.as_deref() == Some(ctx.principal.org.as_ref());
+    if valid && (mine || ctx.principal.allows(ALL_ORGS)) {
+        Ok(())
+    } else {
+        Err(missing(id))
+    }
+}
+
 /// Run `id`, if the caller may see it.
 fn visible(ctx: &Ctx<'_>, id: &str) -> Result<RunFile, Reply> {
-    let dir = &ctx.live.config.evals.runs_dir;
-    let missing = || Reply::error(404, "not_found", format!("No eval run `{id}`."));
-    let valid = id.starts_with("ev_") && id[3..].bytes().all(|b| b.is_ascii_hexdigit());
-    if !valid {
-        return Err(missing());
-    }
-    let owner = std::fs::read_to_string(owner_path(dir, id)).ok();
-    let mine = owner.as_deref() == Some(ctx.principal.org.as_ref());
-    if !(mine || ctx.principal.allows(ALL_ORGS)) {
-        return Err(missing());
-    }
-    RunFile::read(dir, id).map_err(|_| missing())
+    may_see(ctx, id)?;
+    RunFile::read(&ctx.live.config.evals.runs_dir, id).map_err(|_| missing(id))
 }
 
 /// `GET /admin/v1/evals/runs/{id}`: progress, spend and each target's scores.
 pub fn get(ctx: &Ctx<'_>, id: &str) -> Reply {
-    // A run just started has no owner file yet: it is the caller's if it is running here.
-    let run = match visible(ctx, id) {
+    if let Err(r) = may_see(ctx, id) {
+        return r;
+    }
+    // A run just started may not have written its file yet.
+    let run = match RunFile::read(&ctx.live.config.evals.runs_dir, id) {
         Ok(r) => r,
         Err(_) if running(id) => {
             return Reply::ok(json!({"object": "eval.run", "run_id": id, "status": "running"}))
         }
-        Err(r) => return r,
+        Err(_) => return missing(id),
     };
     let mut targets = serde_json::Map::new();
     for t in &run.meta.targets {
