@@ -44,8 +44,15 @@ function renderNav(current) {
     h("button", { class: "secondary", type: "button", id: "signout", onclick: () => { setCredential(null); location.hash = ""; route(); } }, "Sign out"));
 }
 
+// Routes can overlap (a sign-in's and a hash change's): each takes a number and only the latest
+// touches the page; an older one still rendering fills a container no longer shown.
+let latest = 0;
+
 async function route() {
-  if (!(await signedIn())) {
+  const mine = ++latest;
+  const ok = await signedIn();
+  if (mine !== latest) return;
+  if (!ok) {
     set(document.getElementById("nav"));
     set(document.getElementById("who"));
     renderSignIn(main, route);
@@ -53,10 +60,12 @@ async function route() {
   }
   const id = (location.hash.match(/^#\/([a-z]+)/) || [])[1] || "playground";
   const page = PAGES.find(p => p.id === id && p.allowed()) || PAGES[0];
-  renderNav(page.id);
   const mod = await page.load();
-  set(main);
-  await mod.render(main);
+  if (mine !== latest) return;
+  renderNav(page.id);
+  const view = h("div");
+  set(main, view);
+  await mod.render(view);
 }
 
 window.addEventListener("hashchange", route);
