@@ -1,9 +1,10 @@
 # Helpers the bench scripts share (sourced, not run).
 
-# Installs the Debian packages of the commands given that are missing.
+# Installs the Debian packages of the commands given that are missing (`command:package` when
+# the package is named otherwise).
 need() {
-  local missing=()
-  for c in "$@"; do command -v "$c" >/dev/null || missing+=("$c"); done
+  local missing=() c
+  for c in "$@"; do command -v "${c%%:*}" >/dev/null || missing+=("${c#*:}"); done
   [ ${#missing[@]} -eq 0 ] && return
   local SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null

@@ -4,7 +4,9 @@
 # the gateway (plain, with auth, with every limit kind on, with an experiment split and fallbacks,
 # in latency mode: per-thread runtimes with busy polling, and with every request traced). nginx and the gateways are pinned
 # to core 0, the loader and the mock to core 1.
-# Prints RPS, p50 and p99 for each, and the gateway's ratios (RPS vs nginx, added p50 vs direct).
+# Prints RPS, p50 and p99 for each, and the gateway's ratios (RPS vs nginx, added p50 vs direct);
+# latency at 80% of the all-on gateway's saturation (a fixed request rate, h2load) direct, through
+# nginx and through the gateways; streaming targets with CPU per stream and per relayed chunk.
 #
 #   benches/load.sh [duration_s=10] [concurrency list="32 1"]
 set -euo pipefail
@@ -15,7 +17,7 @@ CONCS=${2:-"32 1"}
 PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 . benches/lib.sh
-need wrk nginx
+need wrk nginx h2load:nghttp2-client
 cargo build --release --quiet --bins
 
 WORK=$(mktemp -d)
@@ -206,6 +208,27 @@ run() { # port conc script pid -> "rps p50 p99 errors requests cpu_us_per_reques
   echo "$rps $p50 $p99 $err $n $(awk -v a="$after" -v b="$before" -v n="$n" 'BEGIN { printf "%.1f", (n > 0 ? (a - b) * 1e6 / n : 0) }')"
 }
 
+# Requests at a fixed rate for the latency table: port connections rate -> "rps p50 p99 p99.9 errors".
+printf '%s' "{\"model\":\"gpt-4o-mini\",$MSG,\"temperature\":0.2}" > "$WORK/post.json"
+paced() {
+  local auth=()
+  [ -n "${MB_KEY:-}" ] && auth=(-H "authorization: Bearer $MB_KEY")
+  rm -f "$WORK/paced.log"
+  taskset -c $LOAD_CPU h2load --h1 -c"$2" --rps=$(( $3 / $2 )) -n $(( $3 * DUR )) -d "$WORK/post.json" \
+    -H 'content-type: application/json' "${auth[@]}" --log-file="$WORK/paced.log" \
+    "http://127.0.0.1:$1/v1/chat/completions" >/dev/null 2>&1 || true
+  python3 - "$WORK/paced.log" <<'PY'
+import sys
+rows = [l.split("\t") for l in open(sys.argv[1]) if l.strip()]
+t0 = min(int(r[0]) for r in rows)
+rows = [r for r in rows if int(r[0]) - t0 >= 1_000_000]
+lat = sorted(int(r[2]) for r in rows if r[1] == "200")
+span = (max(int(r[0]) for r in rows) - min(int(r[0]) for r in rows)) / 1e6
+pct = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))]
+print(f"{len(rows) / span:.0f} {pct(0.5)} {pct(0.99)} {pct(0.999)} {len(rows) - len(lat)}")
+PY
+}
+
 # Warm up every path (connection pools, caches).
 for p in $MOCK $NGX $GW $GWA $GWL $GWR $GWP $GWT $GWX; do
   taskset -c $LOAD_CPU wrk -t1 -c8 -d2s -s "$WORK/post.lua" "http://127.0.0.1:$p/v1/chat/completions" >/dev/null 2>&1
@@ -249,6 +272,26 @@ for c in $CONCS; do
     printf "latency mode (busy_poll_us = 200): gateway/nginx rps ratio %.2f   added p50 over direct %.1f us\n", pr/n, pp-dp
     printf "tracing on, every request sampled and exported vs plain: throughput %+.1f%%   p50 %+.1f us\n", (tr/g-1)*100, tp-gp }'
 
+  if [ "$c" -gt 1 ]; then
+    # Latency at 80% of saturation: requests sent at a fixed rate (h2load --rps, open loop per
+    # connection), 80% of what the all-on gateway served above, the same rate for every target.
+    # The first second is left out (connections opening). Added = target minus direct.
+    rate=$(awk -v x="$xrps" 'BEGIN { printf "%d", x * 0.8 }')
+    echo "== latency at 80% load: $rate requests/s (80% of all-on's saturation), $c connections, ${DUR}s each (us)"
+    printf "%-11s %10s %9s %9s %9s %7s\n" target rps p50_us p99_us p99.9_us errors
+    declare -A L
+    for t in direct nginx gateway gw+all-on; do
+      L[$t]=$(paced "$(port_of $t)" "$c" "$rate")
+      printf "%-11s %10s %9s %9s %9s %7s\n" $t ${L[$t]}
+    done
+    read -r _ dp50 dp99 _ _ <<<"${L[direct]}"
+    for t in nginx gateway gw+all-on; do
+      read -r _ p50 p99 _ _ <<<"${L[$t]}"
+      awk -v t=$t -v p="$p50" -v q="$p99" -v dp="$dp50" -v dq="$dp99" 'BEGIN {
+        printf "%-11s added over direct at 80%% load: p50 %+.0f us, p99 %+.0f us\n", t, p - dp, q - dq }'
+    done
+  fi
+
   for script in stream.lua stream-usage.lua; do
     echo "== streaming chat (20 chunks, $script), concurrency $c, ${DUR}s each (CPU us per stream and per chunk)"
     printf "%-11s %10s %9s %9s %7s %9s %9s\n" target streams/s p50_us p99_us errors cpu_us us/chunk
@@ -258,10 +301,12 @@ for c in $CONCS; do
       read -r rps p50 p99 err _ cpu_us <<<"${S[$t]}"
       printf "%-11s %10.0f %9.1f %9.1f %7s %9s %9.2f\n" $t "$rps" "$p50" "$p99" "$err" "$cpu_us" "$(awk -v c="$cpu_us" 'BEGIN { print c / 22 }')"
     done
-    read -r nrps _ _ _ _ _ <<<"${S[nginx]}"
-    read -r grps _ _ _ _ _ <<<"${S[gateway]}"
-    read -r xrps _ _ _ _ _ <<<"${S[gw+all-on]}"
-    awk -v g="$grps" -v n="$nrps" -v x="$xrps" 'BEGIN { printf "streams/s vs nginx: gateway %.2f   all features on %.2f\n", g/n, x/n }'
+    read -r nrps _ _ _ _ ncpu <<<"${S[nginx]}"
+    read -r grps _ _ _ _ gcpu <<<"${S[gateway]}"
+    read -r xrps _ _ _ _ xcpu <<<"${S[gw+all-on]}"
+    awk -v g="$grps" -v n="$nrps" -v x="$xrps" -v nc="$ncpu" -v gc="$gcpu" -v xc="$xcpu" 'BEGIN {
+      printf "streams/s vs nginx: gateway %.2f   all features on %.2f\n", g/n, x/n
+      printf "CPU per relayed chunk over nginx (stream CPU difference / 22 pieces): gateway %.2f us   all features on %.2f us\n", (gc-nc)/22, (xc-nc)/22 }'
   done
 done
 rows=$(wc -l < "$WORK/usage.jsonl")
