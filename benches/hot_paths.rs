@@ -195,6 +195,80 @@ fn variant_assignment(c: &mut Criterion) {
     });
 }
 
+/// The headers of one proxied request: the provider's request head serialized from the
+/// client's parsed header (a typical SDK request), and the client's response header from the
+/// provider's (a typical provider response).
+fn headers(c: &mut Criterion) {
+    use model_bridge::proxy::headers::{client_response, upstream_request};
+    use model_bridge::routing::Provider;
+    use pingora_http::{RequestHeader, ResponseHeader};
+    let raw: model_bridge::config::raw::RawProvider = toml::from_str(
+        r#"kind = "openai_compatible"
+base_url = "https://api.example.com/v1"
+api_key = "sk-bench""#,
+    )
+    .unwrap();
+    let provider = Provider::from_raw("p", &raw).unwrap();
+    let mut req = RequestHeader::build("POST", b"/v1/chat/completions", None).unwrap();
+    for (n, v) in [
+        ("Host", "gateway.example.com"),
+        ("Accept", "application/json"),
+        ("Accept-Encoding", "gzip, deflate"),
+        ("Authorization", "Bearer mbk_0123456789abcdef"),
+        ("Content-Type", "application/json"),
+        ("Content-Length", "180"),
+        ("User-Agent", "OpenAI/Python 1.54.0"),
+        ("X-Stainless-Lang", "python"),
+        ("X-Stainless-Package-Version", "1.54.0"),
+        ("X-Stainless-Runtime", "CPython"),
+        ("X-Stainless-Retry-Count", "0"),
+        ("Connection", "keep-alive"),
+    ] {
+        req.append_header(n, v).unwrap();
+    }
+    c.bench_function("upstream request head", |b| {
+        b.iter(|| {
+            black_box(upstream_request(
+                black_box(&req),
+                &provider,
+                "POST",
+                "/v1/chat/completions",
+                180,
+                "req_0123456789abcdef01234567",
+                None,
+            ))
+        })
+    });
+    let mut up = ResponseHeader::build(200, None).unwrap();
+    for (n, v) in [
+        ("Date", "Wed, 02 Dec 2026 17:15:44 GMT"),
+        ("Content-Type", "application/json"),
+        ("Transfer-Encoding", "chunked"),
+        ("Connection", "keep-alive"),
+        ("openai-organization", "org-bench"),
+        ("openai-processing-ms", "412"),
+        ("openai-version", "2020-10-01"),
+        ("x-ratelimit-limit-requests", "10000"),
+        ("x-ratelimit-remaining-requests", "9999"),
+        ("x-request-id", "req_provider"),
+        ("cf-ray", "8f0c1d2e3a4b5c6d-AMS"),
+    ] {
+        up.append_header(n, v).unwrap();
+    }
+    c.bench_function("client response header", |b| {
+        b.iter(|| {
+            black_box(client_response(
+                black_box(&up),
+                true,
+                true,
+                "req_0123456789abcdef01234567",
+                "p",
+                &[],
+            ))
+        })
+    });
+}
+
 criterion_group!(
     benches,
     rewrite,
@@ -202,6 +276,7 @@ criterion_group!(
     json_usage,
     auth,
     admission,
-    variant_assignment
+    variant_assignment,
+    headers
 );
 criterion_main!(benches);

@@ -3,7 +3,7 @@
 //! `try_send`. Usage records and audit events both go through it.
 
 use crate::handoff::{self, Drain, Msg, Queue};
-use prometheus::{IntCounterVec, IntGauge};
+use prometheus::{IntCounter, IntCounterVec, IntGauge};
 use serde::Serialize;
 use std::io::Write;
 use std::path::PathBuf;
@@ -29,7 +29,9 @@ pub struct Counters {
 
 pub struct JsonLines<T> {
     queue: Queue<Box<T>>,
-    counters: Counters,
+    /// Resolved once: a label lookup per submitted item is a hash and a lock on the hot path.
+    overflowed: IntCounter,
+    lost: IntCounter,
     what: &'static str,
 }
 
@@ -63,20 +65,16 @@ impl<T: Serialize + Send + 'static> JsonLines<T> {
             .spawn(move || writer(drain, out, flush_interval, c))?;
         Ok(Self {
             queue,
-            counters,
+            overflowed: counters.outcomes.with_label_values(&["overflowed"]),
+            lost: counters.outcomes.with_label_values(&["lost"]),
             what,
         })
     }
 
     /// Queues one item; never blocks, never drops.
     pub fn submit(&self, item: T) {
-        let o = &self.counters.outcomes;
-        self.queue.submit(
-            Box::new(item),
-            &o.with_label_values(&["overflowed"]),
-            &o.with_label_values(&["lost"]),
-            self.what,
-        );
+        self.queue
+            .submit(Box::new(item), &self.overflowed, &self.lost, self.what);
     }
 
     /// The queue is full: new requests are refused until it drains.
@@ -108,6 +106,8 @@ fn writer<T: Serialize>(
     counters: Counters,
 ) {
     lower_priority();
+    let inserted = counters.outcomes.with_label_values(&["inserted"]);
+    let lost = counters.outcomes.with_label_values(&["lost"]);
     let mut out = std::io::BufWriter::with_capacity(256 * 1024, out);
     let mut last_flush = Instant::now();
     loop {
@@ -118,8 +118,7 @@ fn writer<T: Serialize>(
                     counters.depth.dec();
                     let ok =
                         serde_json::to_writer(&mut out, &r).is_ok() && out.write_all(b"\n").is_ok();
-                    let outcome = if ok { "inserted" } else { "lost" };
-                    counters.outcomes.with_label_values(&[outcome]).inc();
+                    if ok { &inserted } else { &lost }.inc();
                     if !ok {
                         log::error!("JSON-lines record could not be written");
                     }

@@ -409,20 +409,27 @@ impl DataPlane {
             let body = body::read_bounded(s, limit).await?;
             ctx.record.request_bytes = body.len() as u64;
             let header = headers::upstream_request(
-                s,
+                s.req_header(),
                 provider,
                 method,
                 &up_path,
-                Some(body.len()),
+                body.len(),
                 ctx.id(),
+                None,
             )?;
             self.upstream
                 .send(provider, header, body, ctx.started)
                 .await?
         } else {
             body::admit(s, limit).await?;
-            let header =
-                headers::upstream_request(s, provider, method, &up_path, declared, ctx.id())?;
+            let header = headers::upstream_request_streamed(
+                s,
+                provider,
+                method,
+                &up_path,
+                declared,
+                ctx.id(),
+            )?;
             let (resp, sent) = self
                 .upstream
                 .send_streaming(provider, header, s, limit, ctx.started)

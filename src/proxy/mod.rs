@@ -8,7 +8,9 @@ mod context;
 mod cors;
 mod data_plane;
 mod feedback;
-mod headers;
+/// Public for the header micro-benches (benches/hot_paths.rs); nothing outside `proxy` uses it.
+#[doc(hidden)]
+pub mod headers;
 mod identity;
 mod jwks;
 mod lifecycle;

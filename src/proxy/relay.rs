@@ -135,6 +135,7 @@ pub async fn relay(
         !s.is_http2() && !http10,
         ctx.id(),
         &resp.provider,
+        &ctx.limit_headers,
     )?;
     if http10 && !header.headers.contains_key(http::header::CONTENT_LENGTH) {
         s.set_keepalive(None);
@@ -145,7 +146,6 @@ pub async fn relay(
             }
         })?;
     }
-    headers::add(&mut header, &ctx.limit_headers);
     ctx.record.upstream_latency_ms = Some(resp.header_latency.as_secs_f64() * 1e3);
     // The routing loop already counted its attempts (including this response's own).
     ctx.record.retries = ctx.record.retries.max(resp.retries);

@@ -161,8 +161,6 @@ pub async fn send(
                 &target.provider_model,
                 s.req_header().uri.query(),
             );
-            let mut header =
-                headers::upstream_request(s, provider, "POST", &path, Some(out.len()), ctx.id())?;
             // The attempt is a client span; the provider sees it as its parent.
             let span = ctx.trace.as_ref().map(|t| {
                 let op = ep.gen_ai_operation().unwrap_or("chat");
@@ -186,9 +184,19 @@ pub async fn send(
                         opentelemetry::KeyValue::new("model_bridge.attempt", i64::from(attempts)),
                     ],
                 );
-                let _ = header.insert_header("traceparent", t.traceparent(Some(&span)));
-                span
+                let traceparent = t.traceparent(Some(&span));
+                (span, traceparent)
             });
+            let header = headers::upstream_request(
+                s.req_header(),
+                provider,
+                "POST",
+                &path,
+                out.len(),
+                ctx.id(),
+                span.as_ref().map(|(_, t)| t.as_str()),
+            )?;
+            let span = span.map(|(span, _)| span);
             let sent = upstream.send(provider, header, out, ctx.started).await;
             if let Some(span) = span {
                 let (status, error) = match &sent {

@@ -67,12 +67,13 @@ pub fn maybe_send(
     let path = provider.endpoint_path(ep.suffix(), &sh.target.provider_model, None);
     let mut record = ctx.record.clone();
     let Ok(header) = headers::upstream_request(
-        s,
+        s.req_header(),
         &provider,
         "POST",
         &path,
-        Some(out.len()),
+        out.len(),
         &format!("{}-shadow", record.request_id),
+        None,
     ) else {
         budget.settle(worst, 0, now);
         return;
@@ -117,7 +118,7 @@ pub fn maybe_send(
 pub(super) async fn send_recorded(
     upstream: &Upstream,
     target: &crate::routing::Target,
-    header: pingora_http::RequestHeader,
+    header: super::headers::RequestHead,
     body: Bytes,
     started: Instant,
     cut: impl std::future::Future<Output = ()>,

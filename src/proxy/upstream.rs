@@ -7,13 +7,14 @@
 //! segment, or a TCP_CORK round trip to avoid it). Each segment that reaches a sleeping
 //! provider costs a wake-up; one write is one wake-up and a few syscalls fewer on the hot path.
 
+use super::headers::RequestHead;
 use super::pool::{Pool, Sweeper};
 use crate::error::GatewayError;
 use crate::metrics::METRICS;
 use crate::routing::Provider;
 use bytes::Bytes;
 use pingora_core::connectors::{ConnectorOptions, TransportConnector};
-use pingora_core::protocols::http::v1::client::{http_req_header_to_wire, HttpSession};
+use pingora_core::protocols::http::v1::client::HttpSession;
 use pingora_core::protocols::Stream;
 use pingora_core::upstreams::peer::{HttpPeer, Peer};
 use pingora_error::ErrorType;
@@ -126,14 +127,14 @@ impl Upstream {
     pub async fn send(
         &self,
         provider: &Provider,
-        header: RequestHeader,
+        request: RequestHead,
         body: Bytes,
         started: Instant,
     ) -> Result<Response, GatewayError> {
         let peer = Self::peer(provider).await?;
         let deadline = started + provider.timeouts.total;
-        let request = Wire::new(&header, body, provider)?;
-        let head = header.method == http::Method::HEAD;
+        let head = request.is_head;
+        let request = Wire::new(request, body);
         let key = peer.reuse_hash();
         let mut retries = 0;
         let mut fresh_only = false;
@@ -180,25 +181,18 @@ struct Wire {
 }
 
 impl Wire {
-    fn new(header: &RequestHeader, body: Bytes, provider: &Provider) -> Result<Self, GatewayError> {
-        let mut head =
-            http_req_header_to_wire(header).ok_or_else(|| GatewayError::InvalidField {
-                param: "path",
-                message: format!(
-                    "the request cannot be forwarded to provider `{}`",
-                    provider.name
-                ),
-            })?;
+    fn new(request: RequestHead, body: Bytes) -> Self {
+        let mut head = request.wire;
         let body = if body.len() <= ONE_WRITE_MAX {
             head.extend_from_slice(&body);
             None
         } else {
             Some(body)
         };
-        Ok(Self {
+        Self {
             head: head.freeze(),
             body,
-        })
+        }
     }
 }
 
