@@ -6,6 +6,7 @@ use bytes::{BufMut, BytesMut};
 use http::header::{HeaderName, HeaderValue};
 use pingora_core::protocols::http::ServerSession;
 use pingora_http::{RequestHeader, ResponseHeader};
+use std::borrow::Cow;
 
 /// Client headers never sent upstream: hop-by-hop, framing we recompute, the caller's own
 /// credentials and account routing, gateway controls, and compression (we must read the body).
@@ -67,17 +68,20 @@ pub struct RequestHead {
 struct HeadWriter(BytesMut);
 
 impl HeadWriter {
-    fn start(method: &str, path: &str, size: usize) -> Option<Self> {
+    /// The request line and the provider's `host`.
+    fn start(method: &str, path: &str, provider: &Provider) -> Option<Self> {
         // A request target is visible ASCII (or obs-text): no space, no control byte.
         if path.is_empty() || path.bytes().any(|b| b <= b' ' || b == 0x7f) {
             return None;
         }
-        let mut w = BytesMut::with_capacity(size);
+        let mut w = BytesMut::with_capacity(512);
         w.put_slice(method.as_bytes());
         w.put_u8(b' ');
         w.put_slice(path.as_bytes());
         w.put_slice(b" HTTP/1.1\r\n");
-        Some(Self(w))
+        let mut w = Self(w);
+        w.text("host", &provider.authority)?;
+        Some(w)
     }
 
     /// A header whose name and value are already valid (parsed or typed).
@@ -106,9 +110,12 @@ impl HeadWriter {
         self.0.put_slice(b"\r\n");
     }
 
-    fn finish(mut self) -> BytesMut {
+    fn finish(mut self, method: &str) -> RequestHead {
         self.0.put_slice(b"\r\n");
-        self.0
+        RequestHead {
+            wire: self.0,
+            is_head: method == "HEAD",
+        }
     }
 }
 
@@ -127,8 +134,7 @@ pub fn upstream_request(
         param: "path",
         message: "the request path cannot be forwarded".into(),
     };
-    let mut w = HeadWriter::start(method, path, 512).ok_or_else(bad)?;
-    w.text("host", &provider.authority).ok_or_else(bad)?;
+    let mut w = HeadWriter::start(method, path, provider).ok_or_else(bad)?;
     // A provider's own header (or our span) replaces the client's of the same name.
     let replaced = |n: &HeaderName| {
         (traceparent.is_some() && n.as_str() == "traceparent")
@@ -142,26 +148,30 @@ pub fn upstream_request(
     if body_len > 0 || !matches!(method, "GET" | "HEAD" | "DELETE" | "OPTIONS") {
         w.content_length(body_len);
     }
-    provider_head(&mut w, provider, request_id).ok_or_else(bad)?;
+    for (name, value) in provider_headers(provider, request_id) {
+        w.text(name, &value).ok_or_else(bad)?;
+    }
     if let Some(t) = traceparent {
         w.text("traceparent", t).ok_or_else(bad)?;
     }
-    Ok(RequestHead {
-        wire: w.finish(),
-        is_head: method == "HEAD",
-    })
+    Ok(w.finish(method))
 }
 
 /// What every upstream request carries whoever asked: the provider's credential and extra
 /// headers, and our request id.
-fn provider_head(w: &mut HeadWriter, provider: &Provider, request_id: &str) -> Option<()> {
-    if let Some((name, value)) = provider.auth_header() {
-        w.text(name, &value)?;
-    }
-    for (name, value) in &provider.extra_headers {
-        w.text(name, value)?;
-    }
-    w.text("x-request-id", request_id)
+fn provider_headers<'a>(
+    provider: &'a Provider,
+    request_id: &'a str,
+) -> impl Iterator<Item = (&'a str, Cow<'a, str>)> {
+    let credential = provider.auth_header().map(|(n, v)| (n, Cow::Owned(v)));
+    let extra = provider
+        .extra_headers
+        .iter()
+        .map(|(n, v)| (n.as_str(), Cow::Borrowed(v.as_str())));
+    credential
+        .into_iter()
+        .chain(extra)
+        .chain(std::iter::once(("x-request-id", Cow::Borrowed(request_id))))
 }
 
 /// Request header for a provider when the client's body streams through as it is read (large
@@ -195,13 +205,10 @@ pub fn upstream_request_streamed(
             .insert_header("transfer-encoding", "chunked")
             .map_err(bad)?,
     }
-    if let Some((name, value)) = provider.auth_header() {
-        h.insert_header(name, value).map_err(bad)?;
+    for (name, value) in provider_headers(provider, request_id) {
+        h.insert_header(name.to_string(), value.as_ref())
+            .map_err(bad)?;
     }
-    for (name, value) in &provider.extra_headers {
-        h.insert_header(name.clone(), value.as_str()).map_err(bad)?;
-    }
-    h.insert_header("x-request-id", request_id).map_err(bad)?;
     Ok(h)
 }
 
@@ -218,15 +225,13 @@ pub fn internal_request(
         param: "path",
         message: "the request path cannot be sent".into(),
     };
-    let mut w = HeadWriter::start(method, path, 256).ok_or_else(bad)?;
-    w.text("host", &provider.authority).ok_or_else(bad)?;
+    let mut w = HeadWriter::start(method, path, provider).ok_or_else(bad)?;
     w.text("content-type", "application/json").ok_or_else(bad)?;
     w.content_length(body_len);
-    provider_head(&mut w, provider, request_id).ok_or_else(bad)?;
-    Ok(RequestHead {
-        wire: w.finish(),
-        is_head: method == "HEAD",
-    })
+    for (name, value) in provider_headers(provider, request_id) {
+        w.text(name, &value).ok_or_else(bad)?;
+    }
+    Ok(w.finish(method))
 }
 
 /// Our own response headers, named once (a custom name parsed per response is an allocation).
