@@ -1483,8 +1483,8 @@ provider = "mock"
         let r = &c.models["gpt-4o-mini"];
         assert_eq!(r.provider_model, "mock-1");
         assert_eq!(
-            r.provider.api_key.as_ref().unwrap().expose(),
-            "sk-test",
+            r.provider.auth_header(),
+            Some(("authorization", "Bearer sk-test")),
             "interpolated from the environment"
         );
         assert!(c.passthrough.is_some());

@@ -163,7 +163,7 @@ fn provider_headers<'a>(
     provider: &'a Provider,
     request_id: &'a str,
 ) -> impl Iterator<Item = (&'a str, Cow<'a, str>)> {
-    let credential = provider.auth_header().map(|(n, v)| (n, Cow::Owned(v)));
+    let credential = provider.auth_header().map(|(n, v)| (n, Cow::Borrowed(v)));
     let extra = provider
         .extra_headers
         .iter()

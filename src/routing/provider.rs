@@ -50,7 +50,9 @@ pub struct Provider {
     pub authority: String,
     /// Path prefix from the base URL, without a trailing slash.
     pub base_path: String,
-    pub api_key: Option<Secret>,
+    /// The credential header (name, full value), built once per config generation so a request
+    /// does not format it again.
+    credential: Option<(&'static str, Secret)>,
     pub api_version: Option<String>,
     pub timeouts: Timeouts,
     pub extra_headers: Vec<(String, String)>,
@@ -114,13 +116,16 @@ impl Provider {
                 .map_err(|_| ("headers", format!("invalid value for header `{k}`")))?;
             extra_headers.push((k.to_ascii_lowercase(), v.clone()));
         }
-        let api_key = raw
+        let credential = raw
             .api_key
             .as_ref()
             .filter(|k| !k.is_empty())
             .map(|k| {
                 http::HeaderValue::from_str(k)
-                    .map(|_| Secret::new(k.clone()))
+                    .map(|_| match raw.kind {
+                        ProviderKind::Azure => ("api-key", Secret::new(k.clone())),
+                        _ => ("authorization", Secret::new(format!("Bearer {k}"))),
+                    })
                     .map_err(|_| {
                         (
                             "api_key",
@@ -137,7 +142,7 @@ impl Provider {
             port,
             authority,
             base_path,
-            api_key,
+            credential,
             api_version: raw.api_version.clone(),
             timeouts,
             extra_headers,
@@ -203,12 +208,8 @@ impl Provider {
     }
 
     /// The credential header for this provider's kind, if a key is configured.
-    pub fn auth_header(&self) -> Option<(&'static str, String)> {
-        let key = self.api_key.as_ref()?;
-        Some(match self.kind {
-            ProviderKind::Azure => ("api-key", key.expose().to_string()),
-            _ => ("authorization", format!("Bearer {}", key.expose())),
-        })
+    pub fn auth_header(&self) -> Option<(&'static str, &str)> {
+        self.credential.as_ref().map(|(n, v)| (*n, v.expose()))
     }
 
     /// Resolves the provider's address, caching the answer for `DNS_TTL`. IP literals never
