@@ -80,7 +80,9 @@ impl HeadWriter {
         w.put_slice(path.as_bytes());
         w.put_slice(b" HTTP/1.1\r\n");
         let mut w = Self(w);
-        w.text("host", &provider.authority)?;
+        if !provider_sets(provider, "host") {
+            w.text("host", &provider.authority)?;
+        }
         Some(w)
     }
 
@@ -145,10 +147,15 @@ pub fn upstream_request(
             w.typed(name, value);
         }
     }
-    if body_len > 0 || !matches!(method, "GET" | "HEAD" | "DELETE" | "OPTIONS") {
+    if (body_len > 0 || !matches!(method, "GET" | "HEAD" | "DELETE" | "OPTIONS"))
+        && !provider_sets(provider, "content-length")
+    {
         w.content_length(body_len);
     }
-    for (name, value) in provider_headers(provider, request_id) {
+    // The attempt's span replaces a provider's own `traceparent` too.
+    for (name, value) in provider_headers(provider, request_id)
+        .filter(|(n, _)| traceparent.is_none() || *n != "traceparent")
+    {
         w.text(name, &value).ok_or_else(bad)?;
     }
     if let Some(t) = traceparent {
@@ -157,16 +164,28 @@ pub fn upstream_request(
     Ok(w.finish(method))
 }
 
+/// Whether the provider's configured headers set `name` (lower-case): one of its own replaces
+/// the one the gateway would write (`host`, the credential, framing), as a header map's
+/// `insert` did, so no name goes out twice.
+fn provider_sets(provider: &Provider, name: &str) -> bool {
+    provider.extra_headers.iter().any(|(n, _)| n == name)
+}
+
 /// What every upstream request carries whoever asked: the provider's credential and extra
-/// headers, and our request id.
+/// headers (an extra header of the credential's name wins), and our request id (which wins
+/// over an extra header of its name).
 fn provider_headers<'a>(
     provider: &'a Provider,
     request_id: &'a str,
 ) -> impl Iterator<Item = (&'a str, Cow<'a, str>)> {
-    let credential = provider.auth_header().map(|(n, v)| (n, Cow::Borrowed(v)));
+    let credential = provider
+        .auth_header()
+        .filter(|(n, _)| !provider_sets(provider, n))
+        .map(|(n, v)| (n, Cow::Borrowed(v)));
     let extra = provider
         .extra_headers
         .iter()
+        .filter(|(n, _)| n != "x-request-id")
         .map(|(n, v)| (n.as_str(), Cow::Borrowed(v.as_str())));
     credential
         .into_iter()
@@ -226,8 +245,12 @@ pub fn internal_request(
         message: "the request path cannot be sent".into(),
     };
     let mut w = HeadWriter::start(method, path, provider).ok_or_else(bad)?;
-    w.text("content-type", "application/json").ok_or_else(bad)?;
-    w.content_length(body_len);
+    if !provider_sets(provider, "content-type") {
+        w.text("content-type", "application/json").ok_or_else(bad)?;
+    }
+    if !provider_sets(provider, "content-length") {
+        w.content_length(body_len);
+    }
     for (name, value) in provider_headers(provider, request_id) {
         w.text(name, &value).ok_or_else(bad)?;
     }
@@ -319,5 +342,76 @@ pub fn local_response(
 pub fn add(h: &mut ResponseHeader, extra: &[(&'static str, String)]) {
     for (name, value) in extra {
         let _ = h.insert_header(*name, value.as_str());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each header name goes out once: a provider's configured header replaces the gateway's
+    /// (host, credential, content-type), our request id and the attempt's span replace a
+    /// configured one, and the client's copy of any of them is dropped.
+    #[test]
+    fn a_configured_header_replaces_the_gateways_and_no_name_goes_out_twice() {
+        let raw: crate::config::raw::RawProvider = toml::from_str(
+            r#"kind = "openai_compatible"
+base_url = "https://api.example.com/v1"
+api_key = "sk-key"
+headers = { Host = "vhost.internal", Authorization = "Token custom", "X-Request-Id" = "fixed", traceparent = "00-configured", "X-Team" = "a", "Content-Type" = "application/x-custom" }"#,
+        )
+        .unwrap();
+        let provider = Provider::from_raw("p", &raw).unwrap();
+        let mut req = RequestHeader::build("POST", b"/v1/chat/completions", None).unwrap();
+        for (n, v) in [
+            ("Host", "gateway"),
+            ("X-Team", "client"),
+            ("traceparent", "00-client"),
+            ("Content-Type", "application/json"),
+        ] {
+            req.append_header(n, v).unwrap();
+        }
+        let count = |wire: &[u8], name: &str| {
+            let text = std::str::from_utf8(wire).unwrap().to_ascii_lowercase();
+            text.lines()
+                .filter(|l| l.starts_with(&format!("{name}:")))
+                .count()
+        };
+        let head = upstream_request(
+            &req,
+            &provider,
+            "POST",
+            "/v1/chat/completions",
+            2,
+            "req_1",
+            Some("00-attempt"),
+        )
+        .unwrap();
+        let text = std::str::from_utf8(&head.wire).unwrap();
+        for (name, value) in [
+            ("host", "vhost.internal"),
+            ("authorization", "Token custom"),
+            ("x-request-id", "req_1"),
+            ("traceparent", "00-attempt"),
+            ("x-team", "a"),
+            ("content-type", "application/x-custom"),
+            ("content-length", "2"),
+        ] {
+            assert_eq!(count(&head.wire, name), 1, "{name} in {text}");
+            assert!(
+                text.contains(&format!("{name}: {value}\r\n")),
+                "{name} in {text}"
+            );
+        }
+        let internal =
+            internal_request(&provider, "POST", "/v1/chat/completions", 2, "req_2").unwrap();
+        let text = std::str::from_utf8(&internal.wire).unwrap();
+        for name in ["host", "authorization", "x-request-id", "content-type"] {
+            assert_eq!(count(&internal.wire, name), 1, "{name} in {text}");
+        }
+        assert!(
+            text.contains("content-type: application/x-custom\r\n"),
+            "{text}"
+        );
     }
 }
