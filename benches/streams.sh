@@ -37,10 +37,18 @@ sink = "jsonl"
 path = "$WORK/usage.jsonl"
 [reload]
 watch = false
+# 10,000 connections opened at once overflow the one-core mock's accept queue: SYNs are
+# retransmitted after 1, 3, 7 s. With the default connect timeout and breaker, the first
+# timeouts opened the breaker and most "streams" were instant 502s, measuring nothing.
+[routing]
+breaker_failures = 1000000
+breaker_error_rate = 1.0
 [providers.mock]
 kind = "openai_compatible"
 base_url = "http://127.0.0.1:$MOCK/v1"
 api_key = "sk-bench"
+connect_timeout_ms = 30000
+first_byte_timeout_ms = 30000
 [models."gpt-4o-mini"]
 provider = "mock"
 model = "mock-1"
@@ -62,27 +70,30 @@ LUA
 
 rss() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 
-load() { # port -> "streams errors p50_ms p99_ms peak_rss_kib cpu_s"
-  local before peak=0 r out
+# Upstream streams the gateway holds now: its established connections to the mock.
+held() { ss -Htn state established "dst 127.0.0.1:$MOCK" 2>/dev/null | wc -l; }
+
+load() { # port -> "streams errors p50_ms p99_ms peak_rss_kib cpu_s held_at_peak"
+  local before peak=0 r out h=0
   before=$(cpu $GWPID)
   taskset -c 1 wrk -t1 -c"$N" -d"${DUR}s" --timeout 30s -s "$WORK/stream.lua" "http://127.0.0.1:$1/v1/chat/completions" >"$WORK/wrk.out" 2>&1 &
   local w=$!
   while kill -0 $w 2>/dev/null; do
-    r=$(rss $GWPID); [ "$r" -gt "$peak" ] && peak=$r
+    r=$(rss $GWPID); [ "$r" -gt "$peak" ] && { peak=$r; h=$(held); }
     sleep 0.5
   done
   out=$(awk '/^RESULT/ {print $2, $3, $4, $5}' "$WORK/wrk.out")
-  echo "$out $peak $(awk -v a="$(cpu $GWPID)" -v b="$before" 'BEGIN { printf "%.1f", a - b }')"
+  echo "$out $peak $(awk -v a="$(cpu $GWPID)" -v b="$before" 'BEGIN { printf "%.1f", a - b }') $h"
 }
 
 echo "== $N concurrent streams (40 chunks, 100 ms apart), ${DUR}s"
 idle=$(rss $GWPID)
 read -r dn derr dp50 dp99 _ _ <<<"$(load $MOCK)"
-read -r gn gerr gp50 gp99 gpeak gcpu <<<"$(load $GW)"
+read -r gn gerr gp50 gp99 gpeak gcpu gheld <<<"$(load $GW)"
 after=$(rss $GWPID)
 printf "%-8s %9s %7s %9s %9s\n" target streams errors p50_ms p99_ms
 printf "%-8s %9s %7s %9s %9s\n" direct "$dn" "$derr" "$dp50" "$dp99"
 printf "%-8s %9s %7s %9s %9s\n" gateway "$gn" "$gerr" "$gp50" "$gp99"
-awk -v i="$idle" -v p="$gpeak" -v a="$after" -v n="$N" -v c="$gcpu" -v d="$DUR" 'BEGIN {
-  printf "gateway RSS: idle %.1f MB, peak %.1f MB (%.1f KB per stream), after %.1f MB; CPU %.1f s over %d s (%.0f%% of a core)\n",
-    i/1024, p/1024, (p-i)/n, a/1024, c, d, c*100/d }'
+awk -v i="$idle" -v p="$gpeak" -v a="$after" -v n="$gheld" -v c="$gcpu" -v d="$DUR" 'BEGIN {
+  printf "gateway RSS: idle %.1f MB, peak %.1f MB with %d upstream streams held (%.1f KB per stream), after %.1f MB; CPU %.1f s over %d s (%.0f%% of a core)\n",
+    i/1024, p/1024, n, (p-i)/(n > 0 ? n : 1), a/1024, c, d, c*100/d }'

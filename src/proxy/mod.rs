@@ -8,6 +8,7 @@ mod context;
 mod cors;
 mod data_plane;
 mod feedback;
+pub mod h1_response;
 /// Public for the header micro-benches (benches/hot_paths.rs); nothing outside `proxy` uses it.
 #[doc(hidden)]
 pub mod headers;

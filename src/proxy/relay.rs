@@ -62,9 +62,9 @@ impl BodyTail {
 }
 
 fn is_event_stream(resp: &Response) -> bool {
-    resp.header()
-        .and_then(|h| h.headers.get(http::header::CONTENT_TYPE))
-        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"))
+    resp.head()
+        .get("content-type")
+        .is_some_and(|v| v.starts_with(b"text/event-stream"))
 }
 
 /// Bounds one write to the client: a client that stops reading is cut off after the
@@ -113,13 +113,8 @@ pub async fn relay(
     mut resp: Response,
     mode: RelayMode,
 ) -> Result<Outcome, GatewayError> {
-    let Some(up) = resp.header() else {
-        return Err(GatewayError::UpstreamProtocol {
-            provider: resp.provider.to_string(),
-            detail: "no response header".into(),
-        });
-    };
-    let status = up.status.as_u16();
+    let up = resp.head();
+    let status = up.status();
     let sse = is_event_stream(&resp);
     let ok = (200..300).contains(&status);
     // Kept in the context, not here: a request cut before it ends (client gone, shutdown)
@@ -281,6 +276,6 @@ pub async fn relay(
         ctx.record.cancelled = true;
         return Ok(Outcome::Abort);
     }
-    resp.release(upstream).await;
+    resp.release(upstream);
     Ok(Outcome::Done)
 }

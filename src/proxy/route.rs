@@ -70,8 +70,8 @@ fn breaker(shared: &Shared, t: &Target) -> Arc<Breaker> {
 
 /// `retry-after` (seconds) or `retry-after-ms` of a response.
 fn retry_after(resp: &Response) -> Option<Duration> {
-    let h = resp.header()?;
-    let get = |n: &str| h.headers.get(n).and_then(|v| v.to_str().ok());
+    let h = resp.head();
+    let get = |n: &str| h.get(n).and_then(|v| std::str::from_utf8(v).ok());
     if let Some(ms) = get("retry-after-ms").and_then(|v| v.trim().parse::<f64>().ok()) {
         return Some(Duration::from_secs_f64(ms.max(0.0) / 1000.0));
     }
@@ -201,7 +201,7 @@ pub async fn send(
             if let Some(span) = span {
                 let (status, error) = match &sent {
                     Ok(resp) => {
-                        let status = resp.header().map_or(502, |h| h.status.as_u16());
+                        let status = resp.status();
                         (
                             status,
                             (status >= 500 || status == 429).then(|| status.to_string()),
@@ -221,7 +221,7 @@ pub async fn send(
             }
             match sent {
                 Ok(resp) => {
-                    let status = resp.header().map_or(502, |h| h.status.as_u16());
+                    let status = resp.status();
                     ctx.record.retries = attempts - 1 + resp.retries;
                     if status != 429 && status < 500 {
                         set_state(target, permit.record(true, &settings));

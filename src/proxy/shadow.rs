@@ -133,7 +133,7 @@ pub(super) async fn send_recorded(
     let mut buf = Vec::new();
     let answered = match sent {
         Ok(mut resp) => {
-            row.status = resp.header().map_or(0, |h| h.status.as_u16());
+            row.status = resp.status();
             row.upstream_latency_ms = Some(resp.header_latency.as_secs_f64() * 1e3);
             loop {
                 let chunk = tokio::select! {
@@ -150,6 +150,7 @@ pub(super) async fn send_recorded(
                 }
             }
             row.response_bytes = buf.len() as u64;
+            resp.release(upstream);
             if let Some(u) = crate::usage::json::from_body(&buf) {
                 row.prompt_tokens = u.prompt_tokens;
                 row.cached_tokens = u.cached_tokens;

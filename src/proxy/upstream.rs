@@ -7,18 +7,19 @@
 //! segment, or a TCP_CORK round trip to avoid it). Each segment that reaches a sleeping
 //! provider costs a wake-up; one write is one wake-up and a few syscalls fewer on the hot path.
 
+use super::h1_response::{self, Body, Head, ReadError};
 use super::headers::RequestHead;
 use super::pool::{Pool, Sweeper};
 use crate::error::GatewayError;
 use crate::metrics::METRICS;
 use crate::routing::Provider;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use pingora_core::connectors::{ConnectorOptions, TransportConnector};
 use pingora_core::protocols::http::v1::client::HttpSession;
 use pingora_core::protocols::Stream;
 use pingora_core::upstreams::peer::{HttpPeer, Peer};
 use pingora_error::ErrorType;
-use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_http::RequestHeader;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -38,11 +39,11 @@ pub struct Upstream {
 
 /// A response being read from a provider.
 pub struct Response {
-    session: HttpSession,
+    stream: Stream,
+    head: Head,
+    body: Body,
     /// The pool key of the connection.
     reuse_hash: u64,
-    /// A `HEAD` request: whatever the header says, no body follows.
-    head: bool,
     pub provider: std::sync::Arc<str>,
     idle: Duration,
     deadline: Instant,
@@ -50,6 +51,26 @@ pub struct Response {
     pub header_latency: Duration,
     /// Extra attempts made.
     pub retries: u32,
+}
+
+/// What the response reader's errors mean to the client: a timeout or a broken connection
+/// (502 `upstream_unreachable`, retried on a pooled connection) or a response that is not
+/// HTTP (502 `upstream_protocol`).
+fn read_error(provider: &str, e: ReadError, phase: &str) -> GatewayError {
+    match e {
+        ReadError::Io(kind) => GatewayError::UpstreamUnreachable {
+            provider: provider.to_string(),
+            detail: format!("{phase}: {kind}"),
+        },
+        ReadError::Closed => GatewayError::UpstreamUnreachable {
+            provider: provider.to_string(),
+            detail: format!("{phase}: connection closed"),
+        },
+        ReadError::Protocol(detail) => GatewayError::UpstreamProtocol {
+            provider: provider.to_string(),
+            detail: detail.to_string(),
+        },
+    }
 }
 
 fn classify(provider: &Provider, e: &pingora_error::Error, phase: &'static str) -> GatewayError {
@@ -153,11 +174,12 @@ impl Upstream {
                 g
             })?;
             let sent_at = Instant::now();
-            match exchange(stream, &peer, provider, &request, deadline).await {
-                Ok(session) => {
-                    return Ok(Response::new(
-                        session, key, provider, deadline, sent_at, retries, head,
-                    ))
+            match exchange(stream, provider, &request, deadline).await {
+                Ok((stream, head_buf)) => {
+                    return Response::new(
+                        stream, head_buf, key, provider, deadline, sent_at, retries, head,
+                    )
+                    .inspect_err(|g| count_error(provider, g))
                 }
                 Err(e) if reused && !matches!(e, GatewayError::UpstreamTimeout { .. }) => {
                     // A pooled connection the provider had already closed: nothing reached it.
@@ -199,11 +221,10 @@ impl Wire {
 /// Writes the request on a connection and reads the response header.
 async fn exchange(
     mut stream: Stream,
-    peer: &HttpPeer,
     provider: &Provider,
     request: &Wire,
     deadline: Instant,
-) -> Result<HttpSession, GatewayError> {
+) -> Result<(Stream, (Head, BytesMut)), GatewayError> {
     let write = async {
         stream.write_all(&request.head).await?;
         if let Some(body) = &request.body {
@@ -222,80 +243,85 @@ async fn exchange(
             provider: provider.name.to_string(),
             detail: format!("writing the request: {}", e.kind()),
         })?;
-    let mut session = HttpSession::new_with_options(stream, peer);
-    read_head(&mut session, provider, deadline).await?;
-    Ok(session)
+    let head = read_head(&mut stream, provider, deadline).await?;
+    Ok((stream, head))
 }
 
-/// Reads the response header (skipping informational answers) within the first-byte timeout.
+/// Reads the response header, skipping informational answers, within the first-byte timeout;
+/// returns it with the bytes read past it.
 async fn read_head(
-    session: &mut HttpSession,
+    stream: &mut Stream,
     provider: &Provider,
     deadline: Instant,
-) -> Result<(), GatewayError> {
+) -> Result<(Head, BytesMut), GatewayError> {
     // One deadline for every informational answer too: a provider sending `100 Continue`
     // forever must not restart the first-byte timeout, nor outlive the total one.
-    let first_byte = Instant::now() + provider.timeouts.first_byte;
-    let until = first_byte.min(deadline);
-    for _ in 0..MAX_INFORMATIONAL {
-        let wait = until.saturating_duration_since(Instant::now());
-        pingora_timeout::timeout(wait, session.read_response())
-            .await
-            .map_err(|_| GatewayError::UpstreamTimeout {
-                provider: provider.name.to_string(),
-                which: "first byte",
-            })?
-            .map_err(|e| classify(provider, &e, "first byte"))?;
-        // Informational answers (100 Continue) are not the response.
-        match session.resp_header() {
-            Some(h) if h.status.is_informational() => continue,
-            Some(_) => return Ok(()),
-            None => {
-                return Err(GatewayError::UpstreamProtocol {
-                    provider: provider.name.to_string(),
-                    detail: "no response header".into(),
-                })
+    let until = (Instant::now() + provider.timeouts.first_byte).min(deadline);
+    let read = async {
+        let mut buf = BytesMut::new();
+        for _ in 0..MAX_INFORMATIONAL {
+            let head = h1_response::read_head(stream, &mut buf)
+                .await
+                .map_err(|e| read_error(&provider.name, e, "reading the response header"))?;
+            // Informational answers (100 Continue) are not the response.
+            if !head.is_informational() {
+                return Ok((head, buf));
             }
         }
-    }
-    Err(GatewayError::UpstreamProtocol {
-        provider: provider.name.to_string(),
-        detail: format!("more than {MAX_INFORMATIONAL} informational responses"),
-    })
+        Err(GatewayError::UpstreamProtocol {
+            provider: provider.name.to_string(),
+            detail: format!("more than {MAX_INFORMATIONAL} informational responses"),
+        })
+    };
+    pingora_timeout::timeout(until.saturating_duration_since(Instant::now()), read)
+        .await
+        .map_err(|_| GatewayError::UpstreamTimeout {
+            provider: provider.name.to_string(),
+            which: "first byte",
+        })?
 }
 
 /// Informational (1xx) answers tolerated before the response.
 const MAX_INFORMATIONAL: usize = 16;
 
 impl Response {
+    #[allow(clippy::too_many_arguments)]
     fn new(
-        session: HttpSession,
+        stream: Stream,
+        (head, rest): (Head, BytesMut),
         reuse_hash: u64,
         provider: &Provider,
         deadline: Instant,
         sent_at: Instant,
         retries: u32,
-        head: bool,
-    ) -> Self {
+        head_request: bool,
+    ) -> Result<Self, GatewayError> {
         let header_latency = sent_at.elapsed();
         METRICS
             .upstream_duration
             .with_label_values(&[&provider.name])
             .observe(header_latency.as_secs_f64());
-        Self {
-            session,
-            reuse_hash,
+        let body = Body::new(&head, head_request, rest)
+            .map_err(|e| read_error(&provider.name, e, "reading the response header"))?;
+        Ok(Self {
+            stream,
             head,
+            body,
+            reuse_hash,
             provider: provider.name.clone(),
             idle: provider.timeouts.idle,
             deadline,
             header_latency,
             retries,
-        }
+        })
     }
 
-    pub fn header(&self) -> Option<&ResponseHeader> {
-        self.session.resp_header()
+    pub fn head(&self) -> &Head {
+        &self.head
+    }
+
+    pub fn status(&self) -> u16 {
+        self.head.status()
     }
 
     /// When the provider's total timeout ends.
@@ -303,9 +329,13 @@ impl Response {
         self.deadline
     }
 
+    fn broken(&self, e: ReadError) -> GatewayError {
+        read_error(&self.provider, e, "connection broke mid-response")
+    }
+
     /// Next body chunk; `Ok(None)` at the end. Applies the idle and total timeouts.
     pub async fn chunk(&mut self) -> Result<Option<Bytes>, GatewayError> {
-        if self.head {
+        if self.body.is_done() {
             return Ok(None);
         }
         let left = self.deadline.saturating_duration_since(Instant::now());
@@ -314,16 +344,12 @@ impl Response {
         } else {
             (self.idle, "idle")
         };
-        match pingora_timeout::timeout(wait, self.session.read_body_bytes()).await {
+        match pingora_timeout::timeout(wait, self.body.next(&mut self.stream)).await {
             Err(_) => Err(GatewayError::UpstreamTimeout {
                 provider: self.provider.to_string(),
                 which,
             }),
-            Ok(Err(e)) => Err(GatewayError::UpstreamUnreachable {
-                provider: self.provider.to_string(),
-                detail: format!("connection broke mid-response ({})", e.etype().as_str()),
-            }),
-            Ok(Ok(b)) => Ok(b),
+            Ok(r) => r.map_err(|e| self.broken(e)),
         }
     }
 
@@ -331,30 +357,19 @@ impl Response {
     /// waiting: `None` when it would wait. Reading is cancel-safe (the relay already selects
     /// on it against the client), so a read that would wait is simply dropped.
     pub fn chunk_ready(&mut self) -> Option<Result<Option<Bytes>, GatewayError>> {
-        if self.head {
-            return Some(Ok(None));
-        }
-        let mut read = std::pin::pin!(self.session.read_body_bytes());
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        match read.as_mut().poll(&mut cx) {
+        let polled = std::pin::pin!(self.body.next(&mut self.stream)).poll(&mut cx);
+        match polled {
             std::task::Poll::Pending => None,
-            std::task::Poll::Ready(Ok(b)) => Some(Ok(b)),
-            std::task::Poll::Ready(Err(e)) => Some(Err(GatewayError::UpstreamUnreachable {
-                provider: self.provider.to_string(),
-                detail: format!("connection broke mid-response ({})", e.etype().as_str()),
-            })),
+            std::task::Poll::Ready(r) => Some(r.map_err(|e| self.broken(e))),
         }
     }
 
-    /// Returns the connection to the pool when the response was read to its end (never after
-    /// a `HEAD`: the session was not told the body it announces never comes).
-    pub async fn release(mut self, upstream: &Upstream) {
-        if self.head || !self.session.is_body_done() {
-            return;
-        }
-        self.session.respect_keepalive();
-        if let Some(stream) = self.session.reuse().await {
-            upstream.pool.put(self.reuse_hash, stream);
+    /// Returns the connection to the pool when the response was read to its end and the
+    /// provider lets it serve another request; otherwise it is closed.
+    pub fn release(self, upstream: &Upstream) {
+        if self.body.reusable() {
+            upstream.pool.put(self.reuse_hash, self.stream);
         }
     }
 }
@@ -402,20 +417,21 @@ impl Upstream {
         }
         session.finish_body().await.map_err(io)?;
         let sent_at = Instant::now();
-        read_head(&mut session, provider, deadline)
+        let mut stream = session.into_inner();
+        let head = read_head(&mut stream, provider, deadline)
             .await
             .inspect_err(|g| count_error(provider, g))?;
-        Ok((
-            Response::new(
-                session,
-                peer.reuse_hash(),
-                provider,
-                deadline,
-                sent_at,
-                0,
-                false,
-            ),
-            sent,
-        ))
+        let resp = Response::new(
+            stream,
+            head,
+            peer.reuse_hash(),
+            provider,
+            deadline,
+            sent_at,
+            0,
+            false,
+        )
+        .inspect_err(|g| count_error(provider, g))?;
+        Ok((resp, sent))
     }
 }
