@@ -1,7 +1,11 @@
 //! Reads an HTTP/1.x response off a provider connection: the head parsed by `httparse` into
 //! one small buffer (offsets, no header maps), the body framed by `content-length`, chunked
-//! coding or the connection closing (RFC 9112 §6.3) and handed out as slices of one read
-//! buffer.
+//! coding or the connection closing (RFC 9112 §6.3).
+//!
+//! Reads land in stack space that lives only while a read is polled; what the body carries is
+//! copied out once, exactly sized, and nothing stays buffered between reads (only the rare
+//! partial chunk-size line). So a response waiting for its provider — a non-streamed answer
+//! being generated, a stream between two events — holds no read buffer at all.
 //!
 //! Why not pingora's client session: per response it built a `ResponseHeader` with two header
 //! maps (each non-standard name allocated twice, and OpenAI's answers carry a dozen:
@@ -13,16 +17,17 @@
 
 use bytes::{Buf, Bytes, BytesMut};
 use std::mem::MaybeUninit;
-use tokio::io::{AsyncRead, AsyncReadExt};
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use tokio::io::{AsyncRead, ReadBuf};
 
 /// Largest response head accepted (pingora's limit was larger; no provider sends 64 KiB).
 const MAX_HEAD: usize = 64 << 10;
 /// Most header fields in one response head.
 const MAX_HEADERS: usize = 128;
-/// The first read's size: a streamed event is a few hundred bytes and a non-streamed answer
-/// a few KiB. A read that fills its space doubles the next one, up to `MAX_READ`.
-const FIRST_READ: usize = 4 << 10;
-const MAX_READ: usize = 64 << 10;
+/// What one read takes from the socket, in stack space: a burst of streamed events or a
+/// slice of a large body.
+const READ: usize = 16 << 10;
 /// Longest chunk-size line (with extensions) and trailer section accepted.
 const MAX_CHUNK_LINE: usize = 4 << 10;
 const MAX_TRAILERS: usize = 16 << 10;
@@ -136,20 +141,48 @@ pub async fn read_head<S: AsyncRead + Unpin>(
     io: &mut S,
     buf: &mut BytesMut,
 ) -> Result<Head, ReadError> {
-    let mut read_size = FIRST_READ;
+    std::future::poll_fn(|cx| poll_head(io, buf, cx)).await
+}
+
+fn poll_head<S: AsyncRead + Unpin>(
+    io: &mut S,
+    buf: &mut BytesMut,
+    cx: &mut Context<'_>,
+) -> Poll<Result<Head, ReadError>> {
+    // Parsed again only once an empty line may have arrived: a provider trickling its head a
+    // byte at a time would otherwise cost a parse of the whole head per byte.
+    let mut complete = !buf.is_empty();
     loop {
-        if !buf.is_empty() {
+        if complete {
             if let Some(head) = parse_head(buf)? {
-                return Ok(head);
+                return Poll::Ready(Ok(head));
             }
         }
         if buf.len() >= MAX_HEAD {
-            return Err(ReadError::Protocol("response head too large"));
+            return Poll::Ready(Err(ReadError::Protocol("response head too large")));
         }
-        if fill(io, buf, &mut read_size).await? == 0 {
-            return Err(ReadError::Closed);
+        let mut space = [MaybeUninit::<u8>::uninit(); READ];
+        let mut rb = ReadBuf::uninit(&mut space);
+        ready!(poll_read(io, &mut rb, cx))?;
+        if rb.filled().is_empty() {
+            return Poll::Ready(Err(ReadError::Closed));
         }
+        let seen = buf.len().saturating_sub(2);
+        buf.extend_from_slice(rb.filled());
+        let tail = &buf[seen..];
+        complete = tail.windows(2).any(|w| w == b"\n\n") || tail.windows(3).any(|w| w == b"\n\r\n");
     }
+}
+
+/// One read into `rb`; nothing filled means the end of the stream.
+fn poll_read<S: AsyncRead + Unpin>(
+    io: &mut S,
+    rb: &mut ReadBuf<'_>,
+    cx: &mut Context<'_>,
+) -> Poll<Result<(), ReadError>> {
+    Pin::new(io)
+        .poll_read(cx, rb)
+        .map_err(|e| ReadError::Io(e.kind()))
 }
 
 /// Parses a complete head at the front of `buf` into its own small buffer; `None` when more
@@ -187,27 +220,6 @@ pub fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, ReadError> {
     Ok(Some(head))
 }
 
-/// Reads what the socket has into `buf`'s spare space (making room first); 0 at the end.
-async fn fill<S: AsyncRead + Unpin>(
-    io: &mut S,
-    buf: &mut BytesMut,
-    read_size: &mut usize,
-) -> Result<usize, ReadError> {
-    if buf.capacity() - buf.len() < *read_size / 2 {
-        // Reclaims the same allocation once the pieces handed out are dropped.
-        buf.reserve(*read_size);
-    }
-    let space = buf.capacity() - buf.len();
-    let n = io
-        .read_buf(buf)
-        .await
-        .map_err(|e| ReadError::Io(e.kind()))?;
-    if n == space {
-        *read_size = (*read_size * 2).min(MAX_READ);
-    }
-    Ok(n)
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Framing {
     /// Bytes of body left.
@@ -232,22 +244,18 @@ enum Chunk {
 #[derive(Debug)]
 pub struct Body {
     framing: Framing,
-    /// Read but not yet handed out.
-    buf: BytesMut,
-    read_size: usize,
+    /// Read but not yet decoded: what arrived with the head, or an incomplete chunk-size
+    /// line or CRLF. Usually empty, and then it holds no memory.
+    pending: BytesMut,
     keep_alive: bool,
-}
-
-enum Step {
-    Data(Bytes),
-    End,
-    More,
+    /// Bytes arrived past the end of the framed body.
+    overread: bool,
 }
 
 impl Body {
-    /// The body that follows `head` (RFC 9112 §6.3); `buf` holds what was read past the head.
+    /// The body that follows `head` (RFC 9112 §6.3); `rest` holds what was read past the head.
     /// `head_request`: a response to `HEAD` has no body, whatever its header says.
-    pub fn new(head: &Head, head_request: bool, buf: BytesMut) -> Result<Self, ReadError> {
+    pub fn new(head: &Head, head_request: bool, rest: BytesMut) -> Result<Self, ReadError> {
         let framing = if head_request || head.status == 204 || head.status == 304 {
             Framing::Done
         } else if head.is_chunked() {
@@ -263,9 +271,13 @@ impl Body {
         };
         Ok(Self {
             keep_alive: head.keep_alive() && framing != Framing::Close,
+            overread: framing == Framing::Done && !rest.is_empty(),
+            pending: if framing == Framing::Done {
+                BytesMut::new()
+            } else {
+                rest
+            },
             framing,
-            buf,
-            read_size: FIRST_READ,
         })
     }
 
@@ -277,7 +289,7 @@ impl Body {
     /// beyond it arrived (more bytes than framed mean the framing is not to be trusted) and
     /// the provider did not ask to close.
     pub fn reusable(&self) -> bool {
-        self.is_done() && self.buf.is_empty() && self.keep_alive
+        self.is_done() && !self.overread && self.keep_alive
     }
 
     /// The next piece of the body; `Ok(None)` at its end.
@@ -285,83 +297,124 @@ impl Body {
         &mut self,
         io: &mut S,
     ) -> Result<Option<Bytes>, ReadError> {
-        loop {
-            match self.decode()? {
-                Step::Data(b) => return Ok(Some(b)),
-                Step::End => return Ok(None),
-                Step::More => {}
+        std::future::poll_fn(|cx| self.poll_next(io, cx)).await
+    }
+
+    /// The body bytes of what is buffered or can be read now, in one piece (a burst of
+    /// chunks is one piece, its framing removed). Cancel-safe: nothing is read unless it is
+    /// decoded in the same call.
+    pub fn poll_next<S: AsyncRead + Unpin>(
+        &mut self,
+        io: &mut S,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Option<Bytes>, ReadError>> {
+        if !self.pending.is_empty() {
+            let pending = std::mem::take(&mut self.pending);
+            if let Some(piece) = self.decode(&pending)? {
+                return Poll::Ready(Ok(Some(piece)));
             }
-            if fill(io, &mut self.buf, &mut self.read_size).await? == 0 {
+        }
+        loop {
+            if self.framing == Framing::Done {
+                return Poll::Ready(Ok(None));
+            }
+            let mut space = [MaybeUninit::<u8>::uninit(); READ];
+            let mut rb = ReadBuf::uninit(&mut space);
+            ready!(poll_read(io, &mut rb, cx))?;
+            let read = rb.filled();
+            if read.is_empty() {
                 if self.framing != Framing::Close {
-                    return Err(ReadError::Closed);
+                    return Poll::Ready(Err(ReadError::Closed));
                 }
                 self.framing = Framing::Done;
+                continue;
+            }
+            let piece = if self.pending.is_empty() {
+                self.decode(read)?
+            } else {
+                let mut joined = std::mem::take(&mut self.pending);
+                joined.extend_from_slice(read);
+                self.decode(&joined)?
+            };
+            if let Some(piece) = piece {
+                return Poll::Ready(Ok(Some(piece)));
             }
         }
     }
 
-    /// The next piece from what is buffered, without reading.
-    fn decode(&mut self) -> Result<Step, ReadError> {
-        loop {
+    /// Runs the framing over `input`: its body bytes, copied out in one exact-size piece
+    /// (`None` if it held none); an incomplete tail is kept in `pending` for the next read.
+    fn decode(&mut self, mut input: &[u8]) -> Result<Option<Bytes>, ReadError> {
+        let mut out: Vec<u8> = Vec::new();
+        let mut data = |d: &[u8], left: usize| {
+            if out.capacity() == 0 {
+                out.reserve_exact(d.len() + left);
+            }
+            out.extend_from_slice(d);
+        };
+        while !input.is_empty() {
             match self.framing {
-                Framing::Done => return Ok(Step::End),
-                Framing::Close => return Ok(self.take_all()),
+                Framing::Done => {
+                    self.overread = true;
+                    break;
+                }
+                Framing::Close => {
+                    data(input, 0);
+                    input = &[];
+                }
                 Framing::Length(left) => {
-                    let Step::Data(b) = self.take(left) else {
-                        return Ok(Step::More);
-                    };
-                    let left = left - b.len() as u64;
+                    let n = input.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+                    data(&input[..n], 0);
+                    input = &input[n..];
+                    let left = left - n as u64;
                     self.framing = if left == 0 {
                         Framing::Done
                     } else {
                         Framing::Length(left)
                     };
-                    return Ok(Step::Data(b));
                 }
-                Framing::Chunked(Chunk::Size) => match httparse::parse_chunk_size(&self.buf) {
+                Framing::Chunked(Chunk::Size) => match httparse::parse_chunk_size(input) {
                     Ok(httparse::Status::Complete((used, size))) => {
-                        self.buf.advance(used);
+                        input = &input[used..];
                         self.framing = Framing::Chunked(if size == 0 {
                             Chunk::Trailers(0)
                         } else {
                             Chunk::Data(size)
                         });
                     }
-                    Ok(httparse::Status::Partial) if self.buf.len() < MAX_CHUNK_LINE => {
-                        return Ok(Step::More)
-                    }
+                    Ok(httparse::Status::Partial) if input.len() < MAX_CHUNK_LINE => break,
                     _ => return Err(ReadError::Protocol("invalid chunk size")),
                 },
                 Framing::Chunked(Chunk::Data(left)) => {
-                    let Step::Data(b) = self.take(left) else {
-                        return Ok(Step::More);
-                    };
-                    let left = left - b.len() as u64;
+                    let n = input.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+                    // Room for the rest of this read too: later chunks of a burst join it.
+                    data(&input[..n], input.len() - n);
+                    input = &input[n..];
+                    let left = left - n as u64;
                     self.framing = Framing::Chunked(if left == 0 {
                         Chunk::DataEnd
                     } else {
                         Chunk::Data(left)
                     });
-                    return Ok(Step::Data(b));
                 }
                 Framing::Chunked(Chunk::DataEnd) => {
-                    if self.buf.len() < 2 {
-                        return Ok(Step::More);
+                    if input.len() < 2 {
+                        break;
                     }
-                    if &self.buf[..2] != b"\r\n" {
+                    if &input[..2] != b"\r\n" {
                         return Err(ReadError::Protocol("chunk data longer than its size"));
                     }
-                    self.buf.advance(2);
+                    input = &input[2..];
                     self.framing = Framing::Chunked(Chunk::Size);
                 }
                 Framing::Chunked(Chunk::Trailers(seen)) => {
-                    let Some(eol) = self.buf.windows(2).position(|w| w == b"\r\n") else {
-                        if seen + self.buf.len() > MAX_TRAILERS {
+                    let Some(eol) = input.windows(2).position(|w| w == b"\r\n") else {
+                        if seen + input.len() > MAX_TRAILERS {
                             return Err(ReadError::Protocol("trailers too large"));
                         }
-                        return Ok(Step::More);
+                        break;
                     };
-                    self.buf.advance(eol + 2);
+                    input = &input[eol + 2..];
                     // An empty line ends the message.
                     self.framing = if eol == 0 {
                         Framing::Done
@@ -371,25 +424,10 @@ impl Body {
                 }
             }
         }
-    }
-
-    /// Up to `max` buffered bytes, shared with the read buffer (no copy).
-    fn take(&mut self, max: u64) -> Step {
-        if self.buf.is_empty() {
-            return Step::More;
+        if !input.is_empty() && !self.overread {
+            self.pending.extend_from_slice(input);
         }
-        let n = self
-            .buf
-            .len()
-            .min(usize::try_from(max).unwrap_or(usize::MAX));
-        Step::Data(self.buf.split_to(n).freeze())
-    }
-
-    fn take_all(&mut self) -> Step {
-        if self.buf.is_empty() {
-            return Step::More;
-        }
-        Step::Data(self.buf.split().freeze())
+        Ok((!out.is_empty()).then(|| Bytes::from(out)))
     }
 }
 
@@ -479,6 +517,11 @@ mod tests {
         assert_eq!(head.len(), 3);
         assert_eq!(body, b"{\"a\":\"b c\"}");
         assert!(reuse);
+        // Bare LF line ends (RFC 9112 §2.2 lets a recipient accept them), read a byte at a
+        // time too: the head is found when its empty line arrives.
+        let (head, body, _) = each_split(b"HTTP/1.1 200 OK\ncontent-length: 2\n\nok").await;
+        assert_eq!(head.get("content-length"), Some(&b"2"[..]));
+        assert_eq!(body, b"ok");
     }
 
     #[tokio::test]

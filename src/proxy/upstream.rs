@@ -20,7 +20,6 @@ use pingora_core::protocols::Stream;
 use pingora_core::upstreams::peer::{HttpPeer, Peer};
 use pingora_error::ErrorType;
 use pingora_http::RequestHeader;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
@@ -358,8 +357,7 @@ impl Response {
     /// on it against the client), so a read that would wait is simply dropped.
     pub fn chunk_ready(&mut self) -> Option<Result<Option<Bytes>, GatewayError>> {
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        let polled = std::pin::pin!(self.body.next(&mut self.stream)).poll(&mut cx);
-        match polled {
+        match self.body.poll_next(&mut self.stream, &mut cx) {
             std::task::Poll::Pending => None,
             std::task::Poll::Ready(r) => Some(r.map_err(|e| self.broken(e))),
         }
