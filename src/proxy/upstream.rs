@@ -20,6 +20,7 @@ use pingora_core::protocols::Stream;
 use pingora_core::upstreams::peer::{HttpPeer, Peer};
 use pingora_error::ErrorType;
 use pingora_http::RequestHeader;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
@@ -232,12 +233,8 @@ async fn exchange(
         stream.flush().await
     };
     // A provider that stops reading cannot hold the request past its total timeout.
-    pingora_timeout::timeout(deadline.saturating_duration_since(Instant::now()), write)
-        .await
-        .map_err(|_| GatewayError::UpstreamTimeout {
-            provider: provider.name.to_string(),
-            which: "total",
-        })?
+    within(deadline, &provider.name, "total", write)
+        .await?
         .map_err(|e| GatewayError::UpstreamUnreachable {
             provider: provider.name.to_string(),
             detail: format!("writing the request: {}", e.kind()),
@@ -272,12 +269,22 @@ async fn read_head(
             detail: format!("more than {MAX_INFORMATIONAL} informational responses"),
         })
     };
-    pingora_timeout::timeout(until.saturating_duration_since(Instant::now()), read)
+    within(until, &provider.name, "first byte", read).await?
+}
+
+/// `work`, or the provider's timeout `which` at `until`.
+async fn within<T>(
+    until: Instant,
+    provider: &str,
+    which: &'static str,
+    work: impl Future<Output = T>,
+) -> Result<T, GatewayError> {
+    pingora_timeout::timeout(until.saturating_duration_since(Instant::now()), work)
         .await
         .map_err(|_| GatewayError::UpstreamTimeout {
-            provider: provider.name.to_string(),
-            which: "first byte",
-        })?
+            provider: provider.to_string(),
+            which,
+        })
 }
 
 /// Informational (1xx) answers tolerated before the response.
@@ -337,19 +344,20 @@ impl Response {
         if self.body.is_done() {
             return Ok(None);
         }
-        let left = self.deadline.saturating_duration_since(Instant::now());
-        let (wait, which) = if left < self.idle {
-            (left, "total")
+        let idle = Instant::now() + self.idle;
+        let (until, which) = if self.deadline < idle {
+            (self.deadline, "total")
         } else {
-            (self.idle, "idle")
+            (idle, "idle")
         };
-        match pingora_timeout::timeout(wait, self.body.next(&mut self.stream)).await {
-            Err(_) => Err(GatewayError::UpstreamTimeout {
-                provider: self.provider.to_string(),
-                which,
-            }),
-            Ok(r) => r.map_err(|e| self.broken(e)),
-        }
+        within(
+            until,
+            &self.provider,
+            which,
+            self.body.next(&mut self.stream),
+        )
+        .await?
+        .map_err(|e| self.broken(e))
     }
 
     /// The next body chunk if the provider already sent it (buffered or readable now), without
