@@ -9,6 +9,7 @@
 # nginx and through the gateways; streaming targets with CPU per stream and per relayed chunk.
 #
 #   benches/load.sh [duration_s=10] [concurrency list="32 1"]
+#   BASE_BIN=/path/to/base/model-bridge benches/load.sh ...   # adds an alternating A/B table
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DUR=${1:-10}
@@ -176,6 +177,20 @@ RUST_LOG=warn taskset -c $PROXY_CPU ./target/release/model-bridge serve --config
 pids+=($!); PID_GWX=$!
 wait_port $MOCK; wait_port $NGX; wait_port $GW; wait_port $GWA; wait_port $GWL; wait_port $GWR; wait_port $GWP; wait_port $GWT; wait_port $GWX
 
+# BASE_BIN=path: a second plain and all-on gateway from another build (the change's base), for
+# the A/B table at the end. On this kind of VM one run's numbers swing by tens of percent;
+# rounds alternating the two builds side by side are what shows a change.
+if [ -n "${BASE_BIN:-}" ]; then
+  GWB=$(port); OPSB=$(port); GWXB=$(port); OPSXB=$(port)
+  sed -e "s/127.0.0.1:$GW\"/127.0.0.1:$GWB\"/; s/127.0.0.1:$OPS\"/127.0.0.1:$OPSB\"/; s#usage.jsonl#usage-base.jsonl#" "$WORK/gateway.toml" > "$WORK/gateway-base.toml"
+  sed -e "s/127.0.0.1:$GWX\"/127.0.0.1:$GWXB\"/; s/127.0.0.1:$OPSX\"/127.0.0.1:$OPSXB\"/; s#usage-all.jsonl#usage-all-base.jsonl#; s#audit-all.jsonl#audit-all-base.jsonl#" "$WORK/gateway-all.toml" > "$WORK/gateway-all-base.toml"
+  RUST_LOG=warn taskset -c $PROXY_CPU "$BASE_BIN" serve --config "$WORK/gateway-base.toml" >"$WORK/gwb.log" 2>&1 &
+  pids+=($!); PID_GWB=$!
+  RUST_LOG=warn taskset -c $PROXY_CPU "$BASE_BIN" serve --config "$WORK/gateway-all-base.toml" >"$WORK/gwxb.log" 2>&1 &
+  pids+=($!); PID_GWXB=$!
+  wait_port $GWB; wait_port $GWXB
+fi
+
 # Non-streaming and streaming (20 chunks, with and without include_usage) request scripts.
 lua() { # file body extra-header
   cat > "$WORK/$1" <<LUA
@@ -325,5 +340,25 @@ for c in $CONCS; do
       printf "CPU per relayed chunk over nginx (stream CPU difference / 22 pieces): gateway %.2f us   all features on %.2f us\n", (gc-nc)/22, (xc-nc)/22 }'
   done
 done
+if [ -n "${BASE_BIN:-}" ]; then
+  echo "== A/B: this build vs $BASE_BIN, concurrency 32, ${DUR}s per target, 3 alternating rounds (CPU us per request or stream; median round)"
+  printf "%-12s %12s %12s %12s %12s %7s\n" script "base plain" "this plain" "base all-on" "this all-on" nginx
+  for p in $GWB $GWXB; do
+    taskset -c $LOAD_CPU wrk -t1 -c8 -d2s -s "$WORK/post.lua" "http://127.0.0.1:$p/v1/chat/completions" >/dev/null 2>&1
+  done
+  for script in post.lua stream.lua; do
+    declare -A AB=()
+    for round in 1 2 3; do
+      for t in bp tp bx tx n; do
+        case $t in bp) a="$GWB $PID_GWB";; tp) a="$GW ${pids[2]}";; bx) a="$GWXB $PID_GWXB";; tx) a="$GWX $PID_GWX";; n) a="$NGX $NGX_WORKER";; esac
+        read -r port pid <<<"$a"
+        read -r _ _ _ _ _ cpu_us <<<"$(run "$port" 32 "$script" "$pid")"
+        AB[$t]+="$cpu_us"$'\n'
+      done
+    done
+    med() { printf '%s' "${AB[$1]}" | sort -n | sed -n 2p; }
+    printf "%-12s %12s %12s %12s %12s %7s\n" "$script" "$(med bp)" "$(med tp)" "$(med bx)" "$(med tx)" "$(med n)"
+  done
+fi
 rows=$(wc -l < "$WORK/usage.jsonl")
 echo "gateway wrote $rows usage records; RSS $(ps -o rss= -p "${pids[2]}" | tr -d ' ') KiB"
