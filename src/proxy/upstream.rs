@@ -233,7 +233,7 @@ async fn exchange(
         stream.flush().await
     };
     // A provider that stops reading cannot hold the request past its total timeout.
-    within(deadline, &provider.name, "total", write)
+    within(left(deadline), &provider.name, "total", write)
         .await?
         .map_err(|e| GatewayError::UpstreamUnreachable {
             provider: provider.name.to_string(),
@@ -269,17 +269,23 @@ async fn read_head(
             detail: format!("more than {MAX_INFORMATIONAL} informational responses"),
         })
     };
-    within(until, &provider.name, "first byte", read).await?
+    within(left(until), &provider.name, "first byte", read).await?
 }
 
-/// `work`, or the provider's timeout `which` at `until`.
+/// Time left until `until`.
+fn left(until: Instant) -> Duration {
+    until.saturating_duration_since(Instant::now())
+}
+
+/// `work`, or the provider's timeout `which` after `wait`. Takes a duration, not an instant:
+/// the per-chunk caller has already read the clock once (clock reads are ~3% of the profile).
 async fn within<T>(
-    until: Instant,
+    wait: Duration,
     provider: &str,
     which: &'static str,
     work: impl Future<Output = T>,
 ) -> Result<T, GatewayError> {
-    pingora_timeout::timeout(until.saturating_duration_since(Instant::now()), work)
+    pingora_timeout::timeout(wait, work)
         .await
         .map_err(|_| GatewayError::UpstreamTimeout {
             provider: provider.to_string(),
@@ -344,14 +350,14 @@ impl Response {
         if self.body.is_done() {
             return Ok(None);
         }
-        let idle = Instant::now() + self.idle;
-        let (until, which) = if self.deadline < idle {
-            (self.deadline, "total")
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        let (wait, which) = if left < self.idle {
+            (left, "total")
         } else {
-            (idle, "idle")
+            (self.idle, "idle")
         };
         within(
-            until,
+            wait,
             &self.provider,
             which,
             self.body.next(&mut self.stream),
