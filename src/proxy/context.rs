@@ -127,11 +127,16 @@ impl Ctx {
 
     /// Starts the request's trace when tracing is on, continuing the client's `traceparent`;
     /// the response carries this request's own `traceparent` back.
-    pub fn start_trace(&mut self, req: &pingora_http::RequestHeader, method: &str, path: &str) {
+    pub fn start_trace(
+        &mut self,
+        req: &impl super::client::RequestHeaders,
+        method: &str,
+        path: &str,
+    ) {
         if self.live.config.tracing.is_none() {
             return;
         }
-        let get = |n: &str| req.headers.get(n).and_then(|v| v.to_str().ok());
+        let get = |n: &str| req.header_str(n);
         let name = format!("{method} {path}");
         self.trace =
             crate::telemetry::RequestTrace::start(get("traceparent"), get("tracestate"), &name);

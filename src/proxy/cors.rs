@@ -2,9 +2,9 @@
 //! preflight answer, and the headers an allowed origin's responses carry. Credentials travel
 //! in `Authorization`, never cookies, so no `allow-credentials`.
 
+use super::client::{Client, RequestHeaders};
 use super::relay::Outcome;
-use pingora_core::protocols::http::ServerSession;
-use pingora_http::ResponseHeader;
+use super::response_head::ResponseHead;
 
 /// Response headers a page may read: the request id, where the request went, limits.
 const EXPOSED: &str = "x-request-id, x-model-bridge-provider, x-model-bridge-variant, \
@@ -21,10 +21,9 @@ pub fn allow(headers: &mut Vec<(&'static str, String)>, origin: String) {
 
 /// Answers a preflight from an allowed origin: 204, the methods the API has, and the request
 /// headers the page asked for when they are plain header names.
-pub async fn preflight(s: &mut ServerSession, origin: &str) -> Outcome {
+pub async fn preflight(s: &mut Client, origin: &str) -> Outcome {
     let asked = s
-        .get_header("access-control-request-headers")
-        .and_then(|v| v.to_str().ok())
+        .header_str("access-control-request-headers")
         .filter(|v| {
             v.len() <= 1024
                 && v.bytes()
@@ -32,8 +31,8 @@ pub async fn preflight(s: &mut ServerSession, origin: &str) -> Outcome {
         })
         .unwrap_or("authorization, content-type")
         .to_string();
-    let _ = s.drain_request_body().await;
-    let Ok(mut h) = ResponseHeader::build(204, Some(6)) else {
+    let _ = s.drain_body().await;
+    let Some(mut h) = ResponseHead::new(204, 6) else {
         return Outcome::Abort;
     };
     for (name, value) in [
@@ -44,15 +43,11 @@ pub async fn preflight(s: &mut ServerSession, origin: &str) -> Outcome {
         ("vary", "origin"),
         ("content-length", "0"),
     ] {
-        if h.insert_header(name, value).is_err() {
+        if !h.push(name, bytes::Bytes::copy_from_slice(value.as_bytes())) {
             return Outcome::Abort;
         }
     }
-    if s.write_response_header(Box::new(h)).await.is_err()
-        || s.write_response_body(bytes::Bytes::new(), true)
-            .await
-            .is_err()
-    {
+    if s.write_head(&h).await.is_err() || s.write_body(bytes::Bytes::new(), true).await.is_err() {
         return Outcome::Abort;
     }
     Outcome::Done

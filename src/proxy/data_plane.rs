@@ -2,7 +2,10 @@
 //! accept → read body → route → rewrite → upstream → relay → finish.
 
 use super::body;
+use super::client::{Client, RequestBody, RequestHeaders};
 use super::context::Ctx;
+use super::h1::request::HeadError;
+use super::h1::server::{Connection, Next};
 use super::headers;
 use super::identity;
 use super::relay::{relay, Outcome, RelayMode};
@@ -14,10 +17,9 @@ use crate::routing::{Endpoint, ModelRoute};
 use crate::state::Shared;
 use async_trait::async_trait;
 use bytes::Bytes;
-use pingora_core::apps::{
-    HttpPersistentSettings, HttpServerApp, HttpServerOptions, ReusedHttpStream,
-};
+use pingora_core::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream, ServerApp};
 use pingora_core::protocols::http::ServerSession;
+use pingora_core::protocols::{Stream, ALPN};
 use pingora_core::server::ShutdownWatch;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +29,8 @@ use std::time::Duration;
 const PASSTHROUGH_BUFFER: usize = 1 << 20;
 /// Longest wait for the next piece of a client's request.
 const CLIENT_READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// The first bytes of an HTTP/2 connection without TLS (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// How long a refused body is drained before the connection closes.
 const LINGER: Duration = Duration::from_secs(2);
 
@@ -52,11 +56,6 @@ impl DataPlane {
             busy_poll: server.busy_poll,
         }
     }
-
-    /// The service that closes the upstream pool's stale idle connections.
-    pub fn upstream_sweeper(&self) -> super::pool::Sweeper {
-        self.upstream.sweeper()
-    }
 }
 
 /// Counts a request in flight for metrics and for draining on shutdown.
@@ -79,8 +78,54 @@ impl Drop for Inflight<'_> {
     }
 }
 
+/// The data plane's connections: HTTP/1 runs through our own session, one request after
+/// another on the connection; HTTP/2 (by ALPN, or the h2c preface when enabled) goes to
+/// pingora's, which calls `process_new_http` per stream.
+pub struct Connections {
+    plane: Arc<DataPlane>,
+}
+
+impl Connections {
+    pub fn new(plane: DataPlane) -> Self {
+        Self {
+            plane: Arc::new(plane),
+        }
+    }
+
+    pub fn upstream_sweeper(&self) -> super::pool::Sweeper {
+        self.plane.upstream.sweeper()
+    }
+
+    async fn speaks_h2(&self, stream: &mut Stream) -> bool {
+        if stream.get_ssl_digest().is_some() {
+            return matches!(stream.selected_alpn_proto(), Some(ALPN::H2));
+        }
+        if !self.plane.options.h2c {
+            return false;
+        }
+        let mut preface = [0u8; H2_PREFACE.len()];
+        matches!(stream.try_peek(&mut preface).await, Ok(true)) && preface == H2_PREFACE
+    }
+}
+
+#[async_trait]
+impl ServerApp for Connections {
+    async fn process_new(
+        self: &Arc<Self>,
+        mut stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        if self.speaks_h2(&mut stream).await {
+            return ServerApp::process_new(&self.plane, stream, shutdown).await;
+        }
+        self.plane.serve_h1(stream, shutdown).await;
+        None
+    }
+}
+
 #[async_trait]
 impl HttpServerApp for DataPlane {
+    /// One HTTP/2 stream (HTTP/1 never comes here: `Connections` serves it).
     async fn process_new_http(
         self: &Arc<Self>,
         mut s: ServerSession,
@@ -92,31 +137,21 @@ impl HttpServerApp for DataPlane {
             Err(e) => {
                 // The error's text quotes the raw request (credentials included): kind only.
                 log::debug!("unreadable request ({:?})", e.etype());
-                refuse_unreadable(s, &e).await;
                 return None;
             }
         }
-        super::busy_poll::touch(self.busy_poll);
-        // Bytes after the request (a pipelined next request, or the stray CRLF RFC 9112 §2.2
-        // allows) are kept for the next request on this connection, never taken for a
-        // disconnect: a live stream is not cut by them.
-        s.set_pipelining_enabled(true);
-        let _inflight = Inflight::enter(&self.shared);
-        let closing = *shutdown.borrow() || self.shared.is_draining();
-        s.set_keepalive((!closing).then_some(self.keepalive_s));
         s.set_read_timeout(Some(CLIENT_READ_TIMEOUT));
-        s.set_abort_on_close(true);
-        let outcome = self.handle(&mut s).await;
-        super::busy_poll::touch(self.busy_poll);
-        if outcome == Outcome::Abort {
-            s.shutdown().await;
+        let mut client = Client::H2(Box::new(s));
+        if self.serve(&mut client, shutdown).await == Outcome::Abort {
+            if let Client::H2(s) = &mut client {
+                s.shutdown().await;
+            }
             return None;
         }
-        let settings = HttpPersistentSettings::for_session(&s);
-        match s.finish().await {
-            Ok(Some(stream)) => Some(ReusedHttpStream::from_reusable_stream(stream, settings)),
-            _ => None,
+        if let Client::H2(s) = client {
+            let _ = s.finish().await;
         }
+        None
     }
 
     fn server_options(&self) -> Option<&HttpServerOptions> {
@@ -125,29 +160,67 @@ impl HttpServerApp for DataPlane {
 }
 
 impl DataPlane {
-    async fn handle(&self, s: &mut ServerSession) -> Outcome {
+    /// Requests on one HTTP/1 connection, until either side closes it.
+    async fn serve_h1(&self, stream: Stream, shutdown: &ShutdownWatch) {
+        let mut conn = Connection::new(stream);
+        // A new connection gets as long for its first request as any read; a kept one waits
+        // the keep-alive timeout for its next.
+        let mut idle = CLIENT_READ_TIMEOUT;
+        loop {
+            let session = match conn.next(idle, CLIENT_READ_TIMEOUT).await {
+                Next::Request(s) => s,
+                Next::Closed => return,
+                Next::Refused(conn, e) => return refuse_unreadable(conn, e).await,
+            };
+            idle = Duration::from_secs(self.keepalive_s);
+            let mut client = Client::H1(session);
+            let outcome = self.serve(&mut client, shutdown).await;
+            let Client::H1(mut session) = client else {
+                return;
+            };
+            if outcome == Outcome::Abort {
+                session.shutdown().await;
+                return;
+            }
+            match session.finish() {
+                Some(next) => conn = next,
+                None => return,
+            }
+        }
+    }
+
+    /// One request, either protocol.
+    async fn serve(&self, client: &mut Client, shutdown: &ShutdownWatch) -> Outcome {
+        super::busy_poll::touch(self.busy_poll);
+        let _inflight = Inflight::enter(&self.shared);
+        if *shutdown.borrow() || self.shared.is_draining() {
+            client.close_after();
+        }
+        let outcome = self.handle(client).await;
+        super::busy_poll::touch(self.busy_poll);
+        outcome
+    }
+}
+
+impl DataPlane {
+    async fn handle(&self, s: &mut Client) -> Outcome {
         let live = self.shared.live();
         // Browsers (the console's playground) call from another origin: a preflight is
         // answered here, before authentication (it carries no credential), and allowed
         // origins see the gateway's response headers.
         let origin = s
-            .get_header("origin")
-            .and_then(|o| o.to_str().ok())
+            .header_str("origin")
             .filter(|o| live.config.console.allows_origin(o))
             .map(str::to_string);
         if let Some(o) = &origin {
-            if s.req_header().method == http::Method::OPTIONS {
+            if s.method() == http::Method::OPTIONS {
                 return super::cors::preflight(s, o).await;
             }
         }
-        let req = s.req_header();
-        let method = req.method.as_str().to_string();
+        let method = s.method().as_str().to_string();
         // One canonical path for routing, metering and forwarding (routing::path).
-        let path = crate::routing::path::normalize(req.uri.path()).map(|p| p.into_owned());
-        let client_ip = s.client_addr().map(|a| match a.as_inet() {
-            Some(i) => i.ip().to_string(),
-            None => a.to_string(),
-        });
+        let path = crate::routing::path::normalize(s.uri().path()).map(|p| p.into_owned());
+        let client_ip = s.client_addr();
         let shown = path.as_deref().unwrap_or("/");
         let mut ctx = Ctx::new(live, &method, shown, client_ip);
         if let Some(o) = origin {
@@ -156,7 +229,7 @@ impl DataPlane {
         }
         // Classified before authentication, so refusals are labelled with their endpoint.
         ctx.set_endpoint(Endpoint::classify(shown));
-        ctx.start_trace(s.req_header(), &method, shown);
+        ctx.start_trace(&*s, &method, shown);
         let result = match path {
             Err(e) => Err(GatewayError::InvalidField {
                 param: "path",
@@ -177,7 +250,7 @@ impl DataPlane {
                     _ = self.shared.tasks.cut_signal() => None,
                 };
                 served.unwrap_or_else(|| {
-                    ctx.record.cancelled = s.response_written().is_some();
+                    ctx.record.cancelled = s.response_written();
                     Err(GatewayError::ShuttingDown)
                 })
             }
@@ -202,7 +275,7 @@ impl DataPlane {
 
     async fn dispatch(
         &self,
-        s: &mut ServerSession,
+        s: &mut Client,
         ctx: &mut Ctx,
         method: &str,
         path: &str,
@@ -253,7 +326,7 @@ impl DataPlane {
 
     async fn llm(
         &self,
-        s: &mut ServerSession,
+        s: &mut Client,
         ctx: &mut Ctx,
         ep: Endpoint,
     ) -> Result<Outcome, GatewayError> {
@@ -365,11 +438,7 @@ impl DataPlane {
     }
 
     /// `POST /v1/feedback` `{"request_id": "req_…", "score": 0.8, "comment": "…"}`.
-    async fn feedback(
-        &self,
-        s: &mut ServerSession,
-        ctx: &mut Ctx,
-    ) -> Result<Outcome, GatewayError> {
+    async fn feedback(&self, s: &mut Client, ctx: &mut Ctx) -> Result<Outcome, GatewayError> {
         let body = body::read_bounded(s, 64 * 1024).await?;
         ctx.record.request_bytes = body.len() as u64;
         let row = super::feedback::parse(&body, ctx)?;
@@ -387,7 +456,7 @@ impl DataPlane {
 
     async fn passthrough(
         &self,
-        s: &mut ServerSession,
+        s: &mut Client,
         ctx: &mut Ctx,
         method: &str,
         path: &str,
@@ -401,15 +470,15 @@ impl DataPlane {
         self.refuse_if_backed_up(ctx)?;
         ctx.record.provider = Some(provider.name.clone());
         let suffix = &path["/v1".len()..];
-        let up_path = provider.passthrough_path(suffix, s.req_header().uri.query());
+        let up_path = provider.passthrough_path(suffix, s.uri().query());
         let limit = live.config.server.max_body_bytes;
-        let declared = body::content_length(s);
+        let declared = s.content_length();
         let small = declared.is_some_and(|n| n <= PASSTHROUGH_BUFFER) || s.is_body_empty();
         let resp = if small {
             let body = body::read_bounded(s, limit).await?;
             ctx.record.request_bytes = body.len() as u64;
             let header = headers::upstream_request(
-                s.req_header(),
+                s.headers(),
                 provider,
                 method,
                 &up_path,
@@ -446,7 +515,7 @@ impl DataPlane {
 }
 
 pub(super) async fn write_json(
-    s: &mut ServerSession,
+    s: &mut Client,
     ctx: &mut Ctx,
     status: u16,
     body: Bytes,
@@ -457,9 +526,7 @@ pub(super) async fn write_json(
     headers::add(&mut h, &ctx.limit_headers);
     ctx.record.status = status;
     ctx.record.response_bytes = body.len() as u64;
-    if s.write_response_header(Box::new(h)).await.is_err()
-        || s.write_response_body(body, true).await.is_err()
-    {
+    if s.write_head(&h).await.is_err() || s.write_body(body, true).await.is_err() {
         ctx.record.cancelled = true;
         return Ok(Outcome::Abort);
     }
@@ -487,11 +554,7 @@ fn visible_models(ctx: &Ctx) -> Bytes {
     Bytes::from(serde_json::json!({"object": "list", "data": data}).to_string())
 }
 
-async fn model_object(
-    s: &mut ServerSession,
-    ctx: &mut Ctx,
-    id: &str,
-) -> Result<Outcome, GatewayError> {
+async fn model_object(s: &mut Client, ctx: &mut Ctx, id: &str) -> Result<Outcome, GatewayError> {
     let live = ctx.live.clone();
     let route = live
         .config
@@ -510,14 +573,14 @@ async fn model_object(
 
 /// Writes the OpenAI-shaped error, unless a response already started (then the connection is
 /// cut, the only honest signal left).
-async fn write_error(s: &mut ServerSession, ctx: &mut Ctx, e: &GatewayError) -> Outcome {
+async fn write_error(s: &mut Client, ctx: &mut Ctx, e: &GatewayError) -> Outcome {
     ctx.record.error_type = Some(e.code());
     METRICS.gateway_errors.with_label_values(&[e.code()]).inc();
     if matches!(e, GatewayError::ClientClosed) {
         ctx.record.cancelled = true;
         return Outcome::Abort;
     }
-    if s.response_written().is_some() {
+    if s.response_written() {
         return Outcome::Abort;
     }
     // After a refused or unread body the connection cannot be reused safely.
@@ -526,7 +589,7 @@ async fn write_error(s: &mut ServerSession, ctx: &mut Ctx, e: &GatewayError) -> 
         GatewayError::BodyTooLarge { .. } | GatewayError::InvalidField { param: "body", .. }
     ) || !s.is_body_done();
     if close {
-        s.set_keepalive(None);
+        s.close_after();
     }
     let body = Bytes::from(e.body());
     let status = e.status();
@@ -536,16 +599,14 @@ async fn write_error(s: &mut ServerSession, ctx: &mut Ctx, e: &GatewayError) -> 
     };
     headers::add(&mut h, &ctx.limit_headers);
     ctx.record.response_bytes = body.len() as u64;
-    if s.write_response_header(Box::new(h)).await.is_err()
-        || s.write_response_body(body, true).await.is_err()
-    {
+    if s.write_head(&h).await.is_err() || s.write_body(body, true).await.is_err() {
         ctx.record.cancelled = true;
         return Outcome::Abort;
     }
     if close && !s.is_body_done() {
         // Lingering close: read and discard what the client is still sending, for a bounded
         // time, so its TCP stack does not reset the connection before it reads our answer.
-        let _ = tokio::time::timeout(LINGER, s.drain_request_body()).await;
+        let _ = tokio::time::timeout(LINGER, s.drain_body()).await;
     }
     Outcome::Done
 }
@@ -565,48 +626,20 @@ fn bounded_text(text: &str) -> String {
     format!("{}…", &text[..cut])
 }
 
-/// Answers a request header pingora refused to parse, then closes: 431 for too many or too
-/// large header fields, 400 for other malformed headers (nothing for timeouts and closed
-/// connections). Written straight to the socket: there is no parsed request to answer through.
-async fn refuse_unreadable(s: ServerSession, e: &pingora_error::Error) {
-    use pingora_error::ErrorType;
-    use tokio::io::AsyncWriteExt;
-    if e.etype() != &ErrorType::InvalidHTTPHeader {
-        return;
-    }
-    let too_many = e
-        .cause
-        .as_ref()
-        .and_then(|c| c.downcast_ref::<httparse::Error>())
-        .is_some_and(|c| *c == httparse::Error::TooManyHeaders);
-    // pingora marks an over-long header section only in its message.
-    let too_large = e
-        .context
-        .as_ref()
-        .is_some_and(|c| c.as_str().starts_with("Request header larger"));
-    let (status, err) = if too_many || too_large {
-        (
-            "431 Request Header Fields Too Large",
-            GatewayError::HeadersTooLarge,
-        )
-    } else {
-        ("400 Bad Request", GatewayError::MalformedRequest)
+/// Answers a request head that cannot be served, then closes: 431 for too many or too large
+/// header fields, 400 for anything else malformed (nothing for timeouts and closed
+/// connections). The head is never logged: it may carry credentials.
+async fn refuse_unreadable(conn: Connection, e: HeadError) {
+    let err = match e {
+        HeadError::TooLarge => GatewayError::HeadersTooLarge,
+        HeadError::Malformed(why) => {
+            log::debug!("unreadable request ({why})");
+            GatewayError::MalformedRequest
+        }
     };
-    let body = err.body();
-    let head = format!(
-        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-        body.len()
-    );
     METRICS
         .gateway_errors
         .with_label_values(&[err.code()])
         .inc();
-    let ServerSession::H1(h1) = s else { return };
-    let mut stream = h1.into_inner();
-    let write = async {
-        stream.write_all(head.as_bytes()).await?;
-        stream.write_all(&body).await?;
-        stream.shutdown().await
-    };
-    let _ = tokio::time::timeout(Duration::from_secs(2), write).await;
+    conn.refuse(err.status(), &err.body()).await;
 }

@@ -1,58 +1,73 @@
 //! Which headers cross the gateway in each direction, and the headers it adds.
 
-use super::h1_response::Head;
+use super::client::Client;
+use super::h1::response::Head;
+use super::response_head::ResponseHead;
 use crate::error::GatewayError;
 use crate::routing::Provider;
-use bytes::{BufMut, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use http::header::{HeaderName, HeaderValue};
-use pingora_core::protocols::http::ServerSession;
-use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_http::RequestHeader;
 use std::borrow::Cow;
 
 /// Client headers never sent upstream: hop-by-hop, framing we recompute, the caller's own
 /// credentials and account routing, gateway controls, and compression (we must read the body).
-fn forward_request_header(name: &HeaderName) -> bool {
-    let n = name.as_str();
+/// `name` as the client sent it: HTTP/1 names come in any case.
+fn forward_request_header(name: &[u8]) -> bool {
+    let mut lower = [0u8; 32];
+    let Some(n) = lower.get_mut(..name.len()) else {
+        // Longer than any name below; only the prefixes can match.
+        return !has_prefix(name, b"x-model-bridge-") && !has_prefix(name, b"openai-");
+    };
+    n.copy_from_slice(name);
+    n.make_ascii_lowercase();
+    let n = &*n;
     !matches!(
         n,
-        "host"
-            | "authorization"
-            | "api-key"
-            | "x-api-key"
-            | "proxy-authorization"
-            | "cookie"
-            | "content-length"
-            | "transfer-encoding"
-            | "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "te"
-            | "trailer"
-            | "upgrade"
-            | "expect"
-            | "accept-encoding"
-            | "x-request-id"
-            | "forwarded"
-            | "x-forwarded-for"
-    ) && !n.starts_with("x-model-bridge-")
-        && !n.starts_with("openai-")
-        && !n.starts_with(':')
+        b"host"
+            | b"authorization"
+            | b"api-key"
+            | b"x-api-key"
+            | b"proxy-authorization"
+            | b"cookie"
+            | b"content-length"
+            | b"transfer-encoding"
+            | b"connection"
+            | b"keep-alive"
+            | b"proxy-connection"
+            | b"te"
+            | b"trailer"
+            | b"upgrade"
+            | b"expect"
+            | b"accept-encoding"
+            | b"x-request-id"
+            | b"forwarded"
+            | b"x-forwarded-for"
+    ) && !n.starts_with(b"x-model-bridge-")
+        && !n.starts_with(b"openai-")
+        && !n.starts_with(b":")
 }
 
-/// Provider headers never relayed to the client.
-fn forward_response_header(name: &HeaderName) -> bool {
-    !matches!(
-        name.as_str(),
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "transfer-encoding"
-            | "te"
-            | "trailer"
-            | "upgrade"
-            | "set-cookie"
-            | "x-request-id"
-    )
+/// `name` starts with `prefix` (lower-case), ASCII case-insensitive.
+fn has_prefix(name: &[u8], prefix: &[u8]) -> bool {
+    name.len() >= prefix.len() && name[..prefix.len()].eq_ignore_ascii_case(prefix)
+}
+
+/// Provider headers never relayed to the client (`name` in any case).
+fn forward_response_header(name: &[u8]) -> bool {
+    ![
+        &b"connection"[..],
+        b"keep-alive",
+        b"proxy-connection",
+        b"transfer-encoding",
+        b"te",
+        b"trailer",
+        b"upgrade",
+        b"set-cookie",
+        b"x-request-id",
+    ]
+    .iter()
+    .any(|n| n.eq_ignore_ascii_case(name))
 }
 
 /// A request head for a provider, serialized as it goes on the wire (HTTP/1.1): built straight
@@ -87,9 +102,9 @@ impl HeadWriter {
         Some(w)
     }
 
-    /// A header whose name and value are already valid (parsed or typed).
-    fn typed(&mut self, name: &HeaderName, value: &HeaderValue) {
-        self.raw(name.as_str().as_bytes(), value.as_bytes());
+    /// A header whose name and value are already valid (parsed).
+    fn parsed(&mut self, name: &[u8], value: &[u8]) {
+        self.raw(name, value);
     }
 
     /// A header from text: the name must be a token and the value free of control bytes.
@@ -124,8 +139,8 @@ impl HeadWriter {
 
 /// The request head for the provider of a client's request whose body (`body_len` bytes) is in
 /// hand. `traceparent`: the attempt's span, sent in place of the client's.
-pub fn upstream_request(
-    req: &RequestHeader,
+pub fn upstream_request<'a>(
+    req: impl Iterator<Item = (&'a [u8], &'a [u8])>,
     provider: &Provider,
     method: &str,
     path: &str,
@@ -139,13 +154,16 @@ pub fn upstream_request(
     };
     let mut w = HeadWriter::start(method, path, provider).ok_or_else(bad)?;
     // A provider's own header (or our span) replaces the client's of the same name.
-    let replaced = |n: &HeaderName| {
-        (traceparent.is_some() && n.as_str() == "traceparent")
-            || provider.extra_headers.iter().any(|(e, _)| e == n.as_str())
+    let replaced = |n: &[u8]| {
+        (traceparent.is_some() && n.eq_ignore_ascii_case(b"traceparent"))
+            || provider
+                .extra_headers
+                .iter()
+                .any(|(e, _)| e.as_bytes().eq_ignore_ascii_case(n))
     };
-    for (name, value) in req.headers.iter() {
+    for (name, value) in req {
         if forward_request_header(name) && !replaced(name) {
-            w.typed(name, value);
+            w.parsed(name, value);
         }
     }
     if (body_len > 0 || !matches!(method, "GET" | "HEAD" | "DELETE" | "OPTIONS"))
@@ -198,7 +216,7 @@ fn provider_headers<'a>(
 /// passthrough uploads): pingora's client session frames that body, so it gets a parsed header.
 /// `body_len: None` means a chunked body follows.
 pub fn upstream_request_streamed(
-    s: &ServerSession,
+    s: &Client,
     provider: &Provider,
     method: &str,
     path: &str,
@@ -209,14 +227,17 @@ pub fn upstream_request_streamed(
         param: "path",
         message: "the request path cannot be forwarded".into(),
     };
-    let req = s.req_header();
-    let mut h =
-        RequestHeader::build(method, path.as_bytes(), Some(req.headers.len() + 6)).map_err(bad)?;
+    let mut h = RequestHeader::build(method, path.as_bytes(), Some(24)).map_err(bad)?;
     h.insert_header("host", provider.authority.as_str())
         .map_err(bad)?;
-    for (name, value) in req.headers.iter() {
+    for (name, value) in s.headers() {
         if forward_request_header(name) {
-            h.append_header(name.clone(), value.clone()).map_err(bad)?;
+            let (Ok(name), Ok(value)) =
+                (HeaderName::from_bytes(name), HeaderValue::from_bytes(value))
+            else {
+                continue;
+            };
+            h.append_header(name, value).map_err(bad)?;
         }
     }
     match body_len {
@@ -258,95 +279,74 @@ pub fn internal_request(
     Ok(w.finish(method))
 }
 
-/// Our own response headers, named once (a custom name parsed per response is an allocation).
-const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-const X_PROVIDER: HeaderName = HeaderName::from_static("x-model-bridge-provider");
+/// Our own response headers, named once.
+const X_REQUEST_ID: &str = "x-request-id";
+const X_PROVIDER: &str = "x-model-bridge-provider";
 
-/// Response header for the client from the provider's, with `extra` headers (limits, budget
-/// warning, CORS) added; `keep_length` false when the gateway changes the body (then h1 clients
-/// get chunked framing).
+/// Response head for the client from the provider's, with `extra` headers (limits, budget
+/// warning, CORS) added; `keep_length` false when the gateway changes the body (the client's
+/// session then frames it: chunked, or by closing for HTTP/1.0).
 ///
-/// Built straight from the provider's raw head into one header map: values are shared with
-/// the head (no copy), standard names are constants, and only a non-standard name allocates
-/// (once). Header names go out lower-case, as over HTTP/2.
+/// No header map: names and values are shared with the provider's head (no copy); only our
+/// own values are checked (theirs were parsed).
 pub fn client_response(
     up: &Head,
     keep_length: bool,
-    h1: bool,
     request_id: &str,
     provider: &str,
     extra: &[(&'static str, String)],
-) -> Result<ResponseHeader, GatewayError> {
+) -> Result<ResponseHead, GatewayError> {
     let bad = || GatewayError::UpstreamProtocol {
         provider: provider.to_string(),
         detail: "response header cannot be relayed".into(),
     };
-    let (mut parts, ()) = http::Response::new(()).into_parts();
-    parts.status = http::StatusCode::from_u16(up.status()).map_err(|_| bad())?;
-    let headers = &mut parts.headers;
-    headers.reserve(up.len() + 3 + extra.len());
+    let mut h = ResponseHead::new(up.status(), up.len() + 2 + extra.len()).ok_or_else(bad)?;
     // A chunked body's content-length is not its length (RFC 9112 §6.3): never relayed.
     let keep_length = keep_length && !up.is_chunked();
     for (name, value) in up.fields() {
-        let name = HeaderName::from_bytes(name).map_err(|_| bad())?;
-        if !forward_response_header(&name) || (!keep_length && name == http::header::CONTENT_LENGTH)
+        if !forward_response_header(&name)
+            || (!keep_length && name.eq_ignore_ascii_case(b"content-length"))
         {
             continue;
         }
-        headers.append(
-            name,
-            HeaderValue::from_maybe_shared(value).map_err(|_| bad())?,
-        );
+        h.push_parsed(name, value);
     }
-    let bodyless = up.status() == 204 || up.status() == 304;
-    if !headers.contains_key(http::header::CONTENT_LENGTH) && h1 && !bodyless {
-        headers.insert(
-            http::header::TRANSFER_ENCODING,
-            HeaderValue::from_static("chunked"),
-        );
+    if !h.push(X_REQUEST_ID, Bytes::copy_from_slice(request_id.as_bytes()))
+        || !h.push(X_PROVIDER, Bytes::copy_from_slice(provider.as_bytes()))
+    {
+        return Err(bad());
     }
-    headers.insert(
-        X_REQUEST_ID,
-        HeaderValue::from_str(request_id).map_err(|_| bad())?,
-    );
-    headers.insert(
-        X_PROVIDER,
-        HeaderValue::from_str(provider).map_err(|_| bad())?,
-    );
-    // A value that is not a valid header is skipped rather than failing the response.
-    for (name, value) in extra {
-        if let (Ok(n), Ok(v)) = (
-            HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_str(value),
-        ) {
-            headers.insert(n, v);
-        }
-    }
-    Ok(ResponseHeader::from(parts))
+    add(&mut h, extra);
+    Ok(h)
 }
 
-/// A complete gateway-made response header with a body of `len` bytes.
+/// A complete gateway-made response head with a body of `len` bytes.
 pub fn local_response(
     status: u16,
     len: usize,
     request_id: &str,
     close: bool,
-) -> Option<ResponseHeader> {
-    let mut h = ResponseHeader::build(status, Some(4)).ok()?;
-    h.insert_header("content-type", "application/json").ok()?;
-    h.insert_header("content-length", len).ok()?;
-    h.insert_header("x-request-id", request_id).ok()?;
+) -> Option<ResponseHead> {
+    let mut h = ResponseHead::new(status, 8)?;
+    h.push("content-type", "application/json");
+    h.push("content-length", len.to_string());
+    if !h.push(
+        "x-request-id",
+        Bytes::copy_from_slice(request_id.as_bytes()),
+    ) {
+        return None;
+    }
     if close {
-        h.insert_header("connection", "close").ok()?;
+        h.push("connection", "close");
     }
     Some(h)
 }
 
-/// Adds extra headers (limits, budget warning) to a response; a value that is not a valid
-/// header is skipped rather than failing the response.
-pub fn add(h: &mut ResponseHeader, extra: &[(&'static str, String)]) {
+/// Adds extra headers (limits, budget warning, CORS), each replacing any of its name; a value
+/// that is not a valid header is skipped rather than failing the response.
+pub fn add(h: &mut ResponseHead, extra: &[(&'static str, String)]) {
     for (name, value) in extra {
-        let _ = h.insert_header(*name, value.as_str());
+        h.set(name, Bytes::copy_from_slice(value.as_bytes()));
     }
 }
 
@@ -383,7 +383,9 @@ headers = { Host = "vhost.internal", Authorization = "Token custom", "X-Request-
                 .count()
         };
         let head = upstream_request(
-            &req,
+            req.headers
+                .iter()
+                .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes())),
             &provider,
             "POST",
             "/v1/chat/completions",

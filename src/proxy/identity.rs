@@ -1,6 +1,7 @@
 //! The request's identity steps on the data plane: authenticate (before any body is read),
 //! attribute, authorize; every refusal is counted and audited.
 
+use super::client::{Client, RequestHeaders};
 use super::context::Ctx;
 use crate::audit::AuditEvent;
 use crate::auth::attribution::{self, Overrides};
@@ -10,16 +11,11 @@ use crate::error::GatewayError;
 use crate::metrics::METRICS;
 use crate::routing::{Endpoint, ModelRoute};
 use crate::state::{Live, Shared};
-use pingora_core::protocols::http::ServerSession;
 use std::sync::Arc;
-
-fn header<'a>(s: &'a ServerSession, name: &str) -> Option<&'a str> {
-    s.get_header(name).and_then(|v| v.to_str().ok())
-}
 
 fn audit(
     shared: &Shared,
-    s: &ServerSession,
+    s: &Client,
     ctx: &Ctx,
     action: &'static str,
     resource: String,
@@ -37,7 +33,9 @@ fn audit(
         before: None,
         after: None,
         client_ip: ctx.record.client_ip.clone(),
-        user_agent: header(s, "user-agent").map(|u| u.chars().take(256).collect()),
+        user_agent: s
+            .header_str("user-agent")
+            .map(|u| u.chars().take(256).collect()),
     });
 }
 
@@ -68,15 +66,11 @@ pub async fn principal_of(
 pub async fn authenticate(
     shared: &Shared,
     fetch: &dyn crate::auth::jwt::JwksFetch,
-    s: &ServerSession,
+    s: &Client,
     ctx: &mut Ctx,
 ) -> Result<(), GatewayError> {
     let live = ctx.live.clone();
-    let cred = auth::credential(
-        s.get_header(http::header::AUTHORIZATION)
-            .map(|v| v.as_bytes()),
-        s.get_header("api-key").map(|v| v.as_bytes()),
-    );
+    let cred = auth::credential(s.header("authorization"), s.header("api-key"));
     let principal = match principal_of(shared, &live, fetch, cred).await {
         Ok(p) => p.unwrap_or_else(|| live.anonymous.clone()),
         Err(f) => {
@@ -103,9 +97,9 @@ pub async fn authenticate(
     r.key_id = principal.key_id.clone();
     ctx.principal = principal;
     let overrides = Overrides {
-        cost_center: header(s, "x-model-bridge-cost-center"),
-        project: header(s, "x-model-bridge-project"),
-        tags: header(s, "x-model-bridge-tags"),
+        cost_center: s.header_str("x-model-bridge-cost-center"),
+        project: s.header_str("x-model-bridge-project"),
+        tags: s.header_str("x-model-bridge-tags"),
     };
     match attribution::resolve(&ctx.principal, &live.config.orgs, &overrides) {
         Ok(a) => {
@@ -115,15 +109,16 @@ pub async fn authenticate(
             ctx.record.tags = a.tags;
             // A workflow step's own call: tagged with its run and step, and its receipt
             // kept for the step's exact cost.
-            if let Some(t) =
-                header(s, crate::workflow::INTERNAL_HEADER).and_then(crate::workflow::internal_tags)
+            if let Some(t) = s
+                .header_str(crate::workflow::INTERNAL_HEADER)
+                .and_then(crate::workflow::internal_tags)
             {
                 ctx.record.tags.extend(t);
                 ctx.receipt = true;
             }
             // An eval's call: tagged with its run and case, its receipt kept for the
             // exact cost the eval reads back.
-            if let Some(v) = header(s, crate::eval::runner::EVAL_HEADER) {
+            if let Some(v) = s.header_str(crate::eval::runner::EVAL_HEADER) {
                 if !ctx.principal.allows(crate::eval::EVAL_PERMISSION) {
                     return Err(GatewayError::PermissionDenied(format!(
                         "Tagging a request as an eval's needs the `{}` permission.",
@@ -154,7 +149,7 @@ pub async fn authenticate(
 /// May this principal call `endpoint` at all?
 pub fn authorize_endpoint(
     shared: &Shared,
-    s: &ServerSession,
+    s: &Client,
     ctx: &Ctx,
     endpoint: Endpoint,
 ) -> Result<(), GatewayError> {
@@ -180,7 +175,7 @@ pub fn authorize_endpoint(
 /// May this principal invoke this alias? Another org's alias does not exist for it.
 pub fn authorize_model(
     shared: &Shared,
-    s: &ServerSession,
+    s: &Client,
     ctx: &Ctx,
     route: &ModelRoute,
 ) -> Result<(), GatewayError> {
@@ -214,13 +209,8 @@ pub fn authorize_model(
 
 /// The caller's credential as an `Authorization` value (`api-key` as a bearer token), for work
 /// done later as the caller (a workflow's LLM steps, an eval run); held in memory only.
-pub fn caller_credential(s: &pingora_core::protocols::http::ServerSession) -> Option<String> {
-    s.get_header(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
+pub fn caller_credential(s: &impl RequestHeaders) -> Option<String> {
+    s.header_str("authorization")
         .map(str::to_string)
-        .or_else(|| {
-            s.get_header("api-key")
-                .and_then(|v| v.to_str().ok())
-                .map(|k| format!("Bearer {k}"))
-        })
+        .or_else(|| s.header_str("api-key").map(|k| format!("Bearer {k}")))
 }

@@ -2,13 +2,14 @@
 //! client. Domain modules below never see a pingora type.
 
 mod admission;
-pub mod body;
+mod body;
 mod busy_poll;
+mod client;
 mod context;
 mod cors;
 mod data_plane;
 mod feedback;
-pub mod h1_response;
+pub mod h1;
 /// Public for the header micro-benches (benches/hot_paths.rs); nothing outside `proxy` uses it.
 #[doc(hidden)]
 pub mod headers;
@@ -19,6 +20,7 @@ mod online;
 mod ops;
 mod pool;
 mod relay;
+mod response_head;
 mod route;
 mod shadow;
 mod sinks;
@@ -85,7 +87,8 @@ pub fn serve(config: Config, config_path: &Path) -> Result<(), String> {
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
 
-    let data = data_plane::DataPlane::new(shared.clone(), &server_cfg);
+    let data =
+        data_plane::Connections::new(data_plane::DataPlane::new(shared.clone(), &server_cfg));
     let sweeper = background_service("upstream pool sweep", data.upstream_sweeper());
     let mut data_svc = Service::new("data plane".to_string(), data);
     let listen = server_cfg.listen.to_string();

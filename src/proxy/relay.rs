@@ -1,6 +1,7 @@
 //! Relays a provider's response to the client chunk by chunk, measuring TTFT and extracting
 //! usage on the way; notices a client that goes away and stops reading upstream.
 
+use super::client::{Client, WriteFailed};
 use super::context::Ctx;
 use super::headers;
 use super::upstream::{Response, Upstream};
@@ -8,7 +9,6 @@ use crate::error::GatewayError;
 use crate::usage::sse::SseScanner;
 use crate::usage::{json, UsageSource};
 use bytes::Bytes;
-use pingora_core::protocols::http::ServerSession;
 use std::time::{Duration, Instant};
 
 /// How a request left the connection.
@@ -70,10 +70,10 @@ fn is_event_stream(resp: &Response) -> bool {
 /// Bounds one write to the client: a client that stops reading is cut off after the
 /// configured client write timeout, and never kept past the provider's total timeout (with a
 /// second's grace so a last piece read just before it still goes out).
-async fn bounded<T>(
+async fn bounded(
     limit: Duration,
     deadline: Instant,
-    write: impl std::future::Future<Output = pingora_error::Result<T>>,
+    write: impl std::future::Future<Output = Result<(), WriteFailed>>,
 ) -> bool {
     let left = deadline
         .saturating_duration_since(Instant::now())
@@ -107,7 +107,7 @@ fn transform(ctx: &mut Ctx, tail: &mut Option<BodyTail>, chunk: Bytes) -> Bytes 
 }
 
 pub async fn relay(
-    s: &mut ServerSession,
+    s: &mut Client,
     ctx: &mut Ctx,
     upstream: &Upstream,
     mut resp: Response,
@@ -121,32 +121,21 @@ pub async fn relay(
     // still takes what the stream reported so far into its record.
     ctx.scanner = (sse && mode.account && ok).then(|| SseScanner::new(mode.strip_usage_chunk));
     let rewrites_body = ctx.scanner.is_some() && mode.strip_usage_chunk;
-    // HTTP/1.0 has no chunked encoding (RFC 9112 §6.1): a body of unknown length is
-    // delimited by closing the connection.
-    let http10 = !s.is_http2() && s.req_header().version == http::Version::HTTP_10;
-    let mut header = headers::client_response(
+    // The client's session frames the body: the provider's length when kept, chunked coding
+    // otherwise (closing the connection for HTTP/1.0, which has no chunked coding).
+    let header = headers::client_response(
         up,
         !rewrites_body,
-        !s.is_http2() && !http10,
         ctx.id(),
         &resp.provider,
         &ctx.limit_headers,
     )?;
-    if http10 && !header.headers.contains_key(http::header::CONTENT_LENGTH) {
-        s.set_keepalive(None);
-        header.insert_header("connection", "close").map_err(|_| {
-            GatewayError::UpstreamProtocol {
-                provider: resp.provider.to_string(),
-                detail: "response header cannot be relayed".into(),
-            }
-        })?;
-    }
     ctx.record.upstream_latency_ms = Some(resp.header_latency.as_secs_f64() * 1e3);
     // The routing loop already counted its attempts (including this response's own).
     ctx.record.retries = ctx.record.retries.max(resp.retries);
     let limit = ctx.live.config.server.client_write_timeout;
     let deadline = resp.deadline();
-    if !bounded(limit, deadline, s.write_response_header(Box::new(header))).await {
+    if !bounded(limit, deadline, s.write_head(&header)).await {
         ctx.record.cancelled = true;
         return Ok(Outcome::Abort);
     }
@@ -163,18 +152,15 @@ pub async fn relay(
         let next = tokio::select! {
             biased;
             r = resp.chunk() => r,
-            r = s.read_body_or_idle(true), if watch_client => {
-                match r {
-                    Err(_) => {
-                        ctx.record.cancelled = true;
-                        break Outcome::Abort;
-                    }
-                    Ok(_) => {
-                        // Data after the request ended: nothing to watch for any more.
-                        watch_client = false;
-                        continue;
-                    }
+            gone = s.client_gone(), if watch_client => {
+                if gone {
+                    ctx.record.cancelled = true;
+                    break Outcome::Abort;
                 }
+                // Data after the request ended (the next request, kept): nothing to watch
+                // for any more.
+                watch_client = false;
+                continue;
             }
         };
         let chunk = match next {
@@ -221,7 +207,7 @@ pub async fn relay(
         }
         if !out.is_empty() {
             ctx.record.response_bytes += out.len() as u64;
-            if !bounded(limit, deadline, s.write_response_body(out, false)).await {
+            if !bounded(limit, deadline, s.write_body(out, false)).await {
                 ctx.record.cancelled = true;
                 break Outcome::Abort;
             }
@@ -240,7 +226,7 @@ pub async fn relay(
             let rest = sc.finish();
             if !rest.is_empty() {
                 ctx.record.response_bytes += rest.len() as u64;
-                if !bounded(limit, deadline, s.write_response_body(rest, false)).await {
+                if !bounded(limit, deadline, s.write_body(rest, false)).await {
                     ctx.record.cancelled = true;
                 }
             }
@@ -272,7 +258,7 @@ pub async fn relay(
     if result != Outcome::Done || ctx.record.cancelled {
         return Ok(Outcome::Abort);
     }
-    if !bounded(limit, deadline, s.write_response_body(Bytes::new(), true)).await {
+    if !bounded(limit, deadline, s.write_body(Bytes::new(), true)).await {
         ctx.record.cancelled = true;
         return Ok(Outcome::Abort);
     }

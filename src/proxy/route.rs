@@ -5,6 +5,7 @@
 //! a process-wide retry budget. A response that starts streaming is never retried: the loop
 //! ends before the relay begins.
 
+use super::client::Client;
 use super::context::Ctx;
 use super::headers;
 use super::upstream::{Response, Upstream};
@@ -16,7 +17,6 @@ use crate::routing::split::{Params, Subject};
 use crate::routing::{Endpoint, ModelRoute, Target};
 use crate::state::Shared;
 use bytes::Bytes;
-use pingora_core::protocols::http::ServerSession;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -93,7 +93,7 @@ fn attempt(target: &Target, outcome: &str) {
 pub async fn send(
     shared: &Shared,
     upstream: &Upstream,
-    s: &ServerSession,
+    s: &Client,
     ctx: &mut Ctx,
     route: &ModelRoute,
     targets: &[Target],
@@ -156,11 +156,7 @@ pub async fn send(
                 None => body.clone(),
             };
             let provider = &target.provider;
-            let path = provider.endpoint_path(
-                ep.suffix(),
-                &target.provider_model,
-                s.req_header().uri.query(),
-            );
+            let path = provider.endpoint_path(ep.suffix(), &target.provider_model, s.uri().query());
             // The attempt is a client span; the provider sees it as its parent.
             let span = ctx.trace.as_ref().map(|t| {
                 let op = ep.gen_ai_operation().unwrap_or("chat");
@@ -188,7 +184,7 @@ pub async fn send(
                 (span, traceparent)
             });
             let header = headers::upstream_request(
-                s.req_header(),
+                s.headers(),
                 provider,
                 "POST",
                 &path,

@@ -4,6 +4,7 @@
 //! the target), and its cost is charged to the alias's monthly shadow budget; once that is spent
 //! mirroring stops until the next month.
 
+use super::client::Client;
 use super::context::Ctx;
 use super::headers;
 use super::upstream::Upstream;
@@ -13,7 +14,6 @@ use crate::routing::{Endpoint, ModelRoute, Shadow};
 use crate::state::Shared;
 use crate::usage::UsageSource;
 use bytes::Bytes;
-use pingora_core::protocols::http::ServerSession;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -34,7 +34,7 @@ fn shadow_body(body: &[u8], model: &str) -> Option<Vec<u8>> {
 pub fn maybe_send(
     shared: &Arc<Shared>,
     upstream: &Arc<Upstream>,
-    s: &ServerSession,
+    s: &Client,
     ctx: &Ctx,
     route: &ModelRoute,
     sh: &Shadow,
@@ -67,7 +67,7 @@ pub fn maybe_send(
     let path = provider.endpoint_path(ep.suffix(), &sh.target.provider_model, None);
     let mut record = ctx.record.clone();
     let Ok(header) = headers::upstream_request(
-        s.req_header(),
+        s.headers(),
         &provider,
         "POST",
         &path,

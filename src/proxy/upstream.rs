@@ -7,7 +7,9 @@
 //! segment, or a TCP_CORK round trip to avoid it). Each segment that reaches a sleeping
 //! provider costs a wake-up; one write is one wake-up and a few syscalls fewer on the hot path.
 
-use super::h1_response::{self, Body, Head, ReadError};
+use super::h1::body::Body;
+use super::h1::response::{self as h1_response, Head};
+use super::h1::ReadError;
 use super::headers::RequestHead;
 use super::pool::{Pool, Sweeper};
 use crate::error::GatewayError;
@@ -313,7 +315,8 @@ impl Response {
             .upstream_duration
             .with_label_values(&[&provider.name])
             .observe(header_latency.as_secs_f64());
-        let body = Body::new(&head, head_request, rest)
+        let body = head
+            .body(head_request, rest)
             .map_err(|e| read_error(&provider.name, e, "reading the response header"))?;
         Ok(Self {
             stream,
@@ -394,7 +397,7 @@ impl Upstream {
         &self,
         provider: &Provider,
         header: RequestHeader,
-        client: &mut pingora_core::protocols::http::ServerSession,
+        client: &mut impl super::client::RequestBody,
         limit: usize,
         started: Instant,
     ) -> Result<(Response, u64), GatewayError> {
@@ -416,11 +419,7 @@ impl Upstream {
             .await
             .map_err(io)?;
         let mut sent = 0u64;
-        while let Some(chunk) = client
-            .read_request_body()
-            .await
-            .map_err(|e| crate::proxy::body::read_error(&e))?
-        {
+        while let Some(chunk) = client.read_body().await? {
             sent += chunk.len() as u64;
             if sent > limit as u64 {
                 return Err(GatewayError::BodyTooLarge { limit });

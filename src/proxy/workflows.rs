@@ -4,15 +4,16 @@
 //! a chat completion, streamed when asked). Runs need `workflow:run:<name>`; a run is read or
 //! cancelled by the caller that started it.
 
+use super::client::Client;
 use super::context::Ctx;
 use super::data_plane::write_json;
 use super::relay::Outcome;
+use super::response_head::ResponseHead;
 use crate::error::GatewayError;
 use crate::state::Shared;
 use crate::workflow::exec::{self, Env};
 use crate::workflow::run::{Run, Status};
 use bytes::Bytes;
-use pingora_core::protocols::http::ServerSession;
 use serde_json::{json, Value};
 use std::sync::Arc;
 
@@ -27,7 +28,7 @@ fn refused(status: u16, code: &'static str, message: String) -> GatewayError {
 /// Starts a run of `name` as the caller, in the background.
 fn start(
     shared: &Arc<Shared>,
-    s: &ServerSession,
+    s: &Client,
     ctx: &Ctx,
     name: &str,
     inputs: Value,
@@ -92,7 +93,7 @@ fn start(
 /// Routes `/v1/workflows/…`.
 pub async fn handle(
     shared: &Arc<Shared>,
-    s: &mut ServerSession,
+    s: &mut Client,
     ctx: &mut Ctx,
     method: &str,
     path: &str,
@@ -132,7 +133,7 @@ pub async fn handle(
         }
         ("POST", ["runs", id, "cancel"]) => {
             let run = owned(shared, ctx, id)?;
-            let _ = s.drain_request_body().await;
+            let _ = s.drain_body().await;
             run.cancel();
             run.wait().await;
             write_json(s, ctx, 200, Bytes::from(run.json().to_string())).await
@@ -172,22 +173,17 @@ fn restored(shared: &Shared, ctx: &Ctx, id: &str) -> Option<Value> {
 
 /// `GET /v1/workflows/runs/{id}/events`: server-sent events — each step as it starts and
 /// ends (those before the request first), then the run's end.
-async fn events(s: &mut ServerSession, ctx: &mut Ctx, run: &Run) -> Result<Outcome, GatewayError> {
+async fn events(s: &mut Client, ctx: &mut Ctx, run: &Run) -> Result<Outcome, GatewayError> {
     let (mut rx, past) = run.subscribe();
-    let Ok(mut h) = pingora_http::ResponseHeader::build(200, Some(6)) else {
+    let Some(mut h) = ResponseHead::new(200, 6) else {
         return Ok(Outcome::Abort);
     };
-    let _ = h.insert_header("content-type", "text/event-stream");
-    let _ = h.insert_header("cache-control", "no-cache");
-    if s.is_http2() {
-        // (h2 frames the body itself.)
-    } else {
-        let _ = h.insert_header("transfer-encoding", "chunked");
-    }
-    let _ = h.insert_header("x-request-id", ctx.id());
+    h.push("content-type", "text/event-stream");
+    h.push("cache-control", "no-cache");
+    h.push("x-request-id", Bytes::copy_from_slice(ctx.id().as_bytes()));
     super::headers::add(&mut h, &ctx.limit_headers);
     ctx.record.status = 200;
-    if s.write_response_header(Box::new(h)).await.is_err() {
+    if s.write_head(&h).await.is_err() {
         return Ok(Outcome::Abort);
     }
     let send = |e: &Value| {
@@ -197,7 +193,7 @@ async fn events(s: &mut ServerSession, ctx: &mut Ctx, run: &Run) -> Result<Outco
         ))
     };
     for e in &past {
-        if s.write_response_body(send(e), false).await.is_err() {
+        if s.write_body(send(e), false).await.is_err() {
             return Ok(Outcome::Abort);
         }
     }
@@ -206,7 +202,7 @@ async fn events(s: &mut ServerSession, ctx: &mut Ctx, run: &Run) -> Result<Outco
             match rx.recv().await {
                 Ok(e) => {
                     let last = e["type"] == "run";
-                    if s.write_response_body(send(&e), false).await.is_err() {
+                    if s.write_body(send(&e), false).await.is_err() {
                         return Ok(Outcome::Abort);
                     }
                     if last {
@@ -218,14 +214,10 @@ async fn events(s: &mut ServerSession, ctx: &mut Ctx, run: &Run) -> Result<Outco
                 Err(_) => break,
             }
         }
-    } else if s
-        .write_response_body(send(&run.end_event()), false)
-        .await
-        .is_err()
-    {
+    } else if s.write_body(send(&run.end_event()), false).await.is_err() {
         return Ok(Outcome::Abort);
     }
-    if s.write_response_body(Bytes::new(), true).await.is_err() {
+    if s.write_body(Bytes::new(), true).await.is_err() {
         return Ok(Outcome::Abort);
     }
     Ok(Outcome::Done)
@@ -235,7 +227,7 @@ async fn events(s: &mut ServerSession, ctx: &mut Ctx, run: &Run) -> Result<Outco
 /// last user message as `inputs.text`); the run's output is the assistant's answer.
 pub async fn chat(
     shared: &Arc<Shared>,
-    s: &mut ServerSession,
+    s: &mut Client,
     ctx: &mut Ctx,
     name: &str,
     body: &[u8],
@@ -324,28 +316,18 @@ pub async fn chat(
     write_sse(s, ctx, Bytes::from(text)).await
 }
 
-async fn write_sse(
-    s: &mut ServerSession,
-    ctx: &mut Ctx,
-    body: Bytes,
-) -> Result<Outcome, GatewayError> {
-    let Ok(mut h) = pingora_http::ResponseHeader::build(200, Some(6)) else {
+async fn write_sse(s: &mut Client, ctx: &mut Ctx, body: Bytes) -> Result<Outcome, GatewayError> {
+    let Some(mut h) = ResponseHead::new(200, 6) else {
         return Ok(Outcome::Abort);
     };
-    for (k, v) in [
-        ("content-type", "text/event-stream"),
-        ("cache-control", "no-cache"),
-    ] {
-        let _ = h.insert_header(k, v);
-    }
-    let _ = h.insert_header("content-length", body.len());
-    let _ = h.insert_header("x-request-id", ctx.id());
+    h.push("content-type", "text/event-stream");
+    h.push("cache-control", "no-cache");
+    h.push("content-length", body.len().to_string());
+    h.push("x-request-id", Bytes::copy_from_slice(ctx.id().as_bytes()));
     super::headers::add(&mut h, &ctx.limit_headers);
     ctx.record.status = 200;
     ctx.record.response_bytes = body.len() as u64;
-    if s.write_response_header(Box::new(h)).await.is_err()
-        || s.write_response_body(body, true).await.is_err()
-    {
+    if s.write_head(&h).await.is_err() || s.write_body(body, true).await.is_err() {
         ctx.record.cancelled = true;
         return Ok(Outcome::Abort);
     }
