@@ -129,6 +129,52 @@ async fn a_keyless_provider_never_sees_the_callers_credentials() {
     );
     let mock_saw = format!("{:?}", r.headers());
     assert!(!mock_saw.contains("caller-secret"), "{mock_saw}");
+    // HTTP/1 names arrive in any case: the credentials are still never forwarded.
+    let body = serde_json::to_vec(&chat("local-model", false)).unwrap();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAUTHORIZATION: Bearer caller-secret-4\r\nApi-Key: caller-secret-5\r\nX-Api-KEY: caller-secret-6\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let out = raw(g.port, &[head.as_bytes(), &body].concat());
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(!out.contains("caller-secret"), "{out}");
+}
+
+/// Requests whose framing two HTTP implementations could read differently (the makings of
+/// request smuggling) are refused with 400 before any provider sees them, and the connection
+/// is closed, so nothing after them is served.
+#[test]
+fn ambiguous_request_framing_is_refused_and_the_connection_closed() {
+    let g = Gateway::start();
+    let smuggled = "GET /v1/models HTTP/1.1\r\nhost: x\r\n\r\n";
+    for framing in [
+        "content-length: 4\r\ntransfer-encoding: chunked\r\n",
+        "transfer-encoding: chunked\r\ncontent-length: 4\r\n",
+        "transfer-encoding: gzip, chunked\r\n",
+        "transfer-encoding: chunked\r\ntransfer-encoding: identity\r\n",
+        "content-length: 4\r\ncontent-length: 5\r\n",
+        "content-length: +4\r\n",
+        "Transfer-Encoding : chunked\r\n",
+        "host: y\r\n",
+    ] {
+        let wire = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nx-mock-chunks: 1\r\n{framing}\r\n0\r\n\r\n{smuggled}"
+        );
+        let out = raw(g.port, wire.as_bytes());
+        assert!(out.starts_with("HTTP/1.1 400"), "{framing}: {out}");
+        assert!(out.contains("malformed_request"), "{framing}: {out}");
+        assert_eq!(out.matches("HTTP/1.1").count(), 1, "{framing}: {out}");
+    }
+    // A chunked body alone is read, and the request after it served on the same connection.
+    let body = serde_json::to_vec(&chat("gpt-4o-mini", false)).unwrap();
+    let wire = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{}\r\n0\r\n\r\nGET /v1/models HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+        body.len(),
+        String::from_utf8_lossy(&body)
+    );
+    let out = raw(g.port, wire.as_bytes());
+    assert_eq!(out.matches("HTTP/1.1 200").count(), 2, "{out}");
+    assert!(out.contains("\"object\":\"list\""), "{out}");
 }
 
 /// Bytes after the request body (a stray CRLF, RFC 9112 §2.2, or a pipelined next request)

@@ -78,9 +78,9 @@ impl Drop for Inflight<'_> {
     }
 }
 
-/// The data plane's connections: HTTP/1 runs through our own session, one request after
-/// another on the connection; HTTP/2 (by ALPN, or the h2c preface when enabled) goes to
-/// pingora's, which calls `process_new_http` per stream.
+/// The data plane's connections (accepted by `listen`): HTTP/1 runs through our own session,
+/// one request after another on the connection; HTTP/2 (by ALPN, or the h2c preface when
+/// enabled) goes to pingora's, which calls `process_new_http` per stream.
 pub struct Connections {
     plane: Arc<DataPlane>,
 }
@@ -96,6 +96,15 @@ impl Connections {
         self.plane.upstream.sweeper()
     }
 
+    /// Serves one connection until it closes.
+    pub async fn serve(&self, mut stream: Stream, shutdown: &ShutdownWatch) {
+        if self.speaks_h2(&mut stream).await {
+            ServerApp::process_new(&self.plane, stream, shutdown).await;
+        } else {
+            self.plane.serve_h1(stream, shutdown).await;
+        }
+    }
+
     async fn speaks_h2(&self, stream: &mut Stream) -> bool {
         if stream.get_ssl_digest().is_some() {
             return matches!(stream.selected_alpn_proto(), Some(ALPN::H2));
@@ -105,21 +114,6 @@ impl Connections {
         }
         let mut preface = [0u8; H2_PREFACE.len()];
         matches!(stream.try_peek(&mut preface).await, Ok(true)) && preface == H2_PREFACE
-    }
-}
-
-#[async_trait]
-impl ServerApp for Connections {
-    async fn process_new(
-        self: &Arc<Self>,
-        mut stream: Stream,
-        shutdown: &ShutdownWatch,
-    ) -> Option<Stream> {
-        if self.speaks_h2(&mut stream).await {
-            return ServerApp::process_new(&self.plane, stream, shutdown).await;
-        }
-        self.plane.serve_h1(stream, shutdown).await;
-        None
     }
 }
 

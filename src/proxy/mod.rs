@@ -16,6 +16,7 @@ pub mod headers;
 mod identity;
 mod jwks;
 mod lifecycle;
+mod listen;
 mod online;
 mod ops;
 mod pool;
@@ -30,7 +31,6 @@ mod workflows;
 use crate::config::Config;
 use crate::state::Shared;
 use pingora_core::listeners::tls::TlsSettings;
-use pingora_core::listeners::{L4BufferSettings, ListenerConfig, TcpSocketOptions};
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::{RunArgs, Server};
 use pingora_core::services::background::background_service;
@@ -90,30 +90,17 @@ pub fn serve(config: Config, config_path: &Path) -> Result<(), String> {
     let data =
         data_plane::Connections::new(data_plane::DataPlane::new(shared.clone(), &server_cfg));
     let sweeper = background_service("upstream pool sweep", data.upstream_sweeper());
-    let mut data_svc = Service::new("data plane".to_string(), data);
-    let listen = server_cfg.listen.to_string();
-    match &server_cfg.tls {
+    let tls = match &server_cfg.tls {
         Some(tls) => {
             crate::metrics::tls::observe_cert("data", Path::new(&tls.cert_path));
             let mut settings = TlsSettings::intermediate(&tls.cert_path, &tls.key_path)
                 .map_err(|e| format!("TLS: {e}"))?;
             settings.enable_h2();
-            data_svc.add_tls_with_settings(&listen, None, settings);
+            Some(settings)
         }
-        None => {
-            let mut opts = TcpSocketOptions::default();
-            opts.so_reuseport = Some(false);
-            // No 64 KiB read buffer per client connection: the HTTP layer reads headers and
-            // bodies into buffers of its own, so it would only double-buffer, and a long
-            // stream would hold it (zeroed, so resident) for its whole life. TLS keeps
-            // pingora's default: rustls reads whole records, which buffering serves well.
-            data_svc.add_listener(
-                ListenerConfig::tcp(listen.as_str())
-                    .tcp_socket_options(opts)
-                    .l4_buffer(L4BufferSettings::default().read(0)),
-            );
-        }
-    }
+        None => None,
+    };
+    let data_svc = listen::DataListener::new(server_cfg.listen.to_string(), tls, data);
     let mut ops_svc = Service::new("ops plane".to_string(), ops::OpsPlane::new(shared.clone()));
     ops_svc.add_tcp(&server_cfg.ops_listen.to_string());
     ops_svc.threads = Some(1);
