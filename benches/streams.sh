@@ -5,6 +5,7 @@
 # the same load direct to the mock. Gateway pinned to core 0, mock and loader to core 1.
 #
 #   benches/streams.sh [streams=10000] [duration_s=20]
+#   GW_BIN=old/model-bridge benches/streams.sh ...   # measure another build's gateway
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-10000}
@@ -53,7 +54,7 @@ first_byte_timeout_ms = 30000
 provider = "mock"
 model = "mock-1"
 TOML
-RUST_LOG=error taskset -c 0 ./target/release/model-bridge serve --config "$WORK/gateway.toml" >"$WORK/gw.log" 2>&1 &
+RUST_LOG=error taskset -c 0 "${GW_BIN:-./target/release/model-bridge}" serve --config "$WORK/gateway.toml" >"$WORK/gw.log" 2>&1 &
 GWPID=$!; pids+=($GWPID)
 wait_port $MOCK; wait_port $GW
 
@@ -91,9 +92,13 @@ idle=$(rss $GWPID)
 read -r dn derr dp50 dp99 _ _ <<<"$(load $MOCK)"
 read -r gn gerr gp50 gp99 gpeak gcpu gheld <<<"$(load $GW)"
 after=$(rss $GWPID)
+# The process's high-water mark, whatever the sampling missed: it includes the burst when
+# wrk hangs up on all streams at once (each cancelled stream's record, with its estimated
+# usage, is written then).
+hwm=$(awk '/^VmHWM/ {print $2}' "/proc/$GWPID/status")
 printf "%-8s %9s %7s %9s %9s\n" target streams errors p50_ms p99_ms
 printf "%-8s %9s %7s %9s %9s\n" direct "$dn" "$derr" "$dp50" "$dp99"
 printf "%-8s %9s %7s %9s %9s\n" gateway "$gn" "$gerr" "$gp50" "$gp99"
-awk -v i="$idle" -v p="$gpeak" -v a="$after" -v n="$gheld" -v c="$gcpu" -v d="$DUR" 'BEGIN {
-  printf "gateway RSS: idle %.1f MB, peak %.1f MB with %d upstream streams held (%.1f KB per stream), after %.1f MB; CPU %.1f s over %d s (%.0f%% of a core)\n",
-    i/1024, p/1024, n, (p-i)/(n > 0 ? n : 1), a/1024, c, d, c*100/d }'
+awk -v i="$idle" -v p="$gpeak" -v a="$after" -v hw="$hwm" -v n="$gheld" -v c="$gcpu" -v d="$DUR" 'BEGIN {
+  printf "gateway RSS: idle %.1f MB, peak %.1f MB with %d upstream streams held (%.1f KB per stream), after %.1f MB, high-water mark %.1f MB; CPU %.1f s over %d s (%.0f%% of a core)\n",
+    i/1024, p/1024, n, (p-i)/(n > 0 ? n : 1), a/1024, hw/1024, c, d, c*100/d }'
