@@ -238,11 +238,18 @@ paced() {
     "http://127.0.0.1:$1/v1/chat/completions" >/dev/null 2>&1 || true
   python3 - "$WORK/paced.log" "$2" <<'PY'
 import sys
-rows = [l.split("\t") for l in open(sys.argv[1]) if l.strip()]
-# Left out: the first second after the last connection opened (connections still opening).
-t0 = min(int(r[0]) for r in rows) + int(sys.argv[2]) * 1000
-rows = [r for r in rows if int(r[0]) - t0 >= 1_000_000]
+import os
+rows = [l.split("\t") for l in open(sys.argv[1]) if l.strip()] if os.path.exists(sys.argv[1]) else []
+if rows:
+    # Left out: the first second after the last connection opened (connections still opening).
+    t0 = min(int(r[0]) for r in rows) + int(sys.argv[2]) * 1000
+    rows = [r for r in rows if int(r[0]) - t0 >= 1_000_000]
 lat = sorted(int(r[2]) for r in rows if r[1] == "200")
+if not lat:
+    # Nothing answered after the first second (the target died, or h2load could not run): a
+    # row of dashes, not a traceback that ends the whole bench.
+    print(f"- - - - {len(rows) or 'all'}")
+    sys.exit()
 span = (max(int(r[0]) for r in rows) - min(int(r[0]) for r in rows)) / 1e6
 pct = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))]
 print(f"{len(rows) / span:.0f} {pct(0.5)} {pct(0.99)} {pct(0.999)} {len(rows) - len(lat)}")

@@ -301,15 +301,16 @@ pub fn client_response(
         detail: "response header cannot be relayed".into(),
     };
     let mut h = ResponseHead::new(up.status(), up.len() + 2 + extra.len()).ok_or_else(bad)?;
-    // A chunked body's content-length is not its length (RFC 9112 §6.3): never relayed.
-    let keep_length = keep_length && !up.is_chunked();
     for (name, value) in up.fields() {
-        if !forward_response_header(&name)
-            || (!keep_length && name.eq_ignore_ascii_case(b"content-length"))
-        {
+        // The length goes out once, reconciled (a provider may repeat it: `2, 2`); a chunked
+        // body's content-length is not its length (RFC 9112 §6.3) and is never relayed.
+        if !forward_response_header(&name) || name.eq_ignore_ascii_case(b"content-length") {
             continue;
         }
         h.push_parsed(name, value);
+    }
+    if let Some(n) = up.content_length().filter(|_| keep_length) {
+        h.push("content-length", n.to_string());
     }
     if !h.push(X_REQUEST_ID, Bytes::copy_from_slice(request_id.as_bytes()))
         || !h.push(X_PROVIDER, Bytes::copy_from_slice(provider.as_bytes()))
@@ -420,5 +421,48 @@ headers = { Host = "vhost.internal", Authorization = "Token custom", "X-Request-
             text.contains("content-type: application/x-custom\r\n"),
             "{text}"
         );
+    }
+
+    /// The client gets one reconciled length (a provider may repeat it), never a chunked
+    /// body's, never a provider's hop-by-hop fields or its request id; ours replace them.
+    #[test]
+    fn the_client_response_head_carries_one_length_and_our_own_ids() {
+        use crate::proxy::h1::response::parse_head;
+        let head = |wire: &[u8]| parse_head(&mut BytesMut::from(wire)).unwrap().unwrap();
+        let up = head(b"HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\ncontent-length: 2\r\nConnection: keep-alive\r\nX-Request-Id: theirs\r\nX-Ratelimit-Limit-Requests: 9\r\nopenai-version: 2020-10-01\r\n\r\n");
+        let extra = [("x-ratelimit-limit-requests", "5".to_string())];
+        let h = client_response(&up, true, "req_1", "p", &extra).unwrap();
+        let fields: Vec<(String, String)> = h
+            .fields()
+            .map(|(n, v)| {
+                (
+                    String::from_utf8_lossy(n).to_ascii_lowercase(),
+                    String::from_utf8_lossy(v).to_string(),
+                )
+            })
+            .collect();
+        let get = |n: &str| {
+            fields
+                .iter()
+                .filter(|(k, _)| k == n)
+                .map(|(_, v)| v.as_str())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(get("content-length"), ["2"]);
+        assert_eq!(get("x-request-id"), ["req_1"]);
+        assert_eq!(get("x-ratelimit-limit-requests"), ["5"]);
+        assert_eq!(get("openai-version"), ["2020-10-01"]);
+        assert!(get("connection").is_empty());
+        let h = client_response(&up, false, "req_1", "p", &[]).unwrap();
+        assert_eq!(
+            h.get("content-length"),
+            None,
+            "a rewritten body has no length"
+        );
+        let chunked =
+            head(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 5\r\n\r\n");
+        let h = client_response(&chunked, true, "req_1", "p", &[]).unwrap();
+        assert_eq!(h.get("content-length"), None);
+        assert_eq!(h.get("transfer-encoding"), None);
     }
 }

@@ -62,6 +62,14 @@ impl Head {
         self.fields.is_chunked()
     }
 
+    /// The body's length from `content-length` (duplicates reconciled), unless chunked.
+    pub fn content_length(&self) -> Option<u64> {
+        if self.is_chunked() {
+            return None;
+        }
+        self.fields.content_length().ok().flatten()
+    }
+
     /// The provider lets the connection serve another request: HTTP/1.1 without
     /// `connection: close` (HTTP/1.0 connections are not kept).
     fn keep_alive(&self) -> bool {
