@@ -303,8 +303,14 @@ pub fn client_response(
     let mut h = ResponseHead::new(up.status(), up.len() + 2 + extra.len()).ok_or_else(bad)?;
     for (name, value) in up.fields() {
         // The length goes out once, reconciled (a provider may repeat it: `2, 2`); a chunked
-        // body's content-length is not its length (RFC 9112 §6.3) and is never relayed.
-        if !forward_response_header(&name) || name.eq_ignore_ascii_case(b"content-length") {
+        // body's content-length is not its length (RFC 9112 §6.3) and is never relayed. An
+        // extra header of ours (limits) replaces the provider's of its name.
+        if !forward_response_header(&name)
+            || name.eq_ignore_ascii_case(b"content-length")
+            || extra
+                .iter()
+                .any(|(n, _)| name.eq_ignore_ascii_case(n.as_bytes()))
+        {
             continue;
         }
         h.push_parsed(name, value);
@@ -317,7 +323,9 @@ pub fn client_response(
     {
         return Err(bad());
     }
-    add(&mut h, extra);
+    for (name, value) in extra {
+        h.push(name, Bytes::copy_from_slice(value.as_bytes()));
+    }
     Ok(h)
 }
 

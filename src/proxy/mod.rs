@@ -8,6 +8,7 @@ mod client;
 mod context;
 mod cors;
 mod data_plane;
+mod deadline;
 mod feedback;
 pub mod h1;
 /// Public for the header micro-benches (benches/hot_paths.rs); nothing outside `proxy` uses it.

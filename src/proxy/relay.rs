@@ -75,13 +75,13 @@ async fn bounded(
     deadline: Instant,
     write: impl std::future::Future<Output = Result<(), WriteFailed>>,
 ) -> bool {
-    let left = deadline
-        .saturating_duration_since(Instant::now())
-        .max(Duration::from_secs(1));
-    matches!(
-        pingora_timeout::timeout(limit.min(left), write).await,
-        Ok(Ok(_))
-    )
+    let wait = || {
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_secs(1));
+        limit.min(left)
+    };
+    matches!(super::deadline::within(wait, write).await, Ok(Ok(())))
 }
 
 /// Most bytes gathered into one client write from what the provider already sent.

@@ -235,7 +235,7 @@ async fn exchange(
         stream.flush().await
     };
     // A provider that stops reading cannot hold the request past its total timeout.
-    within(left(deadline), &provider.name, "total", write)
+    within(|| left(deadline), &provider.name, "total", write)
         .await?
         .map_err(|e| GatewayError::UpstreamUnreachable {
             provider: provider.name.to_string(),
@@ -254,7 +254,8 @@ async fn read_head(
 ) -> Result<(Head, BytesMut), GatewayError> {
     // One deadline for every informational answer too: a provider sending `100 Continue`
     // forever must not restart the first-byte timeout, nor outlive the total one.
-    let until = (Instant::now() + provider.timeouts.first_byte).min(deadline);
+    let first_byte = provider.timeouts.first_byte;
+    let until = || left((Instant::now() + first_byte).min(deadline));
     let read = async {
         let mut buf = BytesMut::new();
         for _ in 0..MAX_INFORMATIONAL {
@@ -271,7 +272,7 @@ async fn read_head(
             detail: format!("more than {MAX_INFORMATIONAL} informational responses"),
         })
     };
-    within(left(until), &provider.name, "first byte", read).await?
+    within(until, &provider.name, "first byte", read).await?
 }
 
 /// Time left until `until`.
@@ -279,15 +280,15 @@ fn left(until: Instant) -> Duration {
     until.saturating_duration_since(Instant::now())
 }
 
-/// `work`, or the provider's timeout `which` after `wait`. Takes a duration, not an instant:
-/// the per-chunk caller has already read the clock once (clock reads are ~3% of the profile).
+/// `work`, or the provider's timeout `which` after `wait()` (asked only if the work has to
+/// wait: see `deadline`).
 async fn within<T>(
-    wait: Duration,
+    wait: impl FnOnce() -> Duration,
     provider: &str,
     which: &'static str,
     work: impl Future<Output = T>,
 ) -> Result<T, GatewayError> {
-    pingora_timeout::timeout(wait, work)
+    super::deadline::within(wait, work)
         .await
         .map_err(|_| GatewayError::UpstreamTimeout {
             provider: provider.to_string(),
@@ -353,20 +354,27 @@ impl Response {
         if self.body.is_done() {
             return Ok(None);
         }
-        let left = self.deadline.saturating_duration_since(Instant::now());
-        let (wait, which) = if left < self.idle {
-            (left, "total")
-        } else {
-            (self.idle, "idle")
+        let (deadline, idle) = (self.deadline, self.idle);
+        // Which timeout ends a wait is known only once the wait begins (and only then is the
+        // clock read): the idle one, unless the total one comes first.
+        // (Atomic only because the future must be Send; it never crosses threads.)
+        let total_first = std::sync::atomic::AtomicBool::new(false);
+        let wait = || {
+            let left = deadline.saturating_duration_since(Instant::now());
+            total_first.store(left < idle, std::sync::atomic::Ordering::Relaxed);
+            left.min(idle)
         };
-        within(
-            wait,
-            &self.provider,
-            which,
-            self.body.next(&mut self.stream),
-        )
-        .await?
-        .map_err(|e| self.broken(e))
+        match super::deadline::within(wait, self.body.next(&mut self.stream)).await {
+            Ok(r) => r.map_err(|e| self.broken(e)),
+            Err(_) => Err(GatewayError::UpstreamTimeout {
+                provider: self.provider.to_string(),
+                which: if total_first.load(std::sync::atomic::Ordering::Relaxed) {
+                    "total"
+                } else {
+                    "idle"
+                },
+            }),
+        }
     }
 
     /// The next body chunk if the provider already sent it (buffered or readable now), without

@@ -12,6 +12,7 @@
 use super::body::{Body, Framing};
 use super::request::{self, HeadError, RequestHead, MAX_HEAD};
 use super::{ends_head, poll_read, ReadError, READ};
+use crate::proxy::deadline::within;
 use crate::proxy::response_head::ResponseHead;
 use bytes::{BufMut, Bytes, BytesMut};
 use pingora_core::protocols::Stream;
@@ -80,16 +81,18 @@ impl Connection {
             if self.ahead.len() > MAX_HEAD {
                 return Next::Refused(self, HeadError::TooLarge);
             }
-            let wait = if self.ahead.is_empty() {
-                idle
-            } else {
+            let started = !self.ahead.is_empty();
+            let wait = || {
+                if !started {
+                    return idle;
+                }
                 let now = Instant::now();
                 deadline
                     .get_or_insert(now + read)
                     .saturating_duration_since(now)
             };
             let seen = self.ahead.len().saturating_sub(2);
-            let got = pingora_timeout::timeout(wait, self.read_more()).await;
+            let got = within(wait, self.read_more()).await;
             match got {
                 Ok(Ok(true)) => complete = ends_head(&self.ahead, seen),
                 _ => return Next::Closed,
@@ -221,7 +224,8 @@ impl Session {
         self.write_continue()
             .await
             .map_err(|e| ReadError::Io(e.kind()))?;
-        match pingora_timeout::timeout(self.read_timeout, self.body.next(&mut self.io)).await {
+        let wait = self.read_timeout;
+        match within(|| wait, self.body.next(&mut self.io)).await {
             Ok(r) => r,
             Err(_) => Err(ReadError::Io(std::io::ErrorKind::TimedOut)),
         }
