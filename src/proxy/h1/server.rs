@@ -473,6 +473,13 @@ mod tests {
         (Connection::new(Box::new(server)), client)
     }
 
+    /// A session for the request(s) in `wire`, sent by the client before the server reads.
+    async fn session(wire: &[u8]) -> (Session, DuplexStream) {
+        let (conn, mut client) = pair();
+        client.write_all(wire).await.unwrap();
+        (request(conn).await, client)
+    }
+
     async fn request(conn: Connection) -> Session {
         match conn.next(T, T).await {
             Next::Request(s) => s,
@@ -507,12 +514,7 @@ mod tests {
 
     #[tokio::test]
     async fn pipelined_requests_are_served_in_order_on_one_connection() {
-        let (conn, mut client) = pair();
-        client
-            .write_all(b"POST /a HTTP/1.1\r\ncontent-length: 5\r\n\r\nhello\r\nPOST /b HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
-            .await
-            .unwrap();
-        let mut s = request(conn).await;
+        let (mut s, mut client) = session(b"POST /a HTTP/1.1\r\ncontent-length: 5\r\n\r\nhello\r\nPOST /b HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n").await;
         assert_eq!(s.head().uri().path(), "/a");
         assert_eq!(body(&mut s).await, b"hello");
         s.write_head(&ok(Some(2))).await.unwrap();
@@ -537,9 +539,7 @@ mod tests {
 
     #[tokio::test]
     async fn http10_clients_get_close_delimited_bodies_and_head_requests_no_body() {
-        let (conn, mut client) = pair();
-        client.write_all(b"GET /s HTTP/1.0\r\n\r\n").await.unwrap();
-        let mut s = request(conn).await;
+        let (mut s, mut client) = session(b"GET /s HTTP/1.0\r\n\r\n").await;
         s.write_head(&ok(None)).await.unwrap();
         s.write_body(Bytes::from_static(b"data: 1\n\n"), true)
             .await
@@ -554,9 +554,7 @@ mod tests {
             "HTTP/1.1 200 OK\r\nx-request-id: req_1\r\nconnection: close\r\n\r\ndata: 1\n\n"
         );
 
-        let (conn, mut client) = pair();
-        client.write_all(b"HEAD /m HTTP/1.1\r\n\r\n").await.unwrap();
-        let mut s = request(conn).await;
+        let (mut s, mut client) = session(b"HEAD /m HTTP/1.1\r\n\r\n").await;
         s.write_head(&ok(Some(7))).await.unwrap();
         s.write_body(Bytes::from_static(b"ignored"), true)
             .await
@@ -571,12 +569,8 @@ mod tests {
 
     #[tokio::test]
     async fn expect_continue_is_answered_before_the_body_is_read_and_never_after_a_response() {
-        let (conn, mut client) = pair();
-        client
-            .write_all(b"POST /a HTTP/1.1\r\nexpect: 100-continue\r\ncontent-length: 2\r\n\r\n")
-            .await
-            .unwrap();
-        let mut s = request(conn).await;
+        let (mut s, mut client) =
+            session(b"POST /a HTTP/1.1\r\nexpect: 100-continue\r\ncontent-length: 2\r\n\r\n").await;
         s.write_continue().await.unwrap();
         let mut got = [0u8; 25];
         client.read_exact(&mut got).await.unwrap();
@@ -585,12 +579,8 @@ mod tests {
         assert_eq!(body(&mut s).await, b"{}");
 
         // Refused before the body: no 100, and the connection is not reused.
-        let (conn, mut client) = pair();
-        client
-            .write_all(b"POST /a HTTP/1.1\r\nexpect: 100-continue\r\ncontent-length: 2\r\n\r\n")
-            .await
-            .unwrap();
-        let mut s = request(conn).await;
+        let (mut s, mut client) =
+            session(b"POST /a HTTP/1.1\r\nexpect: 100-continue\r\ncontent-length: 2\r\n\r\n").await;
         s.write_head(&ok(Some(0))).await.unwrap();
         s.drain_body().await.unwrap();
         assert!(s.write_continue().await.is_ok());
@@ -616,9 +606,7 @@ mod tests {
 
     #[tokio::test]
     async fn bytes_sent_during_a_response_are_the_next_request_and_a_hangup_is_seen() {
-        let (conn, mut client) = pair();
-        client.write_all(b"GET /a HTTP/1.1\r\n\r\n").await.unwrap();
-        let mut s = request(conn).await;
+        let (mut s, mut client) = session(b"GET /a HTTP/1.1\r\n\r\n").await;
         client.write_all(b"GET /b HTTP/1.1\r\n\r\n").await.unwrap();
         assert!(!s.client_gone().await, "data, not a hangup");
         s.write_head(&ok(Some(0))).await.unwrap();
