@@ -5,7 +5,7 @@ use super::body;
 use super::client::{Client, RequestBody, RequestHeaders};
 use super::context::Ctx;
 use super::h1::request::HeadError;
-use super::h1::server::{Connection, Next};
+use super::h1::server::{Connection, Next, Timeouts};
 use super::headers;
 use super::identity;
 use super::relay::{relay, Outcome, RelayMode};
@@ -161,7 +161,12 @@ impl DataPlane {
         // the keep-alive timeout for its next.
         let mut idle = CLIENT_READ_TIMEOUT;
         loop {
-            let session = match conn.next(idle, CLIENT_READ_TIMEOUT).await {
+            let timeouts = Timeouts {
+                idle,
+                read: CLIENT_READ_TIMEOUT,
+                write: self.shared.live().config.server.client_write_timeout,
+            };
+            let session = match conn.next(timeouts).await {
                 Next::Request(s) => s,
                 Next::Closed => return,
                 Next::Refused(conn, e) => return refuse_unreadable(conn, e).await,

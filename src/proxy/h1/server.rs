@@ -34,6 +34,45 @@ fn broken(why: &'static str) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, why)
 }
 
+/// How long a connection waits for its client.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// For the first byte of the next request.
+    pub idle: Duration,
+    /// For a whole request head once it started, and for each read of a body.
+    pub read: Duration,
+    /// For each write: a client that stops reading (one that pipelines requests and never
+    /// reads their answers, say) is let go, not kept forever.
+    pub write: Duration,
+}
+
+/// One write to the client, at most `limit` (no timer unless it has to wait).
+async fn bounded(
+    limit: Duration,
+    write: impl std::future::Future<Output = std::io::Result<()>>,
+) -> std::io::Result<()> {
+    match within(|| limit, write).await {
+        Ok(r) => r,
+        Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+    }
+}
+
+/// A chunk-size line (`1a2b\r\n`), formatted without an allocation.
+#[derive(Default)]
+struct ChunkSize([u8; 18]);
+
+impl ChunkSize {
+    fn line(&mut self, n: usize) -> &[u8] {
+        let digits = (usize::BITS - n.leading_zeros()).div_ceil(4).max(1) as usize;
+        for i in 0..digits {
+            let d = (n >> (4 * (digits - 1 - i))) & 0xf;
+            self.0[i] = b"0123456789abcdef"[d];
+        }
+        self.0[digits..digits + 2].copy_from_slice(b"\r\n");
+        &self.0[..digits + 2]
+    }
+}
+
 /// A client connection between two requests.
 pub struct Connection {
     io: Stream,
@@ -67,13 +106,14 @@ impl Connection {
 
     /// Waits for the next request head: at most `idle` for its first byte, then at most `read`
     /// for the whole head.
-    pub async fn next(mut self, idle: Duration, read: Duration) -> Next {
+    pub async fn next(mut self, timeouts: Timeouts) -> Next {
+        let Timeouts { idle, read, .. } = timeouts;
         let mut complete = !self.ahead.is_empty();
         let mut deadline: Option<Instant> = None;
         loop {
             if complete {
                 match request::parse(&mut self.ahead) {
-                    Ok(Some(head)) => return self.start(head, read),
+                    Ok(Some(head)) => return self.start(head, timeouts),
                     Ok(None) => {}
                     Err(e) => return Next::Refused(self, e),
                 }
@@ -112,7 +152,7 @@ impl Connection {
         .await
     }
 
-    fn start(mut self, head: RequestHead, read_timeout: Duration) -> Next {
+    fn start(mut self, head: RequestHead, timeouts: Timeouts) -> Next {
         let framing = match head.framing() {
             Ok(f) => f,
             Err(e) => return Next::Refused(self, e),
@@ -128,7 +168,7 @@ impl Connection {
             sending: Sending::NotYet,
             out: BytesMut::new(),
             watched: BytesMut::new(),
-            read_timeout,
+            timeouts,
         })
     }
 
@@ -194,7 +234,7 @@ pub struct Session {
     out: BytesMut,
     /// Bytes the client sent while its response was relayed: the next request.
     watched: BytesMut,
-    read_timeout: Duration,
+    timeouts: Timeouts,
 }
 
 impl Session {
@@ -224,7 +264,7 @@ impl Session {
         self.write_continue()
             .await
             .map_err(|e| ReadError::Io(e.kind()))?;
-        let wait = self.read_timeout;
+        let wait = self.timeouts.read;
         match within(|| wait, self.body.next(&mut self.io)).await {
             Ok(r) => r,
             Err(_) => Err(ReadError::Io(std::io::ErrorKind::TimedOut)),
@@ -247,8 +287,12 @@ impl Session {
     pub async fn write_continue(&mut self) -> std::io::Result<()> {
         if self.expects_continue && self.sending == Sending::NotYet {
             self.expects_continue = false;
-            self.io.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
-            self.io.flush().await?;
+            let io = &mut self.io;
+            bounded(self.timeouts.write, async move {
+                io.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
+                io.flush().await
+            })
+            .await?;
         }
         Ok(())
     }
@@ -350,17 +394,22 @@ impl Session {
     }
 
     async fn flush_out(&mut self) -> std::io::Result<()> {
-        if !self.out.is_empty() {
-            let out = std::mem::take(&mut self.out);
-            self.io.write_all(&out).await?;
-        }
-        self.io.flush().await
+        let out = std::mem::take(&mut self.out);
+        let io = &mut self.io;
+        bounded(self.timeouts.write, async move {
+            if !out.is_empty() {
+                io.write_all(&out).await?;
+            }
+            io.flush().await
+        })
+        .await
     }
 
     /// Writes a piece of the body (`end`: the last one). More than the head's length is
     /// refused; so is ending short of it.
     pub async fn write_body(&mut self, data: Bytes, end: bool) -> std::io::Result<()> {
-        let (prefix, suffix): (Option<String>, &[u8]) = match self.sending {
+        let mut hex = ChunkSize::default();
+        let (prefix, suffix): (&[u8], &[u8]) = match self.sending {
             Sending::NotYet => return Err(broken("body before head")),
             // A response to HEAD (or a 204/304) carries no body, whatever is written.
             Sending::Done => return self.flush_out().await,
@@ -375,10 +424,14 @@ impl Session {
                 } else {
                     Sending::Length(left - n)
                 };
-                (None, b"")
+                (b"", b"")
             }
             Sending::Chunked => {
-                let prefix = (!data.is_empty()).then(|| format!("{:x}\r\n", data.len()));
+                let prefix = if data.is_empty() {
+                    &b""[..]
+                } else {
+                    hex.line(data.len())
+                };
                 let suffix: &[u8] = match (data.is_empty(), end) {
                     (true, true) => b"0\r\n\r\n",
                     (false, true) => b"\r\n0\r\n\r\n",
@@ -394,28 +447,24 @@ impl Session {
                 if end {
                     self.sending = Sending::Done;
                 }
-                (None, b"")
+                (b"", b"")
             }
         };
-        let framed = prefix.as_ref().map_or(0, String::len) + suffix.len();
+        let framed = prefix.len() + suffix.len();
         if self.out.is_empty() && framed == 0 {
             if !data.is_empty() {
-                self.io.write_all(&data).await?;
+                bounded(self.timeouts.write, self.io.write_all(&data)).await?;
             }
         } else if data.len() <= GATHER {
             let w = &mut self.out;
             w.reserve(framed + data.len());
-            if let Some(p) = &prefix {
-                w.put_slice(p.as_bytes());
-            }
+            w.put_slice(prefix);
             w.put_slice(&data);
             w.put_slice(suffix);
         } else {
-            if let Some(p) = &prefix {
-                self.out.put_slice(p.as_bytes());
-            }
+            self.out.put_slice(prefix);
             self.flush_out().await?;
-            self.io.write_all(&data).await?;
+            bounded(self.timeouts.write, self.io.write_all(&data)).await?;
             self.out.put_slice(suffix);
         }
         self.flush_out().await
@@ -465,7 +514,11 @@ mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, DuplexStream};
 
-    const T: Duration = Duration::from_secs(5);
+    const T: Timeouts = Timeouts {
+        idle: Duration::from_secs(5),
+        read: Duration::from_secs(5),
+        write: Duration::from_secs(5),
+    };
 
     /// A connection over an in-memory pipe, and the client's end.
     fn pair() -> (Connection, DuplexStream) {
@@ -481,7 +534,7 @@ mod tests {
     }
 
     async fn request(conn: Connection) -> Session {
-        match conn.next(T, T).await {
+        match conn.next(T).await {
             Next::Request(s) => s,
             Next::Refused(_, e) => panic!("refused: {e:?}"),
             Next::Closed => panic!("closed"),
@@ -626,7 +679,7 @@ mod tests {
             )
             .await
             .unwrap();
-        let Next::Refused(conn, e) = conn.next(T, T).await else {
+        let Next::Refused(conn, e) = conn.next(T).await else {
             panic!("not refused")
         };
         assert!(matches!(e, HeadError::Malformed(_)));
@@ -641,14 +694,51 @@ mod tests {
         client.write_all(b"GET / HTTP/1.1\r\nx-a: ").await.unwrap();
         client.write_all(&endless).await.unwrap();
         assert!(matches!(
-            conn.next(T, T).await,
+            conn.next(T).await,
             Next::Refused(_, HeadError::TooLarge)
         ));
 
         let (conn, _client) = pair();
         assert!(matches!(
-            conn.next(Duration::from_millis(1), T).await,
+            conn.next(Timeouts {
+                idle: Duration::from_millis(1),
+                ..T
+            })
+            .await,
             Next::Closed
         ));
+    }
+
+    #[test]
+    fn chunk_size_lines_are_lower_hex() {
+        let mut c = ChunkSize::default();
+        for n in [0usize, 1, 9, 10, 15, 16, 255, 0x1a2b, 1 << 20, usize::MAX] {
+            assert_eq!(c.line(n), format!("{n:x}\r\n").as_bytes(), "{n}");
+        }
+    }
+
+    /// A client that sends requests and never reads the answers is let go after the write
+    /// timeout, not served (and held) forever.
+    #[tokio::test]
+    async fn a_client_that_never_reads_is_let_go() {
+        // A pipe with room for 64 bytes: the answer cannot fit.
+        let (server, mut client) = tokio::io::duplex(64);
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let quick = Timeouts {
+            write: Duration::from_millis(50),
+            ..T
+        };
+        let Next::Request(mut s) = Connection::new(Box::new(server)).next(quick).await else {
+            panic!("no request")
+        };
+        let body = Bytes::from(vec![b'x'; 4096]);
+        s.write_head(&ok(Some(body.len()))).await.unwrap();
+        // (The outer bound only turns a broken timeout into a failure instead of a hang.)
+        let err = tokio::time::timeout(Duration::from_secs(10), s.write_body(body, true))
+            .await
+            .expect("the write gave up by itself")
+            .unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+        drop(client);
     }
 }
