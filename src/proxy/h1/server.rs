@@ -15,6 +15,7 @@ use super::{ends_head, poll_read, ReadError, READ};
 use crate::proxy::deadline::within;
 use crate::proxy::response_head::ResponseHead;
 use bytes::{BufMut, Bytes, BytesMut};
+use pingora_core::protocols::http::date::get_cached_date;
 use pingora_core::protocols::Stream;
 use std::mem::MaybeUninit;
 use std::task::{ready, Poll};
@@ -376,6 +377,13 @@ impl Session {
             w.put_slice(value);
             w.put_slice(b"\r\n");
         }
+        // RFC 9110 §6.6.1: a response is dated; a provider's own date is relayed, any other
+        // answer gets ours (formatted once a second per thread, as pingora's was).
+        if !(100..200).contains(&status) && resp.get("date").is_none() {
+            w.put_slice(b"date: ");
+            w.put_slice(get_cached_date().as_bytes());
+            w.put_slice(b"\r\n");
+        }
         if sending == Sending::Chunked {
             w.put_slice(b"transfer-encoding: chunked\r\n");
         }
@@ -550,8 +558,10 @@ mod tests {
     }
 
     fn ok(len: Option<usize>) -> ResponseHead {
-        let mut h = ResponseHead::new(200, 2).unwrap();
+        let mut h = ResponseHead::new(200, 3).unwrap();
         h.push("x-request-id", "req_1");
+        // A fixed date keeps the expected bytes exact (an undated head gets the clock's).
+        h.push("date", "Thu, 03 Dec 2026 00:00:00 GMT");
         if let Some(n) = len {
             h.push("content-length", n.to_string());
         }
@@ -585,8 +595,8 @@ mod tests {
         let out = read_all(&mut client).await;
         assert_eq!(
             out,
-            "HTTP/1.1 200 OK\r\nx-request-id: req_1\r\ncontent-length: 2\r\n\r\nok\
-             HTTP/1.1 200 OK\r\nx-request-id: req_1\r\ntransfer-encoding: chunked\r\n\r\n9\r\ndata: 1\n\n\r\n0\r\n\r\n"
+            "HTTP/1.1 200 OK\r\nx-request-id: req_1\r\ndate: Thu, 03 Dec 2026 00:00:00 GMT\r\ncontent-length: 2\r\n\r\nok\
+             HTTP/1.1 200 OK\r\nx-request-id: req_1\r\ndate: Thu, 03 Dec 2026 00:00:00 GMT\r\ntransfer-encoding: chunked\r\n\r\n9\r\ndata: 1\n\n\r\n0\r\n\r\n"
         );
     }
 
@@ -604,7 +614,7 @@ mod tests {
         let out = read_all(&mut client).await;
         assert_eq!(
             out,
-            "HTTP/1.1 200 OK\r\nx-request-id: req_1\r\nconnection: close\r\n\r\ndata: 1\n\n"
+            "HTTP/1.1 200 OK\r\nx-request-id: req_1\r\ndate: Thu, 03 Dec 2026 00:00:00 GMT\r\nconnection: close\r\n\r\ndata: 1\n\n"
         );
 
         let (mut s, mut client) = session(b"HEAD /m HTTP/1.1\r\n\r\n").await;
@@ -616,7 +626,7 @@ mod tests {
         let out = read_all(&mut client).await;
         assert_eq!(
             out,
-            "HTTP/1.1 200 OK\r\nx-request-id: req_1\r\ncontent-length: 7\r\n\r\n"
+            "HTTP/1.1 200 OK\r\nx-request-id: req_1\r\ndate: Thu, 03 Dec 2026 00:00:00 GMT\r\ncontent-length: 7\r\n\r\n"
         );
     }
 
@@ -740,5 +750,19 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
         drop(client);
+    }
+
+    #[tokio::test]
+    async fn an_undated_answer_gets_the_date() {
+        let (mut s, mut client) = session(b"GET / HTTP/1.1\r\n\r\n").await;
+        let h = ResponseHead::new(204, 0).unwrap();
+        s.write_head(&h).await.unwrap();
+        drop(s.finish());
+        let out = read_all(&mut client).await;
+        let date = out
+            .lines()
+            .find_map(|l| l.strip_prefix("date: "))
+            .expect("a date field");
+        assert!(date.ends_with(" GMT") && date.len() == 29, "{date}");
     }
 }
