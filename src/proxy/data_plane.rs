@@ -28,9 +28,7 @@ use std::time::Duration;
 /// retried); larger ones stream to a fresh connection.
 const PASSTHROUGH_BUFFER: usize = 1 << 20;
 /// Longest wait for the next piece of a client's request.
-const CLIENT_READ_TIMEOUT: Duration = Duration::from_secs(60);
-/// The first bytes of an HTTP/2 connection without TLS (RFC 9113 §3.4).
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+pub const CLIENT_READ_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a refused body is drained before the connection closes.
 const LINGER: Duration = Duration::from_secs(2);
 
@@ -96,24 +94,23 @@ impl Connections {
         self.plane.upstream.sweeper()
     }
 
-    /// Serves one connection until it closes.
-    pub async fn serve(&self, mut stream: Stream, shutdown: &ShutdownWatch) {
-        if self.speaks_h2(&mut stream).await {
+    /// Whether plaintext connections may open with HTTP/2's preface (h2c prior knowledge).
+    pub fn h2c(&self) -> bool {
+        self.plane.options.h2c
+    }
+
+    /// Serves one connection until it closes. `h2_preface`: a plaintext connection opened with
+    /// HTTP/2's preface (TLS connections say so by ALPN).
+    pub async fn serve(&self, stream: Stream, h2_preface: bool, shutdown: &ShutdownWatch) {
+        let h2 = match stream.get_ssl_digest() {
+            Some(_) => matches!(stream.selected_alpn_proto(), Some(ALPN::H2)),
+            None => h2_preface,
+        };
+        if h2 {
             ServerApp::process_new(&self.plane, stream, shutdown).await;
         } else {
             self.plane.serve_h1(stream, shutdown).await;
         }
-    }
-
-    async fn speaks_h2(&self, stream: &mut Stream) -> bool {
-        if stream.get_ssl_digest().is_some() {
-            return matches!(stream.selected_alpn_proto(), Some(ALPN::H2));
-        }
-        if !self.plane.options.h2c {
-            return false;
-        }
-        let mut preface = [0u8; H2_PREFACE.len()];
-        matches!(stream.try_peek(&mut preface).await, Ok(true)) && preface == H2_PREFACE
     }
 }
 

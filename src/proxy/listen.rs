@@ -128,8 +128,17 @@ fn spawn(
     // Streamed events go out as written (DESIGN §2: no Nagle delay).
     let _ = stream.set_nodelay();
     pingora_runtime::current_handle().spawn(async move {
+        let mut h2_preface = false;
         let io: Stream = match tls {
-            None => Box::new(stream),
+            None => {
+                if app.h2c() {
+                    match opens_with_h2_preface(&mut stream).await {
+                        Some(h2) => h2_preface = h2,
+                        None => return,
+                    }
+                }
+                Box::new(stream)
+            }
             Some(acceptor) => {
                 // Boxed: the handshake's state is freed once done, not kept in the task.
                 let handshake = Box::pin(acceptor.tls_handshake(stream));
@@ -143,6 +152,79 @@ fn spawn(
                 }
             }
         };
-        app.serve(io, &shutdown).await;
+        app.serve(io, h2_preface, &shutdown).await;
     });
+}
+
+/// The first bytes of an HTTP/2 connection without TLS (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Whether a plaintext connection opens with HTTP/2's preface. Reads only as far as it takes
+/// to tell — the first byte that differs from the preface settles it — and puts back what it
+/// read. (pingora's peek waits for all 24 bytes, with no timeout: an HTTP/1 request shorter
+/// than that, `GET / HTTP/1.1` with no fields, hung, and a client that sent nothing was held
+/// forever.) `None`: nothing arrived within the read timeout, or the client closed.
+async fn opens_with_h2_preface(stream: &mut L4Stream) -> Option<bool> {
+    use tokio::io::AsyncReadExt;
+    let mut got = [0u8; H2_PREFACE.len()];
+    let mut len = 0;
+    let verdict = loop {
+        let read = stream.read(&mut got[len..]);
+        match pingora_timeout::timeout(super::data_plane::CLIENT_READ_TIMEOUT, read).await {
+            Ok(Ok(n)) if n > 0 => len += n,
+            // Closed, failed or silent: whatever arrived is HTTP/1's to answer (or not).
+            _ if len > 0 => break false,
+            _ => return None,
+        }
+        if got[..len] != H2_PREFACE[..len] {
+            break false;
+        }
+        if len == H2_PREFACE.len() {
+            break true;
+        }
+    };
+    stream.rewind(&got[..len]);
+    Some(verdict)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// The server's end of a real TCP connection whose client first sent `first`.
+    async fn accepted(first: &[u8]) -> (L4Stream, tokio::net::TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        client.write_all(first).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (L4Stream::from(server), client)
+    }
+
+    #[tokio::test]
+    async fn a_short_http1_request_is_told_apart_without_waiting_and_put_back() {
+        let wire = b"GET / HTTP/1.1\r\n\r\n"; // 18 bytes: fewer than the preface's 24
+        let (mut s, _client) = accepted(wire).await;
+        let verdict = tokio::time::timeout(Duration::from_secs(10), opens_with_h2_preface(&mut s))
+            .await
+            .expect("no wait for 24 bytes");
+        assert_eq!(verdict, Some(false));
+        let mut back = vec![0u8; wire.len()];
+        s.read_exact(&mut back).await.unwrap();
+        assert_eq!(&back, wire);
+    }
+
+    #[tokio::test]
+    async fn the_preface_is_h2_and_a_client_that_closes_silently_is_dropped() {
+        let (mut s, _client) = accepted(H2_PREFACE).await;
+        assert_eq!(opens_with_h2_preface(&mut s).await, Some(true));
+        let mut back = vec![0u8; H2_PREFACE.len()];
+        s.read_exact(&mut back).await.unwrap();
+        assert_eq!(back, H2_PREFACE);
+        let (mut s, client) = accepted(b"").await;
+        drop(client);
+        assert_eq!(opens_with_h2_preface(&mut s).await, None);
+    }
 }

@@ -135,7 +135,10 @@ impl Connection {
             let seen = self.ahead.len().saturating_sub(2);
             let got = within(wait, self.read_more()).await;
             match got {
-                Ok(Ok(true)) => complete = ends_head(&self.ahead, seen),
+                // Parsed again when an empty line may have arrived, and on a head's first
+                // bytes: what is not HTTP at all (a TLS hello on the plaintext port) is
+                // refused at once, not after the head timeout.
+                Ok(Ok(true)) => complete = ends_head(&self.ahead, seen) || !started,
                 _ => return Next::Closed,
             }
         }
@@ -764,5 +767,24 @@ mod tests {
             .find_map(|l| l.strip_prefix("date: "))
             .expect("a date field");
         assert!(date.ends_with(" GMT") && date.len() == 29, "{date}");
+    }
+
+    /// Bytes that are not HTTP (a TLS hello on the plaintext port) are refused as they arrive,
+    /// not after the head timeout.
+    #[tokio::test]
+    async fn what_is_not_http_is_refused_at_once() {
+        let (conn, mut client) = pair();
+        client
+            .write_all(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")
+            .await
+            .unwrap();
+        let slow = Timeouts {
+            read: Duration::from_secs(3600),
+            ..T
+        };
+        let next = tokio::time::timeout(Duration::from_secs(10), conn.next(slow))
+            .await
+            .expect("refused before the head timeout");
+        assert!(matches!(next, Next::Refused(_, HeadError::Malformed(_))));
     }
 }
