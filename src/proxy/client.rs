@@ -205,11 +205,17 @@ impl Client {
     }
 
     /// Reads and discards the rest of the request body.
+    /// A body that cannot be read to its end leaves the connection unreusable: the sessions
+    /// see that themselves, so the error carries nothing for the caller.
     pub async fn drain_body(&mut self) {
-        let _ = match self {
-            Self::H1(s) => s.drain_body().await.is_ok(),
-            Self::H2(s) => s.drain_request_body().await.is_ok(),
-        };
+        match self {
+            Self::H1(s) => {
+                let _ = s.drain_body().await;
+            }
+            Self::H2(s) => {
+                let _ = s.drain_request_body().await;
+            }
+        }
     }
 
     pub async fn write_head(&mut self, head: &ResponseHead) -> Result<(), WriteFailed> {

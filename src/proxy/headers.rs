@@ -109,9 +109,8 @@ impl HeadWriter {
 
     /// A header from text: the name must be a token and the value free of control bytes.
     fn text(&mut self, name: &str, value: &str) -> Option<()> {
-        let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
-        let visible = |b: u8| b == b'\t' || (b >= b' ' && b != 0x7f);
-        (!name.is_empty() && name.bytes().all(token) && value.bytes().all(visible)).then_some(())?;
+        use super::response_head::{is_token, is_value};
+        (is_token(name.as_bytes()) && is_value(value.as_bytes())).then_some(())?;
         self.raw(name.as_bytes(), value.as_bytes());
         Some(())
     }

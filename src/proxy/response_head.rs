@@ -13,7 +13,7 @@ pub struct ResponseHead {
 }
 
 /// A header name: a token (RFC 9110 §5.6.2).
-fn is_token(name: &[u8]) -> bool {
+pub(super) fn is_token(name: &[u8]) -> bool {
     !name.is_empty()
         && name
             .iter()
@@ -21,7 +21,7 @@ fn is_token(name: &[u8]) -> bool {
 }
 
 /// A header value: visible ASCII, obs-text, spaces and tabs; no CR, LF or other control byte.
-fn is_value(value: &[u8]) -> bool {
+pub(super) fn is_value(value: &[u8]) -> bool {
     value
         .iter()
         .all(|&b| b == b'\t' || (b >= b' ' && b != 0x7f))
