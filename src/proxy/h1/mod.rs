@@ -47,9 +47,16 @@ fn poll_read<S: AsyncRead + Unpin>(
 /// Whether the bytes just appended to a buffer (from `seen` on, which starts two bytes before
 /// them) complete an empty line: only then is a head worth parsing again. A peer trickling its
 /// head a byte at a time would otherwise cost a parse of the whole head per byte.
+///
+/// It stops at the first empty line, visiting only line ends (`memchr`): the buffer usually
+/// holds a body after the head, and a byte-by-byte window scan of it was ~10% of the
+/// instructions a proxied request cost.
 fn ends_head(buf: &[u8], seen: usize) -> bool {
     let tail = &buf[seen..];
-    tail.windows(2).any(|w| w == b"\n\n") || tail.windows(3).any(|w| w == b"\n\r\n")
+    memchr::memchr_iter(b'\n', tail).any(|i| match &tail[i + 1..] {
+        [b'\n', ..] | [b'\r', b'\n', ..] => true,
+        _ => false,
+    })
 }
 
 #[cfg(test)]
@@ -85,5 +92,26 @@ pub(crate) mod test_io {
             self.at += n;
             Poll::Ready(Ok(()))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ends_head;
+
+    #[test]
+    fn an_empty_line_ends_a_head_wherever_the_reads_split_it() {
+        let head = b"POST / HTTP/1.1\r\nhost: a\r\n\r\n{\"body\":\"\\n\"}";
+        let end = head.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        for cut in 0..head.len() {
+            // The bytes before `cut` were seen without an empty line; the rest arrive now.
+            let seen = cut.saturating_sub(2);
+            assert_eq!(ends_head(&head[..], seen), cut < end, "cut at {cut}");
+        }
+        assert!(ends_head(b"GET / HTTP/1.1\nhost: a\n\n", 0), "bare LF");
+        assert!(ends_head(b"GET / HTTP/1.1\r\nhost: a\n\r\n", 0), "mixed");
+        assert!(!ends_head(b"GET / HTTP/1.1\r\nhost: a\r\n\r", 0), "not yet");
+        assert!(!ends_head(b"GET / HTTP/1.1\r\nhost: a\r\n", 0));
+        assert!(!ends_head(b"", 0));
     }
 }
