@@ -53,22 +53,39 @@ fn has_prefix(name: &[u8], prefix: &[u8]) -> bool {
     name.len() >= prefix.len() && name[..prefix.len()].eq_ignore_ascii_case(prefix)
 }
 
-/// Provider headers never relayed to the client (`name` in any case).
+/// Provider headers never relayed to the client (in any case).
+const NOT_RELAYED: [&[u8]; 9] = [
+    b"connection",
+    b"keep-alive",
+    b"proxy-connection",
+    b"transfer-encoding",
+    b"te",
+    b"trailer",
+    b"upgrade",
+    b"set-cookie",
+    b"x-request-id",
+];
+
 fn forward_response_header(name: &[u8]) -> bool {
-    ![
-        &b"connection"[..],
-        b"keep-alive",
-        b"proxy-connection",
-        b"transfer-encoding",
-        b"te",
-        b"trailer",
-        b"upgrade",
-        b"set-cookie",
-        b"x-request-id",
-    ]
-    .iter()
-    .any(|n| n.eq_ignore_ascii_case(name))
+    !NOT_RELAYED.iter().any(|n| n.eq_ignore_ascii_case(name))
 }
+
+/// Bit `len % 64`: a set of name lengths, so a name whose length is in none of the sets a
+/// response head is checked against (most of a provider's) is relayed without comparisons.
+const fn length_bit(len: usize) -> u64 {
+    1 << (len % 64)
+}
+
+/// The lengths of `NOT_RELAYED` and `content-length`.
+const DROPPED_LENGTHS: u64 = {
+    let mut m = length_bit(b"content-length".len());
+    let mut i = 0;
+    while i < NOT_RELAYED.len() {
+        m |= length_bit(NOT_RELAYED[i].len());
+        i += 1;
+    }
+    m
+};
 
 /// A request head for a provider, serialized as it goes on the wire (HTTP/1.1): built straight
 /// from the client's parsed header, with no header map made and hashed only to be serialized
@@ -300,16 +317,21 @@ pub fn client_response(
         detail: "response header cannot be relayed".into(),
     };
     let mut h = ResponseHead::new(up.status(), up.len() + 2 + extra.len()).ok_or_else(bad)?;
+    let checked = extra
+        .iter()
+        .fold(DROPPED_LENGTHS, |m, (n, _)| m | length_bit(n.len()));
     for (name, value) in up.fields() {
         // The length goes out once, reconciled (a provider may repeat it: `2, 2`); a chunked
         // body's content-length is not its length (RFC 9112 §6.3) and is never relayed. An
         // extra header of ours (limits) replaces the provider's of its name.
-        if !forward_response_header(&name)
-            || name.eq_ignore_ascii_case(b"content-length")
-            || extra
-                .iter()
-                .any(|(n, _)| name.eq_ignore_ascii_case(n.as_bytes()))
-        {
+        let dropped = || {
+            !forward_response_header(&name)
+                || name.eq_ignore_ascii_case(b"content-length")
+                || extra
+                    .iter()
+                    .any(|(n, _)| name.eq_ignore_ascii_case(n.as_bytes()))
+        };
+        if checked & length_bit(name.len()) != 0 && dropped() {
             continue;
         }
         h.push_parsed(name, value);

@@ -8,6 +8,13 @@ use bytes::Bytes;
 pub struct Fields {
     raw: Bytes,
     at: Vec<[u32; 4]>,
+    /// Bit `n % 64` set when some name is `n` bytes long: a lookup of a name whose length no
+    /// field has (most are: framing fields a request or response usually lacks) scans nothing.
+    lengths: u64,
+}
+
+fn length_bit(len: usize) -> u64 {
+    1 << (len % 64)
 }
 
 impl Fields {
@@ -23,6 +30,7 @@ impl Fields {
                     [n, n + h.name.len() as u32, v, v + h.value.len() as u32]
                 })
                 .collect(),
+            lengths: headers.iter().fold(0, |m, h| m | length_bit(h.name.len())),
             raw: Bytes::copy_from_slice(head),
         }
     }
@@ -39,9 +47,14 @@ impl Fields {
 
     /// Every value of header `name`, in order.
     pub fn all<'a, 'n>(&'a self, name: &'n str) -> impl Iterator<Item = &'a [u8]> + use<'a, 'n> {
-        self.iter()
-            .filter(move |(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
-            .map(|(_, v)| v)
+        let none = self.lengths & length_bit(name.len()) == 0;
+        let at = if none { &[][..] } else { &self.at[..] };
+        FieldIter {
+            raw: &self.raw,
+            at: at.iter(),
+        }
+        .filter(move |(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+        .map(|(_, v)| v)
     }
 
     /// Header fields in order, names as sent.
@@ -125,5 +138,34 @@ impl<'a> Iterator for FieldIter<'a> {
             &self.raw[f[0] as usize..f[1] as usize],
             &self.raw[f[2] as usize..f[3] as usize],
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(head: &[u8]) -> Fields {
+        let mut headers = [httparse::EMPTY_HEADER; 8];
+        let mut req = httparse::Request::new(&mut headers);
+        assert!(req.parse(head).unwrap().is_complete());
+        Fields::new(head, req.headers)
+    }
+
+    #[test]
+    fn lookups_by_name_whatever_lengths_the_other_names_share() {
+        // A 78-byte name shares its length bit with content-length (14): still told apart.
+        let long = "x".repeat(78);
+        let head = format!(
+            "POST / HTTP/1.1\r\nHost: a\r\n{long}: 1\r\nContent-Length: 7\r\ncontent-length: 7\r\n\r\n"
+        );
+        let f = fields(head.as_bytes());
+        assert_eq!(f.content_length().unwrap(), Some(7));
+        assert_eq!(f.get("host"), Some(&b"a"[..]));
+        assert_eq!(f.get(&long), Some(&b"1"[..]));
+        assert_eq!(f.all("content-length").count(), 2);
+        assert!(f.get("transfer-encoding").is_none() && !f.is_chunked());
+        assert!(f.get("hots").is_none(), "same length, other name");
+        assert_eq!(f.iter().count(), 4, "iteration sees every field");
     }
 }

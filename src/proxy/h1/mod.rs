@@ -53,10 +53,8 @@ fn poll_read<S: AsyncRead + Unpin>(
 /// instructions a proxied request cost.
 fn ends_head(buf: &[u8], seen: usize) -> bool {
     let tail = &buf[seen..];
-    memchr::memchr_iter(b'\n', tail).any(|i| match &tail[i + 1..] {
-        [b'\n', ..] | [b'\r', b'\n', ..] => true,
-        _ => false,
-    })
+    memchr::memchr_iter(b'\n', tail)
+        .any(|i| matches!(&tail[i + 1..], [b'\n', ..] | [b'\r', b'\n', ..]))
 }
 
 #[cfg(test)]
