@@ -1,6 +1,7 @@
 //! Which headers cross the gateway in each direction, and the headers it adds.
 
 use super::client::Client;
+use super::h1::length_bit;
 use super::h1::response::Head;
 use super::response_head::ResponseHead;
 use crate::error::GatewayError;
@@ -70,13 +71,9 @@ fn forward_response_header(name: &[u8]) -> bool {
     !NOT_RELAYED.iter().any(|n| n.eq_ignore_ascii_case(name))
 }
 
-/// Bit `len % 64`: a set of name lengths, so a name whose length is in none of the sets a
-/// response head is checked against (most of a provider's) is relayed without comparisons.
-const fn length_bit(len: usize) -> u64 {
-    1 << (len % 64)
-}
-
-/// The lengths of `NOT_RELAYED` and `content-length`.
+/// The lengths of `NOT_RELAYED` and `content-length`: a provider's field whose length is in
+/// none of the sets a response head is checked against (most are) is relayed without
+/// comparisons.
 const DROPPED_LENGTHS: u64 = {
     let mut m = length_bit(b"content-length".len());
     let mut i = 0;

@@ -13,7 +13,9 @@ pub struct Fields {
     lengths: u64,
 }
 
-fn length_bit(len: usize) -> u64 {
+/// Bit `len % 64`: one member of a set of name lengths, for a comparison-free "no name of this
+/// length here" (the headers a client's response head drops use it too).
+pub const fn length_bit(len: usize) -> u64 {
     1 << (len % 64)
 }
 

@@ -12,7 +12,7 @@ pub mod request;
 pub mod response;
 pub mod server;
 
-pub use fields::{FieldIter, Fields};
+pub use fields::{length_bit, FieldIter, Fields};
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
