@@ -244,6 +244,19 @@ api_key = "sk-bench""#,
     let up = parse_head(&mut bytes::BytesMut::from(wire))
         .unwrap()
         .unwrap();
+    // With every feature on: six rate-limit headers and the experiment's variant.
+    let mut added = model_bridge::header_list::HeaderList::default();
+    for name in [
+        "x-ratelimit-limit-requests",
+        "x-ratelimit-remaining-requests",
+        "x-ratelimit-limit-tokens",
+        "x-ratelimit-remaining-tokens",
+    ] {
+        added.push_int(name, 1_000_000u64);
+    }
+    added.push("x-ratelimit-reset-requests", "6m0s");
+    added.push("x-ratelimit-reset-tokens", "20ms");
+    added.push("x-model-bridge-variant", "control");
     c.bench_function("client response header", |b| {
         b.iter(|| {
             black_box(client_response(
@@ -251,7 +264,7 @@ api_key = "sk-bench""#,
                 true,
                 "req_0123456789abcdef01234567",
                 "p",
-                &[],
+                black_box(&added),
             ))
         })
     });

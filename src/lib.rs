@@ -21,6 +21,7 @@ pub mod eval;
 pub mod experiments;
 pub mod finance;
 pub mod handoff;
+pub mod header_list;
 pub mod jsonl;
 pub mod limits;
 pub mod logging;

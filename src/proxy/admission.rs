@@ -40,7 +40,7 @@ pub async fn admit(
     let live = ctx.live.clone();
     match shared.limiter.admit(&live.config, &req).await {
         Ok(adm) => {
-            ctx.limit_headers.extend(headers::pairs(&adm.status, None));
+            headers::write(&mut ctx.added_headers, &adm.status, None);
             ctx.admission = Some(adm);
             Ok(())
         }
@@ -49,11 +49,14 @@ pub async fn admit(
                 .rate_limited
                 .with_label_values(&[refusal.kind.label(), &refusal.org])
                 .inc();
-            ctx.limit_headers
-                .extend(headers::pairs(&refusal.status, Some(refusal.retry_after)));
+            headers::write(
+                &mut ctx.added_headers,
+                &refusal.status,
+                Some(refusal.retry_after),
+            );
             if refusal.kind == crate::limits::Kind::Budget {
                 // Retrying cannot help before the period ends; the OpenAI SDKs honour this.
-                ctx.limit_headers.push(("x-should-retry", "false".into()));
+                ctx.added_headers.push("x-should-retry", "false");
             }
             Err(GatewayError::Limited(refusal))
         }

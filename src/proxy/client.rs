@@ -6,6 +6,7 @@ use super::response_head::ResponseHead;
 use crate::error::GatewayError;
 use bytes::Bytes;
 use pingora_core::protocols::http::ServerSession;
+use std::sync::Arc;
 
 // HTTP/1 is the common case: its session inline, not one more allocation per request.
 #[allow(clippy::large_enum_variant)]
@@ -174,19 +175,12 @@ impl Client {
         }
     }
 
-    /// The client's IP address (or socket path).
-    pub fn client_addr(&self) -> Option<String> {
-        let addr = match self {
-            Self::H1(s) => s
-                .stream()
-                .get_socket_digest()
-                .and_then(|d| d.peer_addr().cloned()),
-            Self::H2(s) => s.client_addr().cloned(),
-        }?;
-        Some(match addr.as_inet() {
-            Some(i) => i.ip().to_string(),
-            None => addr.to_string(),
-        })
+    /// The client's IP address (or socket path): written once per connection for HTTP/1.
+    pub fn client_addr(&self) -> Option<Arc<str>> {
+        match self {
+            Self::H1(s) => s.peer().cloned(),
+            Self::H2(s) => s.client_addr().map(super::h1::server::peer_text),
+        }
     }
 
     /// The request has no body.

@@ -26,8 +26,9 @@ pub struct Ctx {
     pub record: UsageRecord,
     /// What admission reserved; settled in `finish`.
     pub admission: Option<crate::limits::Admission>,
-    /// `x-ratelimit-*`, `retry-after`, budget warning: added to whatever response is sent.
-    pub limit_headers: Vec<(&'static str, String)>,
+    /// `x-ratelimit-*`, `retry-after`, budget warning, variant, trace, CORS: added to whatever
+    /// response is sent.
+    pub added_headers: crate::header_list::HeaderList,
     /// The LLM request body as sent (a shared handle, no copy): prompt tokens are counted from
     /// it when the provider reports no usage.
     pub request_body: Option<bytes::Bytes>,
@@ -51,7 +52,7 @@ pub(super) fn new_request_id() -> String {
 }
 
 impl Ctx {
-    pub fn new(live: Arc<Live>, method: &str, path: &str, client_ip: Option<String>) -> Self {
+    pub fn new(live: Arc<Live>, method: &str, path: &str, client_ip: Option<Arc<str>>) -> Self {
         let ts_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
@@ -67,7 +68,7 @@ impl Ctx {
             usage: None,
             principal,
             admission: None,
-            limit_headers: Vec::new(),
+            added_headers: Default::default(),
             request_body: None,
             scanner: None,
             trace: None,
@@ -141,8 +142,7 @@ impl Ctx {
         self.trace =
             crate::telemetry::RequestTrace::start(get("traceparent"), get("tracestate"), &name);
         if let Some(t) = &self.trace {
-            self.limit_headers
-                .push(("traceparent", t.traceparent(None)));
+            self.added_headers.push("traceparent", &t.traceparent(None));
         }
     }
 
@@ -431,7 +431,7 @@ fn budget_crossed(shared: &Shared, r: &UsageRecord, c: &crate::limits::Crossing)
             "limit_usd": crate::usage::pricing::format_usd(c.limit),
             "threshold": c.fraction,
         })),
-        client_ip: r.client_ip.clone(),
+        client_ip: r.client_ip.as_deref().map(str::to_string),
         user_agent: None,
     });
 }

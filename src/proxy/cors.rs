@@ -5,6 +5,7 @@
 use super::client::{Client, RequestHeaders};
 use super::relay::Outcome;
 use super::response_head::ResponseHead;
+use crate::header_list::HeaderList;
 
 /// Response headers a page may read: the request id, where the request went, limits.
 const EXPOSED: &str = "x-request-id, x-model-bridge-provider, x-model-bridge-variant, \
@@ -13,10 +14,10 @@ const EXPOSED: &str = "x-request-id, x-model-bridge-provider, x-model-bridge-var
      x-ratelimit-reset-tokens, retry-after";
 
 /// Adds what an allowed origin's responses carry.
-pub fn allow(headers: &mut Vec<(&'static str, String)>, origin: String) {
-    headers.push(("access-control-allow-origin", origin));
-    headers.push(("access-control-expose-headers", EXPOSED.to_string()));
-    headers.push(("vary", "origin".to_string()));
+pub fn allow(headers: &mut HeaderList, origin: &str) {
+    headers.push("access-control-allow-origin", origin);
+    headers.push("access-control-expose-headers", EXPOSED);
+    headers.push("vary", "origin");
 }
 
 /// Answers a preflight from an allowed origin: 204, the methods the API has, and the request

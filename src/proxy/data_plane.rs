@@ -220,7 +220,7 @@ impl DataPlane {
         let shown = path.as_deref().unwrap_or("/");
         let mut ctx = Ctx::new(live, &method, shown, client_ip);
         if let Some(o) = origin {
-            super::cors::allow(&mut ctx.limit_headers, o);
+            super::cors::allow(&mut ctx.added_headers, &o);
             ctx.receipt = true;
         }
         // Classified before authentication, so refusals are labelled with their endpoint.
@@ -263,7 +263,7 @@ impl DataPlane {
     /// (its writer behind), new requests get 503 with `retry-after` before reaching a provider.
     fn refuse_if_backed_up(&self, ctx: &mut Ctx) -> Result<(), GatewayError> {
         if self.shared.sink.backed_up() {
-            ctx.limit_headers.push(("retry-after", "1".to_string()));
+            ctx.added_headers.push("retry-after", "1");
             return Err(GatewayError::Backpressure);
         }
         Ok(())
@@ -519,7 +519,7 @@ pub(super) async fn write_json(
     let Some(mut h) = headers::local_response(status, body.len(), ctx.id(), false) else {
         return Ok(Outcome::Abort);
     };
-    headers::add(&mut h, &ctx.limit_headers);
+    headers::add(&mut h, &ctx.added_headers);
     ctx.record.status = status;
     ctx.record.response_bytes = body.len() as u64;
     if s.write_head(&h).await.is_err() || s.write_body(body, true).await.is_err() {
@@ -593,7 +593,7 @@ async fn write_error(s: &mut Client, ctx: &mut Ctx, e: &GatewayError) -> Outcome
     let Some(mut h) = headers::local_response(status, body.len(), ctx.id(), close) else {
         return Outcome::Abort;
     };
-    headers::add(&mut h, &ctx.limit_headers);
+    headers::add(&mut h, &ctx.added_headers);
     ctx.record.response_bytes = body.len() as u64;
     if s.write_head(&h).await.is_err() || s.write_body(body, true).await.is_err() {
         ctx.record.cancelled = true;

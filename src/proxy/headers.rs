@@ -5,6 +5,7 @@ use super::h1::length_bit;
 use super::h1::response::Head;
 use super::response_head::ResponseHead;
 use crate::error::GatewayError;
+use crate::header_list::HeaderList;
 use crate::routing::Provider;
 use bytes::{BufMut, Bytes, BytesMut};
 use http::header::{HeaderName, HeaderValue};
@@ -307,13 +308,13 @@ pub fn client_response(
     keep_length: bool,
     request_id: &str,
     provider: &str,
-    extra: &[(&'static str, String)],
+    extra: &HeaderList,
 ) -> Result<ResponseHead, GatewayError> {
     let bad = || GatewayError::UpstreamProtocol {
         provider: provider.to_string(),
         detail: "response header cannot be relayed".into(),
     };
-    let mut h = ResponseHead::new(up.status(), up.len() + 2 + extra.len()).ok_or_else(bad)?;
+    let mut h = ResponseHead::new(up.status(), up.len() + 3 + extra.len()).ok_or_else(bad)?;
     let checked = extra
         .iter()
         .fold(DROPPED_LENGTHS, |m, (n, _)| m | length_bit(n.len()));
@@ -333,16 +334,32 @@ pub fn client_response(
         }
         h.push_parsed(name, value);
     }
-    if let Some(n) = up.content_length().filter(|_| keep_length) {
-        h.push("content-length", n.to_string());
+    // Every value of ours goes out of one buffer, shared by the fields that slice it: the
+    // length, our ids and the added headers cost one copy, not one allocation each.
+    let mut digits = itoa::Buffer::new();
+    let length = match up.content_length().filter(|_| keep_length) {
+        Some(n) => digits.format(n),
+        None => "",
+    };
+    let mut ours = BytesMut::with_capacity(
+        length.len() + request_id.len() + provider.len() + extra.values().len(),
+    );
+    for part in [length, request_id, provider, extra.values()] {
+        ours.extend_from_slice(part.as_bytes());
     }
-    if !h.push(X_REQUEST_ID, Bytes::copy_from_slice(request_id.as_bytes()))
-        || !h.push(X_PROVIDER, Bytes::copy_from_slice(provider.as_bytes()))
+    let ours = ours.freeze();
+    let (id_at, provider_at) = (length.len(), length.len() + request_id.len());
+    let extra_at = provider_at + provider.len();
+    if !length.is_empty() {
+        h.push("content-length", ours.slice(..id_at));
+    }
+    if !h.push(X_REQUEST_ID, ours.slice(id_at..provider_at))
+        || !h.push(X_PROVIDER, ours.slice(provider_at..extra_at))
     {
         return Err(bad());
     }
-    for (name, value) in extra {
-        h.push(name, Bytes::copy_from_slice(value.as_bytes()));
+    for (name, r) in extra.ranges() {
+        h.push(name, ours.slice(extra_at + r.start..extra_at + r.end));
     }
     Ok(h)
 }
@@ -371,9 +388,13 @@ pub fn local_response(
 
 /// Adds extra headers (limits, budget warning, CORS), each replacing any of its name; a value
 /// that is not a valid header is skipped rather than failing the response.
-pub fn add(h: &mut ResponseHead, extra: &[(&'static str, String)]) {
-    for (name, value) in extra {
-        h.set(name, Bytes::copy_from_slice(value.as_bytes()));
+pub fn add(h: &mut ResponseHead, extra: &HeaderList) {
+    if extra.is_empty() {
+        return;
+    }
+    let values = Bytes::copy_from_slice(extra.values().as_bytes());
+    for (name, r) in extra.ranges() {
+        h.set(name, values.slice(r));
     }
 }
 
@@ -456,7 +477,9 @@ headers = { Host = "vhost.internal", Authorization = "Token custom", "X-Request-
         use crate::proxy::h1::response::parse_head;
         let head = |wire: &[u8]| parse_head(&mut BytesMut::from(wire)).unwrap().unwrap();
         let up = head(b"HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\ncontent-length: 2\r\nConnection: keep-alive\r\nX-Request-Id: theirs\r\nX-Ratelimit-Limit-Requests: 9\r\nopenai-version: 2020-10-01\r\n\r\n");
-        let extra = [("x-ratelimit-limit-requests", "5".to_string())];
+        let mut extra = HeaderList::default();
+        extra.push("x-ratelimit-limit-requests", "5");
+        extra.push_int("retry-after", 3u8);
         let h = client_response(&up, true, "req_1", "p", &extra).unwrap();
         let fields: Vec<(String, String)> = h
             .fields()
@@ -477,9 +500,11 @@ headers = { Host = "vhost.internal", Authorization = "Token custom", "X-Request-
         assert_eq!(get("content-length"), ["2"]);
         assert_eq!(get("x-request-id"), ["req_1"]);
         assert_eq!(get("x-ratelimit-limit-requests"), ["5"]);
+        assert_eq!(get("retry-after"), ["3"]);
+        assert_eq!(get("x-model-bridge-provider"), ["p"]);
         assert_eq!(get("openai-version"), ["2020-10-01"]);
         assert!(get("connection").is_empty());
-        let h = client_response(&up, false, "req_1", "p", &[]).unwrap();
+        let h = client_response(&up, false, "req_1", "p", &HeaderList::default()).unwrap();
         assert_eq!(
             h.get("content-length"),
             None,
@@ -487,7 +512,7 @@ headers = { Host = "vhost.internal", Authorization = "Token custom", "X-Request-
         );
         let chunked =
             head(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 5\r\n\r\n");
-        let h = client_response(&chunked, true, "req_1", "p", &[]).unwrap();
+        let h = client_response(&chunked, true, "req_1", "p", &HeaderList::default()).unwrap();
         assert_eq!(h.get("content-length"), None);
         assert_eq!(h.get("transfer-encoding"), None);
     }

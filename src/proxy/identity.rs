@@ -32,7 +32,7 @@ fn audit(
         reason: Some(reason),
         before: None,
         after: None,
-        client_ip: ctx.record.client_ip.clone(),
+        client_ip: ctx.record.client_ip.as_deref().map(str::to_string),
         user_agent: s
             .header_str("user-agent")
             .map(|u| u.chars().take(256).collect()),

@@ -128,7 +128,7 @@ pub async fn relay(
         !rewrites_body,
         ctx.id(),
         &resp.provider,
-        &ctx.limit_headers,
+        &ctx.added_headers,
     )?;
     ctx.record.upstream_latency_ms = Some(resp.header_latency.as_secs_f64() * 1e3);
     // The routing loop already counted its attempts (including this response's own).

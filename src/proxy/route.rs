@@ -56,8 +56,7 @@ pub fn choose<'a>(ctx: &mut Ctx, route: &'a ModelRoute, fields: &RequestFields) 
         .inc();
     ctx.record.experiment = Some(split.experiment.clone());
     ctx.record.variant = Some(v.name.clone());
-    ctx.limit_headers
-        .push(("x-model-bridge-variant", v.name.to_string()));
+    ctx.added_headers.push("x-model-bridge-variant", &v.name);
     Plan {
         targets: &v.targets,
         params: (!v.params.is_empty()).then_some(&v.params),

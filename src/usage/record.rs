@@ -55,7 +55,7 @@ pub struct UsageRecord {
     pub variant: Option<Arc<str>>,
     pub request_bytes: u64,
     pub response_bytes: u64,
-    pub client_ip: Option<String>,
+    pub client_ip: Option<Arc<str>>,
     /// OpenAI's end-user field, when the client sent one.
     pub end_user: Option<String>,
     /// Attribution: the caller's org, team, user, key id (never the secret), cost center (with

@@ -94,7 +94,7 @@ impl UsageRow {
             ttft_ms: r.ttft_ms.unwrap_or(0.0),
             upstream_latency_ms: r.upstream_latency_ms.unwrap_or(0.0),
             retries: r.retries,
-            client_ip: r.client_ip.unwrap_or_default(),
+            client_ip: r.client_ip.as_deref().unwrap_or_default().to_string(),
             end_user: r.end_user.unwrap_or_default(),
             request_id: r.request_id,
         }

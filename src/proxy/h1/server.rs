@@ -16,8 +16,10 @@ use crate::proxy::deadline::within;
 use crate::proxy::response_head::ResponseHead;
 use bytes::{BufMut, Bytes, BytesMut};
 use pingora_core::protocols::http::date::get_cached_date;
+use pingora_core::protocols::l4::socket::SocketAddr;
 use pingora_core::protocols::Stream;
 use std::mem::MaybeUninit;
+use std::sync::Arc;
 use std::task::{ready, Poll};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncWriteExt, ReadBuf};
@@ -25,6 +27,9 @@ use tokio::io::{AsyncWriteExt, ReadBuf};
 /// Bodies up to this size go out in one write with their framing (a copy); larger ones are
 /// written in place.
 const GATHER: usize = 64 << 10;
+/// What a response head adds to its fields and reason: the status line, our date, framing
+/// and connection fields, the empty line.
+const HEAD_OVERHEAD: usize = 128;
 /// How long a refused connection is read (and discarded) after its answer, so the client's
 /// TCP stack does not reset the connection before it reads the answer.
 const LINGER: Duration = Duration::from_secs(2);
@@ -33,6 +38,14 @@ const LINGER_BYTES: usize = 16 << 20;
 
 fn broken(why: &'static str) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, why)
+}
+
+/// A client's address as records show it: the IP alone for TCP, the path for a Unix socket.
+pub fn peer_text(addr: &SocketAddr) -> Arc<str> {
+    match addr.as_inet() {
+        Some(i) => i.ip().to_string().into(),
+        None => addr.to_string().into(),
+    }
 }
 
 /// How long a connection waits for its client.
@@ -77,6 +90,9 @@ impl ChunkSize {
 /// A client connection between two requests.
 pub struct Connection {
     io: Stream,
+    /// The client's address as text, written once per connection: every request's record
+    /// carries it.
+    peer: Option<Arc<str>>,
     /// Bytes read past the previous request: the start of the next one (pipelining).
     ahead: BytesMut,
 }
@@ -95,8 +111,12 @@ pub enum Next {
 
 impl Connection {
     pub fn new(io: Stream) -> Self {
+        let peer = io
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().map(peer_text));
         Self {
             io,
+            peer,
             ahead: BytesMut::new(),
         }
     }
@@ -169,6 +189,7 @@ impl Connection {
             bodyless,
             head,
             io: self.io,
+            peer: self.peer,
             sending: Sending::NotYet,
             out: BytesMut::new(),
             watched: BytesMut::new(),
@@ -226,6 +247,7 @@ enum Sending {
 /// One request on a connection, and its response.
 pub struct Session {
     io: Stream,
+    peer: Option<Arc<str>>,
     head: RequestHead,
     body: Body,
     bodyless: bool,
@@ -248,6 +270,11 @@ impl Session {
 
     pub fn stream(&self) -> &Stream {
         &self.io
+    }
+
+    /// The client's IP address (or socket path), when the socket has one.
+    pub fn peer(&self) -> Option<&Arc<str>> {
+        self.peer.as_ref()
     }
 
     /// The request has no body (no length, or length 0).
@@ -354,8 +381,15 @@ impl Session {
             .ok()
             .and_then(|s| s.canonical_reason())
             .unwrap_or("");
+        // One allocation for the head and, when it is small and has a length, the body that
+        // follows it (`write_body` gathers both into one write).
+        let fields: usize = resp.fields().map(|(n, v)| n.len() + v.len() + 4).sum();
+        let body = match sending {
+            Sending::Length(n) if n <= GATHER as u64 => n as usize,
+            _ => 0,
+        };
         let w = &mut self.out;
-        w.reserve(256);
+        w.reserve(HEAD_OVERHEAD + reason.len() + fields + body);
         w.put_slice(b"HTTP/1.1 ");
         // Three digits (`ResponseHead` holds 100-999).
         w.put_slice(&[
@@ -374,7 +408,6 @@ impl Session {
             {
                 continue;
             }
-            w.reserve(name.len() + value.len() + 4);
             w.put_slice(name);
             w.put_slice(b": ");
             w.put_slice(value);
@@ -516,7 +549,11 @@ impl Session {
         }
         let mut ahead = self.body.take_rest();
         ahead.extend_from_slice(&self.watched);
-        Some(Connection { io: self.io, ahead })
+        Some(Connection {
+            io: self.io,
+            peer: self.peer,
+            ahead,
+        })
     }
 }
 
