@@ -1,5 +1,5 @@
 //! Micro-benches of the per-request hot functions: body parse + rewrite, SSE usage scanning,
-//! JSON usage extraction, authentication + RBAC, limit admission.
+//! JSON usage extraction, the usage record's JSON line, authentication + RBAC, limit admission.
 
 use bytes::Bytes;
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
@@ -70,6 +70,66 @@ fn json_usage(c: &mut Criterion) {
     let body = br#"{"id":"chatcmpl-1","object":"chat.completion","created":1,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"Hello there, how can I help you today?"},"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":9,"total_tokens":21,"prompt_tokens_details":{"cached_tokens":0}}}"#;
     c.bench_function("usage from JSON body", |b| {
         b.iter(|| black_box(json::from_body(black_box(body))))
+    });
+}
+
+/// One usage record as a JSON line: the writer thread's work per request.
+fn usage_line(c: &mut Criterion) {
+    use model_bridge::usage::record::{UsageRecord, UsageSource};
+    let text = |s: &str| Some(std::sync::Arc::<str>::from(s));
+    let r = UsageRecord {
+        ts_ms: 1_796_278_532_614,
+        request_id: "req_ebd2c8bd7db1c8fe5ee30290".into(),
+        endpoint: "chat_completions",
+        method: "POST".into(),
+        path: "/v1/chat/completions".into(),
+        requested_model: Some("gpt-4o-mini".into()),
+        provider: text("openai"),
+        provider_model: Some("gpt-4o-mini-2024-07-18".into()),
+        stream: false,
+        status: 200,
+        error_type: None,
+        cancelled: false,
+        prompt_tokens: 42,
+        cached_tokens: 0,
+        completion_tokens: 8,
+        usage_source: UsageSource::Provider,
+        cost_nanousd: Some(11_100),
+        cache_savings_nanousd: 0,
+        latency_ms: 4.363428,
+        ttft_ms: None,
+        upstream_latency_ms: Some(0.152868),
+        retries: 0,
+        experiment: text("bench"),
+        variant: text("control"),
+        request_bytes: 176,
+        response_bytes: 331,
+        client_ip: text("10.1.2.3"),
+        end_user: None,
+        org: text("acme"),
+        team: text("search"),
+        user: None,
+        key_id: text("Q6jAbcbxCt3H"),
+        cost_center: text("cc-4711"),
+        department: None,
+        project: None,
+        tags: Vec::new(),
+        config_generation: 1,
+    };
+    let mut out = Vec::with_capacity(1024);
+    c.bench_function("usage record line", |b| {
+        b.iter(|| {
+            out.clear();
+            model_bridge::usage::record_line::write(black_box(&r), &mut out).unwrap_or_default();
+            black_box(out.len())
+        })
+    });
+    c.bench_function("usage record line (serde derive)", |b| {
+        b.iter(|| {
+            out.clear();
+            serde_json::to_writer(&mut out, black_box(&r)).unwrap_or_default();
+            black_box(out.len())
+        })
     });
 }
 
@@ -275,6 +335,7 @@ criterion_group!(
     rewrite,
     sse,
     json_usage,
+    usage_line,
     auth,
     admission,
     variant_assignment,

@@ -4,7 +4,6 @@
 
 use crate::handoff::{self, Drain, Msg, Queue};
 use prometheus::{IntCounter, IntCounterVec, IntGauge};
-use serde::Serialize;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::mpsc::TryRecvError;
@@ -13,6 +12,12 @@ use std::time::{Duration, Instant};
 /// How often the writer drains the queue: short, so each burst of serialization stays small next
 /// to the request threads.
 const DRAIN_TICK: Duration = Duration::from_millis(5);
+
+/// An item the writer turns into one JSON line.
+pub trait JsonLine: Send + 'static {
+    /// Writes the item as one JSON value, without the newline.
+    fn write_line<W: Write>(&self, out: &mut W) -> std::io::Result<()>;
+}
 
 /// Where JSON lines go.
 pub enum Target {
@@ -35,7 +40,7 @@ pub struct JsonLines<T> {
     what: &'static str,
 }
 
-impl<T: Serialize + Send + 'static> JsonLines<T> {
+impl<T: JsonLine> JsonLines<T> {
     /// Starts the writer thread. Fails only if the file cannot be opened.
     pub fn start(
         what: &'static str,
@@ -99,7 +104,7 @@ pub fn lower_priority() {
     }
 }
 
-fn writer<T: Serialize>(
+fn writer<T: JsonLine>(
     mut rx: Drain<Box<T>>,
     out: Box<dyn Write + Send>,
     flush_interval: Duration,
@@ -116,8 +121,7 @@ fn writer<T: Serialize>(
             match rx.try_recv() {
                 Ok(Msg::Item(r)) => {
                     counters.depth.dec();
-                    let ok =
-                        serde_json::to_writer(&mut out, &r).is_ok() && out.write_all(b"\n").is_ok();
+                    let ok = r.write_line(&mut out).is_ok() && out.write_all(b"\n").is_ok();
                     if ok { &inserted } else { &lost }.inc();
                     if !ok {
                         log::error!("JSON-lines record could not be written");

@@ -38,6 +38,13 @@ pub trait AuditSink: Send + Sync {
 
 pub struct JsonLinesAudit(JsonLines<AuditEvent>);
 
+/// Audit events are rare next to requests: serde's derived form is the line.
+impl crate::jsonl::JsonLine for AuditEvent {
+    fn write_line<W: std::io::Write>(&self, out: &mut W) -> std::io::Result<()> {
+        serde_json::to_writer(out, self).map_err(std::io::Error::from)
+    }
+}
+
 impl JsonLinesAudit {
     pub fn start(path: PathBuf) -> std::io::Result<Arc<Self>> {
         let counters = Counters {

@@ -6,6 +6,7 @@ pub mod json;
 pub mod pricing;
 pub mod receipts;
 pub mod record;
+pub mod record_line;
 pub mod sink;
 pub mod sse;
 
