@@ -658,3 +658,131 @@ pub fn status_class(status: u16, cancelled: bool) -> &'static str {
         _ => "5xx",
     }
 }
+
+/// One model alias's series, each resolved from its vector at first use and then kept with
+/// the alias's route: a labelled lookup (hashing the labels, a read lock on the vector's map)
+/// once per alias and config generation instead of several per request. A series still
+/// appears only when first counted, as with a lookup per use.
+#[derive(Debug)]
+pub struct ModelMetrics {
+    alias: std::sync::Arc<str>,
+    /// {endpoint, model}, by `Endpoint::index`.
+    duration: [std::sync::OnceLock<Histogram>; crate::routing::Endpoint::COUNT],
+    ttft: std::sync::OnceLock<Histogram>,
+    /// prompt, completion, cached.
+    tokens: [std::sync::OnceLock<prometheus::IntCounter>; 3],
+    cost_usd: std::sync::OnceLock<prometheus::Counter>,
+    unpriced: std::sync::OnceLock<prometheus::IntCounter>,
+    cancelled: std::sync::OnceLock<prometheus::IntCounter>,
+}
+
+/// Token kinds, in `ModelMetrics::tokens` order.
+pub const TOKEN_KINDS: [&str; 3] = ["prompt", "completion", "cached"];
+
+impl ModelMetrics {
+    pub fn new(alias: std::sync::Arc<str>) -> Self {
+        Self {
+            alias,
+            duration: Default::default(),
+            ttft: Default::default(),
+            tokens: Default::default(),
+            cost_usd: Default::default(),
+            unpriced: Default::default(),
+            cancelled: Default::default(),
+        }
+    }
+
+    pub fn duration(&self, endpoint: crate::routing::Endpoint) -> &Histogram {
+        self.duration[endpoint.index()].get_or_init(|| {
+            METRICS
+                .request_duration
+                .with_label_values(&[endpoint.label(), &self.alias])
+        })
+    }
+
+    pub fn ttft(&self) -> &Histogram {
+        self.ttft
+            .get_or_init(|| METRICS.ttft.with_label_values(&[&self.alias]))
+    }
+
+    /// `kind`: an index into `TOKEN_KINDS`.
+    pub fn tokens(&self, kind: usize) -> &prometheus::IntCounter {
+        self.tokens[kind].get_or_init(|| {
+            METRICS
+                .tokens
+                .with_label_values(&[&self.alias, TOKEN_KINDS[kind]])
+        })
+    }
+
+    pub fn cost_usd(&self) -> &prometheus::Counter {
+        self.cost_usd
+            .get_or_init(|| METRICS.cost_usd.with_label_values(&[&self.alias]))
+    }
+
+    pub fn unpriced(&self) -> &prometheus::IntCounter {
+        self.unpriced
+            .get_or_init(|| METRICS.unpriced.with_label_values(&[&self.alias]))
+    }
+
+    pub fn cancelled(&self) -> &prometheus::IntCounter {
+        self.cancelled
+            .get_or_init(|| METRICS.cancelled.with_label_values(&[&self.alias]))
+    }
+}
+
+#[cfg(test)]
+mod model_metrics_tests {
+    use super::*;
+    use crate::routing::Endpoint;
+
+    fn exposed(name: &str, alias: &str) -> Vec<String> {
+        let text = String::from_utf8(METRICS.render()).unwrap_or_default();
+        text.lines()
+            .filter(|l| l.starts_with(name) && l.contains(&format!("model=\"{alias}\"")))
+            .map(str::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn an_alias_series_is_the_labelled_one_and_appears_only_once_counted() {
+        let alias = "model-metrics-test-alias";
+        let m = ModelMetrics::new(alias.into());
+        assert!(exposed("model_bridge_tokens_total", alias).is_empty());
+        m.tokens(1).inc_by(5);
+        m.tokens(1).inc_by(2);
+        assert_eq!(
+            METRICS
+                .tokens
+                .with_label_values(&[alias, "completion"])
+                .get(),
+            7
+        );
+        assert_eq!(exposed("model_bridge_tokens_total", alias).len(), 1);
+        m.duration(Endpoint::Embeddings).observe(0.5);
+        assert_eq!(
+            METRICS
+                .request_duration
+                .with_label_values(&["embeddings", alias])
+                .get_sample_count(),
+            1
+        );
+        assert_eq!(
+            METRICS
+                .request_duration
+                .with_label_values(&["chat_completions", alias])
+                .get_sample_count(),
+            0
+        );
+        m.cancelled().inc();
+        m.unpriced().inc();
+        m.cost_usd().inc_by(0.25);
+        m.ttft().observe(0.1);
+        assert_eq!(METRICS.cancelled.with_label_values(&[alias]).get(), 1);
+        assert_eq!(METRICS.unpriced.with_label_values(&[alias]).get(), 1);
+        assert_eq!(METRICS.cost_usd.with_label_values(&[alias]).get(), 0.25);
+        assert_eq!(
+            METRICS.ttft.with_label_values(&[alias]).get_sample_count(),
+            1
+        );
+    }
+}

@@ -2,7 +2,7 @@
 //! metrics recorded and exactly one usage record handed to the sink.
 
 use crate::auth::Principal;
-use crate::metrics::{status_class, METRICS};
+use crate::metrics::{status_class, ModelMetrics, METRICS};
 use crate::routing::Endpoint;
 use crate::state::{Live, Shared};
 use crate::usage::{Usage, UsageRecord, UsageSource};
@@ -12,12 +12,18 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 /// Label for a model the config does not know.
 const UNKNOWN: &str = "unknown";
 
+/// The series of requests that never resolved an alias.
+static UNKNOWN_MODEL: std::sync::LazyLock<ModelMetrics> =
+    std::sync::LazyLock::new(|| ModelMetrics::new(UNKNOWN.into()));
+
 pub struct Ctx {
     pub started: Instant,
     pub live: Arc<Live>,
     pub endpoint: Endpoint,
     /// Configured alias (bounded label) once routing found one.
     pub alias: Option<Arc<str>>,
+    /// The routed alias's metric series (`alias`'s).
+    pub model_metrics: Option<Arc<ModelMetrics>>,
     /// Price of the routed model; `Some(None)`: routed to an unpriced model.
     pub price: Option<Option<crate::usage::pricing::Price>>,
     pub ttft: Option<Duration>,
@@ -47,8 +53,11 @@ pub struct Ctx {
 
 /// `req_` and 96 random bits in hex: the id in `x-request-id`, usage rows and audit events.
 pub(super) fn new_request_id() -> String {
-    let v: u128 = rand::random();
-    format!("req_{:024x}", v & ((1u128 << 96) - 1))
+    let bits: [u8; 12] = rand::random();
+    let mut id = *b"req_000000000000000000000000";
+    // 12 bytes are 24 hex digits: the slice is exactly their size, so this cannot fail.
+    let _ = hex::encode_to_slice(bits, &mut id[4..]);
+    String::from_utf8_lossy(&id).into_owned()
 }
 
 impl Ctx {
@@ -63,6 +72,7 @@ impl Ctx {
             live,
             endpoint: Endpoint::Passthrough,
             alias: None,
+            model_metrics: None,
             price: None,
             ttft: None,
             usage: None,
@@ -193,6 +203,7 @@ impl Ctx {
             r.usage_source = source;
         }
         let model = self.alias.as_deref().unwrap_or(UNKNOWN);
+        let series = self.model_metrics.as_deref().unwrap_or(&UNKNOWN_MODEL);
         match self.price {
             Some(Some(p)) => {
                 let usage = crate::usage::Usage {
@@ -204,10 +215,7 @@ impl Ctx {
                 r.cost_nanousd = Some(cost);
                 r.cache_savings_nanousd = p.cache_savings_nanousd(&usage);
                 if cost > 0 {
-                    METRICS
-                        .cost_usd
-                        .with_label_values(&[model])
-                        .inc_by(cost as f64 / 1e9);
+                    series.cost_usd().inc_by(cost as f64 / 1e9);
                 }
             }
             // Unpriced means a request a provider served whose cost we cannot know (an
@@ -215,33 +223,29 @@ impl Ctx {
             // provider refused, cost nothing.
             _ if answered => {
                 if self.price.is_some() {
-                    METRICS.unpriced.with_label_values(&[model]).inc();
+                    series.unpriced().inc();
                 }
             }
             _ => r.cost_nanousd = Some(0),
         }
         let provider = r.provider.as_deref().unwrap_or("none");
         let endpoint = r.endpoint;
-        METRICS
-            .request_duration
-            .with_label_values(&[endpoint, model])
+        series
+            .duration(self.endpoint)
             .observe(elapsed.as_secs_f64());
         if let Some(t) = self.ttft {
-            METRICS
-                .ttft
-                .with_label_values(&[model])
-                .observe(t.as_secs_f64());
+            series.ttft().observe(t.as_secs_f64());
         }
         if r.cancelled {
-            METRICS.cancelled.with_label_values(&[model]).inc();
+            series.cancelled().inc();
         }
-        for (kind, n) in [
-            ("prompt", r.prompt_tokens),
-            ("completion", r.completion_tokens),
-            ("cached", r.cached_tokens),
-        ] {
+        // In `metrics::TOKEN_KINDS` order.
+        for (kind, n) in [r.prompt_tokens, r.completion_tokens, r.cached_tokens]
+            .into_iter()
+            .enumerate()
+        {
             if n > 0 {
-                METRICS.tokens.with_label_values(&[model, kind]).inc_by(n);
+                series.tokens(kind).inc_by(n);
             }
         }
         if let Some(adm) = self.admission.take() {
@@ -434,4 +438,30 @@ fn budget_crossed(shared: &Shared, r: &UsageRecord, c: &crate::limits::Crossing)
         client_ip: r.client_ip.as_deref().map(str::to_string),
         user_agent: None,
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_req_and_96_random_bits_in_lowercase_hex() {
+        let ids: Vec<String> = (0..64).map(|_| new_request_id()).collect();
+        for id in &ids {
+            let hex = id.strip_prefix("req_").unwrap_or_else(|| panic!("{id}"));
+            assert_eq!(hex.len(), 24, "{id}");
+            assert!(
+                hex.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+                "{id}"
+            );
+        }
+        let distinct: std::collections::HashSet<_> = ids.iter().collect();
+        assert_eq!(distinct.len(), ids.len());
+        // Every digit position takes more than one value: no part of the id is fixed.
+        for i in 4..28 {
+            let at: std::collections::HashSet<_> = ids.iter().map(|id| &id[i..=i]).collect();
+            assert!(at.len() > 1, "position {i} never varies");
+        }
+    }
 }

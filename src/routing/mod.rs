@@ -60,6 +60,9 @@ impl Endpoint {
     }
 
     /// Bounded label for metrics and usage rows.
+    /// How many endpoints there are: `index` is below it.
+    pub const COUNT: usize = crate::rbac::ENDPOINT_PERMISSIONS.len();
+
     pub fn label(self) -> &'static str {
         match self {
             Endpoint::ChatCompletions => "chat_completions",
@@ -82,7 +85,7 @@ impl Endpoint {
         }
     }
 
-    /// Position in `rbac::ENDPOINT_PERMISSIONS`.
+    /// Position in `rbac::ENDPOINT_PERMISSIONS`, `0..COUNT`.
     pub fn index(self) -> usize {
         match self {
             Endpoint::ChatCompletions => 0,
@@ -127,6 +130,8 @@ pub struct ModelRoute {
     pub shadow: Option<Shadow>,
     /// Live answers graded by a judge, sampled.
     pub online_eval: Option<OnlineEval>,
+    /// This alias's metric series, resolved once per config generation.
+    pub metrics: Arc<crate::metrics::ModelMetrics>,
 }
 
 /// `[models.X.online_eval]`: a share of the alias's chat completions graded by a judge alias.
@@ -198,8 +203,10 @@ impl ModelRoute {
         org: Option<String>,
     ) -> Self {
         let provider_model_json = serde_json::to_vec(&provider_model).unwrap_or_default();
+        let alias: Arc<str> = Arc::from(alias);
         Self {
-            alias: Arc::from(alias),
+            metrics: Arc::new(crate::metrics::ModelMetrics::new(alias.clone())),
+            alias,
             provider,
             provider_model,
             provider_model_json,
