@@ -13,6 +13,8 @@ pub struct BudgetState {
     period: Period,
     soft: Vec<f64>,
     inner: Mutex<Inner>,
+    /// `budget_spend{budget}`, resolved at the first settle and kept: settling is per request.
+    spend_gauge: std::sync::OnceLock<prometheus::Gauge>,
 }
 
 struct Inner {
@@ -73,7 +75,17 @@ impl BudgetState {
                 warned: 0,
                 fallback_base: None,
             }),
+            spend_gauge: std::sync::OnceLock::new(),
         }
+    }
+
+    /// This budget's `budget_spend` series.
+    pub fn spend_gauge(&self) -> &prometheus::Gauge {
+        self.spend_gauge.get_or_init(|| {
+            crate::metrics::METRICS
+                .budget_spend
+                .with_label_values(&[&self.label])
+        })
     }
 
     pub fn period(&self) -> Period {

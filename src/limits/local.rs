@@ -15,6 +15,7 @@ use governor::clock::{Clock, QuantaClock};
 use governor::middleware::StateInformationMiddleware;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
+use smallvec::SmallVec;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -97,11 +98,13 @@ pub struct Local {
     budgets: DashMap<u64, Arc<BudgetState>>,
 }
 
+/// What a request holds, inline: an org, a team and a key each hold at most one of a kind,
+/// so three fit every plan without a heap list per kind per request (more would spill).
 #[derive(Default)]
 pub struct Holds {
-    tokens: Vec<(Arc<Entity>, u64)>,
-    concurrency: Vec<Arc<Entity>>,
-    budgets: Vec<(Arc<BudgetState>, i64)>,
+    tokens: SmallVec<[(Arc<Entity>, u64); 3]>,
+    concurrency: SmallVec<[Arc<Entity>; 3]>,
+    budgets: SmallVec<[(Arc<BudgetState>, i64); 3]>,
 }
 
 impl Holds {
@@ -121,10 +124,7 @@ impl Holds {
         let mut crossings = Vec::new();
         for (b, worst) in &self.budgets {
             let (level, crossed) = b.settle(*worst, actual.cost, unix);
-            METRICS
-                .budget_spend
-                .with_label_values(&[&b.label])
-                .set(level.spent as f64 / 1e9);
+            b.spend_gauge().set(level.spent as f64 / 1e9);
             for fraction in crossed {
                 crossings.push(Crossing {
                     budget: b.label.clone(),
@@ -165,7 +165,7 @@ impl Local {
     ) -> Result<(Status, Holds), Box<Refusal>> {
         let mut status = Status::default();
         let mut holds = Holds::default();
-        let entities: Vec<(Arc<Entity>, &LimitCheck)> =
+        let entities: SmallVec<[(Arc<Entity>, &LimitCheck); 4]> =
             limits.iter().map(|c| (self.entity(c), c)).collect();
         // Request rates first (the most common refusal, and the cheapest to undo: nothing).
         for (e, c) in &entities {
