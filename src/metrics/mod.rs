@@ -692,6 +692,11 @@ impl ModelMetrics {
         }
     }
 
+    /// The alias: the `model` label of every series here.
+    pub fn alias(&self) -> &str {
+        &self.alias
+    }
+
     pub fn duration(&self, endpoint: crate::routing::Endpoint) -> &Histogram {
         self.duration[endpoint.index()].get_or_init(|| {
             METRICS

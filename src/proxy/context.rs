@@ -20,9 +20,7 @@ pub struct Ctx {
     pub started: Instant,
     pub live: Arc<Live>,
     pub endpoint: Endpoint,
-    /// Configured alias (bounded label) once routing found one.
-    pub alias: Option<Arc<str>>,
-    /// The routed alias's metric series (`alias`'s).
+    /// The configured alias (a bounded label) and its metric series, once routing found one.
     pub model_metrics: Option<Arc<ModelMetrics>>,
     /// Price of the routed model; `Some(None)`: routed to an unpriced model.
     pub price: Option<Option<crate::usage::pricing::Price>>,
@@ -71,7 +69,6 @@ impl Ctx {
             started: Instant::now(),
             live,
             endpoint: Endpoint::Passthrough,
-            alias: None,
             model_metrics: None,
             price: None,
             ttft: None,
@@ -202,8 +199,8 @@ impl Ctx {
             r.completion_tokens = u.completion_tokens;
             r.usage_source = source;
         }
-        let model = self.alias.as_deref().unwrap_or(UNKNOWN);
         let series = self.model_metrics.as_deref().unwrap_or(&UNKNOWN_MODEL);
+        let model = series.alias();
         match self.price {
             Some(Some(p)) => {
                 let usage = crate::usage::Usage {

@@ -366,7 +366,6 @@ impl DataPlane {
             .get(&model)
             .ok_or(GatewayError::ModelNotFound(shown))?;
         identity::authorize_model(&self.shared, s, ctx, route)?;
-        ctx.alias = Some(route.alias.clone());
         ctx.model_metrics = Some(route.metrics.clone());
         let plan = super::route::choose(ctx, route, &fields);
         ctx.price = Some(plan.targets[0].price);

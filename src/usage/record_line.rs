@@ -7,7 +7,7 @@
 use super::record::{UsageRecord, UsageSource};
 use std::io::{self, Write};
 
-/// Writes one field's value after its constant `,"key":` prefix.
+/// Writes fields: each call writes the field's constant `,"key":` prefix, then its value.
 struct Line<'w, W: Write>(&'w mut W);
 
 impl<W: Write> Line<'_, W> {
@@ -15,41 +15,50 @@ impl<W: Write> Line<'_, W> {
         self.0.write_all(b)
     }
 
-    fn str(&mut self, s: &str) -> io::Result<()> {
+    fn null(&mut self, key: &[u8]) -> io::Result<()> {
+        self.raw(key)?;
+        self.raw(b"null")
+    }
+
+    fn str(&mut self, key: &[u8], s: &str) -> io::Result<()> {
+        self.raw(key)?;
         serde_json::to_writer(&mut *self.0, s).map_err(io::Error::from)
     }
 
-    fn opt_str(&mut self, s: Option<&str>) -> io::Result<()> {
+    fn opt_str(&mut self, key: &[u8], s: Option<&str>) -> io::Result<()> {
         match s {
-            Some(s) => self.str(s),
-            None => self.raw(b"null"),
+            Some(s) => self.str(key, s),
+            None => self.null(key),
         }
     }
 
-    fn int(&mut self, n: impl itoa::Integer) -> io::Result<()> {
+    fn int(&mut self, key: &[u8], n: impl itoa::Integer) -> io::Result<()> {
+        self.raw(key)?;
         self.raw(itoa::Buffer::new().format(n).as_bytes())
     }
 
-    fn opt_int(&mut self, n: Option<impl itoa::Integer>) -> io::Result<()> {
+    fn opt_int(&mut self, key: &[u8], n: Option<impl itoa::Integer>) -> io::Result<()> {
         match n {
-            Some(n) => self.int(n),
-            None => self.raw(b"null"),
+            Some(n) => self.int(key, n),
+            None => self.null(key),
         }
     }
 
-    fn bool(&mut self, b: bool) -> io::Result<()> {
+    fn bool(&mut self, key: &[u8], b: bool) -> io::Result<()> {
+        self.raw(key)?;
         self.raw(if b { b"true" } else { b"false" })
     }
 
     /// serde_json's float text (`null` when not finite), as the derived form writes it.
-    fn float(&mut self, f: f64) -> io::Result<()> {
+    fn float(&mut self, key: &[u8], f: f64) -> io::Result<()> {
+        self.raw(key)?;
         serde_json::to_writer(&mut *self.0, &f).map_err(io::Error::from)
     }
 
-    fn opt_float(&mut self, f: Option<f64>) -> io::Result<()> {
+    fn opt_float(&mut self, key: &[u8], f: Option<f64>) -> io::Result<()> {
         match f {
-            Some(f) => self.float(f),
-            None => self.raw(b"null"),
+            Some(f) => self.float(key, f),
+            None => self.null(key),
         }
     }
 }
@@ -63,89 +72,49 @@ impl crate::jsonl::JsonLine for UsageRecord {
 /// Writes `r` as one JSON object (no newline).
 pub fn write<W: Write>(r: &UsageRecord, out: &mut W) -> io::Result<()> {
     let mut w = Line(out);
-    w.raw(b"{\"ts_ms\":")?;
-    w.int(r.ts_ms)?;
-    w.raw(b",\"request_id\":")?;
-    w.str(&r.request_id)?;
-    w.raw(b",\"endpoint\":")?;
-    w.str(r.endpoint)?;
-    w.raw(b",\"method\":")?;
-    w.str(&r.method)?;
-    w.raw(b",\"path\":")?;
-    w.str(&r.path)?;
-    w.raw(b",\"requested_model\":")?;
-    w.opt_str(r.requested_model.as_deref())?;
-    w.raw(b",\"provider\":")?;
-    w.opt_str(r.provider.as_deref())?;
-    w.raw(b",\"provider_model\":")?;
-    w.opt_str(r.provider_model.as_deref())?;
-    w.raw(b",\"stream\":")?;
-    w.bool(r.stream)?;
-    w.raw(b",\"status\":")?;
-    w.int(r.status)?;
-    w.raw(b",\"error_type\":")?;
-    w.opt_str(r.error_type)?;
-    w.raw(b",\"cancelled\":")?;
-    w.bool(r.cancelled)?;
-    w.raw(b",\"prompt_tokens\":")?;
-    w.int(r.prompt_tokens)?;
-    w.raw(b",\"cached_tokens\":")?;
-    w.int(r.cached_tokens)?;
-    w.raw(b",\"completion_tokens\":")?;
-    w.int(r.completion_tokens)?;
-    w.raw(b",\"usage_source\":")?;
-    w.raw(match r.usage_source {
-        UsageSource::Provider => b"\"provider\"",
-        UsageSource::Estimated => b"\"estimated\"",
-        UsageSource::None => b"\"none\"",
-    })?;
-    w.raw(b",\"cost_nanousd\":")?;
-    w.opt_int(r.cost_nanousd)?;
-    w.raw(b",\"cache_savings_nanousd\":")?;
-    w.int(r.cache_savings_nanousd)?;
-    w.raw(b",\"latency_ms\":")?;
-    w.float(r.latency_ms)?;
-    w.raw(b",\"ttft_ms\":")?;
-    w.opt_float(r.ttft_ms)?;
-    w.raw(b",\"upstream_latency_ms\":")?;
-    w.opt_float(r.upstream_latency_ms)?;
-    w.raw(b",\"retries\":")?;
-    w.int(r.retries)?;
-    w.raw(b",\"experiment\":")?;
-    w.opt_str(r.experiment.as_deref())?;
-    w.raw(b",\"variant\":")?;
-    w.opt_str(r.variant.as_deref())?;
-    w.raw(b",\"request_bytes\":")?;
-    w.int(r.request_bytes)?;
-    w.raw(b",\"response_bytes\":")?;
-    w.int(r.response_bytes)?;
-    w.raw(b",\"client_ip\":")?;
-    w.opt_str(r.client_ip.as_deref())?;
-    w.raw(b",\"end_user\":")?;
-    w.opt_str(r.end_user.as_deref())?;
-    w.raw(b",\"org\":")?;
-    w.opt_str(r.org.as_deref())?;
-    w.raw(b",\"team\":")?;
-    w.opt_str(r.team.as_deref())?;
-    w.raw(b",\"user\":")?;
-    w.opt_str(r.user.as_deref())?;
-    w.raw(b",\"key_id\":")?;
-    w.opt_str(r.key_id.as_deref())?;
-    w.raw(b",\"cost_center\":")?;
-    w.opt_str(r.cost_center.as_deref())?;
-    w.raw(b",\"department\":")?;
-    w.opt_str(r.department.as_deref())?;
-    w.raw(b",\"project\":")?;
-    w.opt_str(r.project.as_deref())?;
-    w.raw(b",\"tags\":[")?;
-    for (i, t) in r.tags.iter().enumerate() {
-        if i > 0 {
-            w.raw(b",")?;
-        }
-        w.str(t)?;
-    }
-    w.raw(b"],\"config_generation\":")?;
-    w.int(r.config_generation)?;
+    w.int(b"{\"ts_ms\":", r.ts_ms)?;
+    w.str(b",\"request_id\":", &r.request_id)?;
+    w.str(b",\"endpoint\":", r.endpoint)?;
+    w.str(b",\"method\":", &r.method)?;
+    w.str(b",\"path\":", &r.path)?;
+    w.opt_str(b",\"requested_model\":", r.requested_model.as_deref())?;
+    w.opt_str(b",\"provider\":", r.provider.as_deref())?;
+    w.opt_str(b",\"provider_model\":", r.provider_model.as_deref())?;
+    w.bool(b",\"stream\":", r.stream)?;
+    w.int(b",\"status\":", r.status)?;
+    w.opt_str(b",\"error_type\":", r.error_type)?;
+    w.bool(b",\"cancelled\":", r.cancelled)?;
+    w.int(b",\"prompt_tokens\":", r.prompt_tokens)?;
+    w.int(b",\"cached_tokens\":", r.cached_tokens)?;
+    w.int(b",\"completion_tokens\":", r.completion_tokens)?;
+    let source = match r.usage_source {
+        UsageSource::Provider => "provider",
+        UsageSource::Estimated => "estimated",
+        UsageSource::None => "none",
+    };
+    w.str(b",\"usage_source\":", source)?;
+    w.opt_int(b",\"cost_nanousd\":", r.cost_nanousd)?;
+    w.int(b",\"cache_savings_nanousd\":", r.cache_savings_nanousd)?;
+    w.float(b",\"latency_ms\":", r.latency_ms)?;
+    w.opt_float(b",\"ttft_ms\":", r.ttft_ms)?;
+    w.opt_float(b",\"upstream_latency_ms\":", r.upstream_latency_ms)?;
+    w.int(b",\"retries\":", r.retries)?;
+    w.opt_str(b",\"experiment\":", r.experiment.as_deref())?;
+    w.opt_str(b",\"variant\":", r.variant.as_deref())?;
+    w.int(b",\"request_bytes\":", r.request_bytes)?;
+    w.int(b",\"response_bytes\":", r.response_bytes)?;
+    w.opt_str(b",\"client_ip\":", r.client_ip.as_deref())?;
+    w.opt_str(b",\"end_user\":", r.end_user.as_deref())?;
+    w.opt_str(b",\"org\":", r.org.as_deref())?;
+    w.opt_str(b",\"team\":", r.team.as_deref())?;
+    w.opt_str(b",\"user\":", r.user.as_deref())?;
+    w.opt_str(b",\"key_id\":", r.key_id.as_deref())?;
+    w.opt_str(b",\"cost_center\":", r.cost_center.as_deref())?;
+    w.opt_str(b",\"department\":", r.department.as_deref())?;
+    w.opt_str(b",\"project\":", r.project.as_deref())?;
+    w.raw(b",\"tags\":")?;
+    serde_json::to_writer(&mut *w.0, &r.tags).map_err(io::Error::from)?;
+    w.int(b",\"config_generation\":", r.config_generation)?;
     w.raw(b"}")
 }
 
