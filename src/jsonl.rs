@@ -54,12 +54,12 @@ impl<T: JsonLine> JsonLines<T> {
                 if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
                     std::fs::create_dir_all(dir)?;
                 }
-                Box::new(
+                crate::drop_behind::wrap(
                     std::fs::OpenOptions::new()
                         .create(true)
                         .append(true)
                         .open(p)?,
-                )
+                )?
             }
             Target::Stdout => Box::new(std::io::stdout()),
         };

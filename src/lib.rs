@@ -16,6 +16,7 @@ pub mod cli;
 pub mod config;
 pub mod console;
 pub mod control;
+pub mod drop_behind;
 pub mod error;
 pub mod eval;
 pub mod experiments;

@@ -1,0 +1,193 @@
+//! An append-only file that keeps only its newest pages in the page cache.
+//!
+//! The usage and audit logs are written once and read, if at all, by a shipper tailing the end.
+//! Left alone, the kernel keeps every page written: at load that is gigabytes an hour of cache
+//! that evicts what other processes on the host need, and on a VM whose memory is backed lazily
+//! each new page also costs a fault in the host (measured here: 2.2 ns per byte written into
+//! fresh pages, against 0.2 ns into recycled ones, which was a tenth of the gateway's CPU).
+//!
+//! So each written stretch is handed to writeback as soon as it is complete, and pages far
+//! enough behind the end (where a tailing reader has long been) are dropped once on disk. The
+//! cache then recycles the same few megabytes. Durability only improves: data reaches the disk
+//! sooner than the kernel's 30-second dirty expiry would send it.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::fd::AsRawFd;
+
+/// How much is written before it is handed to writeback; a multiple of any page size.
+const STEP: u64 = 1 << 20;
+/// How far behind the end pages stay cached, for readers tailing the file.
+const KEEP: u64 = 16 << 20;
+
+pub struct DropBehind {
+    file: File,
+    step: u64,
+    keep: u64,
+    /// Where the next write lands (the file is opened for append).
+    end: u64,
+    /// Writeback has been started for everything before this offset.
+    started: u64,
+    /// Pages before this offset have been dropped.
+    dropped: u64,
+}
+
+/// Wraps a file opened for append. Only a regular file has a page cache to manage; anything else
+/// (`/dev/null`, a FIFO) is written as it is.
+pub fn wrap(file: File) -> io::Result<Box<dyn Write + Send>> {
+    let meta = file.metadata()?;
+    if !meta.file_type().is_file() {
+        return Ok(Box::new(file));
+    }
+    Ok(Box::new(DropBehind::with_window(
+        file,
+        meta.len(),
+        STEP,
+        KEEP,
+    )))
+}
+
+impl DropBehind {
+    fn with_window(file: File, end: u64, step: u64, keep: u64) -> Self {
+        Self {
+            file,
+            step,
+            keep,
+            end,
+            started: end,
+            dropped: end / step * step,
+        }
+    }
+
+    /// Starts writeback of each complete step and drops what lies `keep` behind it. Both are
+    /// advice: an error (a file system without writeback, a truncated file) changes nothing
+    /// about what was written, so it is ignored.
+    fn advise(&mut self) {
+        let fd = self.file.as_raw_fd();
+        if self.end - self.started >= self.step {
+            // SAFETY: plain syscalls on a descriptor we own; no memory is passed.
+            unsafe {
+                libc::sync_file_range(
+                    fd,
+                    self.started as libc::off64_t,
+                    (self.end - self.started) as libc::off64_t,
+                    libc::SYNC_FILE_RANGE_WRITE,
+                );
+            }
+            self.started = self.end;
+        }
+        // Whole steps only: the kernel keeps a partly covered page, so unaligned ranges would
+        // leave one page behind at every boundary.
+        let upto = self.started.saturating_sub(self.keep) / self.step * self.step;
+        if upto >= self.dropped + self.step {
+            let (off, len) = (
+                self.dropped as libc::off64_t,
+                (upto - self.dropped) as libc::off64_t,
+            );
+            // Writeback of this range started `keep` bytes ago and is normally done; waiting for
+            // any still in flight makes the pages clean, which is what lets them be dropped.
+            // SAFETY: as above.
+            unsafe {
+                libc::sync_file_range(
+                    fd,
+                    off,
+                    len,
+                    libc::SYNC_FILE_RANGE_WAIT_BEFORE
+                        | libc::SYNC_FILE_RANGE_WRITE
+                        | libc::SYNC_FILE_RANGE_WAIT_AFTER,
+                );
+                libc::posix_fadvise(fd, off, len, libc::POSIX_FADV_DONTNEED);
+            }
+            self.dropped = upto;
+        }
+    }
+}
+
+impl Write for DropBehind {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.end += n as u64;
+        self.advise();
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    /// Bytes of `file` now in the page cache, in whole pages.
+    fn resident_bytes(file: &File, len: usize) -> usize {
+        // SAFETY: a read-only shared mapping of a file we hold open, unmapped before returning;
+        // `mincore` writes one byte per page into a vector of exactly that many bytes.
+        unsafe {
+            let page = libc::sysconf(libc::_SC_PAGESIZE) as usize;
+            let map = libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            );
+            assert_ne!(map, libc::MAP_FAILED);
+            let mut vec = vec![0u8; len.div_ceil(page)];
+            assert_eq!(libc::mincore(map, len, vec.as_mut_ptr()), 0);
+            libc::munmap(map, len);
+            vec.iter().filter(|b| *b & 1 == 1).count() * page
+        }
+    }
+
+    fn on_tmpfs(path: &std::path::Path) -> bool {
+        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: `statfs` fills the zeroed struct it is given.
+        unsafe {
+            let mut s: libc::statfs = std::mem::zeroed();
+            libc::statfs(c.as_ptr(), &mut s) == 0 && s.f_type == libc::TMPFS_MAGIC
+        }
+    }
+
+    #[test]
+    fn keeps_only_the_newest_pages_cached_and_every_byte_written() {
+        // tmpfs keeps every page in memory by design, so the log goes where pages can be dropped.
+        let mut dir = tempfile::tempdir().unwrap();
+        if on_tmpfs(dir.path()) {
+            dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
+        }
+        assert!(!on_tmpfs(dir.path()), "no disk-backed directory to test in");
+        let path = dir.path().join("log.jsonl");
+        let open = || {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .unwrap()
+        };
+        let (step, keep) = (64 << 10, 256 << 10);
+        let mut w = DropBehind::with_window(open(), 0, step, keep);
+        let line: Vec<u8> = (0..777u32).map(|i| b'a' + (i % 26) as u8).collect();
+        let mut total = 0usize;
+        while total < 8 << 20 {
+            w.write_all(&line).unwrap();
+            total += line.len();
+        }
+        w.flush().unwrap();
+
+        let f = File::open(&path).unwrap();
+        let cached = resident_bytes(&f, total);
+        // What is kept, plus at most two steps not yet due to be dropped.
+        assert!(
+            cached as u64 <= keep + 2 * step,
+            "{cached} bytes of an {total}-byte log still cached"
+        );
+        let mut back = Vec::new();
+        File::open(&path).unwrap().read_to_end(&mut back).unwrap();
+        assert_eq!(back.len(), total);
+        assert!(back.chunks(line.len()).all(|c| c == &line[..c.len()]));
+    }
+}
