@@ -15,8 +15,10 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
 
-/// How much is written before it is handed to writeback; a multiple of any page size.
-const STEP: u64 = 1 << 20;
+/// How much is written before it is handed to writeback; a multiple of any page size. Each
+/// step is one system call that a request worker sharing the core may wait out, so it is kept
+/// short.
+const STEP: u64 = 256 << 10;
 /// How far behind the end pages stay cached, for readers tailing the file.
 const KEEP: u64 = 16 << 20;
 
