@@ -44,7 +44,7 @@ pub async fn preflight(s: &mut Client, origin: &str) -> Outcome {
         ("vary", "origin"),
         ("content-length", "0"),
     ] {
-        if !h.push(name, bytes::Bytes::copy_from_slice(value.as_bytes())) {
+        if !h.push(name, value) {
             return Outcome::Abort;
         }
     }

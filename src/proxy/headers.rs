@@ -314,7 +314,12 @@ pub fn client_response(
         provider: provider.to_string(),
         detail: "response header cannot be relayed".into(),
     };
-    let mut h = ResponseHead::new(up.status(), up.len() + 3 + extra.len()).ok_or_else(bad)?;
+    let mut h = ResponseHead::with_capacity(
+        up.status(),
+        up.len() + 3 + extra.len(),
+        up.raw_len() + 64 + request_id.len() + provider.len() + extra.values().len(),
+    )
+    .ok_or_else(bad)?;
     let checked = extra
         .iter()
         .fold(DROPPED_LENGTHS, |m, (n, _)| m | length_bit(n.len()));
@@ -323,7 +328,7 @@ pub fn client_response(
         // body's content-length is not its length (RFC 9112 §6.3) and is never relayed. An
         // extra header of ours (limits) replaces the provider's of its name.
         let dropped = || {
-            !forward_response_header(&name)
+            !forward_response_header(name)
                 || name.eq_ignore_ascii_case(b"content-length")
                 || extra
                     .iter()
@@ -334,32 +339,14 @@ pub fn client_response(
         }
         h.push_parsed(name, value);
     }
-    // Every value of ours goes out of one buffer, shared by the fields that slice it: the
-    // length, our ids and the added headers cost one copy, not one allocation each.
-    let mut digits = itoa::Buffer::new();
-    let length = match up.content_length().filter(|_| keep_length) {
-        Some(n) => digits.format(n),
-        None => "",
-    };
-    let mut ours = BytesMut::with_capacity(
-        length.len() + request_id.len() + provider.len() + extra.values().len(),
-    );
-    for part in [length, request_id, provider, extra.values()] {
-        ours.extend_from_slice(part.as_bytes());
+    if let Some(n) = up.content_length().filter(|_| keep_length) {
+        h.push("content-length", itoa::Buffer::new().format(n));
     }
-    let ours = ours.freeze();
-    let (id_at, provider_at) = (length.len(), length.len() + request_id.len());
-    let extra_at = provider_at + provider.len();
-    if !length.is_empty() {
-        h.push("content-length", ours.slice(..id_at));
-    }
-    if !h.push(X_REQUEST_ID, ours.slice(id_at..provider_at))
-        || !h.push(X_PROVIDER, ours.slice(provider_at..extra_at))
-    {
+    if !h.push(X_REQUEST_ID, request_id) || !h.push(X_PROVIDER, provider) {
         return Err(bad());
     }
-    for (name, r) in extra.ranges() {
-        h.push(name, ours.slice(extra_at + r.start..extra_at + r.end));
+    for (name, value) in extra.iter() {
+        h.push(name, value);
     }
     Ok(h)
 }
@@ -373,11 +360,8 @@ pub fn local_response(
 ) -> Option<ResponseHead> {
     let mut h = ResponseHead::new(status, 8)?;
     h.push("content-type", "application/json");
-    h.push("content-length", len.to_string());
-    if !h.push(
-        "x-request-id",
-        Bytes::copy_from_slice(request_id.as_bytes()),
-    ) {
+    h.push("content-length", itoa::Buffer::new().format(len));
+    if !h.push("x-request-id", request_id) {
         return None;
     }
     if close {

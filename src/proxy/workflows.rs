@@ -180,7 +180,7 @@ async fn events(s: &mut Client, ctx: &mut Ctx, run: &Run) -> Result<Outcome, Gat
     };
     h.push("content-type", "text/event-stream");
     h.push("cache-control", "no-cache");
-    h.push("x-request-id", Bytes::copy_from_slice(ctx.id().as_bytes()));
+    h.push("x-request-id", ctx.id());
     super::headers::add(&mut h, &ctx.added_headers);
     ctx.record.status = 200;
     if s.write_head(&h).await.is_err() {
@@ -323,7 +323,7 @@ async fn write_sse(s: &mut Client, ctx: &mut Ctx, body: Bytes) -> Result<Outcome
     h.push("content-type", "text/event-stream");
     h.push("cache-control", "no-cache");
     h.push("content-length", body.len().to_string());
-    h.push("x-request-id", Bytes::copy_from_slice(ctx.id().as_bytes()));
+    h.push("x-request-id", ctx.id());
     super::headers::add(&mut h, &ctx.added_headers);
     ctx.record.status = 200;
     ctx.record.response_bytes = body.len() as u64;

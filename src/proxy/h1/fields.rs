@@ -67,16 +67,6 @@ impl Fields {
         }
     }
 
-    /// Header fields in order, names and values shared with the head (no copy).
-    pub fn shared(&self) -> impl Iterator<Item = (Bytes, Bytes)> + '_ {
-        self.at.iter().map(|f| {
-            (
-                self.raw.slice(f[0] as usize..f[1] as usize),
-                self.raw.slice(f[2] as usize..f[3] as usize),
-            )
-        })
-    }
-
     pub fn len(&self) -> usize {
         self.at.len()
     }

@@ -10,8 +10,7 @@
 //! drop a pending read (it selects against the client, and polls once for what is ready).
 
 use super::body::{Body, Framing};
-use super::{ends_head, poll_read, Fields, ReadError, READ};
-use bytes::Bytes;
+use super::{ends_head, poll_read, FieldIter, Fields, ReadError, READ};
 use bytes::{Buf, BytesMut};
 use std::mem::MaybeUninit;
 use std::task::{ready, Context, Poll};
@@ -44,9 +43,14 @@ impl Head {
         self.fields.get(name)
     }
 
-    /// Header fields in order, names as sent; shared with the head (no copy).
-    pub fn fields(&self) -> impl Iterator<Item = (Bytes, Bytes)> + '_ {
-        self.fields.shared()
+    /// Header fields in order, names as sent.
+    pub fn fields(&self) -> FieldIter<'_> {
+        self.fields.iter()
+    }
+
+    /// Bytes of the whole head as received.
+    pub fn raw_len(&self) -> usize {
+        self.fields.raw().len()
     }
 
     pub fn len(&self) -> usize {
