@@ -15,6 +15,7 @@ pub mod shared;
 pub mod spec;
 
 use crate::config::Config;
+use smallvec::SmallVec;
 use spec::{Budget, LimitValues};
 use std::sync::Arc;
 use std::time::Duration;
@@ -364,10 +365,15 @@ impl Drop for Admission {
     }
 }
 
+/// Limit sets that apply to a request (an org's, a team's, a key's), inline.
+type LimitChecks<'a> = SmallVec<[LimitCheck<'a>; 3]>;
+/// Budgets that apply to a request (an org's, a team's, a key's, a cost center's), inline.
+type BudgetChecks<'a> = SmallVec<[BudgetCheck<'a>; 4]>;
+
 /// The checks that apply to a request under `cfg`, in a fixed order (org, team, key).
-pub fn plan<'a>(cfg: &'a Config, r: &Request<'a>) -> (Vec<LimitCheck<'a>>, Vec<BudgetCheck<'a>>) {
-    let mut limits = Vec::new();
-    let mut budgets = Vec::new();
+pub fn plan<'a>(cfg: &'a Config, r: &Request<'a>) -> (LimitChecks<'a>, BudgetChecks<'a>) {
+    let mut limits = LimitChecks::new();
+    let mut budgets = BudgetChecks::new();
     let Some(org_id) = r.org else {
         return (limits, budgets);
     };

@@ -6,6 +6,7 @@ use crate::metrics::{status_class, ModelMetrics, METRICS};
 use crate::routing::Endpoint;
 use crate::state::{Live, Shared};
 use crate::usage::{Usage, UsageRecord, UsageSource};
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -58,8 +59,29 @@ pub(super) fn new_request_id() -> String {
     String::from_utf8_lossy(&id).into_owned()
 }
 
+/// A request method as text: the standard ones as constants (no copy per request), any other
+/// as sent.
+pub(super) fn method_text(m: &http::Method) -> Cow<'static, str> {
+    use http::Method as M;
+    Cow::Borrowed(match *m {
+        M::GET => "GET",
+        M::POST => "POST",
+        M::PUT => "PUT",
+        M::DELETE => "DELETE",
+        M::PATCH => "PATCH",
+        M::HEAD => "HEAD",
+        M::OPTIONS => "OPTIONS",
+        _ => return Cow::Owned(m.as_str().to_string()),
+    })
+}
+
 impl Ctx {
-    pub fn new(live: Arc<Live>, method: &str, path: &str, client_ip: Option<Arc<str>>) -> Self {
+    pub fn new(
+        live: Arc<Live>,
+        method: Cow<'static, str>,
+        path: Cow<'static, str>,
+        client_ip: Option<Arc<str>>,
+    ) -> Self {
         let ts_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
@@ -86,8 +108,8 @@ impl Ctx {
                 ts_ms,
                 request_id: new_request_id(),
                 endpoint: Endpoint::Passthrough.label(),
-                method: method.to_string(),
-                path: path.to_string(),
+                method,
+                path,
                 requested_model: None,
                 provider: None,
                 provider_model: None,

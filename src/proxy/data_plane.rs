@@ -21,6 +21,7 @@ use pingora_core::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream, Ser
 use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::{Stream, ALPN};
 use pingora_core::server::ShutdownWatch;
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -213,12 +214,18 @@ impl DataPlane {
                 return super::cors::preflight(s, o).await;
             }
         }
-        let method = s.method().as_str().to_string();
+        let method = super::context::method_text(s.method());
         // One canonical path for routing, metering and forwarding (routing::path).
-        let path = crate::routing::path::normalize(s.uri().path()).map(|p| p.into_owned());
+        let path = crate::routing::path::normalize(s.uri().path()).map(|p| {
+            match Endpoint::from_path(&p).and_then(Endpoint::canonical_path) {
+                Some(c) if c == p => Cow::Borrowed(c),
+                _ => Cow::Owned(p.into_owned()),
+            }
+        });
         let client_ip = s.client_addr();
         let shown = path.as_deref().unwrap_or("/");
-        let mut ctx = Ctx::new(live, &method, shown, client_ip);
+        let shown_path = path.as_ref().map_or(Cow::Borrowed("/"), Cow::clone);
+        let mut ctx = Ctx::new(live, method.clone(), shown_path, client_ip);
         if let Some(o) = origin {
             super::cors::allow(&mut ctx.added_headers, &o);
             ctx.receipt = true;
@@ -334,7 +341,7 @@ impl DataPlane {
         let fields = RequestFields::parse(&body)?;
         ctx.record.stream = fields.stream;
         ctx.record.end_user = fields.user.as_deref().map(bounded_text);
-        let Some(model) = fields.model.clone() else {
+        let Some(model) = fields.model.as_deref() else {
             return Err(GatewayError::InvalidField {
                 param: "model",
                 message: "you must provide a model parameter".into(),
@@ -342,11 +349,13 @@ impl DataPlane {
         };
         // A client's text is echoed into errors and records only in bounded form: a 10 MB
         // model name is refused with (and recorded as) its first 256 bytes.
-        let shown = bounded_text(&model);
-        ctx.record.requested_model = Some(shown.clone());
+        ctx.record.requested_model = Some(bounded_text(model));
+        let not_found = |ctx: &Ctx| {
+            GatewayError::ModelNotFound(ctx.record.requested_model.clone().unwrap_or_default())
+        };
         if let Some(name) = model.strip_prefix("workflow:") {
             if ep != Endpoint::ChatCompletions {
-                return Err(GatewayError::ModelNotFound(shown));
+                return Err(not_found(ctx));
             }
             return super::workflows::chat(
                 &self.shared,
@@ -363,8 +372,8 @@ impl DataPlane {
         let route = live
             .config
             .models
-            .get(&model)
-            .ok_or(GatewayError::ModelNotFound(shown))?;
+            .get(model)
+            .ok_or_else(|| not_found(ctx))?;
         identity::authorize_model(&self.shared, s, ctx, route)?;
         ctx.model_metrics = Some(route.metrics.clone());
         let plan = super::route::choose(ctx, route, &fields);

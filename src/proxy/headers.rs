@@ -296,6 +296,8 @@ pub fn internal_request(
 /// Our own response headers, named once.
 const X_REQUEST_ID: &str = "x-request-id";
 const X_PROVIDER: &str = "x-model-bridge-provider";
+/// The names of the fields every relayed response gets from us.
+const OURS: [&str; 3] = ["content-length", X_REQUEST_ID, X_PROVIDER];
 
 /// Response head for the client from the provider's, with `extra` headers (limits, budget
 /// warning, CORS) added; `keep_length` false when the gateway changes the body (the client's
@@ -317,7 +319,11 @@ pub fn client_response(
     let mut h = ResponseHead::with_capacity(
         up.status(),
         up.len() + 3 + extra.len(),
-        up.raw_len() + 64 + request_id.len() + provider.len() + extra.values().len(),
+        up.raw_len()
+            + OURS.iter().map(|n| n.len()).sum::<usize>()
+            + request_id.len()
+            + provider.len()
+            + extra.iter().map(|(n, v)| n.len() + v.len()).sum::<usize>(),
     )
     .ok_or_else(bad)?;
     let checked = extra

@@ -37,6 +37,20 @@ impl Endpoint {
         })
     }
 
+    /// The path an LLM endpoint is served at, as a constant: a request to it needs no copy of
+    /// its path for the usage record.
+    pub fn canonical_path(self) -> Option<&'static str> {
+        Some(match self {
+            Endpoint::ChatCompletions => "/v1/chat/completions",
+            Endpoint::Completions => "/v1/completions",
+            Endpoint::Embeddings => "/v1/embeddings",
+            Endpoint::Responses => "/v1/responses",
+            Endpoint::Models => "/v1/models",
+            Endpoint::Feedback => "/v1/feedback",
+            Endpoint::Passthrough => return None,
+        })
+    }
+
     /// The endpoint a (normalised) path is served as: an LLM endpoint, a model lookup, or
     /// passthrough for every other path.
     pub fn classify(path: &str) -> Endpoint {

@@ -1,6 +1,7 @@
 //! One usage record per request: what was asked, what served it, what it cost in tokens and time.
 
 use serde::Serialize;
+use std::borrow::Cow;
 use std::sync::Arc;
 
 /// Where the token counts came from.
@@ -22,8 +23,8 @@ pub struct UsageRecord {
     pub ts_ms: u64,
     pub request_id: String,
     pub endpoint: &'static str,
-    pub method: String,
-    pub path: String,
+    pub method: Cow<'static, str>,
+    pub path: Cow<'static, str>,
     /// `model` as the client sent it.
     pub requested_model: Option<String>,
     pub provider: Option<Arc<str>>,

@@ -22,6 +22,17 @@ impl<W: Write> Line<'_, W> {
 
     fn str(&mut self, key: &[u8], s: &str) -> io::Result<()> {
         self.raw(key)?;
+        // serde_json escapes exactly `"`, `\` and control bytes; most values (ids, names,
+        // paths) have none, and checking the whole string at once (no early exit, many bytes
+        // per instruction) is cheaper than its byte-by-byte escape loop.
+        let plain = s
+            .bytes()
+            .fold(true, |ok, b| ok & (b >= 0x20) & (b != b'"') & (b != b'\\'));
+        if plain {
+            self.raw(b"\"")?;
+            self.raw(s.as_bytes())?;
+            return self.raw(b"\"");
+        }
         serde_json::to_writer(&mut *self.0, s).map_err(io::Error::from)
     }
 
@@ -134,10 +145,13 @@ mod tests {
     }
 
     /// Strings that need every kind of escape, and some that need none.
-    const AWKWARD: [&str; 6] = [
+    const AWKWARD: [&str; 9] = [
         "",
         "plain",
         "quote \" back \\ slash",
+        "only a \" quote",
+        "only a \\ backslash",
+        "only a control byte \u{1f} among forty-odd plain ones",
         "control \u{0} \u{1f} \n\r\t \u{7f}",
         "unicode é 日本 🦀 \u{2028}",
         "</script>",
@@ -151,8 +165,8 @@ mod tests {
             ts_ms: 1_796_278_532_614 + i as u64,
             request_id: s(0),
             endpoint: ["chat_completions", "embeddings", "passthrough"][i % 3],
-            method: s(1),
-            path: s(2),
+            method: s(1).into(),
+            path: s(2).into(),
             requested_model: some.then(|| s(3)),
             provider: some.then(|| a(4)),
             provider_model: (!some).then(|| s(5)),
