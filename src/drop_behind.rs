@@ -88,15 +88,17 @@ impl DropBehind {
             );
             // Writeback of this range started `keep` bytes ago and is normally done; waiting for
             // any still in flight makes the pages clean, which is what lets them be dropped.
+            // Only that old writeback is waited for, never I/O started now: a disk that falls
+            // `keep` behind slows this writer (its queue then absorbs requests' records, and
+            // refuses new requests only once full, as for any sink behind), but a page still
+            // dirty here is only left cached, not waited on.
             // SAFETY: as above.
             unsafe {
                 libc::sync_file_range(
                     fd,
                     off,
                     len,
-                    libc::SYNC_FILE_RANGE_WAIT_BEFORE
-                        | libc::SYNC_FILE_RANGE_WRITE
-                        | libc::SYNC_FILE_RANGE_WAIT_AFTER,
+                    libc::SYNC_FILE_RANGE_WAIT_BEFORE | libc::SYNC_FILE_RANGE_WRITE,
                 );
                 libc::posix_fadvise(fd, off, len, libc::POSIX_FADV_DONTNEED);
             }
