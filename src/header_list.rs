@@ -1,11 +1,9 @@
 //! Header fields the gateway adds to a response (rate-limit state, `retry-after`, the
 //! experiment variant, the trace context, CORS), every value written into one buffer: a
-//! request with seven of them pays for one growing buffer, not a `String` per value and a copy
-//! of each into the response head.
+//! request with seven of them pays for one growing buffer, not a `String` per value.
 
 use smallvec::SmallVec;
 use std::fmt::{self, Write as _};
-use std::ops::Range;
 
 /// Room for the usual fields (six rate-limit headers and the variant) without a heap list.
 const INLINE: usize = 8;
@@ -67,18 +65,6 @@ impl HeaderList {
             .iter()
             .map(|&(n, a, b)| (n, self.values.get(a as usize..b as usize).unwrap_or("")))
     }
-
-    /// Every field in order: name and where its value lies in `values()`.
-    pub fn ranges(&self) -> impl Iterator<Item = (&'static str, Range<usize>)> + '_ {
-        self.fields
-            .iter()
-            .map(|&(n, a, b)| (n, a as usize..b as usize))
-    }
-
-    /// All values, back to back (see `ranges`).
-    pub fn values(&self) -> &str {
-        &self.values
-    }
 }
 
 #[cfg(test)]
@@ -108,8 +94,6 @@ mod tests {
             ]
         );
         assert_eq!(h.len(), 6);
-        let by_range: Vec<_> = h.ranges().map(|(n, r)| (n, &h.values()[r])).collect();
-        assert_eq!(by_range, got);
     }
 
     #[test]

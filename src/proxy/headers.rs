@@ -7,7 +7,7 @@ use super::response_head::ResponseHead;
 use crate::error::GatewayError;
 use crate::header_list::HeaderList;
 use crate::routing::Provider;
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{BufMut, BytesMut};
 use http::header::{HeaderName, HeaderValue};
 use pingora_http::RequestHeader;
 use std::borrow::Cow;
@@ -382,9 +382,8 @@ pub fn add(h: &mut ResponseHead, extra: &HeaderList) {
     if extra.is_empty() {
         return;
     }
-    let values = Bytes::copy_from_slice(extra.values().as_bytes());
-    for (name, r) in extra.ranges() {
-        h.set(name, values.slice(r));
+    for (name, value) in extra.iter() {
+        h.set(name, value);
     }
 }
 
