@@ -12,7 +12,7 @@
 //! sooner than the kernel's 30-second dirty expiry would send it.
 
 use std::fs::File;
-use std::io::{self, Write};
+use std::io::{self, Seek, Write};
 use std::os::fd::AsRawFd;
 
 /// How much is written before it is handed to writeback; a multiple of any page size. Each
@@ -51,14 +51,24 @@ pub fn wrap(file: File) -> io::Result<Box<dyn Write + Send>> {
 
 impl DropBehind {
     fn with_window(file: File, end: u64, step: u64, keep: u64) -> Self {
-        Self {
+        let mut w = Self {
             file,
             step,
             keep,
-            end,
-            started: end,
-            dropped: end / step * step,
-        }
+            end: 0,
+            started: 0,
+            dropped: 0,
+        };
+        w.restart_at(end);
+        w
+    }
+
+    /// Everything before `end` is someone else's to manage (written before we opened the
+    /// file, or cut off by a truncation): the windows start over from it.
+    fn restart_at(&mut self, end: u64) {
+        self.end = end;
+        self.started = end;
+        self.dropped = end / self.step * self.step;
     }
 
     /// Starts writeback of each complete step and drops what lies `keep` behind it. Both are
@@ -67,13 +77,16 @@ impl DropBehind {
     fn advise(&mut self) {
         let fd = self.file.as_raw_fd();
         if self.end - self.started >= self.step {
+            // The range's first page was partly written, and sent to disk, with the last step;
+            // a page still being written is skipped by a new writeback, and would then stay
+            // dirty, and cached, for good. So that one earlier write is waited for first.
             // SAFETY: plain syscalls on a descriptor we own; no memory is passed.
             unsafe {
                 libc::sync_file_range(
                     fd,
                     self.started as libc::off64_t,
                     (self.end - self.started) as libc::off64_t,
-                    libc::SYNC_FILE_RANGE_WRITE,
+                    libc::SYNC_FILE_RANGE_WAIT_BEFORE | libc::SYNC_FILE_RANGE_WRITE,
                 );
             }
             self.started = self.end;
@@ -88,10 +101,9 @@ impl DropBehind {
             );
             // Writeback of this range started `keep` bytes ago and is normally done; waiting for
             // any still in flight makes the pages clean, which is what lets them be dropped.
-            // Only that old writeback is waited for, never I/O started now: a disk that falls
-            // `keep` behind slows this writer (its queue then absorbs requests' records, and
-            // refuses new requests only once full, as for any sink behind), but a page still
-            // dirty here is only left cached, not waited on.
+            // Only earlier writeback is waited for, never I/O started by the same call: a disk
+            // that falls behind slows this writer (its queue then absorbs requests' records,
+            // and refuses new requests only once full, as for any sink behind).
             // SAFETY: as above.
             unsafe {
                 libc::sync_file_range(
@@ -110,7 +122,14 @@ impl DropBehind {
 impl Write for DropBehind {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.file.write(buf)?;
-        self.end += n as u64;
+        // An append lands at the file's end, wherever that is now: another writer may have
+        // appended, or log rotation truncated the file (`copytruncate`). The offset after the
+        // write says where the end really is.
+        match self.file.stream_position() {
+            Ok(at) if at >= self.started => self.end = at,
+            Ok(at) => self.restart_at(at),
+            Err(_) => self.end += n as u64,
+        }
         self.advise();
         Ok(n)
     }
@@ -156,14 +175,20 @@ mod tests {
         }
     }
 
-    #[test]
-    fn keeps_only_the_newest_pages_cached_and_every_byte_written() {
-        // tmpfs keeps every page in memory by design, so the log goes where pages can be dropped.
+    /// A temporary directory on a disk: tmpfs keeps every page in memory by design, so the log
+    /// goes where pages can be dropped.
+    fn disk_dir() -> tempfile::TempDir {
         let mut dir = tempfile::tempdir().unwrap();
         if on_tmpfs(dir.path()) {
             dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
         }
         assert!(!on_tmpfs(dir.path()), "no disk-backed directory to test in");
+        dir
+    }
+
+    #[test]
+    fn keeps_only_the_newest_pages_cached_and_every_byte_written() {
+        let dir = disk_dir();
         let path = dir.path().join("log.jsonl");
         let open = || {
             std::fs::OpenOptions::new()
@@ -193,5 +218,38 @@ mod tests {
         File::open(&path).unwrap().read_to_end(&mut back).unwrap();
         assert_eq!(back.len(), total);
         assert!(back.chunks(line.len()).all(|c| c == &line[..c.len()]));
+    }
+
+    #[test]
+    fn a_truncated_log_is_kept_to_the_window_again() {
+        let dir = disk_dir();
+        let path = dir.path().join("log.jsonl");
+        let open = || {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .unwrap()
+        };
+        let (step, keep) = (64 << 10, 256 << 10);
+        let mut w = DropBehind::with_window(open(), 0, step, keep);
+        let line = [b'x'; 1000];
+        for _ in 0..4096 {
+            w.write_all(&line).unwrap();
+        }
+        // Log rotation by copy and truncate: the writer's file is cut to nothing under it.
+        open().set_len(0).unwrap();
+        let mut total = 0usize;
+        while total < 4 << 20 {
+            w.write_all(&line).unwrap();
+            total += line.len();
+        }
+        let f = File::open(&path).unwrap();
+        assert_eq!(f.metadata().unwrap().len() as usize, total);
+        let cached = resident_bytes(&f, total);
+        assert!(
+            cached as u64 <= keep + 2 * step,
+            "{cached} bytes of a {total}-byte log still cached after truncation"
+        );
     }
 }
