@@ -186,19 +186,35 @@ mod tests {
         dir
     }
 
+    /// The tests' window: 64 KiB steps, 256 KiB kept.
+    const TEST_STEP: u64 = 64 << 10;
+    const TEST_KEEP: u64 = 256 << 10;
+
+    fn open_append(path: &std::path::Path) -> File {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .unwrap()
+    }
+
+    /// The log at `path`, `len` bytes long, has no more cached than the window kept plus two
+    /// steps not yet due to be dropped.
+    fn assert_cached_within_window(path: &std::path::Path, len: usize) {
+        let f = File::open(path).unwrap();
+        assert_eq!(f.metadata().unwrap().len() as usize, len);
+        let cached = resident_bytes(&f, len);
+        assert!(
+            cached as u64 <= TEST_KEEP + 2 * TEST_STEP,
+            "{cached} bytes of a {len}-byte log still cached"
+        );
+    }
+
     #[test]
     fn keeps_only_the_newest_pages_cached_and_every_byte_written() {
         let dir = disk_dir();
         let path = dir.path().join("log.jsonl");
-        let open = || {
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&path)
-                .unwrap()
-        };
-        let (step, keep) = (64 << 10, 256 << 10);
-        let mut w = DropBehind::with_window(open(), 0, step, keep);
+        let mut w = DropBehind::with_window(open_append(&path), 0, TEST_STEP, TEST_KEEP);
         let line: Vec<u8> = (0..777u32).map(|i| b'a' + (i % 26) as u8).collect();
         let mut total = 0usize;
         while total < 8 << 20 {
@@ -207,13 +223,7 @@ mod tests {
         }
         w.flush().unwrap();
 
-        let f = File::open(&path).unwrap();
-        let cached = resident_bytes(&f, total);
-        // What is kept, plus at most two steps not yet due to be dropped.
-        assert!(
-            cached as u64 <= keep + 2 * step,
-            "{cached} bytes of an {total}-byte log still cached"
-        );
+        assert_cached_within_window(&path, total);
         let mut back = Vec::new();
         File::open(&path).unwrap().read_to_end(&mut back).unwrap();
         assert_eq!(back.len(), total);
@@ -224,32 +234,18 @@ mod tests {
     fn a_truncated_log_is_kept_to_the_window_again() {
         let dir = disk_dir();
         let path = dir.path().join("log.jsonl");
-        let open = || {
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&path)
-                .unwrap()
-        };
-        let (step, keep) = (64 << 10, 256 << 10);
-        let mut w = DropBehind::with_window(open(), 0, step, keep);
+        let mut w = DropBehind::with_window(open_append(&path), 0, TEST_STEP, TEST_KEEP);
         let line = [b'x'; 1000];
         for _ in 0..4096 {
             w.write_all(&line).unwrap();
         }
         // Log rotation by copy and truncate: the writer's file is cut to nothing under it.
-        open().set_len(0).unwrap();
+        open_append(&path).set_len(0).unwrap();
         let mut total = 0usize;
         while total < 4 << 20 {
             w.write_all(&line).unwrap();
             total += line.len();
         }
-        let f = File::open(&path).unwrap();
-        assert_eq!(f.metadata().unwrap().len() as usize, total);
-        let cached = resident_bytes(&f, total);
-        assert!(
-            cached as u64 <= keep + 2 * step,
-            "{cached} bytes of a {total}-byte log still cached after truncation"
-        );
+        assert_cached_within_window(&path, total);
     }
 }

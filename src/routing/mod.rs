@@ -26,19 +26,21 @@ pub enum Endpoint {
 impl Endpoint {
     /// Maps a request path (no query) to an LLM endpoint.
     pub fn from_path(path: &str) -> Option<Endpoint> {
-        Some(match path.trim_end_matches('/') {
-            "/v1/chat/completions" => Endpoint::ChatCompletions,
-            "/v1/completions" => Endpoint::Completions,
-            "/v1/embeddings" => Endpoint::Embeddings,
-            "/v1/responses" => Endpoint::Responses,
-            "/v1/models" => Endpoint::Models,
-            "/v1/feedback" => Endpoint::Feedback,
-            _ => return None,
-        })
+        let path = path.trim_end_matches('/');
+        [
+            Endpoint::ChatCompletions,
+            Endpoint::Completions,
+            Endpoint::Embeddings,
+            Endpoint::Responses,
+            Endpoint::Models,
+            Endpoint::Feedback,
+        ]
+        .into_iter()
+        .find(|e| e.canonical_path() == Some(path))
     }
 
-    /// The path an LLM endpoint is served at, as a constant: a request to it needs no copy of
-    /// its path for the usage record.
+    /// The path an LLM endpoint is served at (`from_path` recognises exactly these), as a
+    /// constant: a request to it needs no copy of its path for the usage record.
     pub fn canonical_path(self) -> Option<&'static str> {
         Some(match self {
             Endpoint::ChatCompletions => "/v1/chat/completions",
@@ -73,10 +75,10 @@ impl Endpoint {
         }
     }
 
-    /// Bounded label for metrics and usage rows.
     /// How many endpoints there are: `index` is below it.
     pub const COUNT: usize = crate::rbac::ENDPOINT_PERMISSIONS.len();
 
+    /// Bounded label for metrics and usage rows.
     pub fn label(self) -> &'static str {
         match self {
             Endpoint::ChatCompletions => "chat_completions",

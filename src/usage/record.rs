@@ -17,6 +17,17 @@ pub enum UsageSource {
     None,
 }
 
+impl UsageSource {
+    /// The name in usage lines and warehouse rows (as serde writes it).
+    pub fn label(self) -> &'static str {
+        match self {
+            UsageSource::Provider => "provider",
+            UsageSource::Estimated => "estimated",
+            UsageSource::None => "none",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct UsageRecord {
     /// Request start, Unix milliseconds.

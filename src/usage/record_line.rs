@@ -1,10 +1,10 @@
 //! The usage record as one JSON line, written field by field: the same bytes as its derived
 //! `Serialize` (a test holds them equal), at under half the cost. serde_json escapes every
 //! key of a struct byte by byte on each record — 37 keys, most of a 770-byte line — where
-//! here each key and its punctuation is one constant copy; values still go through
-//! serde_json's escaping. One line per request makes this the writer thread's main cost.
+//! here each key and its punctuation is one constant copy; a string value with nothing to
+//! escape is copied as it is, and any other goes through serde_json's escaping. One line per request makes this the writer thread's main cost.
 
-use super::record::{UsageRecord, UsageSource};
+use super::record::UsageRecord;
 use std::io::{self, Write};
 
 /// Writes fields: each call writes the field's constant `,"key":` prefix, then its value.
@@ -98,12 +98,7 @@ pub fn write<W: Write>(r: &UsageRecord, out: &mut W) -> io::Result<()> {
     w.int(b",\"prompt_tokens\":", r.prompt_tokens)?;
     w.int(b",\"cached_tokens\":", r.cached_tokens)?;
     w.int(b",\"completion_tokens\":", r.completion_tokens)?;
-    let source = match r.usage_source {
-        UsageSource::Provider => "provider",
-        UsageSource::Estimated => "estimated",
-        UsageSource::None => "none",
-    };
-    w.str(b",\"usage_source\":", source)?;
+    w.str(b",\"usage_source\":", r.usage_source.label())?;
     w.opt_int(b",\"cost_nanousd\":", r.cost_nanousd)?;
     w.int(b",\"cache_savings_nanousd\":", r.cache_savings_nanousd)?;
     w.float(b",\"latency_ms\":", r.latency_ms)?;
@@ -132,6 +127,7 @@ pub fn write<W: Write>(r: &UsageRecord, out: &mut W) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::usage::record::UsageSource;
     use std::sync::Arc;
 
     fn derived(r: &UsageRecord) -> String {

@@ -3,7 +3,7 @@
 //! are not Nullable, which keeps them portable and cheap on 18.16.
 
 use crate::audit::AuditEvent;
-use crate::usage::{UsageRecord, UsageSource};
+use crate::usage::UsageRecord;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, clickhouse::Row, Serialize, Deserialize)]
@@ -81,12 +81,7 @@ impl UsageRow {
             prompt_tokens: r.prompt_tokens,
             cached_tokens: r.cached_tokens,
             completion_tokens: r.completion_tokens,
-            usage_source: match r.usage_source {
-                UsageSource::Provider => "provider",
-                UsageSource::Estimated => "estimated",
-                UsageSource::None => "none",
-            }
-            .to_string(),
+            usage_source: r.usage_source.label().to_string(),
             cost_nanousd: r.cost_nanousd.unwrap_or(0),
             cost_known: r.cost_nanousd.is_some() as u8,
             cache_savings_nanousd: r.cache_savings_nanousd,
